@@ -1,0 +1,320 @@
+"""kernels.yaml: the kernels and architectures to test and where each comes from (pure parsing)."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from harness.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class Arch:
+    """An architecture the harness can boot and compile for."""
+
+    name: str  # the name users write: x86_64, arm64
+    debian: str  # Debian's architecture name
+    vng: str  # what `vng --arch` takes
+    uname: str  # what `uname -m` prints in the guest
+    target_arch: str  # libbpf's __TARGET_ARCH_<x> (selects pt_regs accessors)
+    syscall_prefix: str  # the syscall wrapper prefix, since 4.17 (CONFIG_ARCH_HAS_SYSCALL_WRAPPER)
+    image_names: tuple[str, ...]  # kernel image file names in a package's boot/ directory
+    timeout_factor: float  # how much slower than x86_64 a boot is when emulated
+
+
+ARCHES: dict[str, Arch] = {
+    "x86_64": Arch(
+        name="x86_64",
+        debian="amd64",
+        vng="amd64",
+        uname="x86_64",
+        target_arch="x86",
+        syscall_prefix="__x64_sys_",
+        image_names=("vmlinuz",),
+        timeout_factor=1.0,
+    ),
+    "arm64": Arch(
+        name="arm64",
+        debian="arm64",
+        vng="arm64",
+        uname="aarch64",
+        target_arch="arm64",
+        syscall_prefix="__arm64_sys_",
+        image_names=("vmlinuz",),
+        timeout_factor=3.0,
+    ),
+}
+
+ARCH_ALIASES = {"amd64": "x86_64", "aarch64": "arm64"}
+
+# Debian codenames whose archive carries kernels; suites are a codename with an optional suffix.
+DEBIAN_CODENAMES = ("bullseye", "bookworm", "trixie", "forky", "duke", "sid", "unstable", "experimental")
+DEBIAN_SUFFIXES = ("", "-backports", "-updates", "-proposed-updates")
+
+SOURCES = ("debian", "local")
+
+_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,63}$")
+
+TOP_KEYS = {"mirror", "baseline", "defaults", "kernels", "rootfs"}
+DEFAULT_KEYS = {"memory", "cpus", "timeout", "append", "arches"}
+KERNEL_KEYS = {
+    "id", "source", "suite", "arch", "arches", "package", "flavour", "image", "modules",
+    "memory", "cpus", "timeout", "append", "mirror", "version",
+}
+ROOTFS_KEYS = {"suite", "packages"}
+
+
+def resolve_arch(name: str) -> Arch:
+    """Return the Arch called ``name`` (or an alias of it); raises ConfigError when unknown."""
+    key = ARCH_ALIASES.get(name, name)
+    try:
+        return ARCHES[key]
+    except KeyError:
+        raise ConfigError(f"unknown arch {name!r} (known: {', '.join(ARCHES)})") from None
+
+
+def host_arch() -> Arch:
+    """The Arch of the machine running the harness."""
+    import platform
+
+    return resolve_arch(platform.machine())
+
+
+@dataclass(frozen=True)
+class KernelSpec:
+    """One (kernel, arch) entry to test, resolved from kernels.yaml."""
+
+    id: str  # the user's name for the kernel, e.g. "6.1"
+    arch: Arch
+    source: str  # debian or local
+    suite: str = ""  # debian: the suite whose linux-image-<arch> meta-package is followed
+    package: str = ""  # debian: an explicit image package instead of the meta-package's choice
+    flavour: str = ""  # debian: the image flavour (default: the arch's Debian name)
+    mirror: str = ""  # debian: overrides the file's and the machine's mirror
+    image: Path | None = None  # local: the kernel image
+    modules: Path | None = None  # local: its lib/modules/<version> directory
+    memory: str = "1G"
+    cpus: int = 1
+    timeout: float = 300.0  # seconds for one boot on x86_64 under KVM-less emulation
+    append: tuple[str, ...] = ()
+
+    @property
+    def key(self) -> str:
+        """The (kernel, arch) pair as one string, used in test ids and cache paths."""
+        return f"{self.id}-{self.arch.name}"
+
+    def describe(self) -> str:
+        if self.source == "debian":
+            what = self.package or f"linux-image-{self.flavour or self.arch.debian}"
+            return f"debian {self.suite} {what} ({self.arch.name})"
+        return f"local {self.image} ({self.arch.name})"
+
+
+@dataclass(frozen=True)
+class RootfsSpec:
+    """The Debian suite and packages of guest root filesystems for foreign architectures."""
+
+    suite: str = "trixie"
+    packages: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class KernelsConfig:
+    """The whole of kernels.yaml."""
+
+    path: Path
+    kernels: tuple[KernelSpec, ...]
+    mirror: str = ""
+    baseline: str = ""  # the kernel id others are diffed against; default the first listed
+    rootfs: RootfsSpec = field(default_factory=RootfsSpec)
+
+    def ids(self) -> list[str]:
+        return list(dict.fromkeys(k.id for k in self.kernels))
+
+    @property
+    def baseline_id(self) -> str:
+        return self.baseline or (self.kernels[0].id if self.kernels else "")
+
+    def select(self, keys: list[str]) -> KernelsConfig:
+        """Keep the entries whose id or ``id-arch`` key is in ``keys``; raises ConfigError for others."""
+        known = {k.key for k in self.kernels} | {k.id for k in self.kernels}
+        unknown = [k for k in keys if k not in known]
+        if unknown:
+            raise ConfigError(
+                f"{self.path}: unknown kernel {', '.join(map(repr, unknown))} "
+                f"(known: {', '.join(sorted(known))})"
+            )
+        chosen = tuple(k for k in self.kernels if k.key in keys or k.id in keys)
+        return KernelsConfig(self.path, chosen, self.mirror, self.baseline, self.rootfs)
+
+
+def _check_keys(where: str, data: Mapping[str, Any], allowed: set[str]) -> None:
+    unknown = sorted(set(data) - allowed)
+    if unknown:
+        raise ConfigError(
+            f"{where}: unknown key {', '.join(map(repr, unknown))} (allowed: {', '.join(sorted(allowed))})"
+        )
+
+
+def _str(where: str, key: str, value: Any) -> str:
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return str(value)
+    if not isinstance(value, str):
+        raise ConfigError(f"{where}: {key!r} must be a string, not {type(value).__name__}")
+    return value
+
+
+def _validate_suite(where: str, suite: str) -> str:
+    for codename in DEBIAN_CODENAMES:
+        for suffix in DEBIAN_SUFFIXES:
+            if suite == codename + suffix:
+                return suite
+    raise ConfigError(
+        f"{where}: unknown Debian suite {suite!r} (a codename of {', '.join(DEBIAN_CODENAMES)}, "
+        f"optionally with -backports)"
+    )
+
+
+def _arches(where: str, entry: Mapping[str, Any], default: list[str]) -> list[Arch]:
+    if "arch" in entry and "arches" in entry:
+        raise ConfigError(f"{where}: give 'arch' or 'arches', not both")
+    raw: Any = [entry["arch"]] if "arch" in entry else entry.get("arches", default)
+    if not isinstance(raw, list) or not raw:
+        raise ConfigError(f"{where}: 'arches' must be a non-empty list")
+    arches: list[Arch] = []
+    for name in raw:
+        try:
+            arch = resolve_arch(_str(where, "arch", name))
+        except ConfigError as exc:
+            raise ConfigError(f"{where}: {exc}") from None
+        if arch not in arches:
+            arches.append(arch)
+    return arches
+
+
+def _local_path(where: str, base: Path, key: str, value: Any) -> Path:
+    path = Path(_str(where, key, value)).expanduser()
+    return path if path.is_absolute() else (base / path)
+
+
+def parse_kernels_yaml(text: str, path: Path = Path("kernels.yaml")) -> KernelsConfig:
+    """Parse kernels.yaml text; raises ConfigError naming the file and the entry at fault."""
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}" if mark is not None else str(path)
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise ConfigError(f"{where}: not valid YAML: {problem}") from exc
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping with a 'kernels' list at the top")
+    _check_keys(str(path), data, TOP_KEYS)
+    defaults = data.get("defaults") or {}
+    if not isinstance(defaults, dict):
+        raise ConfigError(f"{path}: 'defaults' must be a mapping")
+    _check_keys(f"{path}: defaults", defaults, DEFAULT_KEYS)
+    entries = data.get("kernels")
+    if not isinstance(entries, list) or not entries:
+        raise ConfigError(f"{path}: 'kernels' must be a non-empty list")
+    mirror = _str(str(path), "mirror", data.get("mirror") or "")
+    default_arches = defaults.get("arches", ["x86_64"])
+
+    specs: list[KernelSpec] = []
+    seen: set[str] = set()
+    for index, entry in enumerate(entries):
+        where = f"{path}: kernels[{index}]"
+        if not isinstance(entry, dict):
+            raise ConfigError(f"{where}: expected a mapping, got {type(entry).__name__}")
+        if "id" in entry:
+            where = f"{path}: kernel {str(entry['id'])!r}"
+        _check_keys(where, entry, KERNEL_KEYS)
+        if "id" not in entry:
+            raise ConfigError(f"{where}: missing 'id'")
+        kid = _str(where, "id", entry["id"])
+        if not _ID_RE.match(kid):
+            raise ConfigError(f"{where}: id {kid!r} must be letters, digits, '.', '_', '+' or '-'")
+        if kid in seen:
+            raise ConfigError(f"{where}: duplicate id {kid!r}")
+        seen.add(kid)
+        source = _str(where, "source", entry.get("source", "debian"))
+        if source not in SOURCES:
+            raise ConfigError(f"{where}: unknown source {source!r} (known: {', '.join(SOURCES)})")
+        merged = {**defaults, **entry}
+        try:
+            timeout = float(merged.get("timeout", 300))
+            cpus = int(merged.get("cpus", 1))
+        except (TypeError, ValueError) as exc:
+            raise ConfigError(f"{where}: 'timeout' and 'cpus' must be numbers") from exc
+        if timeout <= 0 or cpus <= 0:
+            raise ConfigError(f"{where}: 'timeout' and 'cpus' must be positive")
+        append_raw = merged.get("append", [])
+        append = tuple(append_raw.split() if isinstance(append_raw, str) else append_raw)
+        common: dict[str, Any] = {
+            "memory": _str(where, "memory", merged.get("memory", "1G")),
+            "cpus": cpus,
+            "timeout": timeout,
+            "append": append,
+        }
+        for arch in _arches(where, entry, default_arches):
+            if source == "debian":
+                if "suite" not in entry:
+                    raise ConfigError(f"{where}: a debian kernel needs a 'suite'")
+                for key in ("image", "modules"):
+                    if key in entry:
+                        raise ConfigError(f"{where}: {key!r} is for local kernels")
+                specs.append(
+                    KernelSpec(
+                        id=kid,
+                        arch=arch,
+                        source=source,
+                        suite=_validate_suite(where, _str(where, "suite", entry["suite"])),
+                        package=_str(where, "package", entry.get("package", "")),
+                        flavour=_str(where, "flavour", entry.get("flavour", "")),
+                        mirror=_str(where, "mirror", entry.get("mirror", "")),
+                        **common,
+                    )
+                )
+            else:
+                if "image" not in entry:
+                    raise ConfigError(f"{where}: a local kernel needs an 'image'")
+                base = path.parent
+                specs.append(
+                    KernelSpec(
+                        id=kid,
+                        arch=arch,
+                        source=source,
+                        image=_local_path(where, base, "image", entry["image"]),
+                        modules=(
+                            _local_path(where, base, "modules", entry["modules"])
+                            if "modules" in entry
+                            else None
+                        ),
+                        **common,
+                    )
+                )
+    baseline = _str(str(path), "baseline", data.get("baseline") or "")
+    if baseline and baseline not in seen:
+        raise ConfigError(f"{path}: baseline {baseline!r} is not a kernel id of this file")
+    rootfs_raw = data.get("rootfs") or {}
+    if not isinstance(rootfs_raw, dict):
+        raise ConfigError(f"{path}: 'rootfs' must be a mapping")
+    _check_keys(f"{path}: rootfs", rootfs_raw, ROOTFS_KEYS)
+    rootfs = RootfsSpec(
+        suite=_validate_suite(f"{path}: rootfs", _str(str(path), "suite", rootfs_raw.get("suite", "trixie"))),
+        packages=tuple(rootfs_raw.get("packages", ())),
+    )
+    return KernelsConfig(path=path, kernels=tuple(specs), mirror=mirror, baseline=baseline, rootfs=rootfs)
+
+
+def load_kernels_yaml(path: Path) -> KernelsConfig:
+    """Read and parse kernels.yaml at ``path``; raises ConfigError when missing or invalid."""
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read: {exc.strerror}") from exc
+    return parse_kernels_yaml(text, path)

@@ -1,0 +1,259 @@
+"""Result records (one per probe × kernel × arch × check) and the matrix built from them."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Any
+
+SCHEMA_NAME = "bpf-kernel-matrix/results"
+SCHEMA_VERSION = 1
+
+
+class Outcome(str, Enum):
+    """What one check concluded. ERROR is the harness's or VM's failure, never the probe's."""
+
+    PASS = "pass"
+    FAIL = "fail"
+    XFAIL = "xfail"  # failed, and an expectation says it should
+    XPASS = "xpass"  # passed where an expectation says it should fail
+    SKIP = "skip"
+    ERROR = "error"
+
+
+# Worst first: the summary of several checks is the first of these that occurs.
+SEVERITY: tuple[Outcome, ...] = (
+    Outcome.ERROR,
+    Outcome.FAIL,
+    Outcome.XPASS,
+    Outcome.XFAIL,
+    Outcome.PASS,
+    Outcome.SKIP,
+)
+
+
+class Check(str, Enum):
+    """The checks a probe goes through on a kernel, in the order they are shown."""
+
+    SYMBOL = "symbol"  # offline: target present and attachable (kallsyms, ftrace, BTF, tracepoints)
+    PROTOTYPE = "prototype"  # offline: the target's parameters against the baseline kernel
+    LAYOUT = "layout"  # offline: CO-RE field accesses resolved against the kernel's BTF
+    TP_FORMAT = "tp_format"  # offline: tracepoint format fields against the baseline kernel
+    UPROBE = "uprobe"  # offline: user-space target symbol, inlining, offsets
+    LOAD = "load"  # guest: verifier accepted the program
+    CORE = "core"  # guest: libbpf resolved every CO-RE relocation
+    ATTACH = "attach"  # guest: attached to its hook
+    FIRE = "fire"  # guest: ran after its trigger, with how many misses
+
+
+CHECK_ORDER: tuple[Check, ...] = tuple(Check)
+
+
+def worst(outcomes: Iterable[Outcome]) -> Outcome | None:
+    """Return the most severe outcome of ``outcomes``, or None when there are none."""
+    present = set(outcomes)
+    for outcome in SEVERITY:
+        if outcome in present:
+            return outcome
+    return None
+
+
+@dataclass(frozen=True)
+class Probe:
+    """One BPF program of one object: what it hooks and where."""
+
+    object: str  # the object's stem, e.g. "vfs_unlink" for vfs_unlink.bpf.o
+    program: str  # the program's (function's) name
+    section: str  # the ELF section, e.g. "kprobe/vfs_unlink"
+    kind: str  # hook type: kprobe, fentry, tracepoint, lsm, uprobe, ...
+    target: str  # the kernel function, tracepoint, LSM hook or user-space symbol
+
+    @property
+    def id(self) -> str:
+        """A short stable id: the program name, prefixed by the object when they differ."""
+        return self.program if self.program == self.object else f"{self.object}:{self.program}"
+
+
+@dataclass(frozen=True)
+class CellResult:
+    """The outcome of one check of one probe on one kernel and arch."""
+
+    probe: Probe
+    kernel: str  # the kernels.yaml id, e.g. "6.1"
+    arch: str  # x86_64 or arm64
+    check: Check
+    outcome: Outcome
+    reason: str = ""  # one line a user can act on; empty for a plain pass
+    details: Mapping[str, Any] = field(default_factory=dict)
+    duration: float = 0.0
+    expected: str | None = None  # the expectation that turned FAIL into XFAIL (or PASS into XPASS)
+
+    def serialize(self) -> dict[str, Any]:
+        """Return a JSON-ready dict (the schema documented in the README)."""
+        return {
+            "object": self.probe.object,
+            "program": self.probe.program,
+            "section": self.probe.section,
+            "hook": self.probe.kind,
+            "target": self.probe.target,
+            "kernel": self.kernel,
+            "arch": self.arch,
+            "check": self.check.value,
+            "outcome": self.outcome.value,
+            "reason": self.reason,
+            "details": dict(self.details),
+            "duration": round(self.duration, 3),
+            "expected": self.expected,
+        }
+
+    @classmethod
+    def deserialize(cls, data: Mapping[str, Any]) -> CellResult:
+        """Inverse of serialize(); raises KeyError or ValueError on a malformed record."""
+        probe = Probe(
+            object=data["object"],
+            program=data["program"],
+            section=data["section"],
+            kind=data["hook"],
+            target=data["target"],
+        )
+        return cls(
+            probe=probe,
+            kernel=str(data["kernel"]),
+            arch=data["arch"],
+            check=Check(data["check"]),
+            outcome=Outcome(data["outcome"]),
+            reason=data.get("reason", ""),
+            details=data.get("details") or {},
+            duration=float(data.get("duration", 0.0)),
+            expected=data.get("expected"),
+        )
+
+    def with_outcome(self, outcome: Outcome, expected: str | None) -> CellResult:
+        """Return a copy with another outcome, recording the expectation that caused it."""
+        return dataclasses.replace(self, outcome=outcome, expected=expected)
+
+
+@dataclass(frozen=True)
+class KernelRun:
+    """What the run learned about one (kernel, arch): its version, how it was booted, how long it took."""
+
+    kernel: str
+    arch: str
+    version: str = ""  # uname -r in the guest, or the package's version when not booted
+    source: str = ""  # e.g. "debian bookworm linux-image-6.1.0-27-amd64-unsigned 6.1.115-1"
+    digest: str = ""  # sha256 of the package the kernel came from
+    accelerator: str = ""  # kvm or tcg; empty when the kernel was not booted
+    booted: bool = False
+    boot_seconds: float = 0.0
+    lsm: str = ""  # the active LSMs in the guest
+    error: str = ""  # set when the kernel could not be fetched or booted
+    notes: tuple[str, ...] = ()
+
+    @property
+    def column(self) -> str:
+        return f"{self.kernel}/{self.arch}"
+
+    def serialize(self) -> dict[str, Any]:
+        data = dataclasses.asdict(self)
+        data["notes"] = list(self.notes)
+        data["boot_seconds"] = round(self.boot_seconds, 3)
+        return data
+
+    @classmethod
+    def deserialize(cls, data: Mapping[str, Any]) -> KernelRun:
+        known = {f.name for f in dataclasses.fields(cls)}
+        values = {k: v for k, v in data.items() if k in known}
+        values["notes"] = tuple(values.get("notes", ()))
+        values["kernel"] = str(values["kernel"])
+        return cls(**values)
+
+
+@dataclass(frozen=True)
+class Matrix:
+    """Every record of a run (or of merged runs), plus what is known of each kernel."""
+
+    records: tuple[CellResult, ...]
+    kernels: tuple[KernelRun, ...] = ()
+
+    def columns(self) -> list[tuple[str, str]]:
+        """(kernel, arch) pairs in kernels.yaml order, then any seen only in records."""
+        seen: dict[tuple[str, str], None] = {}
+        for run in self.kernels:
+            seen.setdefault((run.kernel, run.arch), None)
+        for rec in self.records:
+            seen.setdefault((rec.kernel, rec.arch), None)
+        return list(seen)
+
+    def probes(self) -> list[Probe]:
+        """Probes sorted by object then program (stable from run to run)."""
+        return sorted({r.probe for r in self.records}, key=lambda p: (p.object, p.program))
+
+    def cell(self, probe: Probe, kernel: str, arch: str) -> list[CellResult]:
+        """The records of one cell, in check order."""
+        found = [
+            r for r in self.records if r.probe == probe and r.kernel == kernel and r.arch == arch
+        ]
+        return sorted(found, key=lambda r: CHECK_ORDER.index(r.check))
+
+    def summary(self, probe: Probe, kernel: str, arch: str) -> Outcome | None:
+        """The cell's overall outcome: its worst check, or None when it has no records."""
+        return worst(r.outcome for r in self.cell(probe, kernel, arch))
+
+    def kernel_run(self, kernel: str, arch: str) -> KernelRun | None:
+        for run in self.kernels:
+            if run.kernel == kernel and run.arch == arch:
+                return run
+        return None
+
+    def serialize(self) -> dict[str, Any]:
+        return {
+            "schema": SCHEMA_NAME,
+            "version": SCHEMA_VERSION,
+            "kernels": [k.serialize() for k in self.kernels],
+            "records": [r.serialize() for r in self.records],
+        }
+
+    @classmethod
+    def deserialize(cls, data: Mapping[str, Any]) -> Matrix:
+        """Build a Matrix from a results document; raises ValueError naming what is wrong."""
+        if data.get("schema") != SCHEMA_NAME:
+            raise ValueError(f"not a {SCHEMA_NAME} document (schema={data.get('schema')!r})")
+        if data.get("version") != SCHEMA_VERSION:
+            raise ValueError(
+                f"results version {data.get('version')!r} is not supported (expected {SCHEMA_VERSION})"
+            )
+        try:
+            records = tuple(CellResult.deserialize(r) for r in data["records"])
+            kernels = tuple(KernelRun.deserialize(k) for k in data.get("kernels", []))
+        except (KeyError, TypeError) as exc:
+            raise ValueError(f"malformed results record: {exc}") from exc
+        return cls(records=records, kernels=kernels)
+
+
+def parse_matrix_json(text: str, name: str = "results") -> Matrix:
+    """Parse a results document; raises ValueError naming the file."""
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{name}: not JSON: {exc}") from exc
+    if not isinstance(data, dict):
+        raise ValueError(f"{name}: not a results document")
+    try:
+        return Matrix.deserialize(data)
+    except ValueError as exc:
+        raise ValueError(f"{name}: {exc}") from exc
+
+
+def merge_matrices(matrices: Iterable[Matrix]) -> Matrix:
+    """Merge shards: records and kernels of each, the later shard winning for the same key."""
+    records: dict[tuple[Probe, str, str, Check], CellResult] = {}
+    kernels: dict[tuple[str, str], KernelRun] = {}
+    for m in matrices:
+        for k in m.kernels:
+            kernels[(k.kernel, k.arch)] = k
+        for r in m.records:
+            records[(r.probe, r.kernel, r.arch, r.check)] = r
+    return Matrix(records=tuple(records.values()), kernels=tuple(kernels.values()))
