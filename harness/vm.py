@@ -233,7 +233,7 @@ class VngRunner:
         timed_out = False
         with log_path.open("wb") as log:
             try:
-                proc = subprocess.Popen(  # noqa: S603 - argv list, no shell
+                proc = subprocess.Popen(
                     argv,
                     stdin=subprocess.DEVNULL,
                     stdout=log,

@@ -1,0 +1,560 @@
+"""The guest agent: runs in each VM (stdlib only), collects kernel facts, loads, attaches and fires BPF.
+
+It reads ``plan.json`` from the shared directory given as its only argument, writes its results as JSON
+files there, and writes ``done.json`` last: the host judges the boot by that record alone, never by the
+console or by vng's exit status.
+
+Loading goes through libbpf itself (ctypes on the guest's libbpf.so), so each program gets its own load
+result and log, attach result and run count: bpftool's ``loadall`` is all-or-nothing per object.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import errno
+import gzip
+import json
+import os
+import platform
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import traceback
+
+TRACEFS_CANDIDATES = ("/sys/kernel/tracing", "/sys/kernel/debug/tracing")
+TRIGGER_TIMEOUT = 60.0
+
+
+def write_json(path: str, data: object) -> None:
+    tmp = path + ".tmp"
+    with open(tmp, "w") as fh:
+        json.dump(data, fh)
+    os.rename(tmp, path)
+
+
+def read_text(path: str) -> str | None:
+    try:
+        with open(path, errors="replace") as fh:
+            return fh.read()
+    except OSError:
+        return None
+
+
+def copy_file(src: str, dst: str) -> bool:
+    try:
+        with open(src, "rb") as fin, open(dst, "wb") as fout:
+            while True:
+                chunk = fin.read(1 << 20)
+                if not chunk:
+                    break
+                fout.write(chunk)
+        return True
+    except OSError:
+        return False
+
+
+def mount_fs(fstype: str, target: str) -> None:
+    if os.path.ismount(target):
+        return
+    subprocess.run(["mount", "-t", fstype, fstype, target], capture_output=True, timeout=20, check=False)
+
+
+def tracefs() -> str | None:
+    for path in TRACEFS_CANDIDATES:
+        if os.path.exists(os.path.join(path, "available_events")):
+            return path
+    try:
+        mount_fs("tracefs", "/sys/kernel/tracing")
+    except (OSError, subprocess.SubprocessError):
+        pass
+    if os.path.exists("/sys/kernel/tracing/available_events"):
+        return "/sys/kernel/tracing"
+    try:
+        mount_fs("debugfs", "/sys/kernel/debug")
+    except (OSError, subprocess.SubprocessError):
+        pass
+    if os.path.exists("/sys/kernel/debug/tracing/available_events"):
+        return "/sys/kernel/debug/tracing"
+    return None
+
+
+def collect_facts(out: str) -> dict[str, object]:
+    """Write the kernel's facts into ``out`` (the layout harness.facts reads); return a summary."""
+    os.makedirs(out, exist_ok=True)
+    uname = platform.uname()
+    write_json(
+        os.path.join(out, "uname.json"),
+        {"release": uname.release, "machine": uname.machine, "version": uname.version},
+    )
+    have: dict[str, object] = {}
+    have["kallsyms"] = copy_file("/proc/kallsyms", os.path.join(out, "kallsyms"))
+    have["btf"] = copy_file("/sys/kernel/btf/vmlinux", os.path.join(out, "vmlinux.btf"))
+    lsm = read_text("/sys/kernel/security/lsm")
+    if lsm is None:
+        mount_fs("securityfs", "/sys/kernel/security")
+        lsm = read_text("/sys/kernel/security/lsm")
+    if lsm is not None:
+        with open(os.path.join(out, "lsm"), "w") as fh:
+            fh.write(lsm)
+    have["lsm"] = lsm
+    config = None
+    try:
+        with gzip.open("/proc/config.gz", "rt") as fh:
+            config = fh.read()
+    except OSError:
+        config = read_text("/boot/config-" + uname.release)
+    if config is not None:
+        with open(os.path.join(out, "config"), "w") as fh:
+            fh.write(config)
+    have["config"] = config is not None
+    tfs = tracefs()
+    have["tracefs"] = tfs
+    if tfs:
+        for name in ("available_filter_functions", "available_events"):
+            have[name] = copy_file(os.path.join(tfs, name), os.path.join(out, name))
+        formats: dict[str, str] = {}
+        events_dir = os.path.join(tfs, "events")
+        for line in (read_text(os.path.join(tfs, "available_events")) or "").splitlines():
+            cat, _, name = line.strip().partition(":")
+            if not name:
+                continue
+            text = read_text(os.path.join(events_dir, cat, name, "format"))
+            if text is not None:
+                formats[cat + "/" + name] = text
+        write_json(os.path.join(out, "tracepoint_formats.json"), formats)
+        have["tracepoint_formats"] = len(formats)
+    return have
+
+
+# ---------------------------------------------------------------------------------------------------
+# libbpf through ctypes
+
+PRINT_FN = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_int, ctypes.c_char_p, ctypes.c_void_p)
+
+
+class BpfProgInfo(ctypes.Structure):
+    """struct bpf_prog_info up to recursion_misses (include/uapi/linux/bpf.h; fields only append)."""
+
+    _fields_ = [
+        ("type", ctypes.c_uint32),
+        ("id", ctypes.c_uint32),
+        ("tag", ctypes.c_uint8 * 8),
+        ("jited_prog_len", ctypes.c_uint32),
+        ("xlated_prog_len", ctypes.c_uint32),
+        ("jited_prog_insns", ctypes.c_uint64),
+        ("xlated_prog_insns", ctypes.c_uint64),
+        ("load_time", ctypes.c_uint64),
+        ("created_by_uid", ctypes.c_uint32),
+        ("nr_map_ids", ctypes.c_uint32),
+        ("map_ids", ctypes.c_uint64),
+        ("name", ctypes.c_char * 16),
+        ("ifindex", ctypes.c_uint32),
+        ("gpl_compatible", ctypes.c_uint32),
+        ("netns_dev", ctypes.c_uint64),
+        ("netns_ino", ctypes.c_uint64),
+        ("nr_jited_ksyms", ctypes.c_uint32),
+        ("nr_jited_func_lens", ctypes.c_uint32),
+        ("jited_ksyms", ctypes.c_uint64),
+        ("jited_func_lens", ctypes.c_uint64),
+        ("btf_id", ctypes.c_uint32),
+        ("func_info_rec_size", ctypes.c_uint32),
+        ("func_info", ctypes.c_uint64),
+        ("nr_func_info", ctypes.c_uint32),
+        ("nr_line_info", ctypes.c_uint32),
+        ("line_info", ctypes.c_uint64),
+        ("jited_line_info", ctypes.c_uint64),
+        ("nr_jited_line_info", ctypes.c_uint32),
+        ("line_info_rec_size", ctypes.c_uint32),
+        ("jited_line_info_rec_size", ctypes.c_uint32),
+        ("nr_prog_tags", ctypes.c_uint32),
+        ("prog_tags", ctypes.c_uint64),
+        ("run_time_ns", ctypes.c_uint64),
+        ("run_cnt", ctypes.c_uint64),
+        ("recursion_misses", ctypes.c_uint64),  # since 5.12
+    ]
+
+
+# struct bpf_link_info: type, id, prog_id, then a union aligned to 8. For perf-event links
+# (BPF_LINK_TYPE_PERF_EVENT, 6.6+ for the info), the kprobe's `missed` sits at byte 48 (6.7+);
+# for kprobe_multi links (BPF_LINK_TYPE_KPROBE_MULTI) `missed` sits at byte 32 (6.9+).
+LINK_TYPE_KPROBE_MULTI = 8
+LINK_TYPE_PERF_EVENT = 7
+PERF_EVENT_TYPE_KPROBE = 2
+PERF_EVENT_TYPE_KRETPROBE = 3
+
+
+class Libbpf:
+    """The few libbpf calls the agent needs, with its log captured per operation."""
+
+    def __init__(self) -> None:
+        name = ctypes.util.find_library("bpf")
+        candidates = [name] if name else []
+        candidates += ["libbpf.so.1", "libbpf.so.0", "libbpf.so"]
+        last: Exception | None = None
+        for cand in candidates:
+            try:
+                self.lib = ctypes.CDLL(cand, use_errno=True)
+                self.path = cand
+                break
+            except OSError as exc:
+                last = exc
+        else:
+            raise RuntimeError(f"libbpf not found in the guest: {last}")
+        self.libc = ctypes.CDLL(None, use_errno=True)
+        self.libc.vsnprintf.argtypes = [ctypes.c_char_p, ctypes.c_size_t, ctypes.c_char_p, ctypes.c_void_p]
+        self.libc.vsnprintf.restype = ctypes.c_int
+        lib = self.lib
+        lib.bpf_object__open_file.restype = ctypes.c_void_p
+        lib.bpf_object__open_file.argtypes = [ctypes.c_char_p, ctypes.c_void_p]
+        lib.bpf_object__next_program.restype = ctypes.c_void_p
+        lib.bpf_object__next_program.argtypes = [ctypes.c_void_p, ctypes.c_void_p]
+        lib.bpf_program__name.restype = ctypes.c_char_p
+        lib.bpf_program__name.argtypes = [ctypes.c_void_p]
+        lib.bpf_program__section_name.restype = ctypes.c_char_p
+        lib.bpf_program__section_name.argtypes = [ctypes.c_void_p]
+        lib.bpf_program__set_autoload.restype = ctypes.c_int
+        lib.bpf_program__set_autoload.argtypes = [ctypes.c_void_p, ctypes.c_bool]
+        lib.bpf_object__load.restype = ctypes.c_int
+        lib.bpf_object__load.argtypes = [ctypes.c_void_p]
+        lib.bpf_object__close.restype = None
+        lib.bpf_object__close.argtypes = [ctypes.c_void_p]
+        lib.bpf_program__fd.restype = ctypes.c_int
+        lib.bpf_program__fd.argtypes = [ctypes.c_void_p]
+        lib.bpf_program__attach.restype = ctypes.c_void_p
+        lib.bpf_program__attach.argtypes = [ctypes.c_void_p]
+        lib.bpf_link__fd.restype = ctypes.c_int
+        lib.bpf_link__fd.argtypes = [ctypes.c_void_p]
+        lib.bpf_link__destroy.restype = ctypes.c_int
+        lib.bpf_link__destroy.argtypes = [ctypes.c_void_p]
+        lib.bpf_obj_get_info_by_fd.restype = ctypes.c_int
+        lib.bpf_obj_get_info_by_fd.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.POINTER(ctypes.c_uint32)]
+        lib.libbpf_get_error.restype = ctypes.c_long
+        lib.libbpf_get_error.argtypes = [ctypes.c_void_p]
+        lib.libbpf_set_print.restype = ctypes.c_void_p
+        lib.libbpf_set_print.argtypes = [PRINT_FN]
+        self._log: list[str] = []
+        self._lock = threading.Lock()
+        self._printer = PRINT_FN(self._print)  # kept alive: libbpf holds the pointer
+        lib.libbpf_set_print(self._printer)
+        self.version = self._version()
+
+    def _version(self) -> str:
+        try:
+            fn = self.lib.libbpf_version_string
+        except AttributeError:
+            return "unknown"
+        fn.restype = ctypes.c_char_p
+        value = fn()
+        return value.decode() if value else "unknown"
+
+    def _print(self, level: int, fmt: bytes, args: int) -> int:
+        buf = ctypes.create_string_buffer(8192)
+        self.libc.vsnprintf(buf, len(buf), fmt, args)
+        with self._lock:
+            self._log.append(buf.value.decode(errors="replace"))
+        return 0
+
+    def take_log(self) -> str:
+        with self._lock:
+            text = "".join(self._log)
+            self._log = []
+        return text
+
+    def error_of(self, ptr: int | None) -> int:
+        """The errno of a failed constructor: NULL with errno (libbpf 1.x) or an ERR_PTR (0.x)."""
+        if not ptr:
+            return ctypes.get_errno() or errno.EINVAL
+        err = self.lib.libbpf_get_error(ptr)
+        return -err if err else 0
+
+    def programs(self, obj: int) -> list[int]:
+        progs: list[int] = []
+        prog = self.lib.bpf_object__next_program(obj, None)
+        while prog:
+            progs.append(prog)
+            prog = self.lib.bpf_object__next_program(obj, prog)
+        return progs
+
+    def prog_name(self, prog: int) -> str:
+        value = self.lib.bpf_program__name(prog)
+        return value.decode() if value else "?"
+
+    def prog_info(self, fd: int) -> dict[str, object]:
+        info = BpfProgInfo()
+        size = ctypes.c_uint32(ctypes.sizeof(info))
+        if self.lib.bpf_obj_get_info_by_fd(fd, ctypes.byref(info), ctypes.byref(size)) != 0:
+            return {"error": os.strerror(ctypes.get_errno() or errno.EINVAL)}
+        out: dict[str, object] = {"id": info.id, "run_cnt": info.run_cnt, "run_time_ns": info.run_time_ns}
+        # The kernel reports how much of the struct it knows; older kernels have no recursion_misses.
+        if size.value >= BpfProgInfo.recursion_misses.offset + 8:
+            out["recursion_misses"] = info.recursion_misses
+        return out
+
+    def link_missed(self, link_fd: int, kernel: tuple[int, int]) -> int | None:
+        """The kprobe's missed count from its link, where the kernel reports it (6.7+), else None."""
+        buf = (ctypes.c_uint64 * 32)()
+        size = ctypes.c_uint32(ctypes.sizeof(buf))
+        if self.lib.bpf_obj_get_info_by_fd(link_fd, ctypes.byref(buf), ctypes.byref(size)) != 0:
+            return None
+        raw = bytes(buf)
+        link_type = int.from_bytes(raw[0:4], sys.byteorder)
+        if link_type == LINK_TYPE_PERF_EVENT and kernel >= (6, 7):
+            pe_type = int.from_bytes(raw[16:20], sys.byteorder)
+            if pe_type in (PERF_EVENT_TYPE_KPROBE, PERF_EVENT_TYPE_KRETPROBE):
+                return int.from_bytes(raw[48:56], sys.byteorder)
+        if link_type == LINK_TYPE_KPROBE_MULTI and kernel >= (6, 9):
+            return int.from_bytes(raw[32:40], sys.byteorder)
+        return None
+
+
+def kernel_version() -> tuple[int, int]:
+    release = platform.release()
+    parts = release.split(".")
+    try:
+        return int(parts[0]), int("".join(c for c in parts[1] if c.isdigit()) or 0)
+    except (IndexError, ValueError):
+        return (0, 0)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Workloads that make probes fire
+
+
+def default_workload(share: str) -> None:
+    """Exercise the usual hooks: files (open, write, rename, unlink), exec, a loopback TCP connection,
+    and direct block I/O on the scratch disk when there is one."""
+    with tempfile.TemporaryDirectory(prefix="bpfmatrix-") as tmp:
+        path = os.path.join(tmp, "f")
+        for _ in range(3):
+            with open(path, "w") as fh:
+                fh.write("x" * 4096)
+                fh.flush()
+                os.fsync(fh.fileno())
+            with open(path) as fh:
+                fh.read()
+            os.rename(path, path + ".2")
+            os.unlink(path + ".2")
+        os.mkdir(os.path.join(tmp, "d"))
+        os.rmdir(os.path.join(tmp, "d"))
+    for _ in range(2):
+        subprocess.run(["/bin/true"], check=False, timeout=20)
+    server = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        server.bind(("127.0.0.1", 0))
+        server.listen(1)
+        client = socket.create_connection(server.getsockname(), timeout=5)
+        conn, _ = server.accept()
+        client.sendall(b"ping")
+        conn.recv(4)
+        conn.close()
+        client.close()
+    except OSError:
+        pass
+    finally:
+        server.close()
+    os.getpid()
+    block_io()
+
+
+def block_io() -> None:
+    """Read the scratch disk with O_DIRECT so the request reaches the block layer."""
+    for dev in ("/dev/vda", "/dev/sda"):
+        if not os.path.exists(dev):
+            continue
+        try:
+            fd = os.open(dev, os.O_RDONLY | getattr(os, "O_DIRECT", 0))
+        except OSError:
+            continue
+        try:
+            import mmap
+
+            buf = mmap.mmap(-1, 4096)
+            for i in range(8):
+                os.preadv(fd, [buf], i * 4096)
+        except OSError:
+            pass
+        finally:
+            os.close(fd)
+        return
+
+
+def run_trigger(trigger: object, share: str) -> dict[str, object]:
+    """Run one trigger: "default", an argv list, or a shell command string (the user's own, in the guest)."""
+    start = time.monotonic()
+    try:
+        if trigger in (None, "default"):
+            default_workload(share)
+            return {"trigger": "default", "ok": True, "seconds": time.monotonic() - start}
+        if isinstance(trigger, list):
+            argv = [str(a) for a in trigger]
+        else:
+            argv = ["/bin/sh", "-c", str(trigger)]
+        proc = subprocess.run(
+            argv, capture_output=True, timeout=TRIGGER_TIMEOUT, check=False, cwd=share
+        )
+        return {
+            "trigger": trigger,
+            "ok": proc.returncode == 0,
+            "returncode": proc.returncode,
+            "output": (proc.stdout + proc.stderr).decode(errors="replace")[-2000:],
+            "seconds": time.monotonic() - start,
+        }
+    except (OSError, subprocess.SubprocessError) as exc:
+        return {"trigger": trigger, "ok": False, "error": str(exc), "seconds": time.monotonic() - start}
+
+
+# ---------------------------------------------------------------------------------------------------
+# One object: load (whole, then per program on failure), attach each, trigger, count
+
+
+def load_object(lb: Libbpf, path: str, only: str | None) -> tuple[int | None, dict[str, object]]:
+    """Open ``path`` and load it (just program ``only`` when given). Returns (object or None, record)."""
+    lb.take_log()
+    obj = lb.lib.bpf_object__open_file(path.encode(), None)
+    err = lb.error_of(obj)
+    if err:
+        return None, {"stage": "open", "ok": False, "errno": err, "error": os.strerror(err),
+                      "log": lb.take_log()}
+    names = []
+    for prog in lb.programs(obj):
+        name = lb.prog_name(prog)
+        names.append(name)
+        if only is not None:
+            lb.lib.bpf_program__set_autoload(prog, name == only)
+    rc = lb.lib.bpf_object__load(obj)
+    record: dict[str, object] = {"stage": "load", "ok": rc == 0, "programs": names, "log": lb.take_log()}
+    if rc != 0:
+        record["errno"] = -rc
+        record["error"] = os.strerror(-rc)
+        lb.lib.bpf_object__close(obj)
+        return None, record
+    return obj, record
+
+
+def run_object(lb: Libbpf, spec: dict[str, object], share: str) -> dict[str, object]:
+    path = os.path.join(share, str(spec["path"]))
+    triggers = spec.get("triggers") or {}
+    assert isinstance(triggers, dict)
+    result: dict[str, object] = {"object": spec["name"], "programs": {}}
+    programs: dict[str, dict[str, object]] = {}
+    result["programs"] = programs
+    start = time.monotonic()
+    obj, whole = load_object(lb, path, None)
+    result["whole_load"] = whole
+    if whole.get("stage") == "open":
+        result["error"] = "libbpf could not open the object: {}".format(whole.get("error"))
+        return result
+    loaded: list[tuple[int, str, int]] = []  # (object, program name, program pointer)
+    objects: list[int] = []
+    if obj is not None:
+        objects.append(obj)
+        for prog in lb.programs(obj):
+            name = lb.prog_name(prog)
+            programs[name] = {"load": {"ok": True, "seconds": time.monotonic() - start}}
+            loaded.append((obj, name, prog))
+        result["load_log"] = whole["log"]
+    else:
+        # One rejected program fails the whole object: load each program alone to tell them apart.
+        names = whole.get("programs")
+        for name in names if isinstance(names, list) else []:
+            t0 = time.monotonic()
+            one, rec = load_object(lb, path, str(name))
+            rec["seconds"] = time.monotonic() - t0
+            programs[str(name)] = {"load": rec}
+            if one is not None:
+                objects.append(one)
+                for prog in lb.programs(one):
+                    if lb.prog_name(prog) == name:
+                        loaded.append((one, str(name), prog))
+    links: dict[str, int] = {}
+    for _obj, name, prog in loaded:
+        lb.take_log()
+        link = lb.lib.bpf_program__attach(prog)
+        err = lb.error_of(link)
+        attach: dict[str, object] = {"ok": not err, "log": lb.take_log()}
+        if err:
+            attach["errno"] = err
+            attach["error"] = os.strerror(err)
+        else:
+            links[name] = int(link)
+        programs[name]["attach"] = attach
+    if links:
+        ran: list[dict[str, object]] = []
+        wanted = [triggers.get(name, "default") for name in links]
+        seen: list[object] = []
+        for trig in wanted:
+            if trig not in seen:
+                seen.append(trig)
+                ran.append(run_trigger(trig, share))
+        result["triggers"] = ran
+        kver = kernel_version()
+        for _obj, name, prog in loaded:
+            if name not in links:
+                continue
+            info = lb.prog_info(lb.lib.bpf_program__fd(prog))
+            missed = lb.link_missed(lb.lib.bpf_link__fd(links[name]), kver)
+            if missed is not None:
+                info["kprobe_missed"] = missed
+            info["trigger"] = triggers.get(name, "default")
+            programs[name]["fire"] = info
+    for link in links.values():
+        lb.lib.bpf_link__destroy(link)
+    for one in objects:
+        lb.lib.bpf_object__close(one)
+    result["seconds"] = time.monotonic() - start
+    return result
+
+
+def enable_stats() -> bool:
+    try:
+        with open("/proc/sys/kernel/bpf_stats_enabled", "w") as fh:
+            fh.write("1")
+        return True
+    except OSError:
+        return False
+
+
+def main(argv: list[str]) -> int:
+    share = argv[1] if len(argv) > 1 else "/mnt"
+    start = time.monotonic()
+    done: dict[str, object] = {"ok": False, "release": platform.release(), "machine": platform.machine()}
+    try:
+        with open(os.path.join(share, "plan.json")) as fh:
+            plan = json.load(fh)
+        if plan.get("facts"):
+            t0 = time.monotonic()
+            done["facts"] = collect_facts(os.path.join(share, "facts"))
+            done["facts_seconds"] = time.monotonic() - t0
+        objects = plan.get("objects") or []
+        if objects:
+            done["stats_enabled"] = enable_stats()
+            try:
+                lb = Libbpf()
+            except (RuntimeError, AttributeError) as exc:
+                done["loader_error"] = str(exc)
+            else:
+                done["libbpf"] = lb.version
+                results = []
+                for spec in objects:
+                    try:
+                        results.append(run_object(lb, spec, share))
+                    except Exception as exc:  # one object's crash must not lose the others
+                        results.append({"object": spec.get("name"), "error": f"agent crashed: {exc!r}",
+                                        "traceback": traceback.format_exc()})
+                write_json(os.path.join(share, "objects.json"), results)
+        done["ok"] = True
+    except Exception as exc:
+        done["error"] = f"{type(exc).__name__}: {exc}"
+        done["traceback"] = traceback.format_exc()
+    done["seconds"] = time.monotonic() - start
+    write_json(os.path.join(share, "done.json"), done)
+    sys.stdout.flush()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))
