@@ -1,0 +1,363 @@
+"""Kernel facts collected in a guest (kallsyms, ftrace, tracepoints, BTF, config, LSMs), parsed lazily."""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+from typing import Any, Protocol
+
+from harness.errors import HarnessError
+
+UNAME_FILE = "uname.json"
+KALLSYMS_FILE = "kallsyms"
+FILTER_FUNCTIONS_FILE = "available_filter_functions"
+EVENTS_FILE = "available_events"
+FORMATS_FILE = "tracepoint_formats.json"
+BTF_FILE = "vmlinux.btf"
+CONFIG_FILE = "config"
+LSM_FILE = "lsm"
+
+# One kallsyms line: "<addr> <type> <name>", and "\t[<module>]" after the name for module symbols.
+_CORE_LINE = re.compile(r"^[0-9a-fA-F]+ (\S) ([^\t\n]+)$", re.M)
+_MODULE_LINE = re.compile(r"^[0-9a-fA-F]+ (\S) ([^\t\n]+)\t\[([^\]\n]+)\]$", re.M)
+
+# GCC's IPA clones (.isra/.constprop/.part, combinable: foo.constprop.0.isra.0), its split-off
+# unlikely paths (.cold, .cold.N before GCC 9), LTO privatised statics and clang's ThinLTO promotions.
+CLONE_RE = re.compile(
+    r"^(?P<base>[^.]+)(?P<suffix>(?:\.(?:isra|constprop|part|cold|lto_priv|llvm)(?:\.\d+)?)+)$"
+)
+
+# Marker symbols around text that ftrace or kprobes leave alone: (start, end, what it means).
+TEXT_REGIONS: tuple[tuple[str, str, str], ...] = (
+    ("__noinstr_text_start", "__noinstr_text_end", "in .noinstr.text (noinstr, 5.8+)"),
+    ("__kprobes_text_start", "__kprobes_text_end", "in .kprobes.text (__kprobes)"),
+    ("__entry_text_start", "__entry_text_end", "in .entry.text (low-level entry code)"),
+    ("__irqentry_text_start", "__irqentry_text_end", "in .irqentry.text"),
+    ("__softirqentry_text_start", "__softirqentry_text_end", "in .softirqentry.text"),
+    ("_sinittext", "_einittext", "__init text, freed after boot"),
+)
+
+# Since 6.0 ftrace lists addresses it cannot resolve under this name instead of dropping them.
+_FTRACE_INVALID = "__ftrace_invalid_address__"
+
+
+class FactsError(HarnessError):
+    """A kernel facts directory is incomplete or one of its files is malformed."""
+
+
+class BTFLike(Protocol):
+    """What the symbol checks need of a parsed BTF spec (harness.btf.BTFSpec satisfies it)."""
+
+    def func_names(self) -> frozenset[str]: ...
+
+    def by_name(self, name: str, kind: Any = None) -> Any: ...
+
+
+BTFParser = Callable[[bytes, str], BTFLike]
+
+
+@dataclass(frozen=True)
+class Uname:
+    """The guest's uname: release (uname -r), machine (uname -m) and version (uname -v)."""
+
+    release: str
+    machine: str
+    version: str = ""
+
+
+@dataclass(frozen=True)
+class Kallsyms:
+    """Parsed /proc/kallsyms: core symbols with their types, module symbols with their module."""
+
+    # name -> one type letter per kallsyms entry ("tt": two local symbols share the name)
+    core: Mapping[str, str]
+    modules: Mapping[str, str]  # name -> module of the first entry
+    markers: Mapping[str, int]  # addresses of the TEXT_REGIONS marker symbols that are present
+    text: str = field(default="", repr=False, compare=False)
+
+    def address_of(self, name: str) -> int | None:
+        """The address of the first core symbol ``name``, or None (a scan of the text: not hot)."""
+        return _address_in(self.text, name)
+
+    def region_of(self, name: str) -> str | None:
+        """Which special text region (TEXT_REGIONS) holds ``name``, or None when none or unknown."""
+        addr = self.address_of(name)
+        if not addr:  # kallsyms read without root shows every address as 0
+            return None
+        for start, end, what in TEXT_REGIONS:
+            lo, hi = self.markers.get(start), self.markers.get(end)
+            if lo is not None and hi is not None and lo <= addr < hi:
+                return what
+        return None
+
+
+def _address_in(text: str, name: str) -> int | None:
+    # str.find instead of a multi-line regex: this runs on megabytes of text.
+    needle = f" {name}\n"
+    pos = text.find(needle)
+    if pos < 0:
+        if not text.endswith(f" {name}"):
+            return None
+        pos = len(text) - len(name) - 1
+    line_start = text.rfind("\n", 0, pos) + 1
+    try:
+        return int(text[line_start:pos].split(" ", 1)[0], 16)
+    except ValueError:
+        return None
+
+
+def parse_uname(text: str, name: str = UNAME_FILE) -> Uname:
+    """Parse uname.json; raises FactsError naming ``name`` when it is not the expected object."""
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise FactsError(f"{name}: not JSON: {exc.msg} at line {exc.lineno}") from exc
+    if not isinstance(data, dict) or not isinstance(data.get("release"), str):
+        raise FactsError(f"{name}: expected an object with a string 'release', got {text[:60]!r}")
+    return Uname(
+        release=data["release"],
+        machine=str(data.get("machine", "")),
+        version=str(data.get("version", "")),
+    )
+
+
+def parse_kallsyms(text: str, name: str = KALLSYMS_FILE) -> Kallsyms:
+    """Parse /proc/kallsyms text; raises FactsError when it holds no symbol at all."""
+    core: dict[str, str] = {}
+    for typ, sym in _CORE_LINE.findall(text):
+        seen = core.get(sym)
+        core[sym] = typ if seen is None else seen + typ
+    modules: dict[str, str] = {}
+    # Module symbols follow the core ones; only scan from the first tab to keep this cheap.
+    first_tab = text.find("\t")
+    if first_tab >= 0:
+        start = text.rfind("\n", 0, first_tab) + 1
+        for _typ, sym, module in _MODULE_LINE.findall(text, start):
+            modules.setdefault(sym, module)
+    if not core and not modules:
+        raise FactsError(f"{name}: no kallsyms lines ('<address> <type> <name>'), got {text[:60]!r}")
+    markers: dict[str, int] = {}
+    for start_sym, end_sym, _what in TEXT_REGIONS:
+        for marker in (start_sym, end_sym):
+            addr = _address_in(text, marker) if marker in core else None
+            if addr is not None:
+                markers[marker] = addr
+    return Kallsyms(core=core, modules=modules, markers=markers, text=text)
+
+
+def parse_filter_functions(text: str) -> frozenset[str]:
+    """Function names of tracefs available_filter_functions (core and module ones alike)."""
+    names = {line.split(" ", 1)[0] for line in text.splitlines() if line}
+    return frozenset(n for n in names if n and not n.startswith(_FTRACE_INVALID))
+
+
+def parse_available_events(text: str) -> frozenset[str]:
+    """The "category:name" events of tracefs available_events."""
+    return frozenset(line.strip() for line in text.splitlines() if ":" in line)
+
+
+def parse_tracepoint_formats(text: str, name: str = FORMATS_FILE) -> dict[str, str]:
+    """Parse tracepoint_formats.json into {"cat/name": format text}; raises FactsError when malformed."""
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise FactsError(f"{name}: not JSON: {exc.msg} at line {exc.lineno}") from exc
+    if not isinstance(data, dict) or not all(isinstance(v, str) for v in data.values()):
+        raise FactsError(f"{name}: expected an object of \"cat/name\": format text")
+    return {k.replace(":", "/", 1): v for k, v in data.items()}
+
+
+def parse_config(text: str) -> dict[str, str]:
+    """Kernel config text to {"CONFIG_X": value}; "# CONFIG_X is not set" becomes "n", quotes are dropped."""
+    config: dict[str, str] = {}
+    for line in text.splitlines():
+        line = line.strip()
+        if line.startswith("CONFIG_") and "=" in line:
+            key, value = line.split("=", 1)
+            if len(value) >= 2 and value[0] == value[-1] == '"':
+                value = value[1:-1]
+            config[key] = value
+        elif line.startswith("# CONFIG_") and line.endswith(" is not set"):
+            config[line[2 : -len(" is not set")]] = "n"
+    return config
+
+
+def parse_lsm(text: str) -> tuple[str, ...]:
+    """The active LSMs of /sys/kernel/security/lsm (comma-separated, in order)."""
+    return tuple(part.strip() for part in text.strip().split(",") if part.strip())
+
+
+def _split_event(event: str) -> tuple[str, str]:
+    cat, _, name = event.replace(":", "/", 1).partition("/")
+    return cat, name
+
+
+def _default_btf_parser(data: bytes, name: str) -> BTFLike:
+    # Imported here: harness.btf is only needed by fentry, lsm and tp_btf probes.
+    from harness import btf
+
+    spec: BTFLike = btf.parse_btf(data, name)
+    return spec
+
+
+@dataclass(frozen=True)
+class KernelFacts:
+    """The facts of one booted (kernel, arch); every file is read and parsed on first use.
+
+    Optional files may be missing: their properties are then None (``kallsyms`` alone is required).
+    Properties raise FactsError (or harness.btf's BTFError) when a file is malformed.
+    """
+
+    directory: Path
+    btf_parser: BTFParser | None = field(default=None, compare=False)
+
+    @property
+    def label(self) -> str:
+        return str(self.directory)
+
+    def _read_text(self, filename: str) -> str | None:
+        path = self.directory / filename
+        try:
+            return path.read_text(encoding="utf-8", errors="replace")
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            raise FactsError(f"{path}: cannot read: {exc.strerror}") from exc
+
+    @cached_property
+    def uname(self) -> Uname | None:
+        text = self._read_text(UNAME_FILE)
+        return None if text is None else parse_uname(text, str(self.directory / UNAME_FILE))
+
+    @property
+    def release(self) -> str:
+        """uname -r, or "" when uname.json is missing."""
+        return self.uname.release if self.uname else ""
+
+    @property
+    def machine(self) -> str:
+        """uname -m, or "" when uname.json is missing."""
+        return self.uname.machine if self.uname else ""
+
+    @cached_property
+    def kallsyms(self) -> Kallsyms:
+        text = self._read_text(KALLSYMS_FILE)
+        if text is None:
+            raise FactsError(f"facts for {self.directory} are incomplete: no kallsyms")
+        return parse_kallsyms(text, str(self.directory / KALLSYMS_FILE))
+
+    @property
+    def symbols(self) -> Mapping[str, str]:
+        """Core-kernel symbol name -> its kallsyms types, one letter per entry ("T", "t", "tt", "W")."""
+        return self.kallsyms.core
+
+    @property
+    def module_symbols(self) -> Mapping[str, str]:
+        """Module symbol name -> the module it was seen in."""
+        return self.kallsyms.modules
+
+    def symbol_types(self, name: str) -> frozenset[str]:
+        """The set of kallsyms types of core symbol ``name`` (empty when absent)."""
+        return frozenset(self.kallsyms.core.get(name, ""))
+
+    @cached_property
+    def traceable(self) -> frozenset[str] | None:
+        """Functions ftrace can attach to (available_filter_functions), None when not collected."""
+        text = self._read_text(FILTER_FUNCTIONS_FILE)
+        return None if text is None else parse_filter_functions(text)
+
+    @cached_property
+    def events(self) -> frozenset[str] | None:
+        """Trace events as "cat:name" (available_events), None when not collected."""
+        text = self._read_text(EVENTS_FILE)
+        return None if text is None else parse_available_events(text)
+
+    @cached_property
+    def tracepoint_formats(self) -> Mapping[str, str] | None:
+        text = self._read_text(FORMATS_FILE)
+        if text is None:
+            return None
+        return parse_tracepoint_formats(text, str(self.directory / FORMATS_FILE))
+
+    def tracepoint_format(self, event: str) -> str | None:
+        """The format text of ``event`` ("cat/name" or "cat:name"), None when unknown."""
+        formats = self.tracepoint_formats
+        return None if formats is None else formats.get(event.replace(":", "/", 1))
+
+    @cached_property
+    def event_names(self) -> Mapping[str, tuple[str, ...]]:
+        """Event name -> its categories (a raw_tp or tp_btf target is the bare name)."""
+        index: dict[str, list[str]] = {}
+        for event in self.events or ():
+            cat, name = _split_event(event)
+            index.setdefault(name, []).append(cat)
+        return {k: tuple(sorted(v)) for k, v in index.items()}
+
+    @cached_property
+    def config(self) -> Mapping[str, str] | None:
+        text = self._read_text(CONFIG_FILE)
+        return None if text is None else parse_config(text)
+
+    @cached_property
+    def lsms(self) -> tuple[str, ...] | None:
+        """The active LSMs in order, None when the lsm file was not collected."""
+        text = self._read_text(LSM_FILE)
+        return None if text is None else parse_lsm(text)
+
+    @cached_property
+    def has_btf(self) -> bool:
+        path = self.directory / BTF_FILE
+        return path.is_file() and path.stat().st_size > 0
+
+    @cached_property
+    def btf(self) -> BTFLike | None:
+        """vmlinux BTF, parsed on first use; None when the kernel has none."""
+        if not self.has_btf:
+            return None
+        path = self.directory / BTF_FILE
+        parser = self.btf_parser or _default_btf_parser
+        return parser(path.read_bytes(), str(path))
+
+    @cached_property
+    def btf_func_names(self) -> frozenset[str]:
+        """Names of the BTF FUNC types of vmlinux (empty without BTF)."""
+        spec = self.btf
+        return spec.func_names() if spec is not None else frozenset()
+
+    @cached_property
+    def clones(self) -> Mapping[str, tuple[str, ...]]:
+        """Base name -> its compiler clones in kallsyms (foo -> foo.isra.0, foo.cold), sorted."""
+        index: dict[str, list[str]] = {}
+        for sym in self.kallsyms.core:
+            if "." in sym:
+                match = CLONE_RE.match(sym)
+                if match:
+                    index.setdefault(match.group("base"), []).append(sym)
+        return {k: tuple(sorted(v)) for k, v in index.items()}
+
+    @cached_property
+    def traceable_by_stem(self) -> Mapping[str, tuple[str, ...]]:
+        """name_stem() -> traceable functions with it: the candidates for "closest" suggestions."""
+        index: dict[str, list[str]] = {}
+        for fn in self.traceable or ():
+            index.setdefault(name_stem(fn), []).append(fn)
+        return {k: tuple(sorted(v)) for k, v in index.items()}
+
+
+def name_stem(name: str) -> str:
+    """The first word of a kernel name without leading underscores: the subsystem, usually.
+
+    ``__blk_account_io_start`` -> ``blk``; ``__x64_sys_openat`` -> ``x64``.
+    """
+    return name.lstrip("_").split("_", 1)[0].split(".", 1)[0]
+
+
+def load_facts(directory: Path, btf_parser: BTFParser | None = None) -> KernelFacts:
+    """The facts in ``directory``, parsed lazily; raises FactsError when it has no kallsyms."""
+    if not (directory / KALLSYMS_FILE).is_file():
+        raise FactsError(f"facts for {directory} are incomplete: no kallsyms")
+    return KernelFacts(directory, btf_parser)
