@@ -315,6 +315,7 @@ table.checks{border-collapse:collapse;width:100%;margin-bottom:8px}
 table.checks>tbody>tr>th,table.checks>tbody>tr>td,table.checks>thead>tr>th{border-top:1px solid
 var(--line);padding:6px 8px;text-align:left;vertical-align:top}
 table.checks>thead>tr>th{color:var(--muted);font-size:12px;border-top:0}
+table.checks td.t{white-space:nowrap;color:var(--muted)}
 table.checks td.ck{font-family:ui-monospace,"DejaVu Sans Mono",monospace;white-space:nowrap}
 table.kv{border-collapse:collapse;font-size:12px;margin:4px 0}
 table.kv th,table.kv td{border:1px solid var(--line);padding:3px 6px;text-align:left;
@@ -336,7 +337,7 @@ _JS = """
   document.documentElement.classList.remove('noscript');
   var cur=null;
   function show(id){
-    var sec=document.getElementById(id); if(!sec) return;
+    var sec=document.getElementById('d-'+id); if(!sec) return;
     if(cur){cur.classList.remove('shown');}
     document.querySelectorAll('td.c.sel').forEach(function(td){td.classList.remove('sel');});
     var td=document.querySelector('td.c[data-cell="'+id+'"]'); if(td) td.classList.add('sel');
@@ -471,7 +472,7 @@ def _cell_section(m: Matrix, probe: Probe, kernel: str, arch: str, cell_id: str)
     records = m.cell(probe, kernel, arch)
     summary = m.summary(probe, kernel, arch)
     run = m.kernel_run(kernel, arch)
-    parts = [f'<section class="cell detail" id="{_e(cell_id)}">']
+    parts = [f'<section class="cell detail" id="d-{_e(cell_id)}">']
     title = f"{_e(probe.id)} on {_e(kernel)}/{_e(arch)}"
     if summary is not None:
         title += " " + _badge(summary)
@@ -497,7 +498,7 @@ def _cell_section(m: Matrix, probe: Probe, kernel: str, arch: str, cell_id: str)
             parts.append(
                 f'<tr><td class="ck">{_e(rec.check.value)}</td><td>{_badge(rec.outcome)}</td>'
                 f"<td>{reason}</td><td>{_mapping_html(details)}</td>"
-                f"<td>{rec.duration:.3f} s</td></tr>"
+                f'<td class="t">{f"{rec.duration:.2f} s" if rec.duration else ""}</td></tr>'
             )
         parts.append("</tbody></table>")
     parts.append("</section>")
@@ -577,7 +578,8 @@ def render_html(m: Matrix, title: str = "eBPF kernel compatibility matrix") -> s
         out.append("</ol></div>")
     if m.kernels:
         out.append(
-            '<div class="card kernels"><table class="kv"><thead><tr><th>kernel</th><th>arch</th>'
+            '<div class="card kernels"><h2 style="font-size:16px;margin:0 0 8px">Kernels</h2>'
+            '<table class="kv"><thead><tr><th>kernel</th><th>arch</th>'
             "<th>version</th><th>source</th><th>accelerator</th><th>boot</th><th>lsm</th>"
             "<th>error</th></tr></thead><tbody>"
         )
