@@ -1,0 +1,622 @@
+"""BTF drift checks: target prototypes, CO-RE field layouts and tracepoint formats vs a baseline."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from harness.btf import (
+    Array,
+    BTFSpec,
+    BTFType,
+    Composite,
+    CoreRelo,
+    CoreReloKind,
+    Enum,
+    FuncProto,
+    Kind,
+    Member,
+    Pointer,
+    Typedef,
+    essential_name,
+)
+from harness.results import CellResult, Check, Outcome, Probe
+
+# Hooks whose target is a kernel function with a BTF FUNC of the same name.
+FUNCTION_KINDS = frozenset({"kprobe", "kretprobe", "fentry", "fexit", "fmod_ret"})
+LSM_KINDS = frozenset({"lsm", "lsm_cgroup"})
+# Hooks that see a tracepoint's raw arguments (typedef btf_trace_<name>, since 5.5).
+RAW_TP_KINDS = frozenset({"tp_btf", "raw_tp"})
+
+# GCC's clone suffixes (".isra.0", ".constprop.3", ".part.1", ".cold") and LTO's, which kallsyms shows but
+# BTF names without.
+_CLONE_SUFFIX = re.compile(r"\.(?:isra|constprop|part|cold|localalias|lto_priv|llvm)(?:\.\w*)*$")
+
+
+def strip_clone_suffix(name: str) -> str:
+    """``foo`` for ``foo.isra.0``, ``foo.constprop.0.isra.0``, ``foo.cold``; other names unchanged."""
+    return _CLONE_SUFFIX.sub("", name)
+
+
+# --- Prototypes ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Prototype:
+    """A hook target's parameters as (name, C type) pairs, and its return type."""
+
+    btf_name: str  # the FUNC or typedef it came from
+    return_type: str
+    params: tuple[tuple[str, str], ...]
+
+    def serialize_params(self) -> list[dict[str, str]]:
+        return [{"name": n, "type": t} for n, t in self.params]
+
+
+def _proto_of(spec: BTFSpec, btf_name: str, proto: FuncProto, drop_first: bool) -> Prototype:
+    params = []
+    for p in proto.params:
+        text = "..." if p.type_id == 0 and not p.name else spec.type_text(p.type_id)
+        params.append((p.name, text))
+    if drop_first:
+        params = params[1:]
+    return Prototype(btf_name, spec.type_text(proto.return_type_id), tuple(params))
+
+
+def resolve_btf_name(kind: str, target: str) -> str | None:
+    """The BTF name that describes a hook's arguments, or None for hooks without one."""
+    if kind in FUNCTION_KINDS:
+        return strip_clone_suffix(target)
+    if kind in LSM_KINDS:
+        return f"bpf_lsm_{target}"
+    if kind in RAW_TP_KINDS:
+        return f"btf_trace_{target}"
+    return None
+
+
+def resolve_prototype(spec: BTFSpec, kind: str, target: str) -> Prototype | None:
+    """The prototype of a hook's target in ``spec``, or None when the kernel's BTF lacks it.
+
+    Raw tracepoints are the typedef ``btf_trace_<name>``: a pointer to a FUNC_PROTO whose first
+    parameter is the ``void *`` context, which a program does not see and is dropped.
+    """
+    btf_name = resolve_btf_name(kind, target)
+    if btf_name is None:
+        return None
+    if kind in RAW_TP_KINDS:
+        for td in spec.by_name(btf_name, Kind.TYPEDEF):
+            assert isinstance(td, Typedef)
+            ptr = spec.type(td.type_id)
+            if isinstance(ptr, Pointer):
+                proto = spec.type(ptr.type_id)
+                if isinstance(proto, FuncProto):
+                    return _proto_of(spec, btf_name, proto, drop_first=True)
+        return None
+    found = spec.find_func_proto(btf_name)
+    return _proto_of(spec, btf_name, found, drop_first=False) if found is not None else None
+
+
+_CHANGE_LABELS = {
+    "added": "param added",
+    "removed": "param removed",
+    "renamed": "param renamed",
+    "replaced": "param replaced",
+    "type_changed": "type changed",
+    "reordered": "params reordered",
+}
+
+
+def diff_prototypes(base: Prototype, cur: Prototype) -> list[dict[str, Any]]:
+    """The changes from ``base`` to ``cur``: params added, removed, renamed, reordered, retyped.
+
+    Named parameters are matched by name (a removed and an added parameter at the same position are a
+    rename, or a replacement when the type changed too); unnamed ones (raw tracepoints) by position.
+    """
+    changes: list[dict[str, Any]] = []
+    if base.return_type != cur.return_type:
+        changes.append(
+            {"change": "return_type_changed", "from": base.return_type, "to": cur.return_type}
+        )
+    bnames = [n for n, _ in base.params]
+    cnames = [n for n, _ in cur.params]
+    named = (all(bnames) and all(cnames) and len(set(bnames)) == len(bnames)
+             and len(set(cnames)) == len(cnames))
+    if not named:
+        for i in range(max(len(base.params), len(cur.params))):
+            if i >= len(base.params):
+                changes.append({"change": "added", "index": i, "name": cnames[i],
+                                "type": cur.params[i][1]})
+            elif i >= len(cur.params):
+                changes.append({"change": "removed", "index": i, "name": bnames[i],
+                                "type": base.params[i][1]})
+            elif base.params[i][1] != cur.params[i][1]:
+                changes.append({"change": "type_changed", "index": i, "name": cnames[i],
+                                "from": base.params[i][1], "to": cur.params[i][1]})
+        return changes
+    btypes = dict(base.params)
+    ctypes = dict(cur.params)
+    added = {i: n for i, n in enumerate(cnames) if n not in btypes}
+    removed = {i: n for i, n in enumerate(bnames) if n not in ctypes}
+    for i in sorted(set(added) & set(removed)):
+        old, new = removed.pop(i), added.pop(i)
+        same_type = btypes[old] == ctypes[new]
+        changes.append({"change": "renamed" if same_type else "replaced", "index": i,
+                        "from": old, "to": new, "from_type": btypes[old], "to_type": ctypes[new]})
+    for i, n in sorted(removed.items()):
+        changes.append({"change": "removed", "index": i, "name": n, "type": btypes[n]})
+    for i, n in sorted(added.items()):
+        changes.append({"change": "added", "index": i, "name": n, "type": ctypes[n]})
+    common_b = [n for n in bnames if n in ctypes]
+    common_c = [n for n in cnames if n in btypes]
+    if common_b != common_c:
+        for n in common_c:
+            if common_b.index(n) != common_c.index(n):
+                changes.append({"change": "reordered", "name": n, "from_index": bnames.index(n),
+                                "to_index": cnames.index(n)})
+    for n in common_c:
+        if btypes[n] != ctypes[n]:
+            changes.append({"change": "type_changed", "index": cnames.index(n), "name": n,
+                            "from": btypes[n], "to": ctypes[n]})
+    return changes
+
+
+def _param_text(param: tuple[str, str] | None) -> str:
+    if param is None:
+        return "(none)"
+    name, text = param
+    return f"`{name}` {text}" if name else text
+
+
+def _describe_first_change(base: Prototype, cur: Prototype, changes: list[dict[str, Any]]) -> str:
+    for i in range(max(len(base.params), len(cur.params))):
+        b = base.params[i] if i < len(base.params) else None
+        c = cur.params[i] if i < len(cur.params) else None
+        if b == c:
+            continue
+        names = {p[0] for p in (b, c) if p is not None and p[0]}
+        labels = []
+        for ch in changes:
+            involved = {ch.get("name"), ch.get("from"), ch.get("to")} & names
+            if ch.get("index") == i or ch.get("to_index") == i or involved:
+                label = _CHANGE_LABELS.get(ch["change"])
+                if label and label not in labels:
+                    labels.append(label)
+        why = f" ({', '.join(labels)})" if labels else ""
+        return f"param {i} {_param_text(b)} -> {_param_text(c)}{why}"
+    return f"return type {base.return_type} -> {cur.return_type}"
+
+
+def check_prototype(
+    probe: Probe,
+    kernel: str,
+    arch: str,
+    spec: BTFSpec | None,
+    baseline_kernel: str,
+    baseline_spec: BTFSpec | None,
+) -> CellResult | None:
+    """Compare the probe target's prototype on ``kernel`` with the baseline kernel's.
+
+    None for hooks without a BTF prototype (ksyscall, tracepoint, uprobe, ...). SKIP when the kernel
+    has no BTF or its BTF lacks the target (the symbol check reports that).
+    """
+    btf_name = resolve_btf_name(probe.kind, probe.target)
+    if btf_name is None:
+        return None
+
+    def result(outcome: Outcome, reason: str, details: dict[str, Any] | None = None) -> CellResult:
+        return CellResult(probe, kernel, arch, Check.PROTOTYPE, outcome, reason, details or {})
+
+    if spec is None:
+        return result(Outcome.SKIP, "no BTF")
+    cur = resolve_prototype(spec, probe.kind, probe.target)
+    if cur is None:
+        return result(Outcome.SKIP, f"`{btf_name}` not in the BTF of {kernel}")
+    base = resolve_prototype(baseline_spec, probe.kind, probe.target) if baseline_spec else None
+    details: dict[str, Any] = {
+        "function": btf_name,
+        "return": cur.return_type,
+        "params": cur.serialize_params(),
+        "baseline_kernel": baseline_kernel,
+        "baseline_return": base.return_type if base else None,
+        "baseline_params": base.serialize_params() if base else None,
+        "changes": [],
+    }
+    if base is None:
+        return result(Outcome.PASS, f"no prototype on baseline {baseline_kernel} to compare", details)
+    changes = diff_prototypes(base, cur)
+    details["changes"] = changes
+    if not changes:
+        reason = "" if kernel == baseline_kernel else f"same prototype as {baseline_kernel}"
+        return result(Outcome.PASS, reason, details)
+    reason = f"prototype differs from {baseline_kernel}: {_describe_first_change(base, cur, changes)}"
+    if len(changes) > 1:
+        reason += f" (+{len(changes) - 1} more)"
+    return result(Outcome.FAIL, reason, details)
+
+
+# --- CO-RE layouts -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ReloResolution:
+    """How one CO-RE relocation resolves against a kernel's BTF (libbpf's rules, simplified)."""
+
+    status: str  # "ok", "field missing", "type missing", "enumval missing", "ambiguous"
+    offset: int | None = None  # field byte offset
+    size: int | None = None  # field or type size in bytes
+    value: int | None = None  # enumerator value
+    bitfield_bits: int = 0  # the field's width when it is a bitfield
+    candidate: str = ""  # the kernel type it matched, e.g. "struct task_struct"
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "ok"
+
+
+_ROOT_KINDS: dict[str, frozenset[Kind]] = {
+    "struct": frozenset({Kind.STRUCT}),
+    "union": frozenset({Kind.UNION}),
+    "enum": frozenset({Kind.ENUM, Kind.ENUM64}),
+    "typedef": frozenset({Kind.TYPEDEF}),
+    "int": frozenset({Kind.INT}),
+    "float": frozenset({Kind.FLOAT}),
+    "fwd": frozenset({Kind.FWD, Kind.STRUCT, Kind.UNION}),
+}
+
+
+def _candidates(spec: BTFSpec, relo: CoreRelo) -> list[BTFType]:
+    if not relo.root_name:
+        return []
+    kinds = _ROOT_KINDS.get(relo.root_kind)
+    found = spec.by_name(relo.essential_name)
+    return [t for t in found if kinds is None or t.kind in kinds]
+
+
+def _find_member(spec: BTFSpec, comp: Composite, name: str, depth: int = 0) -> tuple[int, Member] | None:
+    """(bit offset, member) of a member by name, searching anonymous struct/union members too."""
+    for m in comp.members:
+        if m.name and essential_name(m.name) == name:
+            return m.bit_offset, m
+    if depth > 32:
+        return None
+    for m in comp.members:
+        if not m.name:
+            inner = spec.type(spec.skip_mods_and_typedefs(m.type_id))
+            if isinstance(inner, Composite):
+                hit = _find_member(spec, inner, name, depth + 1)
+                if hit is not None:
+                    return m.bit_offset + hit[0], hit[1]
+    return None
+
+
+def _resolve_field(spec: BTFSpec, cand: BTFType, relo: CoreRelo) -> ReloResolution:
+    tid = spec.skip_mods_and_typedefs(cand.id)
+    first = relo.accessors[0].index if relo.accessors else 0
+    bits = first * spec.sizeof(tid) * 8 if first else 0
+    member: Member | None = None
+    for acc in relo.accessors[1:]:
+        t = spec.type(tid)
+        if acc.name is None:
+            if not isinstance(t, Array):
+                return ReloResolution("field missing")
+            tid = spec.skip_mods_and_typedefs(t.type_id)
+            bits += acc.index * spec.sizeof(tid) * 8
+            member = None
+            continue
+        if not isinstance(t, Composite):
+            return ReloResolution("field missing")
+        hit = _find_member(spec, t, essential_name(acc.name))
+        if hit is None:
+            return ReloResolution("field missing")
+        bits += hit[0]
+        member = hit[1]
+        tid = spec.skip_mods_and_typedefs(member.type_id)
+    candidate = spec.type_text(cand.id)
+    if member is not None and member.bitfield_size:
+        return ReloResolution("ok", bits // 8, None, None, member.bitfield_size, candidate)
+    return ReloResolution("ok", bits // 8, spec.sizeof(tid), None, 0, candidate)
+
+
+def resolve_core_relo(relo: CoreRelo, spec: BTFSpec) -> ReloResolution:
+    """Resolve a relocation against a kernel's BTF: candidates by essential name and kind, then the
+    access path by member name (through anonymous members), as libbpf does.
+
+    Not modelled: libbpf's field type compatibility checks and type_matches' deep comparison (a
+    candidate of the right name and kind counts as a match).
+    """
+    cands = _candidates(spec, relo)
+    if not cands:
+        return ReloResolution("type missing")
+    if relo.kind.is_type:
+        cand = cands[0]
+        size = spec.sizeof(cand.id) if cand.kind not in (Kind.FWD, Kind.FUNC) else None
+        return ReloResolution("ok", None, size, None, 0, spec.type_text(cand.id))
+    if relo.kind.is_enumval:
+        want = essential_name(relo.accessors[0].name or "") if relo.accessors else ""
+        for cand in cands:
+            enum = spec.type(spec.skip_mods_and_typedefs(cand.id))
+            if isinstance(enum, Enum):
+                for v in enum.values:
+                    if essential_name(v.name) == want:
+                        return ReloResolution("ok", None, enum.size, v.value, 0, spec.type_text(cand.id))
+        return ReloResolution("enumval missing", candidate=spec.type_text(cands[0].id))
+    matches = [r for r in (_resolve_field(spec, c, relo) for c in cands) if r.ok]
+    if not matches:
+        return ReloResolution("field missing", candidate=spec.type_text(cands[0].id))
+    if len({(m.offset, m.size, m.bitfield_bits) for m in matches}) > 1:
+        # libbpf refuses candidates that disagree.
+        return ReloResolution("ambiguous", candidate=matches[0].candidate)
+    return matches[0]
+
+
+_GUARD_KINDS = {
+    CoreReloKind.FIELD_EXISTS: "field",
+    CoreReloKind.TYPE_EXISTS: "type",
+    CoreReloKind.TYPE_MATCHES: "type",
+    CoreReloKind.ENUMVAL_EXISTS: "enumval",
+}
+
+
+def _path_key(relo: CoreRelo) -> tuple[str, tuple[str, ...]]:
+    steps = tuple(a.name if a.name is not None else f"[{a.index}]" for a in relo.accessors[1:])
+    if relo.kind.is_enumval:
+        steps = tuple(a.name or "" for a in relo.accessors)
+    return relo.root_name, steps
+
+
+def _is_guarded(relo: CoreRelo, guards: set[tuple[str, str, tuple[str, ...]]]) -> bool:
+    if relo.kind in _GUARD_KINDS:
+        return True  # an existence check is the guard itself: "missing" is its answer
+    root, steps = _path_key(relo)
+    if ("type", root, ()) in guards:
+        return True
+    if relo.kind.is_enumval:
+        return ("enumval", root, steps) in guards
+    # A guard on the field itself or on any prefix of its path (the enclosing member).
+    return any(("field", root, steps[:n]) in guards for n in range(1, len(steps) + 1))
+
+
+def check_layout(
+    probe: Probe,
+    kernel: str,
+    arch: str,
+    relos: list[CoreRelo],
+    spec: BTFSpec | None,
+    baseline_kernel: str,
+    baseline_spec: BTFSpec | None,
+) -> CellResult | None:
+    """Resolve the program's CO-RE relocations against the kernel's BTF.
+
+    FAIL when a field or type the program reads is missing and no field_exists / type_exists relocation
+    of the same program guards it. None when the program has no relocations; SKIP without BTF.
+    """
+    if not relos:
+        return None
+
+    def result(outcome: Outcome, reason: str, details: dict[str, Any] | None = None) -> CellResult:
+        return CellResult(probe, kernel, arch, Check.LAYOUT, outcome, reason, details or {})
+
+    if spec is None:
+        return result(Outcome.SKIP, "no BTF")
+    guards: set[tuple[str, str, tuple[str, ...]]] = set()
+    for relo in relos:
+        if relo.kind in _GUARD_KINDS:
+            root, steps = _path_key(relo)
+            guards.add((_GUARD_KINDS[relo.kind], root, steps if relo.kind.is_field or
+                        relo.kind.is_enumval else ()))
+    rows: list[dict[str, Any]] = []
+    failing: list[str] = []
+    guarded_missing: list[str] = []
+    seen: set[tuple[str, str, int]] = set()
+    for relo in relos:
+        key = (relo.path, relo.kind_name, relo.insn_off)
+        if key in seen:
+            continue
+        seen.add(key)
+        res = resolve_core_relo(relo, spec)
+        base = resolve_core_relo(relo, baseline_spec) if baseline_spec is not None else None
+        guarded = _is_guarded(relo, guards)
+        rows.append({
+            "path": relo.path,
+            "kind": relo.kind_name,
+            "offset": res.offset,
+            "size": res.size,
+            "bitfield_bits": res.bitfield_bits,
+            "value": res.value,
+            "status": res.status,
+            "guarded": guarded,
+            "baseline_offset": base.offset if base is not None else None,
+            "insn_off": relo.insn_off,
+        })
+        if not res.ok:
+            label = f"`{relo.path}` {res.status}"
+            if relo.kind in _GUARD_KINDS:
+                continue  # an existence check answering "no" is not a failure
+            target = guarded_missing if guarded else failing
+            if label not in target:
+                target.append(label)
+    details: dict[str, Any] = {"relocations": rows, "baseline_kernel": baseline_kernel}
+    if failing:
+        reason = f"{failing[0]} on {kernel} ({_rows_kind(rows, failing[0])}, not guarded by an exists check)"
+        if len(failing) > 1:
+            reason += f" (+{len(failing) - 1} more: {', '.join(failing[1:3])})"
+        return result(Outcome.FAIL, reason, details)
+    if guarded_missing:
+        return result(Outcome.PASS, f"guarded, absent on {kernel}: {', '.join(guarded_missing)}",
+                      details)
+    return result(Outcome.PASS, "", details)
+
+
+def _rows_kind(rows: list[dict[str, Any]], label: str) -> str:
+    """The relocation kind of the first row a failure label (from check_layout) refers to."""
+    for row in rows:
+        if label.startswith(f"`{row['path']}` ") and row["status"] != "ok":
+            return str(row["kind"])
+    return "?"
+
+
+def _offset_cell(row: dict[str, Any]) -> str:
+    if row.get("status") != "ok":
+        return f"{row.get('status', '?')}{' (guarded)' if row.get('guarded') else ''}"
+    kind = row.get("kind")
+    if row.get("value") is not None:
+        return str(row["value"])
+    if row.get("offset") is None:
+        return "yes" if row.get("size") is None else f"size {row['size']}"
+    if row.get("bitfield_bits"):
+        return f"{row['offset']} ({row['bitfield_bits']} bits)"
+    if kind in ("field_exists",):
+        return "yes"
+    return f"{row['offset']} ({row['size']})"
+
+
+def render_offsets_table(results: Sequence[CellResult]) -> str:
+    """A Markdown table of each relocated field's offset (size) per kernel/arch column.
+
+    ``results`` are layout CellResults (of one or several programs); cells read "offset (size)",
+    "field missing", "type missing" or "-" when the kernel has no record.
+    """
+    columns: list[str] = []
+    programs = {r.probe.id for r in results if r.check == Check.LAYOUT}
+    rows: dict[tuple[str, str, str], dict[str, str]] = {}
+    for r in results:
+        if r.check != Check.LAYOUT:
+            continue
+        col = f"{r.kernel}/{r.arch}"
+        if col not in columns:
+            columns.append(col)
+        for row in r.details.get("relocations", ()):
+            key = (r.probe.id, str(row.get("path")), str(row.get("kind")))
+            rows.setdefault(key, {})[col] = _offset_cell(row)
+    head = (["program"] if len(programs) > 1 else []) + ["field", "relocation", *columns]
+    lines = ["| " + " | ".join(head) + " |", "|" + "|".join(["---"] * len(head)) + "|"]
+    for (prog, path, kind), cells in rows.items():
+        values = ([prog] if len(programs) > 1 else []) + [path, kind]
+        values += [cells.get(c, "-") for c in columns]
+        lines.append("| " + " | ".join(v.replace("|", "\\|") for v in values) + " |")
+    return "\n".join(lines) + "\n"
+
+
+# --- Tracepoint formats --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class TPField:
+    """One field of a tracepoint's format file."""
+
+    name: str
+    decl: str  # as written, e.g. "char prev_comm[16]", "__data_loc char[] name"
+    offset: int
+    size: int
+    signed: bool
+
+
+_FIELD_RE = re.compile(
+    r"field:(?P<decl>[^;]*);\s*offset:(?P<offset>\d+);\s*size:(?P<size>\d+);"
+    r"(?:\s*signed:(?P<signed>\d+);)?"
+)
+_NAME_RE = re.compile(r"([A-Za-z_]\w*)\s*(?:\[[^\]]*\]\s*)*$")
+
+
+def parse_tp_format(text: str) -> tuple[TPField, ...]:
+    """The fields of a tracefs ``events/<cat>/<name>/format`` file, common_* fields included."""
+    fields = []
+    for m in _FIELD_RE.finditer(text):
+        decl = m.group("decl").strip()
+        nm = _NAME_RE.search(decl)
+        fields.append(
+            TPField(
+                nm.group(1) if nm else decl,
+                decl,
+                int(m.group("offset")),
+                int(m.group("size")),
+                m.group("signed") == "1",
+            )
+        )
+    return tuple(fields)
+
+
+def diff_tp_formats(base: Sequence[TPField], cur: Sequence[TPField]) -> list[dict[str, Any]]:
+    """Changes from ``base`` to ``cur`` by field name: removed, moved, resized, retyped, added."""
+    bmap = {f.name: f for f in base}
+    cmap = {f.name: f for f in cur}
+    changes: list[dict[str, Any]] = []
+    for f in base:
+        c = cmap.get(f.name)
+        if c is None:
+            changes.append({"change": "removed", "name": f.name, "offset": f.offset, "size": f.size})
+            continue
+        if c.offset != f.offset:
+            changes.append({"change": "moved", "name": f.name, "from": f.offset, "to": c.offset})
+        if c.size != f.size:
+            changes.append({"change": "resized", "name": f.name, "from": f.size, "to": c.size})
+        if c.decl != f.decl or c.signed != f.signed:
+            changes.append({"change": "type_changed", "name": f.name, "from": f.decl, "to": c.decl})
+    for f in cur:
+        if f.name not in bmap:
+            changes.append({"change": "added", "name": f.name, "offset": f.offset, "size": f.size})
+    return changes
+
+
+def _describe_tp_change(ch: dict[str, Any]) -> str:
+    if ch["change"] in ("moved", "resized"):
+        what = "offset" if ch["change"] == "moved" else "size"
+        return f"`{ch['name']}` {ch['change']} ({what} {ch['from']} -> {ch['to']})"
+    return f"`{ch['name']}` {ch['change']}"
+
+
+def check_tp_format(
+    probe: Probe,
+    kernel: str,
+    arch: str,
+    format_text: str | None,
+    baseline_kernel: str,
+    baseline_format_text: str | None,
+) -> CellResult | None:
+    """Compare a tracepoint's format on ``kernel`` with the baseline kernel's.
+
+    FAIL when a field the baseline has moved, changed size or disappeared; PASS with a note when fields
+    were only added or retyped in place. None for hooks other than ``tracepoint``.
+    """
+    if probe.kind != "tracepoint":
+        return None
+
+    def result(outcome: Outcome, reason: str, details: dict[str, Any] | None = None) -> CellResult:
+        return CellResult(probe, kernel, arch, Check.TP_FORMAT, outcome, reason, details or {})
+
+    if format_text is None:
+        return result(Outcome.SKIP, f"tracepoint `{probe.target}` has no format on {kernel}")
+    cur = parse_tp_format(format_text)
+    base = parse_tp_format(baseline_format_text) if baseline_format_text is not None else None
+    details: dict[str, Any] = {
+        "fields": [_field_dict(f) for f in cur],
+        "baseline_kernel": baseline_kernel,
+        "baseline_fields": [_field_dict(f) for f in base] if base is not None else None,
+        "changes": [],
+    }
+    if base is None:
+        return result(Outcome.PASS, f"no format on baseline {baseline_kernel} to compare", details)
+    changes = diff_tp_formats(base, cur)
+    details["changes"] = changes
+    breaking = [c for c in changes if c["change"] in ("removed", "moved", "resized")]
+    if breaking:
+        text = ", ".join(_describe_tp_change(c) for c in breaking[:3])
+        more = f" (+{len(breaking) - 3} more)" if len(breaking) > 3 else ""
+        return result(Outcome.FAIL, f"format differs from {baseline_kernel}: {text}{more}", details)
+    if changes:
+        notes = []
+        added = [c["name"] for c in changes if c["change"] == "added"]
+        retyped = [c["name"] for c in changes if c["change"] == "type_changed"]
+        if added:
+            notes.append(f"fields added since {baseline_kernel}: {', '.join(added)}")
+        if retyped:
+            notes.append(f"retyped in place since {baseline_kernel}: {', '.join(retyped)}")
+        return result(Outcome.PASS, "; ".join(notes), details)
+    reason = "" if kernel == baseline_kernel else f"same format as {baseline_kernel}"
+    return result(Outcome.PASS, reason, details)
+
+
+def _field_dict(f: TPField) -> dict[str, Any]:
+    return {"name": f.name, "decl": f.decl, "offset": f.offset, "size": f.size, "signed": f.signed}
