@@ -22,6 +22,7 @@ import requests
 from debian.deb822 import Deb822, Packages, Release
 from debian.debian_support import Version
 
+from harness.cache import file_sha256
 from harness.config import DEBIAN_CODENAMES
 from harness.errors import ConfigError, FetchError, IntegrityError
 
@@ -214,15 +215,6 @@ def fetch_file(
     raise FetchError(f"mirror {url} unreachable: {last}") from last
 
 
-def file_sha256(path: Path) -> str:
-    """The SHA-256 of a file, read in chunks."""
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        for chunk in iter(lambda: fh.read(CHUNK), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 # ---------------------------------------------------------------- Release and Packages
 
 
@@ -235,7 +227,7 @@ def run_gpgv(signed: Path, out: Path, keyring: Path = KEYRING, detached: Path | 
     else:
         argv += ["--output", str(out), str(signed)]
     try:
-        proc = subprocess.run(  # noqa: S603 - argv list, no shell
+        proc = subprocess.run(
             argv, capture_output=True, text=True, timeout=GPGV_TIMEOUT, check=False
         )
     except (OSError, subprocess.TimeoutExpired) as exc:
