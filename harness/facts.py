@@ -260,6 +260,12 @@ class KernelFacts:
         """Module symbol name -> the module it was seen in."""
         return self.kallsyms.modules
 
+    @cached_property
+    def kallsyms_all(self) -> bool:
+        """Whether kallsyms lists data symbols too (CONFIG_KALLSYMS_ALL): _kbl_addr_*, _eil_addr_*."""
+        core = self.kallsyms.core
+        return "init_task" in core or "jiffies" in core
+
     def symbol_types(self, name: str) -> frozenset[str]:
         """The set of kallsyms types of core symbol ``name`` (empty when absent)."""
         return frozenset(self.kallsyms.core.get(name, ""))

@@ -1,0 +1,559 @@
+"""Offline symbol checks: is a probe's target present and attachable on a kernel, judged from its facts."""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import fnmatch
+import re
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from harness.config import ARCHES, Arch
+from harness.errors import HarnessError
+from harness.facts import CLONE_RE, KernelFacts, name_stem
+from harness.inventory import KERNEL_FUNCTION_KINDS, SYSCALL_KINDS, USER_KINDS
+from harness.results import CellResult, Check, Outcome, Probe
+
+BTF_KINDS = frozenset({"fentry", "fexit", "fmod_ret"})
+MULTI_KINDS = frozenset({"kprobe.multi", "kretprobe.multi"})
+LSM_KINDS = frozenset({"lsm", "lsm_cgroup"})
+
+# Trace events that are not tracepoints: raw_tp and tp_btf cannot attach to them. The syscalls:*
+# events are made by ftrace's syscall tracer on top of raw_syscalls:sys_enter/sys_exit.
+NON_TRACEPOINT_CATEGORIES = frozenset({"syscalls", "ftrace"})
+
+# How many suggestions a reason names.
+MAX_CLOSEST = 3
+MAX_ALTERNATIVES = 5
+
+_GLOB_CHARS = re.compile(r"[*?\[]")
+
+
+@dataclass(frozen=True)
+class _Verdict:
+    outcome: Outcome
+    reason: str = ""
+    details: dict[str, Any] = field(default_factory=dict)
+
+
+def _q(names: Iterable[str]) -> str:
+    return ", ".join(f"`{n}`" for n in names)
+
+
+def _closest(name: str, candidates: Iterable[str], n: int = MAX_CLOSEST) -> list[str]:
+    return difflib.get_close_matches(name, list(candidates), n=n, cutoff=0.6)
+
+
+def closest_functions(name: str, facts: KernelFacts, n: int = MAX_CLOSEST) -> list[str]:
+    """Traceable functions whose names are closest to ``name``, among those of the same stem.
+
+    Pre-filtering by stem (``blk`` for ``blk_account_io_start``) keeps difflib to a few hundred
+    candidates instead of the 50-70k traceable functions of a distro kernel.
+    """
+    candidates = facts.traceable_by_stem.get(name_stem(name), ())
+    return _closest(name, (c for c in candidates if c != name), n)
+
+
+# --- clones -----------------------------------------------------------------------------------------
+
+
+def _clone_kinds(clone: str) -> set[str]:
+    match = CLONE_RE.match(clone)
+    if match is None:
+        return set()
+    return {part for part in match.group("suffix").split(".") if part and not part.isdigit()}
+
+
+def pick_clone_targets(clones: Sequence[str], traceable: frozenset[str]) -> list[str]:
+    """The clones a probe should attach to instead of their (absent) original, best first.
+
+    ``.cold`` is only the unlikely path split off a function; ``.part`` is the part left after
+    partial inlining (callers run the head inline); ``.isra``/``.constprop`` hold the whole body,
+    with some arguments removed or fixed.
+    """
+
+    def rank(clone: str) -> int:
+        kinds = _clone_kinds(clone)
+        return 1 if "part" in kinds else 0
+
+    usable = [c for c in clones if c in traceable and "cold" not in _clone_kinds(c)]
+    return sorted(usable, key=lambda c: (rank(c), c))
+
+
+# --- kernel functions -------------------------------------------------------------------------------
+
+
+def _untraceable_evidence(name: str, facts: KernelFacts) -> list[str]:
+    """Why ftrace may not list ``name``: what kallsyms says about it."""
+    evidence: list[str] = []
+    symbols = facts.symbols
+    if f"_kbl_addr_{name}" in symbols:
+        evidence.append("in the kprobe blacklist (NOKPROBE_SYMBOL)")
+    region = facts.kallsyms.region_of(name)
+    if region:
+        evidence.append(region)
+    types = symbols.get(name, "")
+    if types and types.islower():
+        evidence.append(f"local symbol ({types[0]}): static, notrace or not built with -pg/fentry")
+    if not evidence:
+        evidence.append("notrace, or an address ftrace does not manage")
+    return evidence
+
+
+def _syscall_hint(name: str, arch: Arch, facts: KernelFacts) -> _Verdict | None:
+    """A kprobe on another arch's syscall wrapper, or on a pre-4.17 ``sys_*`` name."""
+    for other in ARCHES.values():
+        if other.name == arch.name or not name.startswith(other.syscall_prefix):
+            continue
+        syscall = name[len(other.syscall_prefix):]
+        own = arch.syscall_prefix + syscall
+        if own in facts.symbols:
+            return _Verdict(
+                Outcome.FAIL,
+                f"`{name}` is the {other.name} syscall wrapper; on {arch.name} it is `{own}` "
+                f"(or use ksyscall/{syscall})",
+                {"arch_wrapper": own, "syscall": syscall},
+            )
+    if name.startswith("sys_"):
+        syscall = name[len("sys_"):]
+        own = arch.syscall_prefix + syscall
+        if own in facts.symbols:
+            # 4.17 put pt_regs-based wrappers in front of every syscall (ARCH_HAS_SYSCALL_WRAPPER).
+            return _Verdict(
+                Outcome.FAIL,
+                f"`{name}` is the pre-4.17 syscall name; on {arch.name} it is `{own}` "
+                f"(or use ksyscall/{syscall})",
+                {"arch_wrapper": own, "syscall": syscall},
+            )
+    return None
+
+
+def _function_verdict(name: str, kernel: str, arch: Arch, facts: KernelFacts) -> _Verdict:
+    """Is kernel function ``name`` in kallsyms and traceable by ftrace?"""
+    traceable = facts.traceable
+    if traceable is None:
+        return _Verdict(
+            Outcome.ERROR,
+            f"facts for {kernel} {arch.name} lack available_filter_functions: cannot tell traceability",
+        )
+    types = facts.symbols.get(name, "")
+    module = facts.module_symbols.get(name)
+    clones = facts.clones.get(name, ())
+    details: dict[str, Any] = {"kallsyms": types or None, "traceable": name in traceable}
+    if module:
+        details["module"] = module
+    if clones:
+        details["clones"] = list(clones)
+
+    if types or module:
+        if name in traceable:
+            notes: list[str] = []
+            if module and not types:
+                notes.append(f"in module {module} (must be loaded)")
+            if len(types) > 1:
+                # 6.7 made kprobes by name fail with EADDRNOTAVAIL when several symbols match.
+                notes.append(f"{len(types)} symbols are named `{name}`: attaching by name is ambiguous")
+            if clones:
+                notes.append(
+                    f"GCC clones {_q(clones)} also exist: calls that go through them bypass `{name}`"
+                )
+            return _Verdict(Outcome.PASS, "; ".join(notes), details)
+        evidence = _untraceable_evidence(name, facts)
+        details["evidence"] = evidence
+        reason = (
+            f"`{name}` is present but not traceable on {kernel}: not in available_filter_functions "
+            f"({'; '.join(evidence)})"
+        )
+        targets = pick_clone_targets(clones, traceable)
+        if targets:
+            details["target"] = targets[0]
+            reason += f"; its clone `{targets[0]}` is traceable"
+        return _Verdict(Outcome.FAIL, reason, details)
+
+    hint = _syscall_hint(name, arch, facts)
+    if hint is not None:
+        return hint
+    if clones:
+        targets = pick_clone_targets(clones, traceable)
+        if targets:
+            details["target"] = targets[0]
+            what = "whole body" if "part" not in _clone_kinds(targets[0]) else "outlined part"
+            reason = (
+                f"`{name}` not in kallsyms on {kernel}: GCC cloned it as {_q(clones)}; "
+                f"target `{targets[0]}` ({what}, arguments may differ)"
+            )
+            if len(targets) > 1:
+                reason += f", and also {_q(targets[1:])}"
+            if any("cold" in _clone_kinds(c) for c in clones):
+                reason += "; not `.cold`, the unlikely path only"
+        else:
+            reason = f"`{name}` not in kallsyms on {kernel}: only clones {_q(clones)}, none traceable"
+        return _Verdict(Outcome.FAIL, reason, details)
+    closest = closest_functions(name, facts)
+    details["closest"] = closest
+    reason = f"`{name}` not in kallsyms on {kernel}: removed, renamed or inlined"
+    if closest:
+        reason += f"; closest: {_q(closest)}"
+    return _Verdict(Outcome.FAIL, reason, details)
+
+
+def _btf_verdict(name: str, kind: str, kernel: str, facts: KernelFacts) -> _Verdict | None:
+    """The extra requirements of fentry/fexit/fmod_ret; None when they are met."""
+    if not facts.has_btf:
+        return _Verdict(Outcome.FAIL, f"kernel has no BTF (CONFIG_DEBUG_INFO_BTF): {kind} needs it")
+    if name not in facts.btf_func_names:
+        return _Verdict(
+            Outcome.FAIL,
+            f"no BTF FUNC `{name}` on {kernel}: {kind} needs the function in BTF "
+            "(static or inlined functions are often missing)",
+            {"btf_func": False},
+        )
+    if kind == "fmod_ret" and not name.startswith("security_"):
+        # check_attach_modify_return(): ALLOW_ERROR_INJECTION functions or security_* only.
+        # The _eil_addr_* markers are data symbols, listed only with CONFIG_KALLSYMS_ALL.
+        if facts.kallsyms_all and f"_eil_addr_{name}" not in facts.symbols:
+            return _Verdict(
+                Outcome.FAIL,
+                f"fmod_ret cannot modify `{name}` on {kernel}: not on the error-injection list "
+                "(ALLOW_ERROR_INJECTION) and not a security_* hook",
+                {"error_injection": False},
+            )
+    return None
+
+
+def _multi_verdict(pattern: str, kind: str, kernel: str, facts: KernelFacts) -> _Verdict:
+    config = facts.config
+    if config is not None and config.get("CONFIG_FPROBE", "n") == "n":
+        return _Verdict(
+            Outcome.FAIL, f"{kind} needs CONFIG_FPROBE (5.18+), which {kernel} does not have"
+        )
+    traceable = facts.traceable
+    if traceable is None:
+        return _Verdict(
+            Outcome.ERROR,
+            f"facts for {kernel} lack available_filter_functions: cannot match `{pattern}`",
+        )
+    # libbpf matches kprobe.multi globs against available_filter_functions too (1.2+).
+    literal = _GLOB_CHARS.split(pattern, 1)[0]
+    candidates = facts.traceable_by_stem.get(name_stem(literal), ()) if literal else traceable
+    matches = sorted(fnmatch.filter(candidates, pattern))
+    if not matches and literal and name_stem(literal) != literal.lstrip("_"):
+        matches = sorted(fnmatch.filter(traceable, pattern))
+    details: dict[str, Any] = {"matches": len(matches), "first": matches[:10]}
+    if matches:
+        return _Verdict(Outcome.PASS, "", details)
+    closest = closest_functions(literal or pattern, facts)
+    details["closest"] = closest
+    reason = f"no traceable function matches `{pattern}` on {kernel}"
+    if closest:
+        reason += f"; closest: {_q(closest)}"
+    return _Verdict(Outcome.FAIL, reason, details)
+
+
+def _syscall_verdict(syscall: str, kernel: str, arch: Arch, facts: KernelFacts) -> _Verdict:
+    wrapper = arch.syscall_prefix + syscall
+    verdict = _function_verdict(wrapper, kernel, arch, facts)
+    verdict.details["wrapper"] = wrapper
+    if verdict.outcome != Outcome.FAIL or wrapper in facts.symbols:
+        return verdict
+    wrappers = facts.traceable_by_stem.get(name_stem(wrapper), ())
+    closest = _closest(wrapper, wrappers)
+    verdict.details["closest"] = closest
+    reason = (
+        f"no syscall wrapper `{wrapper}` on {kernel}: `{syscall}` does not exist on {arch.name} "
+        "or was removed"
+    )
+    if closest:
+        reason += f"; closest: {_q(closest)}"
+    return _Verdict(Outcome.FAIL, reason, verdict.details)
+
+
+# --- tracepoints ------------------------------------------------------------------------------------
+
+
+def _tracepoint_verdict(target: str, kernel: str, facts: KernelFacts) -> _Verdict:
+    cat, _, name = target.replace(":", "/", 1).partition("/")
+    if not name:
+        return _Verdict(
+            Outcome.FAIL, f"tracepoint target `{target}` is not `category/name` (e.g. sched/sched_switch)"
+        )
+    events = facts.events
+    if events is None:
+        formats = facts.tracepoint_formats
+        if formats is None:
+            return _Verdict(
+                Outcome.ERROR,
+                f"facts for {kernel} lack available_events: cannot tell whether `{target}` exists",
+            )
+        events = frozenset(k.replace("/", ":", 1) for k in formats)
+    if f"{cat}:{name}" in events:
+        return _Verdict(Outcome.PASS, "", {"event": f"{cat}:{name}"})
+    same_cat = [e for e in events if e.startswith(cat + ":")]
+    closest = _closest(f"{cat}:{name}", same_cat or events)
+    reason = f"tracepoint `{cat}:{name}` not in available_events on {kernel}"
+    if not same_cat:
+        reason += f" (no `{cat}` events at all)"
+    if closest:
+        reason += f"; closest: {_q(closest)}"
+    return _Verdict(Outcome.FAIL, reason, {"closest": closest})
+
+
+def _raw_tracepoint_verdict(target: str, kind: str, kernel: str, facts: KernelFacts) -> _Verdict:
+    if "/" in target or ":" in target:
+        bare = target.replace(":", "/").rsplit("/", 1)[1]
+        return _Verdict(
+            Outcome.FAIL,
+            f"{kind} takes the bare tracepoint name: `{kind}/{bare}`, not `{kind}/{target}`",
+        )
+    if facts.events is None:
+        return _Verdict(
+            Outcome.ERROR, f"facts for {kernel} lack available_events: cannot tell whether `{target}` exists"
+        )
+    cats = [c for c in facts.event_names.get(target, ()) if c not in NON_TRACEPOINT_CATEGORIES]
+    # Tracepoints declared with DECLARE_TRACE (no trace event, e.g. sched's pelt_cfs_tp) only show
+    # in kallsyms, and only with CONFIG_KALLSYMS_ALL.
+    in_kallsyms = f"__tracepoint_{target}" in facts.symbols
+    details: dict[str, Any] = {"categories": cats, "kallsyms": in_kallsyms}
+    if not cats and not in_kallsyms:
+        syscall_event = "syscalls" in facts.event_names.get(target, ())
+        if syscall_event:
+            return _Verdict(
+                Outcome.FAIL,
+                f"`syscalls:{target}` is a syscall trace event, not a tracepoint: {kind} attaches to "
+                f"`{'sys_enter' if target.startswith('sys_enter') else 'sys_exit'}` (raw_syscalls)",
+                details,
+            )
+        names = [n for n, cs in facts.event_names.items() if set(cs) - NON_TRACEPOINT_CATEGORIES]
+        closest = _closest(target, names)
+        details["closest"] = closest
+        reason = f"tracepoint `{target}` not on {kernel}"
+        if closest:
+            reason += f"; closest: {_q(closest)}"
+        return _Verdict(Outcome.FAIL, reason, details)
+    if kind == "tp_btf":
+        if not facts.has_btf:
+            return _Verdict(Outcome.FAIL, "kernel has no BTF (CONFIG_DEBUG_INFO_BTF): tp_btf needs it")
+        btf = facts.btf
+        typedef = f"btf_trace_{target}"
+        if btf is None or not btf.by_name(typedef):
+            return _Verdict(
+                Outcome.FAIL,
+                f"no BTF typedef `{typedef}` on {kernel}: tp_btf needs the tracepoint's BTF prototype",
+                details,
+            )
+        details["btf_typedef"] = typedef
+    return _Verdict(Outcome.PASS, "", details)
+
+
+# --- LSM --------------------------------------------------------------------------------------------
+
+
+def _lsm_verdict(hook: str, kind: str, kernel: str, facts: KernelFacts) -> _Verdict:
+    config = facts.config or {}
+    if config.get("CONFIG_BPF_LSM") == "n":
+        return _Verdict(Outcome.FAIL, f"{kernel} is built without CONFIG_BPF_LSM (5.7+): no {kind} programs")
+    func = f"bpf_lsm_{hook}"
+    if not facts.has_btf:
+        return _Verdict(Outcome.FAIL, f"kernel has no BTF (CONFIG_DEBUG_INFO_BTF): {kind} needs it")
+    in_btf = func in facts.btf_func_names
+    in_kallsyms = func in facts.symbols
+    details: dict[str, Any] = {"btf_func": in_btf, "kallsyms": in_kallsyms}
+    if not in_btf and not in_kallsyms:
+        hooks = [f for f in facts.btf_func_names if f.startswith("bpf_lsm_")]
+        closest = [c[len("bpf_lsm_"):] for c in _closest(func, hooks)]
+        details["closest"] = closest
+        reason = f"no LSM hook `{hook}` on {kernel}: `{func}` is neither in BTF nor in kallsyms"
+        if closest:
+            reason += f"; closest: {_q(closest)}"
+        return _Verdict(Outcome.FAIL, reason, details)
+    lsms = facts.lsms
+    source = "active"
+    if lsms is None:
+        # Without securityfs the build's default order is the best evidence left.
+        default = config.get("CONFIG_LSM")
+        if default is None:
+            return _Verdict(
+                Outcome.ERROR,
+                f"facts for {kernel} lack lsm and CONFIG_LSM: cannot tell whether bpf is active",
+            )
+        lsms = tuple(p for p in default.split(",") if p)
+        source = "CONFIG_LSM default"
+    details["lsms"] = list(lsms)
+    if "bpf" not in lsms:
+        needed = ",".join((*lsms, "bpf"))
+        return _Verdict(
+            Outcome.FAIL,
+            f"bpf LSM not active on {kernel} ({source}: {','.join(lsms) or 'none'}): "
+            f"boot with lsm={needed}",
+            details,
+        )
+    return _Verdict(Outcome.PASS, "", details)
+
+
+# --- the check --------------------------------------------------------------------------------------
+
+
+def _verdict(probe: Probe, kernel: str, arch: Arch, facts: KernelFacts) -> _Verdict:
+    kind, target = probe.kind, probe.target
+    if kind in USER_KINDS:
+        return _Verdict(Outcome.SKIP, "user-space target: checked by the uprobe checks")
+    if kind in MULTI_KINDS and _GLOB_CHARS.search(target):
+        return _multi_verdict(target, kind, kernel, facts)
+    if kind in KERNEL_FUNCTION_KINDS:
+        if kind in MULTI_KINDS:
+            multi = _multi_verdict(target, kind, kernel, facts)
+            if multi.outcome != Outcome.PASS:
+                return multi
+        verdict = _function_verdict(target, kernel, arch, facts)
+        if verdict.outcome == Outcome.PASS and kind in BTF_KINDS:
+            btf = _btf_verdict(target, kind, kernel, facts)
+            if btf is not None:
+                return _Verdict(btf.outcome, btf.reason, {**verdict.details, **btf.details})
+            verdict.details["btf_func"] = True
+        return verdict
+    if kind in SYSCALL_KINDS:
+        return _syscall_verdict(target, kernel, arch, facts)
+    if kind == "tracepoint":
+        return _tracepoint_verdict(target, kernel, facts)
+    if kind in ("raw_tp", "tp_btf"):
+        return _raw_tracepoint_verdict(target, kind, kernel, facts)
+    if kind in LSM_KINDS:
+        return _lsm_verdict(target, kind, kernel, facts)
+    return _Verdict(Outcome.SKIP, f"no symbol check for hook kind `{kind}`")
+
+
+def check_symbol(probe: Probe, kernel: str, arch: Arch, facts: KernelFacts) -> CellResult:
+    """Whether ``probe``'s target exists and can be attached on (kernel, arch), from its facts.
+
+    Never raises for bad facts: a facts file that cannot be read or parsed gives an ERROR result.
+    """
+    start = time.perf_counter()
+    try:
+        verdict = _verdict(probe, kernel, arch, facts)
+    except HarnessError as exc:
+        verdict = _Verdict(Outcome.ERROR, str(exc))
+    return CellResult(
+        probe=probe,
+        kernel=kernel,
+        arch=arch.name,
+        check=Check.SYMBOL,
+        outcome=verdict.outcome,
+        reason=verdict.reason,
+        details=verdict.details,
+        duration=time.perf_counter() - start,
+    )
+
+
+# --- stable alternatives across the matrix ----------------------------------------------------------
+
+# Kernel-name words that name the same subsystem as a trace event category (blk_* -> block:*).
+_ALIASES = {
+    "blk": "block", "bio": "block", "bdev": "block", "rq": "request",
+    "sk": "sock", "inet": "sock", "kmalloc": "kmem", "kfree": "kmem", "kmem": "kmem",
+    "mm": "mm", "filemap": "filemap", "wb": "writeback", "softirq": "irq", "hardirq": "irq",
+    "signal": "signal", "sig": "signal", "syscalls": "sys", "raw": "sys",
+}
+# Words that say little about what a function does: they only break ties.
+_GENERIC = frozenset({
+    "do", "sys", "x64", "arm64", "ia32", "compat", "se", "start", "end", "done", "common", "one",
+    "all", "init", "exit", "get", "put", "set", "fn", "func", "handle", "internal", "bpf", "lsm",
+    "enter", "entry", "event", "account", "io", "new", "alloc", "free", "security",
+})
+
+
+def _tokens(name: str) -> list[str]:
+    words = re.split(r"[_:/.]+", name.lower())
+    return [_ALIASES.get(w, w) for w in words if w and not w.isdigit()]
+
+
+def _relatedness(target: str, candidate: str) -> float:
+    """How related ``candidate`` looks to ``target``: 0 when not at all."""
+    words = _tokens(target)
+    if not words:
+        return 0.0
+    stem = words[0]
+    theirs = set(_tokens(candidate))
+    shared = set(words) & theirs
+    distinctive = shared - _GENERIC
+    score = len(distinctive) + 0.5 * len(shared & _GENERIC)
+    if stem in theirs and stem not in _GENERIC:
+        score += 2.0
+    elif not distinctive:
+        return 0.0
+    return score
+
+
+def _version_key(kernel: str) -> tuple[int, ...]:
+    return tuple(int(p) for p in re.findall(r"\d+", kernel)[:3])
+
+
+def _hooks_of(facts: KernelFacts) -> set[str]:
+    """Tracepoints as "cat:name" and LSM hooks as "lsm/hook" that a probe can attach to."""
+    hooks = {e for e in facts.events or () if e.split(":", 1)[0] != "ftrace"}
+    names = facts.btf_func_names if facts.has_btf else frozenset(facts.symbols)
+    hooks.update(f"lsm/{n[len('bpf_lsm_'):]}" for n in names if n.startswith("bpf_lsm_"))
+    return hooks
+
+
+def stable_alternatives(
+    probe: Probe, facts_by_column: Mapping[tuple[str, str], KernelFacts]
+) -> list[str]:
+    """Related tracepoints and LSM hooks for a target that is missing or untraceable somewhere.
+
+    ``facts_by_column`` maps (kernel id, arch name) to facts. Returns [] when the target passes on
+    every column. Hooks present on every column come first, best match first; then hooks that
+    exist from some kernel on, marked "(from <kernel>)".
+    """
+    if not facts_by_column:
+        return []
+    unstable = False
+    for (kernel, arch_name), facts in facts_by_column.items():
+        arch = ARCHES.get(arch_name)
+        if arch is None:
+            continue
+        if check_symbol(probe, kernel, arch, facts).outcome == Outcome.FAIL:
+            unstable = True
+            break
+    if not unstable:
+        return []
+    hooks_by_column = {col: _hooks_of(f) for col, f in facts_by_column.items()}
+    everywhere = set.intersection(*hooks_by_column.values())
+    somewhere = set.union(*hooks_by_column.values()) - everywhere
+    target = probe.target
+
+    def ranked(hooks: Iterable[str]) -> list[tuple[float, str]]:
+        scored = [(_relatedness(target, h), h) for h in hooks]
+        return sorted(((s, h) for s, h in scored if s > 0), key=lambda x: (-x[0], len(x[1]), x[1]))
+
+    found = [h for _, h in ranked(everywhere)][:MAX_ALTERNATIVES]
+    kernels = sorted({k for k, _ in facts_by_column}, key=_version_key)
+    for _, hook in ranked(somewhere):
+        if len(found) >= MAX_ALTERNATIVES:
+            break
+        # A hook added in some release: present on every column of that kernel and later ones.
+        has = [all(hook in hooks_by_column[c] for c in hooks_by_column if c[0] == k) for k in kernels]
+        if any(has) and not has[0] and has == sorted(has):
+            found.append(f"{hook} (from {kernels[has.index(True)]})")
+    return found
+
+
+def with_alternatives(
+    results: Iterable[CellResult], probe: Probe, alternatives: Sequence[str]
+) -> list[CellResult]:
+    """``results`` with ``alternatives`` appended to the reason of each FAIL SYMBOL result of ``probe``."""
+    out: list[CellResult] = []
+    for result in results:
+        if (
+            alternatives
+            and result.probe == probe
+            and result.check == Check.SYMBOL
+            and result.outcome == Outcome.FAIL
+        ):
+            details = {**result.details, "alternatives": list(alternatives)}
+            reason = f"{result.reason}; stable alternatives: {_q(alternatives)}"
+            result = dataclasses.replace(result, reason=reason, details=details)
+        out.append(result)
+    return out
