@@ -1,0 +1,354 @@
+"""The `bpf-matrix` command: list kernels, warm the kernel cache, render and merge results."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import os
+import sys
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any, TextIO
+
+from tabulate import tabulate
+
+from harness.config import KernelsConfig, load_kernels_yaml
+from harness.errors import ConfigError, HarnessError
+from harness.render import render_html, render_json, render_markdown, render_terminal
+from harness.results import KernelRun, Matrix, merge_matrices, parse_matrix_json
+
+PROG = "bpf-matrix"
+FORMATS = ("terminal", "markdown", "html", "json")
+
+# Exit codes: 0 success, 1 a failure of the work itself (a download failed), 2 bad input.
+EXIT_FAILURE = 1
+EXIT_BAD_INPUT = 2
+
+
+class InputError(HarnessError):
+    """A file given on the command line is missing, unreadable or not a results document."""
+
+
+# --- input --------------------------------------------------------------------------------------
+
+
+def _read_text(path: Path) -> str:
+    try:
+        return path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise InputError(f"{path}: no such file") from None
+    except IsADirectoryError:
+        raise InputError(f"{path}: is a directory") from None
+    except UnicodeDecodeError as exc:
+        raise InputError(f"{path}: not a text file ({exc.reason})") from exc
+    except OSError as exc:
+        raise InputError(f"{path}: cannot read: {exc.strerror}") from exc
+
+
+_STRING_FIELDS = ("object", "program", "section", "hook", "target", "check", "outcome", "reason")
+_NUMBER_FIELDS = ("duration",)
+_KERNEL_STRINGS = ("version", "source", "digest", "accelerator", "lsm", "error")
+
+
+def _check_shape(name: str, data: Mapping[str, Any]) -> None:
+    """Reject what Matrix.deserialize would let through and a renderer would trip on."""
+    records = data.get("records")
+    if not isinstance(records, list):
+        raise InputError(f"{name}: 'records' must be a list")
+    for i, rec in enumerate(records):
+        where = f"{name}: records[{i}]"
+        if not isinstance(rec, dict):
+            raise InputError(f"{where}: expected an object, got {type(rec).__name__}")
+        for key in _STRING_FIELDS:
+            if key in rec and not isinstance(rec[key], str):
+                raise InputError(f"{where}: {key!r} must be a string")
+        for key in _NUMBER_FIELDS:
+            if key in rec and (isinstance(rec[key], bool) or not isinstance(rec[key], (int, float))):
+                raise InputError(f"{where}: {key!r} must be a number")
+        if rec.get("details") is not None and not isinstance(rec["details"], dict):
+            raise InputError(f"{where}: 'details' must be an object")
+        if rec.get("expected") is not None and not isinstance(rec["expected"], str):
+            raise InputError(f"{where}: 'expected' must be a string or null")
+    kernels = data.get("kernels", [])
+    if not isinstance(kernels, list):
+        raise InputError(f"{name}: 'kernels' must be a list")
+    for i, run in enumerate(kernels):
+        where = f"{name}: kernels[{i}]"
+        if not isinstance(run, dict):
+            raise InputError(f"{where}: expected an object, got {type(run).__name__}")
+        for key in _KERNEL_STRINGS:
+            if key in run and not isinstance(run[key], str):
+                raise InputError(f"{where}: {key!r} must be a string")
+        seconds = run.get("boot_seconds", 0)
+        if isinstance(seconds, bool) or not isinstance(seconds, (int, float)):
+            raise InputError(f"{where}: 'boot_seconds' must be a number")
+        if not isinstance(run.get("notes", []), list):
+            raise InputError(f"{where}: 'notes' must be a list")
+
+
+def load_matrix(path: Path) -> Matrix:
+    """Read a results document; raises InputError naming the file and what is wrong with it."""
+    text = _read_text(path)
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise InputError(f"{path}: not JSON: {exc.msg} at line {exc.lineno}") from exc
+    if not isinstance(data, dict):
+        raise InputError(f"{path}: not a results document (expected a JSON object)")
+    try:
+        matrix = parse_matrix_json(text, str(path))
+    except ValueError as exc:
+        raise InputError(str(exc)) from exc
+    _check_shape(str(path), data)
+    return matrix
+
+
+def _load_kernels(path: Path) -> KernelsConfig:
+    if not path.exists():
+        raise ConfigError(f"{path}: no such file (give one with --kernels)")
+    return load_kernels_yaml(path)
+
+
+# --- output -------------------------------------------------------------------------------------
+
+
+def _write(path: Path | None, text: str, stdout: TextIO) -> None:
+    if path is None:
+        stdout.write(text)
+        return
+    try:
+        if path.parent != Path(""):
+            path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text, encoding="utf-8")
+    except OSError as exc:
+        raise InputError(f"{path}: cannot write: {exc.strerror}") from exc
+
+
+def _can_encode(stream: TextIO, sample: str = "✓✗⊘–·×") -> bool:
+    encoding = getattr(stream, "encoding", None) or "ascii"
+    try:
+        sample.encode(encoding)
+    except (UnicodeEncodeError, LookupError):
+        return False
+    return True
+
+
+class ProgressBar:
+    """A one-line download progress bar on a terminal; silent when the stream is not a TTY."""
+
+    def __init__(self, label: str, stream: TextIO, width: int = 30) -> None:
+        self.label = label
+        self.stream = stream
+        self.width = width
+        self.enabled = stream.isatty()
+        self._last = 0.0
+        self._drawn = False
+
+    def __call__(self, done: int, total: int) -> None:
+        if not self.enabled:
+            return
+        now = time.monotonic()
+        if self._drawn and now - self._last < 0.1 and (total <= 0 or done < total):
+            return
+        self._last = now
+        mib = done / (1 << 20)
+        if total > 0:
+            frac = min(done / total, 1.0)
+            filled = int(frac * self.width)
+            bar = "#" * filled + "-" * (self.width - filled)
+            line = f"{self.label} [{bar}] {frac * 100:5.1f}% {mib:7.1f}/{total / (1 << 20):.1f} MiB"
+        else:
+            line = f"{self.label} {mib:7.1f} MiB"
+        self.stream.write("\r" + line)
+        self.stream.flush()
+        self._drawn = True
+
+    def close(self) -> None:
+        if self._drawn:
+            self.stream.write("\n")
+            self.stream.flush()
+            self._drawn = False
+
+
+# --- commands -----------------------------------------------------------------------------------
+
+
+def cmd_list(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    config = _load_kernels(args.kernels)
+    if args.kernel:
+        config = config.select(args.kernel)
+    if args.json:
+        include = [{"kernel": s.id, "arch": s.arch.name, "key": s.key} for s in config.kernels]
+        out.write(json.dumps(include, separators=(",", ":")) + "\n")
+        return 0
+    rows = [
+        [s.key, s.id, s.arch.name, s.describe(), "baseline" if s.id == config.baseline_id else ""]
+        for s in config.kernels
+    ]
+    out.write(tabulate(
+            rows,
+            headers=["key", "kernel", "arch", "source", ""],
+            tablefmt="simple",
+            disable_numparse=True,
+        ))
+    out.write("\n")
+    return 0
+
+
+def cmd_fetch(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    config = _load_kernels(args.kernels)
+    if args.kernel:
+        config = config.select(args.kernel)
+    # Imported here: it pulls in the network stack, which the other commands do not need.
+    fetch: Any = importlib.import_module("harness.fetch")
+    failures = 0
+    for spec in config.kernels:
+        bar = ProgressBar(f"{spec.key:<16}", err)
+        try:
+            build = fetch.fetch_kernel(spec, cache_root=None, mirror=config.mirror, progress=bar)
+        except HarnessError as exc:
+            bar.close()
+            err.write(f"{PROG}: {spec.key}: {exc}\n")
+            failures += 1
+            continue
+        bar.close()
+        verified = build.verified or "NOT verified"
+        out.write(f"{spec.key}: {build.release} ({build.source}; {verified})\n")
+    if failures:
+        err.write(f"{PROG}: error: {failures} of {len(config.kernels)} kernels could not be fetched\n")
+        return EXIT_FAILURE
+    return 0
+
+
+def _render(matrix: Matrix, fmt: str, title: str, ascii_only: bool) -> str:
+    if fmt == "terminal":
+        return render_terminal(matrix, ascii_only=ascii_only)
+    if fmt == "markdown":
+        return render_markdown(matrix)
+    if fmt == "html":
+        return render_html(matrix, title=title) if title else render_html(matrix)
+    return render_json(matrix)
+
+
+def cmd_render(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    matrix = load_matrix(args.results)
+    ascii_only = args.ascii or (args.output is None and not _can_encode(out))
+    _write(args.output, _render(matrix, args.format, args.title, ascii_only), out)
+    return 0
+
+
+def order_like_config(matrix: Matrix, config: KernelsConfig) -> Matrix:
+    """Order the kernels as kernels.yaml does, and mark entries with no results as errors.
+
+    A shard that never arrived (its job was cancelled or its runner died) then shows as an
+    error column instead of vanishing from the table.
+    """
+    runs = {(k.kernel, k.arch): k for k in matrix.kernels}
+    seen_in_records = {(r.kernel, r.arch) for r in matrix.records}
+    ordered: list[KernelRun] = []
+    for spec in config.kernels:
+        key = (spec.id, spec.arch.name)
+        run = runs.pop(key, None)
+        if run is None:
+            error = "" if key in seen_in_records else "no results for this kernel (shard missing)"
+            run = KernelRun(kernel=spec.id, arch=spec.arch.name, source=spec.describe(), error=error)
+        ordered.append(run)
+    ordered.extend(runs.values())
+    return Matrix(records=matrix.records, kernels=tuple(ordered))
+
+
+def cmd_merge(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    shards = [load_matrix(path) for path in args.shards]
+    merged = merge_matrices(shards)
+    if args.kernels is not None:
+        merged = order_like_config(merged, _load_kernels(args.kernels))
+    _write(args.output, render_json(merged), out)
+    if args.markdown is not None:
+        _write(args.markdown, render_markdown(merged), out)
+    if args.html is not None:
+        _write(args.html, render_html(merged, title=args.title), out)
+    err.write(
+        f"{PROG}: merged {len(shards)} shards: {len(merged.records)} records, "
+        f"{len(merged.columns())} kernels -> {args.output}\n"
+    )
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog=PROG,
+        description="Kernel-version compatibility matrix for eBPF programs: kernels, cache, reports.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    kernels_help = "the kernels file (default: kernels.yaml)"
+    p = sub.add_parser("list", help="list the (kernel, arch) entries of kernels.yaml")
+    p.add_argument("--kernels", type=Path, default=Path("kernels.yaml"), help=kernels_help)
+    p.add_argument("--kernel", action="append", metavar="ID", help="only this id or id-arch key")
+    p.add_argument(
+        "--json", action="store_true", help="print a GitHub Actions matrix include list"
+    )
+    p.set_defaults(func=cmd_list)
+
+    p = sub.add_parser("fetch", help="download and verify kernels into the cache")
+    p.add_argument("--kernels", type=Path, default=Path("kernels.yaml"), help=kernels_help)
+    p.add_argument(
+        "--kernel", action="append", metavar="ID", help="only this id or id-arch key (repeatable)"
+    )
+    p.set_defaults(func=cmd_fetch)
+
+    title_default = "eBPF kernel compatibility matrix"
+    p = sub.add_parser("render", help="render a results JSON as a table, Markdown, HTML or JSON")
+    p.add_argument("results", type=Path, metavar="RESULTS.json")
+    p.add_argument("--format", "-f", choices=FORMATS, default="terminal")
+    p.add_argument("-o", "--output", type=Path, help="write here instead of standard output")
+    p.add_argument("--ascii", action="store_true", help="terminal format in plain ASCII")
+    p.add_argument("--title", default=title_default, help="the HTML page's title")
+    p.set_defaults(func=cmd_render)
+
+    p = sub.add_parser("merge", help="merge shard results into one document")
+    p.add_argument("shards", type=Path, nargs="+", metavar="SHARD.json")
+    p.add_argument("-o", "--output", type=Path, required=True, help="the merged results JSON")
+    p.add_argument("--markdown", type=Path, metavar="OUT.md", help="also write a Markdown report")
+    p.add_argument("--html", type=Path, metavar="OUT.html", help="also write an HTML report")
+    p.add_argument(
+        "--kernels",
+        type=Path,
+        help="order columns as this kernels.yaml does and show missing shards as errors",
+    )
+    p.add_argument("--title", default=title_default, help="the HTML page's title")
+    p.set_defaults(func=cmd_merge)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None, out: TextIO | None = None, err: TextIO | None = None) -> int:
+    """Run the command line; returns the exit code (0 ok, 1 failure, 2 bad input or usage)."""
+    out = out or sys.stdout
+    err = err or sys.stderr
+    args = build_parser().parse_args(list(argv) if argv is not None else None)
+    try:
+        code: int = args.func(args, out, err)
+    except (InputError, ConfigError) as exc:
+        err.write(f"{PROG}: error: {exc}\n")
+        return EXIT_BAD_INPUT
+    except HarnessError as exc:
+        err.write(f"{PROG}: error: {exc}\n")
+        return EXIT_FAILURE
+    except ImportError as exc:
+        err.write(f"{PROG}: error: {exc}\n")
+        return EXIT_FAILURE
+    except KeyboardInterrupt:
+        err.write(f"{PROG}: interrupted\n")
+        return 130
+    except BrokenPipeError:
+        # The reader went away (`bpf-matrix list | head`): not an error of ours.
+        if out is sys.stdout:
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())
