@@ -455,7 +455,7 @@ def resolve_image_packages(index: SuiteIndex, flavour: str = "", package: str = 
         for group in parse_depends(current.depends):
             for dep, pinned in group:
                 if dep.startswith("linux-image-") and not dep.endswith("-dbg") and dep not in seen:
-                    nxt = _pick(index, dep, pinned)
+                    nxt = _pick(index, dep, pinned) or _pick(index, f"{dep}-unsigned", pinned)
                     if nxt is not None:
                         break
             if nxt is not None:
