@@ -1,0 +1,270 @@
+"""Turning the guest agent's records and libbpf's logs into LOAD, CORE, ATTACH and FIRE results (pure)."""
+
+from __future__ import annotations
+
+import errno
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from harness.results import CellResult, Check, Outcome, Probe
+
+# libbpf's CO-RE log lines (libbpf.c, bpf_core_apply_relo / bpf_core_calc_relo_insn), e.g.
+#   prog 'p': relo #1: <byte_off> [17] struct dentry.d_name.len (0:4:1:0:0:1 @ offset 36)
+#   prog 'p': relo #1: matching candidate #0 <byte_off> [973] struct dentry.d_name.len (0:4:0:0:1 @ offset 36)
+#   prog 'p': relo #1: patched insn #1 (ALU/ALU64) imm 36 -> 36
+#   prog 'p': relo #2: no matching targets found
+#   prog 'p': relo #2: substituting insn #5 w/ invalid insn
+#   prog 'p': relo #2: failed to resolve CO-RE relocation <byte_off> ...: -3
+_RELO_SPEC = re.compile(
+    r"prog '(?P<prog>[^']+)': relo #(?P<idx>\d+): <(?P<kind>[a-z_]+)> \[\d+\] (?P<spec>.+?)"
+    r"(?: \((?P<access>[0-9:]+)(?: @ offset (?P<offset>\d+))?\))?$"
+)
+_RELO_EVENT = re.compile(r"prog '(?P<prog>[^']+)': relo #(?P<idx>\d+): (?P<rest>.*)$")
+_PATCHED = re.compile(r"patched insn #\d+ \([^)]*\) (?:off|imm) (?P<old>-?\d+) -> (?P<new>-?\d+)")
+
+VERIFIER_BEGIN = "-- BEGIN PROG LOAD LOG --"
+VERIFIER_END = "-- END PROG LOAD LOG --"
+VERIFIER_TAIL_LINES = 6
+
+
+@dataclass(frozen=True)
+class Relocation:
+    """One CO-RE relocation of one program as libbpf resolved it in the guest."""
+
+    index: int
+    kind: str  # byte_off, byte_sz, field_exists, type_exists, enumval_exists, ...
+    spec: str  # "struct dentry.d_name.len"
+    status: str  # "resolved", "failed" (poisoned) or "unknown"
+    local_offset: int | None = None
+    target: str = ""  # the matching candidate's spec
+    value: int | None = None  # the patched value (offset, size, 0/1 for exists)
+    message: str = ""
+
+    def serialize(self) -> dict[str, Any]:
+        return {
+            "index": self.index,
+            "kind": self.kind,
+            "spec": self.spec,
+            "status": self.status,
+            "local_offset": self.local_offset,
+            "target": self.target,
+            "value": self.value,
+            "message": self.message,
+        }
+
+
+def parse_relocations(log: str, program: str) -> list[Relocation]:
+    """The CO-RE relocations of ``program`` in a libbpf debug log, in order."""
+    found: dict[int, dict[str, Any]] = {}
+    for raw in log.splitlines():
+        line = raw.removeprefix("libbpf: ").strip()
+        event = _RELO_EVENT.search(line)
+        if not event or event["prog"] != program:
+            continue
+        idx = int(event["idx"])
+        rest = event["rest"]
+        rec = found.setdefault(idx, {"index": idx, "kind": "", "spec": "", "status": "unknown"})
+        spec = _RELO_SPEC.search(line)
+        if spec and not rest.startswith("matching candidate"):
+            rec["kind"] = spec["kind"]
+            rec["spec"] = spec["spec"]
+            if spec["offset"] is not None:
+                rec["local_offset"] = int(spec["offset"])
+            continue
+        if rest.startswith("matching candidate"):
+            cand = _RELO_SPEC.search(line.replace("matching candidate #", "").replace(": 0 <", ": <"))
+            target = rest.split(">", 1)[-1].strip()
+            rec["target"] = re.sub(r"^\[\d+\] ", "", target)
+            if cand is None:
+                continue
+        patched = _PATCHED.search(rest)
+        if patched:
+            rec["status"] = "resolved"
+            rec["value"] = int(patched["new"])
+            continue
+        lowered = rest.lower()
+        if (
+            "no matching targets found" in lowered
+            or "substituting insn" in lowered
+            or "failed to resolve" in lowered
+            or "poison" in lowered
+        ):
+            rec["status"] = "failed"
+            rec["message"] = rec.get("message") or rest
+    return [Relocation(**found[k]) for k in sorted(found)]
+
+
+def verifier_tail(log: str, lines: int = VERIFIER_TAIL_LINES) -> list[str]:
+    """The last meaningful lines of the verifier log inside a libbpf load log (or of the whole log)."""
+    text = log
+    if VERIFIER_BEGIN in log:
+        text = log.split(VERIFIER_BEGIN, 1)[1].split(VERIFIER_END, 1)[0]
+    kept: list[str] = []
+    for raw in text.splitlines():
+        line = raw.removeprefix("libbpf: ").strip()
+        if not line or line.startswith(("processed ", "verification time")):
+            continue
+        if re.match(r"^\d+: \(", line) and len(kept) > 200:
+            continue
+        kept.append(line)
+    return kept[-lines:]
+
+
+def errno_name(number: int) -> str:
+    return errno.errorcode.get(number, str(number))
+
+
+def _last_libbpf_error(log: str) -> str:
+    for raw in reversed(log.splitlines()):
+        line = raw.removeprefix("libbpf: ").strip()
+        if line and ("fail" in line or "error" in line.lower() or "Err" in line):
+            return line
+    return ""
+
+
+@dataclass(frozen=True)
+class GuestContext:
+    """What the in-guest checks of one (kernel, arch) need besides the agent's records."""
+
+    kernel: str
+    arch: str
+    stats_enabled: bool = True
+
+
+def _result(
+    probe: Probe, ctx: GuestContext, check: Check, outcome: Outcome, reason: str, **details: Any
+) -> CellResult:
+    return CellResult(probe, ctx.kernel, ctx.arch, check, outcome, reason, details)
+
+
+def check_guest_program(
+    probe: Probe, record: Mapping[str, Any] | None, object_record: Mapping[str, Any], ctx: GuestContext
+) -> list[CellResult]:
+    """LOAD, CORE, ATTACH and FIRE results of one program from the agent's record of its object."""
+    if object_record.get("error"):
+        msg = str(object_record["error"])
+        return [_result(probe, ctx, c, Outcome.ERROR, msg) for c in (Check.LOAD, Check.ATTACH, Check.FIRE)]
+    if record is None:
+        msg = f"program {probe.program} not found by libbpf in {probe.object}"
+        return [_result(probe, ctx, Check.LOAD, Outcome.ERROR, msg)]
+    results: list[CellResult] = []
+    load = record.get("load") or {}
+    log = str(load.get("log") or object_record.get("load_log") or "")
+    loaded = bool(load.get("ok"))
+    relos = parse_relocations(log, probe.program)
+    if loaded:
+        results.append(_result(probe, ctx, Check.LOAD, Outcome.PASS, "", seconds=load.get("seconds")))
+    else:
+        tail = verifier_tail(log)
+        err = load.get("errno")
+        why = f"{errno_name(int(err))} " if err else ""
+        if VERIFIER_BEGIN in log:
+            reason = f"verifier rejected it ({why.strip() or 'error'}): {tail[-1] if tail else ''}".strip()
+        else:
+            last = _last_libbpf_error(log)
+            reason = f"load failed ({why.strip() or 'error'}): {last}".strip()
+        results.append(
+            _result(probe, ctx, Check.LOAD, Outcome.FAIL, reason[:300], verifier_tail=tail, errno=err)
+        )
+    failed = [r for r in relos if r.status == "failed"]
+    relo_details = [r.serialize() for r in relos]
+    if not relos:
+        results.append(_result(probe, ctx, Check.CORE, Outcome.SKIP, "no CO-RE relocations"))
+    elif failed and not loaded:
+        names = ", ".join(f"`{r.spec}`" for r in failed)
+        results.append(
+            _result(
+                probe, ctx, Check.CORE, Outcome.FAIL,
+                f"relocation {names} failed on {ctx.kernel}", relocations=relo_details,
+            )
+        )
+    elif failed:
+        names = ", ".join(f"`{r.spec}`" for r in failed)
+        results.append(
+            _result(
+                probe, ctx, Check.CORE, Outcome.PASS,
+                f"relocation {names} unresolved but guarded (the program loaded)", relocations=relo_details,
+            )
+        )
+    else:
+        results.append(
+            _result(probe, ctx, Check.CORE, Outcome.PASS, f"{len(relos)} relocations resolved",
+                    relocations=relo_details)
+        )
+    if not loaded:
+        results.append(_result(probe, ctx, Check.ATTACH, Outcome.SKIP, "not loaded"))
+        results.append(_result(probe, ctx, Check.FIRE, Outcome.SKIP, "not loaded"))
+        return results
+    attach = record.get("attach") or {}
+    if not attach.get("ok"):
+        err = attach.get("errno")
+        detail = _last_libbpf_error(str(attach.get("log") or ""))
+        reason = f"attach failed: {errno_name(int(err)) if err else 'error'} ({attach.get('error', '')})"
+        if detail:
+            reason += f": {detail}"
+        results.append(_result(probe, ctx, Check.ATTACH, Outcome.FAIL, reason[:300], errno=err,
+                               log=str(attach.get("log") or "")[-2000:]))
+        results.append(_result(probe, ctx, Check.FIRE, Outcome.SKIP, "not attached"))
+        return results
+    results.append(_result(probe, ctx, Check.ATTACH, Outcome.PASS, ""))
+    results.append(check_fire(probe, record.get("fire"), ctx))
+    return results
+
+
+def check_fire(probe: Probe, fire: Mapping[str, Any] | None, ctx: GuestContext) -> CellResult:
+    """FIRE: ran after its trigger (run_cnt), and how many executions it missed."""
+    if not fire or "error" in fire:
+        why = fire.get("error") if fire else "no run count"
+        return _result(probe, ctx, Check.FIRE, Outcome.ERROR, f"could not read run count: {why}")
+    if not ctx.stats_enabled:
+        return _result(probe, ctx, Check.FIRE, Outcome.ERROR, "kernel.bpf_stats_enabled could not be set")
+    runs = int(fire.get("run_cnt", 0))
+    details = {
+        "run_cnt": runs,
+        "run_time_ns": fire.get("run_time_ns"),
+        "recursion_misses": fire.get("recursion_misses"),
+        "kprobe_missed": fire.get("kprobe_missed"),
+        "trigger": fire.get("trigger"),
+    }
+    misses = int(fire.get("recursion_misses") or 0) + int(fire.get("kprobe_missed") or 0)
+    if runs == 0 and misses == 0:
+        return _result(
+            probe, ctx, Check.FIRE, Outcome.FAIL,
+            "attached but never fired after its trigger (target inlined, or the trigger misses it?)",
+            **details,
+        )
+    if misses:
+        parts = []
+        if fire.get("recursion_misses"):
+            parts.append(f"recursion_misses {fire['recursion_misses']}")
+        if fire.get("kprobe_missed"):
+            parts.append(f"kprobe missed {fire['kprobe_missed']}")
+        return _result(
+            probe, ctx, Check.FIRE, Outcome.FAIL,
+            f"ran {runs} times but missed executions ({', '.join(parts)})", **details,
+        )
+    misses_text = (
+        f", recursion_misses {fire['recursion_misses']}" if fire.get("recursion_misses") is not None else ""
+    )
+    return _result(probe, ctx, Check.FIRE, Outcome.PASS, f"ran {runs} times{misses_text}", **details)
+
+
+def check_guest_objects(
+    probes: Sequence[Probe], objects: Sequence[Mapping[str, Any]], ctx: GuestContext
+) -> list[CellResult]:
+    """All in-guest results for ``probes`` from the agent's objects.json records."""
+    by_name = {str(o.get("object")): o for o in objects}
+    results: list[CellResult] = []
+    for probe in probes:
+        obj = by_name.get(probe.object)
+        if obj is None:
+            results += [
+                _result(probe, ctx, c, Outcome.ERROR, f"the guest agent did not report {probe.object}")
+                for c in (Check.LOAD, Check.ATTACH, Check.FIRE)
+            ]
+            continue
+        programs = obj.get("programs") or {}
+        results += check_guest_program(probe, programs.get(probe.program), obj, ctx)
+    return results
