@@ -140,7 +140,8 @@ def test_every_kind_parses(big_endian: bool) -> None:
     t = spec[ids["int"]]
     assert isinstance(t, Int) and t.size == 4 and t.signed and t.bits == 32
     arr = spec[ids["arr"]]
-    assert isinstance(arr, Array) and (arr.type_id, arr.index_type_id, arr.nelems) == (ids["char"], ids["int"], 16)
+    assert isinstance(arr, Array)
+    assert (arr.type_id, arr.index_type_id, arr.nelems) == (ids["char"], ids["int"], 16)
     inode = spec[ids["inode"]]
     assert isinstance(inode, Struct) and inode.size == 16
     assert [(m.name, m.type_id, m.bit_offset) for m in inode.members] == [
@@ -192,7 +193,9 @@ def test_type_text_renders_c() -> None:
     assert spec.type_text(ids["fwd"]) == "union fwd_u"
     assert spec.type_text(ids["anon_struct"]) == "struct {...}"
     assert spec.type_text(ids["restrict"]) == "struct inode *restrict"
-    assert spec.sizeof(ids["arr"]) == 16 and spec.sizeof(ids["u32"]) == 4 and spec.sizeof(ids["ptr_inode"]) == 8
+    assert spec.sizeof(ids["arr"]) == 16
+    assert spec.sizeof(ids["u32"]) == 4
+    assert spec.sizeof(ids["ptr_inode"]) == 8
 
 
 def test_lookups() -> None:
@@ -270,7 +273,7 @@ def test_btf_ext_without_core_section() -> None:
     spec = parse_btf(b.build())
     ext = struct.pack("<HBBIIIII", 0xEB9F, 1, 0, 24, 0, 0, 0, 0)
     assert parse_btf_ext_core_relos(ext, spec) == []
-    with pytest.raises(BTFError, match="bad BTF.ext magic"):
+    with pytest.raises(BTFError, match=r"bad BTF\.ext magic"):
         parse_btf_ext_core_relos(b"\x01\x02" + ext[2:], spec, "x.o:.BTF.ext")
 
 
@@ -415,7 +418,7 @@ def test_object_without_core(tmp_path: Path) -> None:
 def test_object_not_elf(tmp_path: Path) -> None:
     bad = tmp_path / "bad.bpf.o"
     bad.write_bytes(b"not an elf at all")
-    with pytest.raises(ObjectError, match="bad.bpf.o"):
+    with pytest.raises(ObjectError, match=r"bad\.bpf\.o"):
         load_object_core_relos(bad)
 
 
