@@ -520,6 +520,12 @@ def stable_alternatives(
     if not unstable:
         return []
     hooks_by_column = {col: _hooks_of(f) for col, f in facts_by_column.items()}
+    own = {f"lsm/{probe.target}", probe.target.replace("/", ":", 1)}
+    for hooks in hooks_by_column.values():
+        hooks -= own
+        if probe.kind in LSM_KINDS:
+            # Another LSM hook needs the same bpf LSM that the probe's own hook lacks.
+            hooks -= {h for h in hooks if h.startswith("lsm/")}
     everywhere = set.intersection(*hooks_by_column.values())
     somewhere = set.union(*hooks_by_column.values()) - everywhere
     target = probe.target
@@ -540,6 +546,14 @@ def stable_alternatives(
     return found
 
 
+def _q_alternatives(alternatives: Sequence[str]) -> str:
+    quoted = []
+    for alt in alternatives:
+        hook, sep, note = alt.partition(" (")
+        quoted.append(f"`{hook}`" + (f" ({note}" if sep else ""))
+    return ", ".join(quoted)
+
+
 def with_alternatives(
     results: Iterable[CellResult], probe: Probe, alternatives: Sequence[str]
 ) -> list[CellResult]:
@@ -553,7 +567,7 @@ def with_alternatives(
             and result.outcome == Outcome.FAIL
         ):
             details = {**result.details, "alternatives": list(alternatives)}
-            reason = f"{result.reason}; stable alternatives: {_q(alternatives)}"
+            reason = f"{result.reason}; stable alternatives: {_q_alternatives(alternatives)}"
             result = dataclasses.replace(result, reason=reason, details=details)
         out.append(result)
     return out
