@@ -311,7 +311,7 @@ def parse_packages(
 
 def is_kernel_package(name: str) -> bool:
     """Whether a package name is one the image resolution may look at."""
-    return name.startswith(("linux-image-", "linux-binary-", "linux-modules-"))
+    return name.startswith(("linux-image-", "linux-binary-", "linux-modules-", "linux-base-"))
 
 
 def _index_dir(cache_dir: Path, mirror: str, suite: str, arch: str) -> Path:
@@ -469,17 +469,23 @@ def resolve_image_packages(index: SuiteIndex, flavour: str = "", package: str = 
         if twin is not None:
             return (twin,)
     binary: DebPackage | None = None
-    modules: DebPackage | None = None
+    rest: list[DebPackage] = []
+    abi = ""
     for group in parse_depends(current.depends):
         for dep, pinned in group:
             if dep.startswith("linux-binary-") and binary is None:
                 abi = dep[len("linux-binary-"):]
                 binary = _pick(index, f"linux-binary-unsigned-{abi}", pinned) or _pick(index, dep, pinned)
-            elif dep.startswith("linux-modules-") and modules is None:
-                modules = _pick(index, dep, pinned)
-    if binary is not None:
-        return (binary, modules) if modules is not None else (binary,)
-    return (current,)
+    if binary is None:
+        return (current,)
+    # linux-base-<abi> carries config, modules.order and modules.builtin (which modprobe needs).
+    for group in parse_depends(current.depends):
+        for dep, pinned in group:
+            if dep in (f"linux-modules-{abi}", f"linux-base-{abi}"):
+                found = _pick(index, dep, pinned)
+                if found is not None and found not in rest:
+                    rest.append(found)
+    return (binary, *rest)
 
 
 def package_url(mirror: str, pkg: DebPackage) -> str:

@@ -131,7 +131,7 @@ def prepare_tree(tree: Path) -> KernelTree:
     releases = sorted(p.name for p in lib_mods.iterdir() if p.is_dir()) if lib_mods.is_dir() else []
     # sid-style: the image lives in the modules directory.
     for rel in releases:
-        for name in ("vmlinuz", "vmlinux", "Image"):
+        for name in ("vmlinuz", "vmlinuz.unsigned", "vmlinux", "Image"):
             inside = lib_mods / rel / name
             if inside.is_file() and not (boot / f"vmlinuz-{rel}").exists():
                 boot.mkdir(exist_ok=True)

@@ -129,6 +129,7 @@ SID = "\n".join(
         para("linux-binary-7.2.13+deb14-amd64", "7.2.13-1", "linux-base-7.2.13+deb14-amd64 (= 7.2.13-1)"),
         para("linux-binary-unsigned-7.2.13+deb14-amd64", "7.2.13-1"),
         para("linux-modules-7.2.13+deb14-amd64", "7.2.13-1", "kmod"),
+        para("linux-base-7.2.13+deb14-amd64", "7.2.13-1"),
     ]
 )
 
@@ -214,8 +215,9 @@ def test_resolve_flavour_and_explicit_package() -> None:
 
 def test_resolve_sid_layout_returns_binary_and_modules() -> None:
     pkgs = resolve_image_packages(index_of(SID, "sid"))
-    assert [p.name for p in pkgs] == [
-        "linux-binary-unsigned-7.2.13+deb14-amd64",
+    assert pkgs[0].name == "linux-binary-unsigned-7.2.13+deb14-amd64"
+    assert sorted(p.name for p in pkgs[1:]) == [
+        "linux-base-7.2.13+deb14-amd64",
         "linux-modules-7.2.13+deb14-amd64",
     ]
 
@@ -391,7 +393,7 @@ def test_fetch_suite_index_unsigned_says_so(archive: Archive, tmp_path: Path) ->
     (archive.root / "dists" / "sid" / "InRelease").write_text(release)
     index = fetch_suite_index(url(archive), "sid", "amd64", tmp_path / "idx", keyring=tmp_path / "none.gpg")
     assert index.verified == "Release NOT signature-checked: no keyring"
-    assert len(resolve_image_packages(index)) == 2
+    assert len(resolve_image_packages(index)) == 3
 
 
 def test_fetch_suite_index_packages_digest_mismatch(archive: Archive, tmp_path: Path) -> None:
