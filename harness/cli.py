@@ -6,6 +6,7 @@ import argparse
 import importlib
 import json
 import os
+import re
 import sys
 import time
 from collections.abc import Mapping, Sequence
@@ -14,10 +15,19 @@ from typing import Any, TextIO
 
 from tabulate import tabulate
 
-from harness.config import KernelsConfig, load_kernels_yaml
+from harness.config import ARCHES, KernelsConfig, load_kernels_yaml
 from harness.errors import ConfigError, HarnessError
 from harness.render import render_html, render_json, render_markdown, render_terminal
-from harness.results import KernelRun, Matrix, merge_matrices, parse_matrix_json
+from harness.results import (
+    CHECK_ORDER,
+    SCHEMA_NAME,
+    SCHEMA_VERSION,
+    CellResult,
+    KernelRun,
+    Matrix,
+    merge_matrices,
+    parse_matrix_json,
+)
 
 PROG = "bpf-matrix"
 FORMATS = ("terminal", "markdown", "html", "json")
@@ -97,12 +107,13 @@ def load_matrix(path: Path) -> Matrix:
         raise InputError(f"{path}: not JSON: {exc.msg} at line {exc.lineno}") from exc
     if not isinstance(data, dict):
         raise InputError(f"{path}: not a results document (expected a JSON object)")
+    if data.get("schema") == SCHEMA_NAME and data.get("version") == SCHEMA_VERSION:
+        # Otherwise parse_matrix_json names the wrong schema or version, which matters more.
+        _check_shape(str(path), data)
     try:
-        matrix = parse_matrix_json(text, str(path))
+        return parse_matrix_json(text, str(path))
     except ValueError as exc:
         raise InputError(str(exc)) from exc
-    _check_shape(str(path), data)
-    return matrix
 
 
 def _load_kernels(path: Path) -> KernelsConfig:
@@ -239,6 +250,35 @@ def cmd_render(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     return 0
 
 
+def _natural(text: str) -> tuple[tuple[int, int | str], ...]:
+    """A sort key that puts 5.10 after 5.9 and 6.1 before 6.12."""
+    parts = re.findall(r"\d+|\D+", text)
+    return tuple((0, int(p)) if p.isdigit() else (1, p) for p in parts)
+
+
+def _arch_rank(arch: str) -> int:
+    names = list(ARCHES)
+    return names.index(arch) if arch in names else len(names)
+
+
+def canonical_order(matrix: Matrix) -> Matrix:
+    """Kernels by version then arch, records by probe, column and check.
+
+    Shards arrive in whatever order their jobs finished or were downloaded; sorting makes the
+    merged document the same whichever order that was.
+    """
+    def column_key(kernel: str, arch: str) -> tuple[Any, ...]:
+        return (_natural(kernel), _arch_rank(arch), arch)
+
+    def record_key(r: CellResult) -> tuple[Any, ...]:
+        p = r.probe
+        return (p.object, p.program, p.section, p.kind, p.target,
+                column_key(r.kernel, r.arch), CHECK_ORDER.index(r.check))
+
+    kernels = sorted(matrix.kernels, key=lambda k: column_key(k.kernel, k.arch))
+    return Matrix(records=tuple(sorted(matrix.records, key=record_key)), kernels=tuple(kernels))
+
+
 def order_like_config(matrix: Matrix, config: KernelsConfig) -> Matrix:
     """Order the kernels as kernels.yaml does, and mark entries with no results as errors.
 
@@ -261,7 +301,7 @@ def order_like_config(matrix: Matrix, config: KernelsConfig) -> Matrix:
 
 def cmd_merge(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     shards = [load_matrix(path) for path in args.shards]
-    merged = merge_matrices(shards)
+    merged = canonical_order(merge_matrices(shards))
     if args.kernels is not None:
         merged = order_like_config(merged, _load_kernels(args.kernels))
     _write(args.output, render_json(merged), out)
