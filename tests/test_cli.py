@@ -304,6 +304,7 @@ def test_two_shards_merge_to_the_whole(tmp_path: Path) -> None:
                          "--html", str(page))
     assert code == 0, err
     assert "merged 2 shards: 80 records, 4 kernels" in err
+    assert out == ""  # the reports go to files, the summary to stderr
     whole = parse_matrix_json(SAMPLE.read_text())
     result = parse_matrix_json(merged.read_text())
     assert _canonical(result) == _canonical(whole)
