@@ -1,0 +1,433 @@
+"""Tests for harness.drift: prototypes, CO-RE layouts and tracepoint formats on hand-built kernels."""
+
+from __future__ import annotations
+
+import shutil
+import struct
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from harness.btf import Accessor, BTFSpec, CoreRelo, CoreReloKind, load_btf, load_object_core_relos, parse_btf
+from harness.drift import (
+    Prototype,
+    check_layout,
+    check_prototype,
+    check_tp_format,
+    diff_prototypes,
+    parse_tp_format,
+    render_offsets_table,
+    resolve_core_relo,
+    resolve_prototype,
+    strip_clone_suffix,
+)
+from harness.results import CellResult, Check, Outcome, Probe
+
+
+class Builder:
+    """The smallest BTF writer the tests need: header + u32 type words + strings, little-endian."""
+
+    def __init__(self) -> None:
+        self.strings = bytearray(b"\0")
+        self.types: list[list[int]] = []
+
+    def s(self, text: str) -> int:
+        if not text:
+            return 0
+        off = len(self.strings)
+        self.strings += text.encode() + b"\0"
+        return off
+
+    def add(self, name: str, kind: int, vlen: int, size_type: int, *extra: int) -> int:
+        self.types.append([self.s(name), (kind << 24) | vlen, size_type, *extra])
+        return len(self.types)
+
+    def int_(self, name: str, size: int) -> int:
+        return self.add(name, 1, 0, size, size * 8)
+
+    def ptr(self, target: int) -> int:
+        return self.add("", 2, 0, target)
+
+    def struct(self, name: str, size: int, members: list[tuple[str, int, int]], kind: int = 4) -> int:
+        words: list[int] = []
+        for mname, mtype, byte_off in members:
+            words += [self.s(mname), mtype, byte_off * 8]
+        return self.add(name, kind, len(members), size, *words)
+
+    def array(self, elem: int, index: int, n: int) -> int:
+        return self.add("", 3, 0, 0, elem, index, n)
+
+    def func(self, name: str, ret: int, params: list[tuple[str, int]]) -> int:
+        words: list[int] = []
+        for pname, ptype in params:
+            words += [self.s(pname), ptype]
+        proto = self.add("", 13, len(params), ret, *words)
+        return self.add(name, 12, 1, proto)
+
+    def spec(self, name: str = "vmlinux") -> BTFSpec:
+        body = b"".join(struct.pack(f"<{len(t)}I", *t) for t in self.types)
+        header = struct.pack("<HBBIIIII", 0xEB9F, 1, 0, 24, 0, len(body), len(body), len(self.strings))
+        return parse_btf(header + body + bytes(self.strings), name)
+
+
+def vfs_kernel(version: str) -> BTFSpec:
+    """A kernel whose vfs_unlink has the prototype Debian's ``version`` kernel has."""
+    b = Builder()
+    i = b.int_("int", 4)
+    inode = b.ptr(b.struct("inode", 8, [("i_mode", i, 0)]))
+    dentry = b.ptr(b.struct("dentry", 8, [("d_flags", i, 0)]))
+    inode_pp = b.ptr(inode)
+    first = {
+        "5.10": [],
+        "6.1": [("mnt_userns", b.ptr(b.struct("user_namespace", 8, [("ns", i, 0)])))],
+        "6.12": [("idmap", b.ptr(b.struct("mnt_idmap", 8, [("owner", i, 0)])))],
+    }[version]
+    params = [*first, ("dir", inode), ("dentry", dentry), ("delegated_inode", inode_pp)]
+    b.func("vfs_unlink", i, params)
+    b.func("bpf_lsm_file_open", i, [("file", b.ptr(b.struct("file", 8, [("f_mode", i, 0)])))])
+    void_ptr = b.ptr(0)
+    boolean = b.int_("_Bool", 1)
+    tp_args = [("", void_ptr), ("", boolean if version != "6.12" else i)]
+    proto = b.add("", 13, len(tp_args), 0, *[w for n, t in tp_args for w in (b.s(n), t)])
+    b.add("btf_trace_sched_switch", 8, 0, b.ptr(proto))
+    return b.spec(f"vmlinux-{version}")
+
+
+KPROBE = Probe("unlink", "on_unlink", "kprobe/vfs_unlink", "kprobe", "vfs_unlink")
+
+
+def test_vfs_unlink_param_added_on_6_1() -> None:
+    r = check_prototype(KPROBE, "6.1", "x86_64", vfs_kernel("6.1"), "5.10", vfs_kernel("5.10"))
+    assert r is not None and r.check == Check.PROTOTYPE
+    assert r.outcome == Outcome.FAIL
+    assert r.reason == (
+        "prototype differs from 5.10: param 0 `dir` struct inode * -> "
+        "`mnt_userns` struct user_namespace * (param added)"
+    )
+    assert r.details["params"][0] == {"name": "mnt_userns", "type": "struct user_namespace *"}
+    assert [p["name"] for p in r.details["baseline_params"]] == ["dir", "dentry", "delegated_inode"]
+    assert r.details["changes"] == [
+        {"change": "added", "index": 0, "name": "mnt_userns", "type": "struct user_namespace *"}
+    ]
+
+
+def test_vfs_unlink_param_replaced_on_6_12() -> None:
+    r = check_prototype(KPROBE, "6.12", "arm64", vfs_kernel("6.12"), "6.1", vfs_kernel("6.1"))
+    assert r is not None and r.outcome == Outcome.FAIL
+    assert "param 0 `mnt_userns` struct user_namespace * -> `idmap` struct mnt_idmap *" in r.reason
+    assert r.reason.endswith("(param replaced)")
+    assert r.details["changes"][0]["change"] == "replaced"
+
+
+def test_same_prototype_passes() -> None:
+    same = check_prototype(KPROBE, "5.10", "x86_64", vfs_kernel("5.10"), "5.10", vfs_kernel("5.10"))
+    assert same is not None and same.outcome == Outcome.PASS and same.reason == ""
+    other = check_prototype(KPROBE, "6.1-bpo", "x86_64", vfs_kernel("6.1"), "6.1", vfs_kernel("6.1"))
+    assert other is not None and other.outcome == Outcome.PASS
+    assert other.reason == "same prototype as 6.1" and other.details["changes"] == []
+
+
+def test_clone_suffix_is_stripped() -> None:
+    assert strip_clone_suffix("vfs_unlink.isra.0") == "vfs_unlink"
+    assert strip_clone_suffix("foo.constprop.0.isra.0") == "foo"
+    assert strip_clone_suffix("foo.part.3") == "foo"
+    assert strip_clone_suffix("foo.cold") == "foo"
+    assert strip_clone_suffix("foo_bar") == "foo_bar"
+    probe = Probe("u", "p", "fentry/vfs_unlink.isra.0", "fentry", "vfs_unlink.isra.0")
+    r = check_prototype(probe, "6.1", "x86_64", vfs_kernel("6.1"), "6.1", vfs_kernel("6.1"))
+    assert r is not None and r.outcome == Outcome.PASS and r.details["function"] == "vfs_unlink"
+
+
+def test_skips_and_not_applicable() -> None:
+    k = vfs_kernel("6.1")
+    r = check_prototype(KPROBE, "6.1", "x86_64", None, "5.10", k)
+    assert r is not None and r.outcome == Outcome.SKIP and r.reason == "no BTF"
+    missing = Probe("u", "p", "kprobe/nope", "kprobe", "nope")
+    r = check_prototype(missing, "6.1", "x86_64", k, "5.10", k)
+    assert r is not None and r.outcome == Outcome.SKIP and "`nope` not in the BTF of 6.1" in r.reason
+    for kind in ("ksyscall", "tracepoint", "uprobe", "usdt", "kprobe.multi"):
+        p = Probe("u", "p", f"{kind}/x", kind, "vfs_unlink")
+        assert check_prototype(p, "6.1", "x86_64", k, "5.10", k) is None
+
+
+def test_lsm_and_raw_tracepoint() -> None:
+    lsm = Probe("l", "p", "lsm/file_open", "lsm", "file_open")
+    proto = resolve_prototype(vfs_kernel("6.1"), "lsm", "file_open")
+    assert proto == Prototype("bpf_lsm_file_open", "int", (("file", "struct file *"),))
+    r = check_prototype(lsm, "6.1", "x86_64", vfs_kernel("6.1"), "5.10", vfs_kernel("5.10"))
+    assert r is not None and r.outcome == Outcome.PASS
+    tp = Probe("t", "p", "tp_btf/sched_switch", "tp_btf", "sched_switch")
+    raw = resolve_prototype(vfs_kernel("6.1"), "tp_btf", "sched_switch")
+    assert raw is not None and raw.params == (("", "_Bool"),)  # the void *ctx is dropped
+    r = check_prototype(tp, "6.12", "x86_64", vfs_kernel("6.12"), "6.1", vfs_kernel("6.1"))
+    assert r is not None and r.outcome == Outcome.FAIL
+    assert r.reason == "prototype differs from 6.1: param 0 _Bool -> int (type changed)"
+
+
+def test_diff_prototypes_kinds() -> None:
+    base = Prototype("f", "int", (("a", "int"), ("b", "char *"), ("c", "long")))
+    reordered = Prototype("f", "int", (("b", "char *"), ("a", "int"), ("c", "long")))
+    assert {c["change"] for c in diff_prototypes(base, reordered)} == {"reordered"}
+    renamed = Prototype("f", "int", (("a", "int"), ("buf", "char *"), ("c", "long")))
+    assert diff_prototypes(base, renamed) == [
+        {"change": "renamed", "index": 1, "from": "b", "to": "buf",
+         "from_type": "char *", "to_type": "char *"}
+    ]
+    removed = Prototype("f", "long", (("a", "int"), ("c", "long")))
+    changes = diff_prototypes(base, removed)
+    assert [c["change"] for c in changes] == ["return_type_changed", "removed"]
+    retyped = Prototype("f", "int", (("a", "int"), ("b", "const char *"), ("c", "long")))
+    assert diff_prototypes(base, retyped)[0]["change"] == "type_changed"
+    assert diff_prototypes(base, base) == []
+
+
+# --- Layouts -------------------------------------------------------------------------------------
+
+
+def task_kernel(with_real_parent: bool, state_name: str, pad: int) -> BTFSpec:
+    """A kernel with task_struct { int pid; union { int <state_name>; }; [real_parent]; comm[16] }."""
+    b = Builder()
+    i = b.int_("int", 4)
+    ch = b.int_("char", 1)
+    anon = b.struct("", 4, [(state_name, i, 0)], kind=5)
+    comm = b.array(ch, i, 16)
+    task_ptr = b.ptr(len(b.types) + 2)  # the task_struct added below
+    members = [("pid", i, 0), ("", anon, 8 + pad)]
+    off = 16 + pad
+    if with_real_parent:
+        members.append(("real_parent", task_ptr, off))
+        off += 8
+    members.append(("comm", comm, off))
+    assert b.struct("task_struct", off + 16, members) == task_ptr + 1
+    b.add("pid_type", 6, 2, 4, b.s("PIDTYPE_PID"), 0, b.s("PIDTYPE_TGID"), 1)
+    return b.spec()
+
+
+def relo(kind: CoreReloKind, root: str, *names: str | int, root_kind: str = "struct") -> CoreRelo:
+    accessors = [Accessor(None, 0)]
+    path = root
+    for n in names:
+        if isinstance(n, int):
+            accessors.append(Accessor(None, n))
+            path += f"[{n}]"
+        else:
+            accessors.append(Accessor(n, 0))
+            path += f".{n}"
+    if kind.is_type:
+        accessors, path = [], root
+    return CoreRelo("kprobe/do_exit", 8, 1, "0", kind, root_kind, root, path, tuple(accessors))
+
+
+OFF, EXISTS = CoreReloKind.FIELD_BYTE_OFFSET, CoreReloKind.FIELD_EXISTS
+EXIT = Probe("exit", "on_exit", "kprobe/do_exit", "kprobe", "do_exit")
+
+
+def test_resolve_walks_anonymous_members_and_arrays() -> None:
+    k = task_kernel(True, "__state", pad=8)
+    res = resolve_core_relo(relo(OFF, "task_struct", "__state"), k)
+    assert (res.status, res.offset, res.size) == ("ok", 16, 4)
+    res = resolve_core_relo(relo(OFF, "task_struct", "comm", 3), k)
+    assert (res.status, res.offset, res.size) == ("ok", 24 + 8 + 3, 1)
+    res = resolve_core_relo(relo(OFF, "task_struct___v2", "real_parent"), k)
+    assert (res.status, res.offset, res.size) == ("ok", 24, 8)
+    assert resolve_core_relo(relo(OFF, "task_struct", "state"), k).status == "field missing"
+    assert resolve_core_relo(relo(OFF, "mm_struct", "pgd"), k).status == "type missing"
+    size = resolve_core_relo(relo(CoreReloKind.TYPE_SIZE, "task_struct"), k)
+    assert size.status == "ok" and size.size == 48
+    enum = CoreRelo("s", 0, 1, "1", CoreReloKind.ENUMVAL_VALUE, "enum", "pid_type",
+                    "pid_type::PIDTYPE_TGID", (Accessor("PIDTYPE_TGID", 1),))
+    assert resolve_core_relo(enum, k).value == 1
+
+
+def test_layout_missing_field_fails_unless_guarded() -> None:
+    old, new = task_kernel(True, "state", 0), task_kernel(False, "__state", 8)
+    relos = [relo(OFF, "task_struct", "real_parent"), relo(OFF, "task_struct", "pid")]
+    r = check_layout(EXIT, "6.1", "x86_64", relos, new, "5.10", old)
+    assert r is not None and r.check == Check.LAYOUT and r.outcome == Outcome.FAIL
+    assert r.reason.startswith("`task_struct.real_parent` field missing on 6.1 (field_byte_offset")
+    rows = {row["path"]: row for row in r.details["relocations"]}
+    assert rows["task_struct.real_parent"]["baseline_offset"] == 16
+    assert rows["task_struct.real_parent"]["guarded"] is False
+    assert rows["task_struct.pid"]["offset"] == 0 and rows["task_struct.pid"]["status"] == "ok"
+
+    guarded = [relo(EXISTS, "task_struct", "real_parent"), *relos]
+    r = check_layout(EXIT, "6.1", "x86_64", guarded, new, "5.10", old)
+    assert r is not None and r.outcome == Outcome.PASS
+    assert "task_struct.real_parent" in r.reason
+    assert all(row["guarded"] for row in r.details["relocations"] if row["path"].endswith("real_parent"))
+
+
+def test_layout_guard_on_type_and_flavour() -> None:
+    new = task_kernel(False, "__state", 8)
+    relos = [relo(CoreReloKind.TYPE_EXISTS, "task_struct___old"), relo(OFF, "task_struct___old", "state")]
+    r = check_layout(EXIT, "6.1", "x86_64", relos, new, "6.1", new)
+    assert r is not None and r.outcome == Outcome.PASS
+    # The same read in another program, without the guard, fails.
+    r = check_layout(EXIT, "6.1", "x86_64", relos[1:], new, "6.1", new)
+    assert r is not None and r.outcome == Outcome.FAIL
+
+
+def test_layout_none_and_no_btf() -> None:
+    assert check_layout(EXIT, "6.1", "x86_64", [], None, "5.10", None) is None
+    r = check_layout(EXIT, "6.1", "x86_64", [relo(OFF, "task_struct", "pid")], None, "5.10", None)
+    assert r is not None and r.outcome == Outcome.SKIP and r.reason == "no BTF"
+
+
+def test_render_offsets_table() -> None:
+    relos = [relo(OFF, "task_struct", "__state"), relo(OFF, "task_struct", "real_parent")]
+    results: list[CellResult] = []
+    kernels = (("5.10", task_kernel(True, "__state", 0)), ("6.1", task_kernel(False, "__state", 8)))
+    for kernel, spec in kernels:
+        r = check_layout(EXIT, kernel, "x86_64", relos, spec, "5.10", task_kernel(True, "__state", 0))
+        assert r is not None
+        results.append(r)
+    table = render_offsets_table(results)
+    assert table.splitlines() == [
+        "| field | relocation | 5.10/x86_64 | 6.1/x86_64 |",
+        "|---|---|---|---|",
+        "| task_struct.__state | field_byte_offset | 8 (4) | 16 (4) |",
+        "| task_struct.real_parent | field_byte_offset | 16 (8) | field missing |",
+    ]
+
+
+needs_clang = pytest.mark.skipif(
+    shutil.which("clang") is None or not Path("/usr/include/bpf/bpf_core_read.h").exists(),
+    reason="clang or libbpf-dev headers missing",
+)
+
+SAMPLE = r"""
+typedef unsigned char __u8; typedef unsigned short __u16; typedef unsigned int __u32;
+typedef unsigned long long __u64; typedef signed char __s8; typedef short __s16; typedef int __s32;
+typedef long long __s64; typedef __u16 __be16; typedef __u32 __be32; typedef __u32 __wsum;
+#include <bpf/bpf_helpers.h>
+#include <bpf/bpf_core_read.h>
+struct task_struct {
+    int pid;
+    union { int __state; };
+    struct task_struct *real_parent;
+    char comm[16];
+} __attribute__((preserve_access_index));
+struct task_struct___old { int state; } __attribute__((preserve_access_index));
+
+SEC("kprobe/do_exit")
+int on_exit(void *ctx)
+{
+    struct task_struct *t = (struct task_struct *)bpf_get_current_task();
+    int s = BPF_CORE_READ(t, __state);
+    if (bpf_core_field_exists(((struct task_struct___old *)t)->state))
+        s += BPF_CORE_READ((struct task_struct___old *)t, state);
+    return s + BPF_CORE_READ(t, comm[2]);
+}
+
+SEC("kprobe/do_exit")
+int parent(void *ctx)
+{
+    struct task_struct *t = (struct task_struct *)bpf_get_current_task();
+    return BPF_CORE_READ(t, real_parent, pid);
+}
+char LICENSE[] SEC("license") = "GPL";
+"""
+
+
+@needs_clang
+def test_compiled_object_against_kernels(tmp_path: Path) -> None:
+    src = tmp_path / "exit.bpf.c"
+    src.write_text(SAMPLE)
+    obj = tmp_path / "exit.bpf.o"
+    subprocess.run(["clang", "-g", "-O2", "-target", "bpf", "-c", str(src), "-o", str(obj)],
+                   check=True, capture_output=True, timeout=120)
+    relos = load_object_core_relos(obj)
+    old, new = task_kernel(True, "state", 0), task_kernel(False, "__state", 8)
+    on_exit = Probe("exit", "on_exit", "kprobe/do_exit", "kprobe", "do_exit")
+    parent = Probe("exit", "parent", "kprobe/do_exit", "kprobe", "do_exit")
+    # On the old kernel __state is missing, unguarded; the ___old read is guarded.
+    r = check_layout(on_exit, "5.10", "x86_64", relos["on_exit"], old, "5.10", old)
+    assert r is not None and r.outcome == Outcome.FAIL
+    assert r.reason.startswith("`task_struct.__state` field missing on 5.10")
+    rows = {(row["path"], row["kind"]): row for row in r.details["relocations"]}
+    assert rows[("task_struct___old.state", "field_byte_offset")]["offset"] == 8
+    assert rows[("task_struct___old.state", "field_byte_offset")]["guarded"] is True
+    assert rows[("task_struct.comm[2]", "field_byte_offset")]["offset"] == 16 + 8 + 2
+    r = check_layout(on_exit, "6.1", "x86_64", relos["on_exit"], new, "5.10", old)
+    assert r is not None and r.outcome == Outcome.PASS
+    assert "task_struct___old.state" in r.reason
+    r = check_layout(parent, "6.1", "x86_64", relos["parent"], new, "5.10", old)
+    assert r is not None and r.outcome == Outcome.FAIL and "real_parent" in r.reason
+
+
+# --- Real kernels, when the lead's boots have cached their BTF ----------------------------------
+
+CACHED = sorted((Path.home() / ".cache/bpf-kernel-matrix/kernels").glob("*/facts/vmlinux.btf"))
+
+
+@pytest.mark.skipif(not CACHED, reason="no cached vmlinux BTF of booted kernels")
+def test_cached_kernels_vfs_unlink() -> None:
+    firsts = {}
+    for path in CACHED:
+        proto = resolve_prototype(load_btf(path), "kprobe", "vfs_unlink")
+        assert proto is not None, path
+        assert proto.params[-3:] == (("dir", "struct inode *"), ("dentry", "struct dentry *"),
+                                     ("delegated_inode", "struct inode **"))
+        firsts[path] = proto.params[0] if len(proto.params) == 4 else None
+    assert {f for f in firsts.values() if f} <= {("mnt_userns", "struct user_namespace *"),
+                                                 ("idmap", "struct mnt_idmap *")}
+
+
+# --- Tracepoint formats --------------------------------------------------------------------------
+
+FMT_510 = """name: sched_process_exec
+ID: 300
+format:
+\tfield:unsigned short common_type;\toffset:0;\tsize:2;\tsigned:0;
+\tfield:unsigned char common_flags;\toffset:2;\tsize:1;\tsigned:0;
+\tfield:unsigned char common_preempt_count;\toffset:3;\tsize:1;\tsigned:0;
+\tfield:int common_pid;\toffset:4;\tsize:4;\tsigned:1;
+
+\tfield:__data_loc char[] filename;\toffset:8;\tsize:4;\tsigned:1;
+\tfield:pid_t pid;\toffset:12;\tsize:4;\tsigned:1;
+\tfield:pid_t old_pid;\toffset:16;\tsize:4;\tsigned:1;
+
+print fmt: "filename=%s pid=%d old_pid=%d", __get_str(filename), REC->pid, REC->old_pid
+"""
+
+TP = Probe("exec", "on_exec", "tracepoint/sched/sched_process_exec", "tracepoint", "sched/sched_process_exec")
+
+
+def test_parse_tp_format() -> None:
+    fields = parse_tp_format(FMT_510)
+    assert [(f.name, f.offset, f.size, f.signed) for f in fields] == [
+        ("common_type", 0, 2, False), ("common_flags", 2, 1, False),
+        ("common_preempt_count", 3, 1, False), ("common_pid", 4, 4, True),
+        ("filename", 8, 4, True), ("pid", 12, 4, True), ("old_pid", 16, 4, True),
+    ]
+    assert fields[4].decl == "__data_loc char[] filename"
+    arr = parse_tp_format("\tfield:char comm[16];\toffset:8;\tsize:16;\tsigned:0;\n")
+    assert arr[0].name == "comm"
+
+
+def test_tp_format_same_added_moved() -> None:
+    same = check_tp_format(TP, "6.1", "x86_64", FMT_510, "5.10", FMT_510)
+    assert same is not None and same.check == Check.TP_FORMAT
+    assert same.outcome == Outcome.PASS and same.reason == "same format as 5.10"
+    added = FMT_510.replace("\nprint", "\tfield:int extra;\toffset:20;\tsize:4;\tsigned:1;\n\nprint")
+    r = check_tp_format(TP, "6.1", "x86_64", added, "5.10", FMT_510)
+    assert r is not None and r.outcome == Outcome.PASS and r.reason == "fields added since 5.10: extra"
+    moved = FMT_510.replace("pid_t pid;\toffset:12;\tsize:4", "pid_t pid;\toffset:12;\tsize:8").replace(
+        "old_pid;\toffset:16", "old_pid;\toffset:20")
+    r = check_tp_format(TP, "6.1", "x86_64", moved, "5.10", FMT_510)
+    assert r is not None and r.outcome == Outcome.FAIL
+    assert r.reason == ("format differs from 5.10: `pid` resized (size 4 -> 8), "
+                        "`old_pid` moved (offset 16 -> 20)")
+    removed = FMT_510.replace("\tfield:pid_t old_pid;\toffset:16;\tsize:4;\tsigned:1;\n", "")
+    r = check_tp_format(TP, "6.1", "x86_64", removed, "5.10", FMT_510)
+    assert r is not None and r.outcome == Outcome.FAIL and "`old_pid` removed" in r.reason
+    assert r.details["changes"] == [{"change": "removed", "name": "old_pid", "offset": 16, "size": 4}]
+
+
+def test_tp_format_skip_and_none() -> None:
+    r = check_tp_format(TP, "6.1", "x86_64", None, "5.10", FMT_510)
+    assert r is not None and r.outcome == Outcome.SKIP
+    assert check_tp_format(KPROBE, "6.1", "x86_64", FMT_510, "5.10", FMT_510) is None
+    r = check_tp_format(TP, "6.1", "x86_64", FMT_510, "5.10", None)
+    assert r is not None and r.outcome == Outcome.PASS and "no format on baseline 5.10" in r.reason
