@@ -39,11 +39,9 @@ def _run_filter(argv: list[str], data: bytes, what: str) -> bytes:
         )
     except (OSError, subprocess.TimeoutExpired) as exc:
         raise BTFError(f"{what}: {argv[0]} failed: {exc}") from exc
-    # The kernel appends the decompressed size after the stream; a complaint about those trailing
-    # bytes still leaves the whole stream decompressed on stdout.
-    if proc.returncode != 0 and not proc.stdout:
-        err = proc.stderr.decode(errors="replace").strip()
-        raise BTFError(f"{what}: {argv[0]} exit {proc.returncode}: {err}")
+    if proc.returncode != 0:
+        err = proc.stderr.decode(errors="replace").strip().splitlines()
+        raise BTFError(f"{what}: {argv[0]} exit {proc.returncode}: {err[-1] if err else 'no output'}")
     return proc.stdout
 
 
@@ -77,7 +75,12 @@ def decompress(kind: str, payload: bytes, what: str = "payload") -> bytes:
         raise BTFError(f"{what}: unknown compression {kind!r}")
     if shutil.which(tool) is None:
         raise BTFError(f"{what}: {kind}-compressed, and the {tool} command is not installed")
-    return _run_filter([tool, "-d", "-c", "-q"], payload, what)
+    argv = [tool, "-d", "-c", "-q"]
+    try:
+        return _run_filter(argv, payload, what)
+    except BTFError:
+        # x86 appends the decompressed size (4 bytes) after the stream, which the tools reject.
+        return _run_filter(argv, payload[:-4], what)
 
 
 def _kind_at(data: bytes, offset: int) -> str | None:
