@@ -12,6 +12,7 @@ from typing import ClassVar, overload
 
 from elftools.common.exceptions import ELFError
 from elftools.elf.elffile import ELFFile
+from elftools.elf.relocation import RelocationSection
 from elftools.elf.sections import SymbolTableSection
 
 from harness.errors import BTFError, ObjectError
@@ -906,32 +907,87 @@ class _FuncSym:
     is_global: bool
 
 
+_BPF_CALL = 0x85  # BPF_JMP | BPF_CALL
+_BPF_PSEUDO_CALL = 1  # src_reg of a call to a BPF subprogram
+
+
+def _owner(funcs: list[_FuncSym], offset: int) -> _FuncSym | None:
+    for f in funcs:
+        if f.offset <= offset < f.offset + max(f.size, 8):
+            return f
+    return None
+
+
+def _subprogram_calls(
+    code: dict[str, bytes],
+    rel_targets: dict[tuple[str, int], tuple[str, int]],
+    by_section: dict[str, list[_FuncSym]],
+    little_endian: bool,
+) -> dict[_FuncSym, set[_FuncSym]]:
+    """Which functions each function calls directly (BPF-to-BPF calls, same section or via .rel)."""
+    order = "<" if little_endian else ">"
+    calls: dict[_FuncSym, set[_FuncSym]] = {}
+    for section, funcs in by_section.items():
+        data = code.get(section, b"")
+        for f in funcs:
+            callees: set[_FuncSym] = set()
+            end = min(len(data), f.offset + f.size)
+            for off in range(f.offset, end - 7, 8):
+                op, regs, _, imm = struct.unpack_from(order + "BBhi", data, off)
+                src = regs >> 4 if little_endian else regs & 0x0F
+                if op != _BPF_CALL or src != _BPF_PSEUDO_CALL:
+                    continue
+                # A call into another section is resolved through its ELF relocation (symbol value
+                # plus the instruction's relative offset, as libbpf computes it).
+                target_sec, base = rel_targets.get((section, off), (section, off))
+                callee = _owner(by_section.get(target_sec, []), base + (imm + 1) * 8)
+                if callee is not None and callee != f:
+                    callees.add(callee)
+            calls[f] = callees
+    return calls
+
+
 def _assign_programs(
-    relos: list[CoreRelo], funcs: list[_FuncSym]
+    relos: list[CoreRelo], funcs: list[_FuncSym], calls: dict[_FuncSym, set[_FuncSym]]
 ) -> dict[str, list[CoreRelo]]:
     by_section: dict[str, list[_FuncSym]] = {}
     for f in funcs:
         by_section.setdefault(f.section, []).append(f)
-    result: dict[str, list[CoreRelo]] = {}
+    own: dict[_FuncSym | str, list[CoreRelo]] = {}
     for relo in relos:
-        owner = None
-        for f in by_section.get(relo.section, ()):
-            if f.offset <= relo.insn_off < f.offset + max(f.size, 8):
-                owner = f
-                break
+        owner = _owner(by_section.get(relo.section, []), relo.insn_off)
         # A relocation outside any function symbol (should not happen with clang output) is kept
         # under its section's name so that it is not silently lost.
-        key = owner.name if owner is not None else relo.section
-        result.setdefault(key, []).append(relo)
+        own.setdefault(owner if owner is not None else relo.section, []).append(relo)
+    result: dict[str, list[CoreRelo]] = {}
+    for key, found in own.items():
+        result.setdefault(key if isinstance(key, str) else key.name, []).extend(found)
+    # libbpf appends every subprogram a program calls to that program, relocations included.
+    for f in funcs:
+        if not f.is_global:
+            continue
+        seen: set[_FuncSym] = {f}
+        todo = list(calls.get(f, ()))
+        extra: list[CoreRelo] = []
+        while todo:
+            callee = todo.pop()
+            if callee in seen:
+                continue
+            seen.add(callee)
+            extra.extend(own.get(callee, []))
+            todo.extend(calls.get(callee, ()))
+        if extra:
+            result.setdefault(f.name, []).extend(extra)
     return result
 
 
 def load_object_core_relos(path: Path) -> dict[str, list[CoreRelo]]:
     """CO-RE relocations of a BPF object, by program (function symbol) name.
 
-    Relocations of static subprograms (.text) are listed under the subprogram's own name. Returns {}
-    when the object has no .BTF.ext. Raises ObjectError for an unreadable or non-ELF file and BTFError
-    for malformed BTF.
+    A program's list includes the relocations of the static subprograms it calls, directly or not
+    (libbpf links those into the program); subprograms are also listed under their own names. Returns
+    {} when the object has no .BTF.ext. Raises ObjectError for an unreadable or non-ELF file and
+    BTFError for malformed BTF.
     """
     try:
         with path.open("rb") as fh:
@@ -948,6 +1004,7 @@ def load_object_core_relos(path: Path) -> dict[str, list[CoreRelo]]:
             if not relos:
                 return {}
             funcs: list[_FuncSym] = []
+            rel_targets: dict[tuple[str, int], tuple[str, int]] = {}
             symtab = elf.get_section_by_name(".symtab")
             if isinstance(symtab, SymbolTableSection):
                 for sym in symtab.iter_symbols():
@@ -963,10 +1020,30 @@ def load_object_core_relos(path: Path) -> dict[str, list[CoreRelo]]:
                             sym["st_info"]["bind"] == "STB_GLOBAL",
                         )
                     )
+                for rel_sec in elf.iter_sections():
+                    if not isinstance(rel_sec, RelocationSection) or rel_sec.is_RELA():
+                        continue
+                    applies_to = elf.get_section(rel_sec["sh_info"]).name
+                    for rel in rel_sec.iter_relocations():
+                        sym = symtab.get_symbol(rel["r_info_sym"])
+                        if isinstance(sym["st_shndx"], int) and sym["st_shndx"] > 0:
+                            target = elf.get_section(sym["st_shndx"]).name
+                            rel_targets[(applies_to, int(rel["r_offset"]))] = (
+                                target, int(sym["st_value"])
+                            )
             # Global functions (programs) win over local symbols at the same offset.
             funcs.sort(key=lambda f: (f.section, f.offset, not f.is_global))
+            by_section: dict[str, list[_FuncSym]] = {}
+            for f in funcs:
+                by_section.setdefault(f.section, []).append(f)
+            code: dict[str, bytes] = {}
+            for name in by_section:
+                section = elf.get_section_by_name(name)
+                if section is not None:
+                    code[name] = section.data()
+            calls = _subprogram_calls(code, rel_targets, by_section, elf.little_endian)
     except OSError as exc:
         raise ObjectError(f"{path}: cannot read: {exc.strerror}") from exc
     except ELFError as exc:
         raise ObjectError(f"{path}: malformed ELF: {exc}") from exc
-    return _assign_programs(relos, funcs)
+    return _assign_programs(relos, funcs, calls)

@@ -388,6 +388,8 @@ def test_object_core_relos_by_program(sample_object: Path) -> None:
         ("signal_struct.nr_threads", "field_byte_offset"),
         ("task_struct___old.state", "field_exists"),
         ("task_struct___old.state", "field_byte_offset"),
+        # from the static subprogram it calls (libbpf links it into the program)
+        ("task_struct.pid", "field_byte_offset"),
     ]
     assert got["on_exit_too"] == [("task_struct.pid", "field_byte_offset")]
     assert sorted(got["on_unlink"]) == sorted([
@@ -405,7 +407,8 @@ def test_object_core_relos_by_program(sample_object: Path) -> None:
     assert by_path["task_struct.__state"].essential_name == "task_struct"
     assert relos["on_exit"][3].essential_name == "task_struct"
     sections = {r.section for r in relos["on_exit"] + relos["on_exit_too"]}
-    assert sections == {"kprobe/do_exit"}
+    assert sections == {"kprobe/do_exit", ".text"}
+    assert relos["on_exit"][-1] is relos["helper"][0]
 
 
 @needs_clang
@@ -489,3 +492,27 @@ def test_vmlinux_pointer_and_proto_text() -> None:
     assert isinstance(target, Typedef)
     assert isinstance(spec[target.type_id], Pointer)
     assert spec.type_text(target.type_id).startswith("void (*)(void *, ")
+
+
+NESTED = PRELUDE + r"""
+struct task_struct { int pid; int tgid; struct task_struct *parent; } __attribute__((preserve_access_index));
+
+static __attribute__((noinline)) int deeper(struct task_struct *t) { return BPF_CORE_READ(t, tgid); }
+static __attribute__((noinline)) int middle(struct task_struct *t) { return deeper(t) + 1; }
+
+SEC("kprobe/a")
+int prog_a(void *ctx) { return middle((struct task_struct *)bpf_get_current_task()); }
+
+SEC("kprobe/b")
+int prog_b(void *ctx) { return BPF_CORE_READ((struct task_struct *)bpf_get_current_task(), parent, pid); }
+char LICENSE[] SEC("license") = "GPL";
+"""
+
+
+@needs_clang
+def test_nested_subprogram_relocations_reach_the_program(tmp_path: Path) -> None:
+    relos = load_object_core_relos(compile_bpf(tmp_path, NESTED, "nested"))
+    assert [r.path for r in relos["prog_a"]] == ["task_struct.tgid"]
+    assert [r.path for r in relos["prog_b"]] == ["task_struct.parent", "task_struct.pid"]
+    assert [r.path for r in relos["deeper"]] == ["task_struct.tgid"]
+    assert "middle" not in relos
