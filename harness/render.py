@@ -38,7 +38,7 @@ MARKDOWN_SYMBOLS: dict[Outcome | None, str] = {
     Outcome.XFAIL: "⭕",
     Outcome.PASS: "✅",
     Outcome.SKIP: "➖",
-    None: "",
+    None: "·",
 }
 LEGEND_ORDER: tuple[Outcome | None, ...] = (
     Outcome.PASS,
@@ -307,7 +307,8 @@ td.c.sel button{box-shadow:inset 0 0 0 3px rgba(0,0,0,.45)}
 td.c .n{display:block;font-weight:400;font-size:10px;opacity:.9}
 .o-pass{background:var(--pass)}.o-fail{background:var(--fail)}.o-xfail{background:var(--xfail)}
 .o-xpass{background:var(--xpass)}.o-skip{background:var(--skip)}.o-error{background:var(--error)}
-.o-none{background:var(--none)}td.c.o-none button{color:var(--muted);cursor:default}
+.o-none{background:var(--none)}.sw.o-none{border:1px solid var(--line)}
+td.c.o-none button{color:var(--muted);cursor:default}
 .badge{display:inline-block;color:#fff;border-radius:4px;padding:0 7px;font-size:12px;font-weight:600}
 .detail h2{font-size:16px;margin:0 0 8px}
 .detail .meta{color:var(--muted);margin:0 0 10px;font-size:13px}
@@ -485,6 +486,8 @@ def _cell_section(m: Matrix, probe: Probe, kernel: str, arch: str, cell_id: str)
     parts.append(f'<p class="meta">{" · ".join(meta)}</p>')
     if not records:
         parts.append('<p class="hint">No check ran for this probe on this kernel.</p>')
+        if run is not None and run.error:
+            parts.append(f"<pre>{_e(run.error)}</pre>")
     else:
         parts.append(
             '<table class="checks"><thead><tr><th>check</th><th>outcome</th><th>reason</th>'
@@ -560,6 +563,9 @@ def render_html(m: Matrix, title: str = "eBPF kernel compatibility matrix") -> s
             for rec in m.cell(probe, kernel, arch):
                 if rec.reason and rec.outcome is summary:
                     tip += f"\n{rec.check.value}: {rec.reason}"
+            run = m.kernel_run(kernel, arch)
+            if summary is None and run is not None and run.error:
+                tip += f"\nkernel: {run.error}"
             out.append(
                 f'<td class="c {_outcome_class(summary)}" data-cell="{cid}" title="{_e(tip)}">'
                 f'<button type="button" aria-label="{_e(tip)}">{label}{note}</button></td>'
