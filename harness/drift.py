@@ -188,6 +188,26 @@ def _describe_first_change(base: Prototype, cur: Prototype, changes: list[dict[s
     return f"return type {base.return_type} -> {cur.return_type}"
 
 
+# Hooks whose context has no slot after the parameters: the return value of fexit, fmod_ret and lsm
+# programs follows the last parameter, so a parameter appended there moves it.
+_APPEND_SAFE_KINDS = frozenset({"kprobe", "kretprobe", "fentry", "tp_btf", "raw_tp"})
+
+
+def _compatible_change(
+    kind: str, base: Prototype, changes: list[dict[str, Any]], baseline_kernel: str
+) -> str | None:
+    """A note when every change leaves the probe's view of its arguments intact, else None."""
+    kinds = {c["change"] for c in changes}
+    if kinds == {"renamed"}:
+        renames = ", ".join(f"{c['from']} -> {c['to']}" for c in changes)
+        return f"params renamed since {baseline_kernel} (same types and positions): {renames}"
+    if kinds == {"added"} and kind in _APPEND_SAFE_KINDS:
+        if all(c["index"] >= len(base.params) for c in changes):
+            added = ", ".join(_param_text((c["name"], c["type"])) for c in changes)
+            return f"params appended since {baseline_kernel}: {added}"
+    return None
+
+
 def check_prototype(
     probe: Probe,
     kernel: str,
@@ -198,8 +218,10 @@ def check_prototype(
 ) -> CellResult | None:
     """Compare the probe target's prototype on ``kernel`` with the baseline kernel's.
 
-    None for hooks without a BTF prototype (ksyscall, tracepoint, uprobe, ...). SKIP when the kernel
-    has no BTF or its BTF lacks the target (the symbol check reports that).
+    FAIL when a parameter the probe sees changed; PASS with a note when parameters were only renamed, or
+    appended where nothing follows them in the context. None for hooks without a BTF prototype
+    (ksyscall, tracepoint, uprobe, ...). SKIP when the kernel has no BTF or its BTF lacks the target
+    (the symbol check reports that).
     """
     btf_name = resolve_btf_name(probe.kind, probe.target)
     if btf_name is None:
@@ -230,6 +252,9 @@ def check_prototype(
     if not changes:
         reason = "" if kernel == baseline_kernel else f"same prototype as {baseline_kernel}"
         return result(Outcome.PASS, reason, details)
+    note = _compatible_change(probe.kind, base, changes, baseline_kernel)
+    if note is not None:
+        return result(Outcome.PASS, note, details)
     reason = f"prototype differs from {baseline_kernel}: {_describe_first_change(base, cur, changes)}"
     if len(changes) > 1:
         reason += f" (+{len(changes) - 1} more)"

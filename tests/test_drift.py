@@ -182,6 +182,36 @@ def test_diff_prototypes_kinds() -> None:
     assert diff_prototypes(base, base) == []
 
 
+def proto_kernel(params: list[tuple[str, str]]) -> BTFSpec:
+    b = Builder()
+    types = {"int": b.int_("int", 4), "long": b.int_("long", 8)}
+    b.func("f", types["int"], [(n, types[t]) for n, t in params])
+    return b.spec()
+
+
+@pytest.mark.parametrize(
+    ("kind", "new_params", "outcome", "reason"),
+    [
+        ("fentry", [("a", "int"), ("x", "long")], Outcome.PASS,
+         "params renamed since 5.10 (same types and positions): b -> x"),
+        ("fentry", [("a", "int"), ("b", "long"), ("c", "int")], Outcome.PASS,
+         "params appended since 5.10: `c` int"),
+        # fexit's return value follows the last parameter in its context: an appended one moves it.
+        ("fexit", [("a", "int"), ("b", "long"), ("c", "int")], Outcome.FAIL,
+         "prototype differs from 5.10: param 2 (none) -> `c` int (param added)"),
+        ("kprobe", [("b", "long"), ("a", "int")], Outcome.FAIL,
+         "prototype differs from 5.10: param 0 `a` int -> `b` long (params reordered) (+1 more)"),
+    ],
+)
+def test_compatible_and_breaking_changes(
+    kind: str, new_params: list[tuple[str, str]], outcome: Outcome, reason: str
+) -> None:
+    probe = Probe("o", "p", f"{kind}/f", kind, "f")
+    base = proto_kernel([("a", "int"), ("b", "long")])
+    r = check_prototype(probe, "6.1", "x86_64", proto_kernel(new_params), "5.10", base)
+    assert r is not None and (r.outcome, r.reason) == (outcome, reason)
+
+
 # --- Layouts -------------------------------------------------------------------------------------
 
 
@@ -358,7 +388,7 @@ def test_compiled_object_against_kernels(tmp_path: Path) -> None:
 
 # --- Real kernels, when the lead's boots have cached their BTF ----------------------------------
 
-CACHED = sorted((Path.home() / ".cache/bpf-kernel-matrix/kernels").glob("*/facts/vmlinux.btf"))
+CACHED = sorted((Path.home() / ".cache/bpf-kernel-matrix/kernels").glob("**/facts/vmlinux.btf"))
 
 
 @pytest.mark.skipif(not CACHED, reason="no cached vmlinux BTF of booted kernels")
