@@ -1,3 +1,358 @@
-"""The pytest plugin: options, the run's shared state, and the reporter (filled in by the matrix spine)."""
+"""The pytest plugin: options, test generation over probe × kernel × arch × check, and the matrix reporter."""
 
 from __future__ import annotations
+
+import atexit
+import json
+import os
+import shutil
+import signal
+import tempfile
+from collections.abc import Generator
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+import pytest
+
+from harness.config import KernelsConfig, KernelSpec, load_kernels_yaml
+from harness.errors import HarnessError
+from harness.expectations import apply_expectations
+from harness.pipeline import GUEST_CHECKS, OFFLINE_CHECKS, MatrixRun
+from harness.results import (
+    CellResult,
+    Check,
+    KernelRun,
+    Matrix,
+    Outcome,
+    Probe,
+    merge_matrices,
+)
+from harness.sidecar import load_sidecar
+from harness.vm import VngRunner, probe_accelerator, stop_all_vms
+
+RUN_KEY = pytest.StashKey["MatrixRun"]()
+REPORTER_KEY = pytest.StashKey["MatrixReporter"]()
+OWNED_DIR_KEY = pytest.StashKey[Path]()
+PROP_RESULTS = "bpf_matrix_results"
+PROP_KERNEL = "bpf_matrix_kernel"
+OFFLINE_GROUP = "offline"
+# Memory a worker needs beyond its guest: the harness, qemu's own overhead, page cache for 9p.
+WORKER_OVERHEAD_MB = 768
+
+
+class InfrastructureError(HarnessError):
+    """Raised in a cell's setup so that pytest reports ERROR, never a failure of the probe."""
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    group = parser.getgroup("bpf-matrix", "eBPF kernel compatibility matrix")
+    group.addoption("--kernels", metavar="FILE", help="kernels file (default: kernels.yaml at the rootdir)")
+    group.addoption(
+        "--kernel", action="append", default=[], metavar="ID",
+        help="run only this kernel id or id-arch key (repeatable; a shard of the matrix)",
+    )
+    group.addoption("--bpf-progs", metavar="DIR", help="directory of *.bpf.c and *.bpf.o files")
+    group.addoption(
+        "--matrix-json", metavar="PATH", default="results/matrix.json",
+        help="where to write the results document (default: results/matrix.json)",
+    )
+    group.addoption("--matrix-markdown", metavar="PATH", help="also write the matrix as Markdown")
+    group.addoption("--matrix-html", metavar="PATH", help="also write the matrix as a single-file HTML report")
+    group.addoption(
+        "--no-expectations", action="store_true",
+        help="ignore the expectations of sidecar files: show the raw matrix",
+    )
+    group.addoption(
+        "--vm-retries", type=int, default=1, metavar="N",
+        help="boot again this many times when a guest is lost (default 1); failures are never retried",
+    )
+    group.addoption("--cache-dir-kernels", metavar="DIR", help="cache of kernels, facts and builds")
+
+
+def _rootdir(config: pytest.Config) -> Path:
+    return Path(str(config.rootpath))
+
+
+def _load_config(config: pytest.Config) -> KernelsConfig:
+    raw = config.getoption("--kernels")
+    path = Path(raw) if raw else _rootdir(config) / "kernels.yaml"
+    kernels = load_kernels_yaml(path)
+    selected = config.getoption("--kernel")
+    return kernels.select(selected) if selected else kernels
+
+
+def _is_worker(config: pytest.Config) -> bool:
+    return hasattr(config, "workerinput")
+
+
+def _raise_interrupt(signum: int, frame: FrameType | None) -> None:
+    # SIGTERM unwinds like Ctrl-C so that every running VM is stopped by its runner's cleanup.
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "bpf_check(name): the matrix check a test asserts")
+    if not _wants_matrix(config):
+        return
+    try:
+        kernels = _load_config(config)
+    except HarnessError as exc:
+        raise pytest.UsageError(str(exc)) from None
+    progs = config.getoption("--bpf-progs")
+    progs_dir = Path(progs) if progs else _rootdir(config) / "bpf_progs"
+    if _is_worker(config):
+        work_dir = Path(config.workerinput["bpf_matrix_dir"])  # type: ignore[attr-defined]
+    else:
+        work_dir = Path(tempfile.mkdtemp(prefix="bpf-matrix-run-"))
+        config.stash[OWNED_DIR_KEY] = work_dir
+        reporter = MatrixReporter(config)
+        config.stash[REPORTER_KEY] = reporter
+        config.pluginmanager.register(reporter, "bpf-matrix-reporter")
+    cache = config.getoption("--cache-dir-kernels")
+    run = MatrixRun(
+        kernels,
+        progs_dir,
+        VngRunner(),
+        probe_accelerator(),
+        cache_root=Path(cache) if cache else None,
+        work_dir=work_dir,
+        retries=max(0, config.getoption("--vm-retries")),
+    )
+    config.stash[RUN_KEY] = run
+    signal.signal(signal.SIGTERM, _raise_interrupt)
+    atexit.register(stop_all_vms)
+
+
+def _wants_matrix(config: pytest.Config) -> bool:
+    """Only runs that collect matrix/ tests pay for the run's setup (the harness's own tests do not)."""
+    args = [str(a) for a in config.args] or [str(config.rootpath)]
+    return any("matrix" in Path(a.split("::", 1)[0]).parts or a.startswith("matrix") for a in args) or bool(
+        config.getoption("--kernels") or config.getoption("--kernel")
+    )
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    stop_all_vms()
+    owned = config.stash.get(OWNED_DIR_KEY, None)
+    if owned is not None:
+        shutil.rmtree(owned, ignore_errors=True)
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_configure_node(node: Any) -> None:
+    """Hand every pytest-xdist worker the run's shared directory (boot markers, per-boot shares)."""
+    node.workerinput["bpf_matrix_dir"] = str(node.config.stash[OWNED_DIR_KEY])
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_auto_num_workers(config: pytest.Config) -> int | None:
+    """``-n auto``: as many workers as cores, memory and (kernel, arch) entries allow."""
+    run = config.stash.get(RUN_KEY, None)
+    if run is None:
+        return None
+    cores = os.cpu_count() or 1
+    try:
+        with open("/proc/meminfo") as fh:
+            avail_kb = next(int(line.split()[1]) for line in fh if line.startswith("MemAvailable:"))
+    except (OSError, StopIteration, ValueError):
+        return None
+    guest_mb = max(_megabytes(k.memory) for k in run.config.kernels)
+    by_memory = max(1, (avail_kb // 1024) // (guest_mb + WORKER_OVERHEAD_MB))
+    return max(1, min(cores, by_memory, len(run.config.kernels) + 1))
+
+
+def _megabytes(size: str) -> int:
+    size = size.strip().upper()
+    factor = {"K": 1 / 1024, "M": 1, "G": 1024, "T": 1024 * 1024}.get(size[-1:], None)
+    try:
+        return int(float(size[:-1]) * factor) if factor else int(size) // (1024 * 1024)
+    except ValueError:
+        return 1024
+
+
+def _test_ids(run: MatrixRun, spec: KernelSpec, probes: list[Probe]) -> list[str]:
+    counts: dict[str, int] = {}
+    for p in probes:
+        counts[p.program] = counts.get(p.program, 0) + 1
+    names = [p.program if counts[p.program] == 1 else f"{p.object}.{p.program}" for p in probes]
+    return [f"{n}-{spec.id}-{spec.arch.name}" for n in names]
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if "matrix_cell" not in metafunc.fixturenames:
+        return
+    marker = metafunc.definition.get_closest_marker("bpf_check")
+    if marker is None:
+        raise pytest.UsageError(f"{metafunc.definition.nodeid}: a matrix test needs @pytest.mark.bpf_check")
+    check = Check(marker.args[0])
+    run = metafunc.config.stash.get(RUN_KEY, None)
+    if run is None:
+        metafunc.parametrize("matrix_cell", [], indirect=True)
+        return
+    params = []
+    for spec in run.config.kernels:
+        try:
+            probes = run.objects(spec.arch).probes()
+        except HarnessError as exc:
+            raise pytest.UsageError(str(exc)) from None
+        group = spec.key if check in GUEST_CHECKS else OFFLINE_GROUP
+        for probe, test_id in zip(probes, _test_ids(run, spec, probes)):
+            params.append(
+                pytest.param((spec, probe, check), id=test_id, marks=pytest.mark.xdist_group(group))
+            )
+    metafunc.parametrize("matrix_cell", params, indirect=True)
+
+
+def _order(item: pytest.Item) -> tuple[int, int, int]:
+    """In-guest tests grouped per (kernel, arch) in kernels.yaml order, then the offline group."""
+    callspec = getattr(item, "callspec", None)
+    if callspec is None or "matrix_cell" not in callspec.params:
+        return (2, 0, 0)
+    spec, _probe, check = callspec.params["matrix_cell"]
+    run: MatrixRun = item.config.stash[RUN_KEY]
+    index = run.config.kernels.index(spec)
+    if check in GUEST_CHECKS:
+        return (0, index, GUEST_CHECKS.index(check))
+    return (1, index, OFFLINE_CHECKS.index(check) if check in OFFLINE_CHECKS else 9)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if config.stash.get(RUN_KEY, None) is not None:
+        items.sort(key=_order)
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    run = session.config.stash.get(RUN_KEY, None)
+    if run is None:
+        return
+    planned = set()
+    for item in session.items:
+        callspec = getattr(item, "callspec", None)
+        if callspec is not None and "matrix_cell" in callspec.params:
+            spec, _probe, check = callspec.params["matrix_cell"]
+            if check in GUEST_CHECKS:
+                planned.add(spec.key)
+    run.guest_planned = frozenset(planned)
+
+
+class Cell:
+    """What a matrix test sees: the results of one check of one probe on one kernel and arch."""
+
+    def __init__(self, results: list[CellResult]) -> None:
+        self.results = results
+
+    @property
+    def outcome(self) -> Outcome:
+        return self.results[0].outcome
+
+    def verify(self) -> None:
+        """Pass, fail, skip or xfail the test as its result says."""
+        for res in self.results:
+            where = f"{res.probe.id} {res.kernel}/{res.arch} {res.check.value}"
+            if res.outcome == Outcome.FAIL:
+                extra = f" (expected: {res.expected})" if res.expected else ""
+                pytest.fail(f"{where}: {res.reason}{extra}", pytrace=False)
+            if res.outcome == Outcome.XPASS:
+                pytest.fail(
+                    f"{where}: expected {res.expected!r} but it passed: record the fix in the expectations",
+                    pytrace=False,
+                )
+        for res in self.results:
+            if res.outcome == Outcome.XFAIL:
+                pytest.xfail(f"{res.reason} (expected: {res.expected})")
+            if res.outcome == Outcome.SKIP:
+                pytest.skip(res.reason or "not applicable")
+
+
+@pytest.fixture
+def matrix_cell(request: pytest.FixtureRequest) -> Cell:
+    """The result of the parametrized (kernel, probe, check), computed by the run (one boot per kernel)."""
+    spec, probe, check = request.param
+    run: MatrixRun = request.config.stash[RUN_KEY]
+    if check in GUEST_CHECKS:
+        raw = run.guest_result(spec, probe, check)
+    else:
+        raw = run.offline_result(spec, probe, check)
+    result = raw
+    if not request.config.getoption("--no-expectations"):
+        try:
+            expectations = load_sidecar(run.progs_dir, probe.object).expectations_for(probe.program)
+        except HarnessError as exc:
+            result = CellResult(probe, spec.id, spec.arch.name, check, Outcome.ERROR, str(exc))
+        else:
+            result = apply_expectations(raw, expectations)
+    node = request.node
+    node.user_properties.append((PROP_RESULTS, json.dumps([result.serialize()])))
+    node.user_properties.append((PROP_KERNEL, json.dumps(run.kernel_run(spec).serialize())))
+    if result.outcome == Outcome.ERROR:
+        tail = result.details.get("console_tail") if result.details else None
+        msg = f"{probe.id} {spec.id}/{spec.arch.name} {check.value}: {result.reason}"
+        if tail:
+            msg += f"\n--- console tail ---\n{tail}"
+        raise InfrastructureError(msg)
+    return Cell([result])
+
+
+class MatrixReporter:
+    """Collects every cell's results on the controlling process and writes the matrix once at the end."""
+
+    def __init__(self, config: pytest.Config) -> None:
+        self.config = config
+        self.records: dict[tuple[Probe, str, str, Check], CellResult] = {}
+        self.kernels: dict[tuple[str, str], KernelRun] = {}
+        self.written: list[Path] = []
+
+    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        for name, value in report.user_properties:
+            if name == PROP_RESULTS:
+                for data in json.loads(str(value)):
+                    res = CellResult.deserialize(data)
+                    self.records[(res.probe, res.kernel, res.arch, res.check)] = res
+            elif name == PROP_KERNEL:
+                run = KernelRun.deserialize(json.loads(str(value)))
+                key = (run.kernel, run.arch)
+                known = self.kernels.get(key)
+                if known is None or (run.booted and not known.booted) or (run.error and not known.booted):
+                    self.kernels[key] = run
+
+    def matrix(self) -> Matrix:
+        run: MatrixRun | None = self.config.stash.get(RUN_KEY, None)
+        order = [(k.id, k.arch.name) for k in run.config.kernels] if run else []
+        kernels = [self.kernels[c] for c in order if c in self.kernels]
+        kernels += [k for c, k in self.kernels.items() if c not in order]
+        return merge_matrices([Matrix(tuple(self.records.values()), tuple(kernels))])
+
+    @pytest.hookimpl(tryfirst=True)
+    def pytest_sessionfinish(self, session: pytest.Session) -> None:
+        if self.records:
+            self.written = list(self.write(self.matrix()))
+
+    @pytest.hookimpl(trylast=True)
+    def pytest_terminal_summary(self, terminalreporter: Any) -> None:
+        if not self.records:
+            return
+        from harness.render import render_terminal
+
+        terminalreporter.write_sep("=", "eBPF kernel compatibility matrix")
+        terminalreporter.write_line(render_terminal(self.matrix()))
+        for path in self.written:
+            terminalreporter.write_line(f"matrix written to {path}")
+
+    def write(self, matrix: Matrix) -> Generator[Path, None, None]:
+        from harness.render import render_html, render_json, render_markdown
+
+        outputs = [
+            (self.config.getoption("--matrix-json"), render_json),
+            (self.config.getoption("--matrix-markdown"), render_markdown),
+            (self.config.getoption("--matrix-html"), render_html),
+        ]
+        for raw, render in outputs:
+            if not raw:
+                continue
+            path = Path(raw)
+            if not path.is_absolute():
+                path = Path(str(self.config.invocation_params.dir)) / path
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(render(matrix))
+            yield path

@@ -1,0 +1,573 @@
+"""One run of the matrix: build the programs, boot each (kernel, arch) once, compute every result."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from harness import guestlog
+from harness.build import build_source, find_sources, generate_vmlinux_h
+from harness.config import Arch, KernelsConfig, KernelSpec, host_arch
+from harness.errors import HarnessError, LostVMError, ObjectError, VMError
+from harness.inventory import BPFObject, load_object
+from harness.results import CellResult, Check, KernelRun, Outcome, Probe
+from harness.vm import Accelerator, Runner, VMRequest, accelerator_for, scaled_timeout
+
+AGENT = Path(__file__).parent / "guest" / "agent.py"
+GUEST_CHECKS = (Check.LOAD, Check.CORE, Check.ATTACH, Check.FIRE)
+OFFLINE_CHECKS = (Check.SYMBOL, Check.PROTOTYPE, Check.LAYOUT, Check.TP_FORMAT)
+FACTS_MARKER = "facts-done"  # written in the facts directory once every file of it is in place
+SCRATCH_DISK_BYTES = 4 << 20  # a virtio disk so that block-layer probes have I/O to see
+# LSMs of Debian's CONFIG_LSM; `bpf` is appended when missing so that lsm/ programs can attach.
+DEFAULT_LSM = ("lockdown", "capability", "landlock", "yama", "apparmor", "bpf")
+
+# Pseudo-program of a source that produced no object: its row carries the build error.
+BUILD_PROGRAM = "(build)"
+
+
+@dataclass(frozen=True)
+class ArchObjects:
+    """The programs of bpf_progs/ built for one arch: objects, their probes, and what failed."""
+
+    arch: str
+    objects: tuple[BPFObject, ...]
+    errors: Mapping[str, str]  # object name -> one-line build or inventory error
+    vmlinux_h: str = ""  # where the vmlinux.h came from
+
+    def probes(self) -> list[Probe]:
+        found = [p for o in self.objects for p in o.probes]
+        found += [Probe(name, BUILD_PROGRAM, "", "build", "") for name in sorted(self.errors)]
+        return found
+
+
+@dataclass
+class GuestOutcome:
+    """What one boot of one (kernel, arch) gave: results per probe and check, and the kernel's record."""
+
+    kernel: KernelRun
+    results: dict[tuple[Probe, Check], CellResult] = field(default_factory=dict)
+    error: str = ""
+    console_tail: str = ""
+
+
+def lsm_append(config_text: str | None) -> str:
+    """``lsm=`` for the kernel command line: the kernel's own CONFIG_LSM with ``bpf`` added."""
+    lsms: list[str] = list(DEFAULT_LSM)
+    if config_text:
+        for line in config_text.splitlines():
+            if line.startswith("CONFIG_LSM="):
+                lsms = [x for x in line.split("=", 1)[1].strip().strip('"').split(",") if x]
+                break
+    if "bpf" not in lsms:
+        lsms.append("bpf")
+    return "lsm=" + ",".join(lsms)
+
+
+def version_key(kernel_id: str) -> tuple[int, ...]:
+    parts = []
+    for piece in kernel_id.replace("-", ".").split("."):
+        digits = "".join(c for c in piece if c.isdigit())
+        parts.append(int(digits) if digits else 0)
+    return tuple(parts)
+
+
+class MatrixRun:
+    """The state of one run in one process: built objects, fetched kernels, boots and results.
+
+    Every (kernel, arch) is booted at most once per process; pytest-xdist keeps all the in-guest tests
+    of a (kernel, arch) on one worker, so that is once per run. Facts are cached with the kernel.
+    """
+
+    def __init__(
+        self,
+        config: KernelsConfig,
+        progs_dir: Path,
+        runner: Runner,
+        accelerator: Accelerator,
+        cache_root: Path | None = None,
+        work_dir: Path | None = None,
+        retries: int = 1,
+        fetch: Callable[..., Any] | None = None,
+        guest_planned: frozenset[str] = frozenset(),
+    ) -> None:
+        self.config = config
+        self.progs_dir = progs_dir
+        self.runner = runner
+        self.accelerator = accelerator
+        self.cache_root = cache_root
+        self.work_dir = work_dir or Path(tempfile.mkdtemp(prefix="bpf-matrix-"))
+        self.retries = retries
+        self._fetch = fetch
+        # (kernel, arch) keys whose in-guest tests this run selected: some process boots them, and
+        # the offline checks wait for their facts instead of booting them a second time.
+        self.guest_planned = guest_planned
+        self._objects: dict[str, ArchObjects] = {}
+        self._builds: dict[str, Any] = {}
+        self._guest: dict[str, GuestOutcome] = {}
+        self._offline: dict[str, dict[tuple[Probe, Check], CellResult]] | None = None
+        self._facts: dict[str, Any] = {}
+        self._kernel_runs: dict[str, KernelRun] = {}
+
+    # --- kernels -----------------------------------------------------------------------------------
+
+    def fetch(self, spec: KernelSpec) -> Any:
+        """The KernelBuild of ``spec`` (fetched once per process); raises HarnessError."""
+        if spec.key in self._builds:
+            cached = self._builds[spec.key]
+            if isinstance(cached, HarnessError):
+                raise cached
+            return cached
+        fetch = self._fetch
+        if fetch is None:
+            from harness.fetch import fetch_kernel
+
+            fetch = fetch_kernel
+        try:
+            build = fetch(spec, cache_root=self.cache_root, mirror=self.config.mirror)
+        except HarnessError as exc:
+            self._builds[spec.key] = exc
+            raise
+        self._builds[spec.key] = build
+        return build
+
+    def specs(self, arch: str | None = None) -> list[KernelSpec]:
+        return [k for k in self.config.kernels if arch is None or k.arch.name == arch]
+
+    def arches(self) -> list[Arch]:
+        return list(dict.fromkeys(k.arch for k in self.config.kernels))
+
+    # --- programs ----------------------------------------------------------------------------------
+
+    def _btf_for_arch(self, arch: Arch) -> Path:
+        """A vmlinux BTF of ``arch`` for vmlinux.h: cached facts, else extracted from a kernel image.
+
+        The newest kernel of the arch is tried first: programs are usually written against it, and
+        CO-RE adapts them to older kernels.
+        """
+        errors: list[str] = []
+        for spec in sorted(self.specs(arch.name), key=lambda s: version_key(s.id), reverse=True):
+            try:
+                build = self.fetch(spec)
+            except HarnessError as exc:
+                errors.append(f"{spec.key}: {exc}")
+                continue
+            facts_btf = Path(build.facts_dir) / "vmlinux.btf"
+            if facts_btf.exists():
+                return facts_btf
+            extracted = Path(build.entry) / "vmlinux.btf"
+            if extracted.exists():
+                return extracted
+            try:
+                from harness.kimage import extract_btf
+
+                data = extract_btf(Path(build.image))
+            except HarnessError as exc:
+                errors.append(f"{spec.key}: {exc}")
+                continue
+            tmp = extracted.with_suffix(f".tmp{os.getpid()}")
+            tmp.write_bytes(data)
+            tmp.replace(extracted)
+            return extracted
+        raise HarnessError(f"no vmlinux BTF for {arch.name} to generate vmlinux.h: {'; '.join(errors)}")
+
+    def objects(self, arch: Arch) -> ArchObjects:
+        """bpf_progs/ built for ``arch`` (once per process; the build itself is cached on disk)."""
+        if arch.name in self._objects:
+            return self._objects[arch.name]
+        sources = find_sources(self.progs_dir)
+        build_dir = self._cache_dir() / "build"
+        vmlinux_h: Path | None = None
+        where = ""
+        errors: dict[str, str] = {}
+        if any(not s.prebuilt for s in sources):
+            if (self.progs_dir / "vmlinux.h").exists():
+                where = str(self.progs_dir / "vmlinux.h")
+            else:
+                try:
+                    btf = self._btf_for_arch(arch)
+                    vmlinux_h = generate_vmlinux_h(btf, build_dir)
+                    where = str(btf)
+                except HarnessError as exc:
+                    for s in sources:
+                        if not s.prebuilt:
+                            errors[s.name] = str(exc)
+        objects: list[BPFObject] = []
+        for source in sources:
+            if source.name in errors:
+                continue
+            built = build_source(source, arch, vmlinux_h, build_dir)
+            if built.object is None:
+                errors[source.name] = f"{source.path.name} does not compile: {built.error}"
+                continue
+            try:
+                objects.append(load_object(built.object))
+            except ObjectError as exc:
+                errors[source.name] = str(exc)
+        result = ArchObjects(arch.name, tuple(objects), errors, where)
+        self._objects[arch.name] = result
+        return result
+
+    def _cache_dir(self) -> Path:
+        if self.cache_root is not None:
+            return self.cache_root
+        from harness.cache import resolve_cache_root
+
+        return resolve_cache_root(os.environ)
+
+    # --- facts -------------------------------------------------------------------------------------
+
+    def facts_dir(self, spec: KernelSpec) -> Path | None:
+        """The cached facts of ``spec``'s kernel when complete, else None."""
+        try:
+            build = self.fetch(spec)
+        except HarnessError:
+            return None
+        facts = Path(build.facts_dir)
+        return facts if (facts / FACTS_MARKER).exists() else None
+
+    def facts(self, spec: KernelSpec) -> Any:
+        """The KernelFacts of ``spec`` from the cache, booting for them when missing.
+
+        Raises HarnessError (the fetch or the boot failed).
+        """
+        if spec.key in self._facts:
+            cached = self._facts[spec.key]
+            if isinstance(cached, HarnessError):
+                raise cached
+            return cached
+        from harness.facts import load_facts
+
+        directory = self.facts_dir(spec)
+        if directory is None and spec.key in self.guest_planned and spec.key not in self._guest:
+            self._wait_for_boot(spec)
+            directory = self.facts_dir(spec)
+            if directory is None:
+                err = HarnessError(f"no facts for {spec.key}: {self._boot_marker(spec) or 'boot failed'}")
+                self._facts[spec.key] = err
+                raise err
+        if directory is None:
+            outcome = self.guest(spec, with_objects=False)
+            directory = self.facts_dir(spec)
+            if directory is None:
+                err = HarnessError(f"no facts for {spec.key}: {outcome.error or 'the guest wrote none'}")
+                self._facts[spec.key] = err
+                raise err
+        facts = load_facts(directory)
+        self._facts[spec.key] = facts
+        return facts
+
+    # --- the guest ---------------------------------------------------------------------------------
+
+    def _marker(self, spec: KernelSpec) -> Path:
+        return self.work_dir / f"{spec.key}.booted"
+
+    def _boot_marker(self, spec: KernelSpec) -> str | None:
+        try:
+            return self._marker(spec).read_text().strip()
+        except OSError:
+            return None
+
+    def _wait_for_boot(self, spec: KernelSpec) -> None:
+        """Wait until the process that boots ``spec`` in this run has finished with it.
+
+        pytest-xdist hands the offline group out after every (kernel, arch) group, so the boot it waits
+        for has started or is queued ahead of it on another worker; the deadline covers a whole boot
+        with its retries for every kernel.
+        """
+        per_boot = max(scaled_timeout(s.timeout, s.arch, self.accelerator) for s in self.config.kernels)
+        deadline = time.monotonic() + per_boot * (self.retries + 1) * max(1, len(self.guest_planned))
+        while self._boot_marker(spec) is None and time.monotonic() < deadline:
+            time.sleep(0.5)
+
+    def kernel_run(self, spec: KernelSpec) -> KernelRun:
+        """What is known of ``spec`` so far (booted or not)."""
+        if spec.key in self._kernel_runs:
+            return self._kernel_runs[spec.key]
+        try:
+            build = self.fetch(spec)
+        except HarnessError as exc:
+            return KernelRun(spec.id, spec.arch.name, source=spec.describe(), error=str(exc))
+        return KernelRun(
+            spec.id, spec.arch.name, version=build.release, source=build.source, digest=build.digest,
+            notes=(build.verified,) if build.verified else (),
+        )
+
+    def guest(self, spec: KernelSpec, with_objects: bool = True) -> GuestOutcome:
+        """Boot ``spec`` once and run the agent: facts when not cached, and every object of its arch."""
+        if spec.key in self._guest:
+            return self._guest[spec.key]
+        probes: list[Probe] = []
+        objects: list[BPFObject] = []
+        if with_objects:
+            built = self.objects(spec.arch)
+            objects = list(built.objects)
+            probes = [p for o in objects for p in o.probes]
+        outcome = self._boot(spec, objects, probes)
+        self._marker(spec).write_text(outcome.error or "ok")
+        self._guest[spec.key] = outcome
+        self._kernel_runs[spec.key] = outcome.kernel
+        return outcome
+
+    def _boot(self, spec: KernelSpec, objects: Sequence[BPFObject], probes: Sequence[Probe]) -> GuestOutcome:
+        base = self.kernel_run(spec)
+        try:
+            build = self.fetch(spec)
+        except HarnessError as exc:
+            return self._failed(spec, base, f"kernel not available: {exc}")
+        want_facts = self.facts_dir(spec) is None
+        if not want_facts and not objects:
+            return GuestOutcome(base)
+        root: Path | None = None
+        if spec.arch != host_arch():
+            try:
+                from harness.rootfs import fetch_rootfs
+
+                root = fetch_rootfs(spec.arch, self.config.rootfs, self.cache_root, self.config.mirror)
+            except HarnessError as exc:
+                return self._failed(spec, base, f"no {spec.arch.name} root filesystem: {exc}")
+        accel = accelerator_for(spec.arch, self.accelerator)
+        config_text = Path(build.config).read_text(errors="replace") if build.config else None
+        last_error = ""
+        tail = ""
+        for attempt in range(self.retries + 1):
+            work = Path(tempfile.mkdtemp(prefix=f"{spec.key}-", dir=self.work_dir))
+            try:
+                share = work / "share"
+                share.mkdir()
+                self._prepare_share(share, objects, want_facts)
+                disk = work / "scratch.img"
+                with disk.open("wb") as fh:
+                    fh.truncate(SCRATCH_DISK_BYTES)
+                req = VMRequest(
+                    image=Path(build.image),
+                    arch=spec.arch,
+                    share=share,
+                    command=["python3", f"/mnt/{AGENT.name}", "/mnt"],
+                    accelerator=accel,
+                    root=root,
+                    memory=spec.memory,
+                    cpus=spec.cpus,
+                    append=[lsm_append(config_text), *spec.append],
+                    disks=[disk],
+                    timeout=scaled_timeout(spec.timeout, spec.arch, accel),
+                )
+                start = time.monotonic()
+                try:
+                    result = self.runner.run(req)
+                except LostVMError as exc:
+                    last_error, tail = str(exc), exc.console_tail
+                    continue
+                except VMError as exc:
+                    last_error, tail = str(exc), ""
+                    continue
+                done = result.done
+                if not done.get("ok"):
+                    last_error = f"guest agent failed: {done.get('error', 'no reason given')}"
+                    tail = str(done.get("traceback", ""))[-3000:]
+                    continue
+                if want_facts:
+                    self._store_facts(share / "facts", Path(build.facts_dir))
+                kernel = KernelRun(
+                    spec.id, spec.arch.name,
+                    version=str(done.get("release", build.release)),
+                    source=build.source, digest=build.digest,
+                    accelerator=accel.name, booted=True,
+                    boot_seconds=time.monotonic() - start,
+                    lsm=str((done.get("facts") or {}).get("lsm") or "").strip() if want_facts else "",
+                    notes=tuple(
+                        n for n in (
+                            build.verified,
+                            f"accelerator {accel.name}: {accel.reason}",
+                            f"libbpf {done.get('libbpf', '?')} in the guest",
+                            f"attempt {attempt + 1}" if attempt else "",
+                        ) if n
+                    ),
+                )
+                outcome = GuestOutcome(kernel)
+                records = self._read_objects(share)
+                ctx = guestlog.GuestContext(spec.id, spec.arch.name, bool(done.get("stats_enabled", True)))
+                if done.get("loader_error"):
+                    for probe in probes:
+                        for check in GUEST_CHECKS:
+                            outcome.results[(probe, check)] = CellResult(
+                                probe, spec.id, spec.arch.name, check, Outcome.ERROR,
+                                f"loader unavailable in the guest: {done['loader_error']}",
+                            )
+                    return outcome
+                for res in guestlog.check_guest_objects(probes, records, ctx):
+                    outcome.results[(res.probe, res.check)] = res
+                return outcome
+            finally:
+                shutil.rmtree(work, ignore_errors=True)
+        return self._failed(spec, base, last_error, tail, accel)
+
+    def _failed(
+        self, spec: KernelSpec, base: KernelRun, error: str, tail: str = "", accel: Accelerator | None = None
+    ) -> GuestOutcome:
+        kernel = KernelRun(
+            base.kernel, base.arch, version=base.version, source=base.source, digest=base.digest,
+            accelerator=accel.name if accel else "", error=error, notes=base.notes,
+        )
+        return GuestOutcome(kernel, error=error, console_tail=tail)
+
+    def _prepare_share(self, share: Path, objects: Sequence[BPFObject], want_facts: bool) -> None:
+        shutil.copy2(AGENT, share / AGENT.name)
+        objdir = share / "objs"
+        objdir.mkdir()
+        entries = []
+        from harness.sidecar import load_sidecar
+
+        for obj in objects:
+            dest = objdir / obj.path.name
+            shutil.copy2(obj.path, dest)
+            side = load_sidecar(self.progs_dir, obj.name)
+            entries.append(
+                {"name": obj.name, "path": f"objs/{dest.name}", "triggers": side.triggers_for(obj.probes)}
+            )
+        plan = {"facts": want_facts, "objects": entries}
+        (share / "plan.json").write_text(json.dumps(plan))
+
+    def _store_facts(self, source: Path, dest: Path) -> None:
+        """Move the guest's facts into the kernel's cache entry, atomically."""
+        if not (source / "kallsyms").exists():
+            return
+        tmp = dest.with_name(f"{dest.name}.tmp{os.getpid()}")
+        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.copytree(source, tmp)
+        (tmp / FACTS_MARKER).write_text("ok\n")
+        shutil.rmtree(dest, ignore_errors=True)
+        tmp.rename(dest)
+
+    @staticmethod
+    def _read_objects(share: Path) -> list[dict[str, Any]]:
+        try:
+            data = json.loads((share / "objects.json").read_text())
+        except (OSError, ValueError):
+            return []
+        return data if isinstance(data, list) else []
+
+    def guest_result(self, spec: KernelSpec, probe: Probe, check: Check) -> CellResult:
+        """The result of an in-guest ``check`` of ``probe`` on ``spec``, booting on first use."""
+        if probe.program == BUILD_PROGRAM:
+            return self.build_error(spec, probe, check)
+        outcome = self.guest(spec)
+        if outcome.error:
+            return CellResult(
+                probe, spec.id, spec.arch.name, check, Outcome.ERROR, outcome.error,
+                {"console_tail": outcome.console_tail} if outcome.console_tail else {},
+            )
+        found = outcome.results.get((probe, check))
+        if found is None:
+            return CellResult(probe, spec.id, spec.arch.name, check, Outcome.SKIP, "not applicable")
+        return found
+
+    def build_error(self, spec: KernelSpec, probe: Probe, check: Check) -> CellResult:
+        msg = self.objects(spec.arch).errors.get(probe.object, "build failed")
+        return CellResult(probe, spec.id, spec.arch.name, check, Outcome.ERROR, msg)
+
+    # --- offline checks ----------------------------------------------------------------------------
+
+    def offline_result(self, spec: KernelSpec, probe: Probe, check: Check) -> CellResult:
+        """The result of an offline ``check`` of ``probe`` on ``spec`` (facts from the cache)."""
+        if probe.program == BUILD_PROGRAM:
+            return self.build_error(spec, probe, check)
+        results = self.offline(spec)
+        found = results.get((probe, check))
+        if found is None:
+            return CellResult(probe, spec.id, spec.arch.name, check, Outcome.SKIP, "not applicable")
+        return found
+
+    def offline(self, spec: KernelSpec) -> dict[tuple[Probe, Check], CellResult]:
+        if self._offline is None:
+            self._offline = self._compute_offline()
+        return self._offline.get(spec.key, {})
+
+    def _compute_offline(self) -> dict[str, dict[tuple[Probe, Check], CellResult]]:
+        from harness import drift, symbols
+        from harness.btf import load_object_core_relos
+
+        facts: dict[str, Any] = {}
+        errors: dict[str, str] = {}
+        for spec in self.config.kernels:
+            try:
+                facts[spec.key] = self.facts(spec)
+            except HarnessError as exc:
+                errors[spec.key] = str(exc)
+        out: dict[str, dict[tuple[Probe, Check], CellResult]] = {}
+        baseline = self.config.baseline_id
+        for arch in self.arches():
+            built = self.objects(arch)
+            relos: dict[str, dict[str, Any]] = {}
+            for obj in built.objects:
+                try:
+                    relos[obj.name] = load_object_core_relos(obj.path)
+                except HarnessError:
+                    relos[obj.name] = {}
+            base_spec = next((s for s in self.specs(arch.name) if s.id == baseline), None)
+            base_facts = facts.get(base_spec.key) if base_spec else None
+            columns = {(s.id, s.arch.name): facts[s.key] for s in self.specs(arch.name) if s.key in facts}
+            probes = [p for o in built.objects for p in o.probes]
+            alternatives = {p: symbols.stable_alternatives(p, columns) for p in probes}
+            for spec in self.specs(arch.name):
+                cell: dict[tuple[Probe, Check], CellResult] = {}
+                out[spec.key] = cell
+                kfacts = facts.get(spec.key)
+                if kfacts is None:
+                    why = errors.get(spec.key, "no facts")
+                    for probe in probes:
+                        for check in OFFLINE_CHECKS:
+                            cell[(probe, check)] = CellResult(
+                                probe, spec.id, spec.arch.name, check, Outcome.ERROR, why
+                            )
+                    continue
+                btf = kfacts.btf if kfacts.has_btf else None
+                base_btf = base_facts.btf if base_facts is not None and base_facts.has_btf else None
+                for probe in probes:
+                    sym = symbols.check_symbol(probe, spec.id, spec.arch, kfacts)
+                    (sym,) = symbols.with_alternatives([sym], probe, alternatives[probe])
+                    cell[(probe, Check.SYMBOL)] = sym
+                    if base_spec is None:
+                        note = f"baseline {baseline} is not booted on {arch.name}"
+                        for check in (Check.PROTOTYPE, Check.TP_FORMAT):
+                            cell[(probe, check)] = CellResult(
+                                probe, spec.id, spec.arch.name, check, Outcome.SKIP, note
+                            )
+                    else:
+                        proto = drift.check_prototype(probe, spec.id, spec.arch.name, btf, baseline, base_btf)
+                        if proto is not None:
+                            cell[(probe, Check.PROTOTYPE)] = proto
+                        if probe.kind == "tracepoint":
+                            event = probe.target
+                            fmt = kfacts.tracepoint_format(event)
+                            base_fmt = base_facts.tracepoint_format(event) if base_facts else None
+                            tp = drift.check_tp_format(
+                                probe, spec.id, spec.arch.name, fmt, baseline, base_fmt
+                            )
+                            if tp is not None:
+                                cell[(probe, Check.TP_FORMAT)] = tp
+                    layout = drift.check_layout(
+                        probe, spec.id, spec.arch.name,
+                        list(relos.get(probe.object, {}).get(probe.program, [])),
+                        btf, baseline, base_btf,
+                    )
+                    if layout is not None:
+                        cell[(probe, Check.LAYOUT)] = layout
+        return out
+
+    def all_kernel_runs(self) -> list[KernelRun]:
+        return [self._kernel_runs.get(s.key) or self.kernel_run(s) for s in self.config.kernels]
+
+
+def probes_by_spec(run: MatrixRun) -> Iterable[tuple[KernelSpec, Probe]]:
+    """Every (kernel spec, probe) pair of the run, in kernels.yaml order then object/program order."""
+    for spec in run.config.kernels:
+        for probe in run.objects(spec.arch).probes():
+            yield spec, probe
+

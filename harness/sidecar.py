@@ -1,0 +1,156 @@
+"""Sidecar files beside BPF programs: how to trigger each program, and what is known and accepted."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from harness.errors import ConfigError
+from harness.results import Probe
+
+SIDE_KEYS = {"trigger", "programs", "expect", "description"}
+PROGRAM_KEYS = {"trigger", "expect", "description"}
+
+
+@dataclass(frozen=True)
+class Expectation:
+    """A known, accepted outcome: ``check`` of the program is ``outcome`` on the matching kernels/arches."""
+
+    outcome: str  # fail, skip, pass, error
+    check: str = "*"  # a check name or *
+    kernels: tuple[str, ...] = ()  # kernel ids; empty means every kernel
+    arches: tuple[str, ...] = ()  # empty means every arch
+    before: str = ""  # applies to kernels older than this version ("fails before 5.17")
+    since: str = ""  # applies to kernels at or after this version
+    reason: str = ""
+
+    def describe(self) -> str:
+        where = []
+        if self.kernels:
+            where.append("on " + ", ".join(self.kernels))
+        if self.before:
+            where.append(f"before {self.before}")
+        if self.since:
+            where.append(f"since {self.since}")
+        if self.arches:
+            where.append("on " + ", ".join(self.arches))
+        text = f"{self.check if self.check != '*' else 'any check'} {self.outcome}s {' '.join(where)}".strip()
+        return f"{text}: {self.reason}" if self.reason else text
+
+
+@dataclass(frozen=True)
+class Sidecar:
+    """The parsed sidecar of one object (empty when there is none)."""
+
+    path: Path | None = None
+    trigger: Any = None  # for every program: "default", a shell command or an argv list
+    program_triggers: Mapping[str, Any] = field(default_factory=dict)
+    expectations: Mapping[str, tuple[Expectation, ...]] = field(default_factory=dict)  # program or "*"
+
+    def triggers_for(self, probes: Iterable[Probe]) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for probe in probes:
+            trig = self.program_triggers.get(probe.program, self.trigger)
+            if trig is not None:
+                out[probe.program] = trig
+        return out
+
+    def expectations_for(self, program: str) -> tuple[Expectation, ...]:
+        return tuple(self.expectations.get(program, ())) + tuple(self.expectations.get("*", ()))
+
+
+def _as_tuple(where: str, key: str, value: Any) -> tuple[str, ...]:
+    if value is None:
+        return ()
+    if isinstance(value, (str, int, float)):
+        return (str(value),)
+    if isinstance(value, list):
+        return tuple(str(v) for v in value)
+    raise ConfigError(f"{where}: {key!r} must be a string or a list")
+
+
+def parse_expectations(where: str, raw: Any) -> tuple[Expectation, ...]:
+    """Parse an ``expect:`` list; raises ConfigError naming the entry."""
+    from harness.results import Check, Outcome
+
+    if raw is None:
+        return ()
+    if not isinstance(raw, list):
+        raise ConfigError(f"{where}: 'expect' must be a list")
+    out = []
+    allowed = {"outcome", "check", "kernels", "kernel", "arches", "arch", "before", "since", "reason"}
+    for i, item in enumerate(raw):
+        w = f"{where}: expect[{i}]"
+        if not isinstance(item, dict):
+            raise ConfigError(f"{w}: expected a mapping")
+        unknown = sorted(set(item) - allowed)
+        if unknown:
+            raise ConfigError(f"{w}: unknown key {', '.join(map(repr, unknown))}")
+        outcome = str(item.get("outcome", "fail"))
+        if outcome not in {o.value for o in Outcome} - {"xfail", "xpass"}:
+            raise ConfigError(f"{w}: unknown outcome {outcome!r} (pass, fail, skip or error)")
+        check = str(item.get("check", "*"))
+        if check != "*" and check not in {c.value for c in Check}:
+            raise ConfigError(f"{w}: unknown check {check!r} (known: {', '.join(c.value for c in Check)})")
+        out.append(
+            Expectation(
+                outcome=outcome,
+                check=check,
+                kernels=_as_tuple(w, "kernels", item.get("kernels", item.get("kernel"))),
+                arches=_as_tuple(w, "arches", item.get("arches", item.get("arch"))),
+                before=str(item.get("before", "")),
+                since=str(item.get("since", "")),
+                reason=str(item.get("reason", "")),
+            )
+        )
+    return tuple(out)
+
+
+def parse_sidecar(text: str, path: Path) -> Sidecar:
+    """Parse a sidecar's YAML; raises ConfigError naming the file and the entry."""
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
+    if data is None:
+        return Sidecar(path)
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping")
+    unknown = sorted(set(data) - SIDE_KEYS)
+    if unknown:
+        raise ConfigError(f"{path}: unknown key {', '.join(map(repr, unknown))}")
+    programs = data.get("programs") or {}
+    if not isinstance(programs, dict):
+        raise ConfigError(f"{path}: 'programs' must be a mapping of program name to settings")
+    triggers: dict[str, Any] = {}
+    expectations: dict[str, tuple[Expectation, ...]] = {}
+    if "expect" in data:
+        expectations["*"] = parse_expectations(str(path), data["expect"])
+    for name, settings in programs.items():
+        where = f"{path}: program {name!r}"
+        if not isinstance(settings, dict):
+            raise ConfigError(f"{where}: expected a mapping")
+        bad = sorted(set(settings) - PROGRAM_KEYS)
+        if bad:
+            raise ConfigError(f"{where}: unknown key {', '.join(map(repr, bad))}")
+        if "trigger" in settings:
+            triggers[str(name)] = settings["trigger"]
+        if "expect" in settings:
+            expectations[str(name)] = parse_expectations(where, settings["expect"])
+    return Sidecar(path, data.get("trigger"), triggers, expectations)
+
+
+def load_sidecar(directory: Path, object_name: str) -> Sidecar:
+    """The sidecar ``<object>.yaml`` in ``directory``, or an empty one."""
+    for suffix in (".yaml", ".yml"):
+        path = directory / f"{object_name}{suffix}"
+        if path.exists():
+            try:
+                return parse_sidecar(path.read_text(), path)
+            except OSError as exc:
+                raise ConfigError(f"{path}: cannot read: {exc.strerror}") from exc
+    return Sidecar()
