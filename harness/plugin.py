@@ -58,7 +58,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         help="where to write the results document (default: results/matrix.json)",
     )
     group.addoption("--matrix-markdown", metavar="PATH", help="also write the matrix as Markdown")
-    group.addoption("--matrix-html", metavar="PATH", help="also write the matrix as a single-file HTML report")
+    group.addoption("--matrix-html", metavar="PATH", help="also write a single-file HTML report")
     group.addoption(
         "--no-expectations", action="store_true",
         help="ignore the expectations of sidecar files: show the raw matrix",
