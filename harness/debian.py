@@ -29,6 +29,7 @@ from harness.errors import ConfigError, FetchError, IntegrityError
 log = logging.getLogger(__name__)
 
 MIRROR_ENV = "BPF_MATRIX_MIRROR"
+KEYRING_ENV = "BPF_MATRIX_KEYRING"  # another keyring to check Release files with
 KEYRING = Path("/usr/share/keyrings/debian-archive-keyring.gpg")
 APT_DIR = Path("/etc/apt")
 
@@ -360,16 +361,19 @@ def fetch_suite_index(
     arch: str,
     cache_dir: Path,
     *,
-    keyring: Path = KEYRING,
+    keyring: Path | None = None,
     max_age: float = INDEX_MAX_AGE,
     wanted: Callable[[str], bool] | None = is_kernel_package,
     session: requests.Session | None = None,
 ) -> SuiteIndex:
     """The verified Packages index of ``suite``/``arch`` (main), reused from ``cache_dir`` when it
-    was verified less than ``max_age`` seconds ago.
+    was verified less than ``max_age`` seconds ago. ``keyring`` defaults to $BPF_MATRIX_KEYRING, else
+    Debian's archive keyring.
 
     Raises FetchError (mirror, HTTP), IntegrityError (signature or digest mismatch).
     """
+    if keyring is None:
+        keyring = Path(os.environ.get(KEYRING_ENV) or KEYRING)
     where = _index_dir(cache_dir, mirror, suite, arch)
     stamp = where / "verified.json"
     packages_xz = where / "Packages.xz"
