@@ -142,7 +142,9 @@ def pytest_unconfigure(config: pytest.Config) -> None:
 @pytest.hookimpl(optionalhook=True)
 def pytest_configure_node(node: Any) -> None:
     """Hand every pytest-xdist worker the run's shared directory (boot markers, per-boot shares)."""
-    node.workerinput["bpf_matrix_dir"] = str(node.config.stash[OWNED_DIR_KEY])
+    owned = node.config.stash.get(OWNED_DIR_KEY, None)
+    if owned is not None:
+        node.workerinput["bpf_matrix_dir"] = str(owned)
 
 
 @pytest.hookimpl(optionalhook=True)
