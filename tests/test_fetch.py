@@ -225,7 +225,8 @@ def test_corrupted_kernel_entry_is_fetched_again(archive: Archive, tmp_path: Pat
 def test_package_digest_mismatch(archive: Archive, tmp_path: Path) -> None:
     bookworm(archive, tmp_path)
     deb = next((archive.root / "pool").rglob("*.deb"))
-    deb.write_bytes(deb.read_bytes()[:-1] + b"\0")
+    data = deb.read_bytes()
+    deb.write_bytes(data[:-1] + bytes([data[-1] ^ 0xFF]))
     with pytest.raises(IntegrityError, match=r"package linux-image-6\.1\.0-27-amd64-unsigned 6\.1\.115-1"):
         fetch_kernel(spec("bookworm"), tmp_path / "cache", mirror_of(archive))
     kernels = tmp_path / "cache" / "kernels" / "x86_64"
