@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Callable, Mapping
+from collections import Counter
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -23,6 +24,7 @@ LSM_FILE = "lsm"
 
 # One kallsyms line: "<addr> <type> <name>", and "\t[<module>]" after the name for module symbols.
 _CORE_LINE = re.compile(r"^[0-9a-fA-F]+ (\S) ([^\t\n]+)$", re.M)
+_FIRST_WORD = re.compile(r"^(\S+)", re.M)
 _MODULE_LINE = re.compile(r"^[0-9a-fA-F]+ (\S) ([^\t\n]+)\t\[([^\]\n]+)\]$", re.M)
 
 # GCC's IPA clones (.isra/.constprop/.part, combinable: foo.constprop.0.isra.0), its split-off
@@ -127,10 +129,16 @@ def parse_uname(text: str, name: str = UNAME_FILE) -> Uname:
 
 def parse_kallsyms(text: str, name: str = KALLSYMS_FILE) -> Kallsyms:
     """Parse /proc/kallsyms text; raises FactsError when it holds no symbol at all."""
-    core: dict[str, str] = {}
-    for typ, sym in _CORE_LINE.findall(text):
-        seen = core.get(sym)
-        core[sym] = typ if seen is None else seen + typ
+    pairs = _CORE_LINE.findall(text)
+    core: dict[str, str] = {sym: typ for typ, sym in pairs}
+    if len(core) != len(pairs):
+        # Several static functions can share a name; keep one type letter per entry.
+        repeated = {sym for sym, n in Counter(sym for _typ, sym in pairs).items() if n > 1}
+        for sym in repeated:
+            core[sym] = ""
+        for typ, sym in pairs:
+            if sym in repeated:
+                core[sym] += typ
     modules: dict[str, str] = {}
     # Module symbols follow the core ones; only scan from the first tab to keep this cheap.
     first_tab = text.find("\t")
@@ -151,8 +159,10 @@ def parse_kallsyms(text: str, name: str = KALLSYMS_FILE) -> Kallsyms:
 
 def parse_filter_functions(text: str) -> frozenset[str]:
     """Function names of tracefs available_filter_functions (core and module ones alike)."""
-    names = {line.split(" ", 1)[0] for line in text.splitlines() if line}
-    return frozenset(n for n in names if n and not n.startswith(_FTRACE_INVALID))
+    names = set(_FIRST_WORD.findall(text))
+    if _FTRACE_INVALID in text:
+        names = {n for n in names if not n.startswith(_FTRACE_INVALID)}
+    return frozenset(names)
 
 
 def parse_available_events(text: str) -> frozenset[str]:
@@ -350,8 +360,24 @@ class KernelFacts:
         """name_stem() -> traceable functions with it: the candidates for "closest" suggestions."""
         index: dict[str, list[str]] = {}
         for fn in self.traceable or ():
-            index.setdefault(name_stem(fn), []).append(fn)
+            # name_stem() inlined: this runs over every traceable function.
+            key = fn.lstrip("_").split("_", 1)[0].split(".", 1)[0]
+            found = index.get(key)
+            if found is None:
+                index[key] = [fn]
+            else:
+                found.append(fn)
         return {k: tuple(sorted(v)) for k, v in index.items()}
+
+    @cached_property
+    def lsm_hooks(self) -> frozenset[str]:
+        """LSM hooks a BPF LSM program can attach to: ``file_open`` for ``bpf_lsm_file_open``."""
+        prefix = "bpf_lsm_"
+        # The bpf_lsm_* stubs are traceable: the stem index avoids a scan of all of kallsyms.
+        names: Iterable[str] = (
+            self.traceable_by_stem.get("bpf", ()) if self.traceable is not None else self.kallsyms.core
+        )
+        return frozenset(n[len(prefix):] for n in names if n.startswith(prefix))
 
 
 def name_stem(name: str) -> str:

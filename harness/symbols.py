@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import fnmatch
+import functools
 import re
 import time
 from collections.abc import Iterable, Mapping, Sequence
@@ -464,9 +465,10 @@ _GENERIC = frozenset({
 })
 
 
-def _tokens(name: str) -> list[str]:
+@functools.lru_cache(maxsize=65536)
+def _tokens(name: str) -> tuple[str, ...]:
     words = re.split(r"[_:/.]+", name.lower())
-    return [_ALIASES.get(w, w) for w in words if w and not w.isdigit()]
+    return tuple(_ALIASES.get(w, w) for w in words if w and not w.isdigit())
 
 
 def _relatedness(target: str, candidate: str) -> float:
@@ -492,9 +494,8 @@ def _version_key(kernel: str) -> tuple[int, ...]:
 
 def _hooks_of(facts: KernelFacts) -> set[str]:
     """Tracepoints as "cat:name" and LSM hooks as "lsm/hook" that a probe can attach to."""
-    hooks = {e for e in facts.events or () if e.split(":", 1)[0] != "ftrace"}
-    names = facts.btf_func_names if facts.has_btf else frozenset(facts.symbols)
-    hooks.update(f"lsm/{n[len('bpf_lsm_'):]}" for n in names if n.startswith("bpf_lsm_"))
+    hooks = {e for e in facts.events or () if not e.startswith("ftrace:")}
+    hooks.update(f"lsm/{hook}" for hook in facts.lsm_hooks)
     return hooks
 
 
@@ -530,8 +531,12 @@ def stable_alternatives(
     somewhere = set.union(*hooks_by_column.values()) - everywhere
     target = probe.target
 
+    words = [w for w in re.split(r"[_:/.]+", target.lower()) if len(w) > 1]
+    words += [alias for w, alias in _ALIASES.items() if w in words]
+
     def ranked(hooks: Iterable[str]) -> list[tuple[float, str]]:
-        scored = [(_relatedness(target, h), h) for h in hooks]
+        # A substring test first: most hooks share no word with the target at all.
+        scored = [(_relatedness(target, h), h) for h in hooks if any(w in h for w in words)]
         return sorted(((s, h) for s, h in scored if s > 0), key=lambda x: (-x[0], len(x[1]), x[1]))
 
     found = [h for _, h in ranked(everywhere)][:MAX_ALTERNATIVES]
