@@ -91,21 +91,29 @@ def _kind_at(data: bytes, offset: int) -> str | None:
 
 
 def _scan_payloads(data: bytes, what: str) -> bytes:
-    """Try every compressed-stream magic in ``data``, earliest first, until one decompresses."""
+    """Try the compressed-stream magics in ``data``, earliest first: the first stream that holds an
+    ELF, an arm64 Image or BTF wins, else the largest that decompresses."""
     hits: list[tuple[int, str]] = []
     for kind, magic in MAGICS:
         pos = data.find(magic)
-        while pos != -1 and len(hits) < 256:
+        count = 0
+        while pos != -1 and count < 64:
             hits.append((pos, kind))
+            count += 1
             pos = data.find(magic, pos + 1)
+    largest = b""
     for pos, kind in sorted(hits):
         try:
             out = decompress(kind, data[pos:], what)
         except BTFError:
             continue
-        if len(out) > 1 << 20:
+        if out.startswith(b"\x7fELF") or out[0x38:0x3C] == b"ARM\x64" or b"\x9f\xeb\x01\x00" in out:
             return out
-    raise BTFError(f"{what}: no compressed kernel payload found")
+        if len(out) > len(largest):
+            largest = out
+    if len(largest) < 1 << 16:
+        raise BTFError(f"{what}: no compressed kernel payload found")
+    return largest
 
 
 def decompress_image(data: bytes, what: str = "image") -> bytes:
