@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import re
 from collections import Counter
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -356,8 +356,8 @@ class KernelFacts:
         return {k: tuple(sorted(v)) for k, v in index.items()}
 
     @cached_property
-    def traceable_by_stem(self) -> Mapping[str, tuple[str, ...]]:
-        """name_stem() -> traceable functions with it: the candidates for "closest" suggestions."""
+    def traceable_by_stem(self) -> Mapping[str, Sequence[str]]:
+        """name_stem() -> traceable functions with it (unordered): the candidates for "closest"."""
         index: dict[str, list[str]] = {}
         for fn in self.traceable or ():
             # name_stem() inlined: this runs over every traceable function.
@@ -367,16 +367,14 @@ class KernelFacts:
                 index[key] = [fn]
             else:
                 found.append(fn)
-        return {k: tuple(sorted(v)) for k, v in index.items()}
+        return index
 
     @cached_property
     def lsm_hooks(self) -> frozenset[str]:
         """LSM hooks a BPF LSM program can attach to: ``file_open`` for ``bpf_lsm_file_open``."""
         prefix = "bpf_lsm_"
-        # The bpf_lsm_* stubs are traceable: the stem index avoids a scan of all of kallsyms.
-        names: Iterable[str] = (
-            self.traceable_by_stem.get("bpf", ()) if self.traceable is not None else self.kallsyms.core
-        )
+        # The bpf_lsm_* stubs are traceable: a third of the names of kallsyms to scan.
+        names: Iterable[str] = self.traceable if self.traceable is not None else self.kallsyms.core
         return frozenset(n[len(prefix):] for n in names if n.startswith(prefix))
 
 
