@@ -21,6 +21,7 @@ from typing import Any
 import requests
 from debian.deb822 import Deb822, Packages, Release
 from debian.debian_support import Version
+from filelock import FileLock
 
 from harness.cache import file_sha256
 from harness.config import DEBIAN_CODENAMES
@@ -375,6 +376,22 @@ def fetch_suite_index(
     if keyring is None:
         keyring = Path(os.environ.get(KEYRING_ENV) or KEYRING)
     where = _index_dir(cache_dir, mirror, suite, arch)
+    where.parent.mkdir(parents=True, exist_ok=True)
+    # Several workers may want the same suite at once: one fetches, the others reuse its result.
+    with FileLock(str(where.with_name(where.name + ".lock"))):
+        return _fetch_suite_index_locked(mirror, suite, arch, where, keyring, max_age, wanted, session)
+
+
+def _fetch_suite_index_locked(
+    mirror: str,
+    suite: str,
+    arch: str,
+    where: Path,
+    keyring: Path,
+    max_age: float,
+    wanted: Callable[[str], bool] | None,
+    session: requests.Session | None,
+) -> SuiteIndex:
     stamp = where / "verified.json"
     packages_xz = where / "Packages.xz"
     name = f"main/binary-{arch}/Packages.xz"
