@@ -380,7 +380,7 @@ class MatrixRun:
                     source=build.source, digest=build.digest,
                     accelerator=accel.name, booted=True,
                     boot_seconds=time.monotonic() - start,
-                    lsm=str((done.get("facts") or {}).get("lsm") or "").strip() if want_facts else "",
+                    lsm=str(done.get("lsm") or ""),
                     notes=tuple(
                         n for n in (
                             build.verified,

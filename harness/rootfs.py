@@ -51,7 +51,10 @@ GUEST_DIRS: tuple[tuple[str, int], ...] = (
     ("opt", 0o755),
     ("srv", 0o755),
     ("root", 0o700),
+    ("mnt", 0o755),  # the harness's shared directory is mounted here
 )
+# Part of the cache key: bump it when the tree's layout changes so that old entries are rebuilt.
+LAYOUT_VERSION = 2
 
 # Files whose digests the manifest keeps: a changed or missing one means a broken tree.
 KEY_FILES: tuple[str, ...] = ("bin/busybox", "bin/bash", "usr/bin/python3", "usr/sbin/bpftool")
@@ -173,7 +176,7 @@ def fetch_rootfs(
     packages = resolve_packages(spec)
     where = resolve_mirror(mirror, os.environ, apt_source_files())
     listing = "\n".join(packages)
-    key = hashlib.sha256(f"{arch.debian}\n{spec.suite}\n{listing}".encode()).hexdigest()
+    key = hashlib.sha256(f"{LAYOUT_VERSION}\n{arch.debian}\n{spec.suite}\n{listing}".encode()).hexdigest()
     entry = entry_path(root, "rootfs", arch.name, spec.suite, key[:16])
 
     def build(tmp: Path) -> Manifest:

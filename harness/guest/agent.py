@@ -529,6 +529,11 @@ def main(argv: list[str]) -> int:
             t0 = time.monotonic()
             done["facts"] = collect_facts(os.path.join(share, "facts"))
             done["facts_seconds"] = time.monotonic() - t0
+        lsm = read_text("/sys/kernel/security/lsm")
+        if lsm is None:
+            mount_fs("securityfs", "/sys/kernel/security")
+            lsm = read_text("/sys/kernel/security/lsm")
+        done["lsm"] = (lsm or "").strip()
         objects = plan.get("objects") or []
         if objects:
             done["stats_enabled"] = enable_stats()
