@@ -37,6 +37,7 @@ CLONE_RE = re.compile(
 TEXT_REGIONS: tuple[tuple[str, str, str], ...] = (
     ("__noinstr_text_start", "__noinstr_text_end", "in .noinstr.text (noinstr, 5.8+)"),
     ("__kprobes_text_start", "__kprobes_text_end", "in .kprobes.text (__kprobes)"),
+    ("__cpuidle_text_start", "__cpuidle_text_end", "in .cpuidle.text (__cpuidle, noinstr since 5.19)"),
     ("__entry_text_start", "__entry_text_end", "in .entry.text (low-level entry code)"),
     ("__irqentry_text_start", "__irqentry_text_end", "in .irqentry.text"),
     ("__softirqentry_text_start", "__softirqentry_text_end", "in .softirqentry.text"),
@@ -275,6 +276,17 @@ class KernelFacts:
         """Whether kallsyms lists data symbols too (CONFIG_KALLSYMS_ALL): _kbl_addr_*, _eil_addr_*."""
         core = self.kallsyms.core
         return "init_task" in core or "jiffies" in core
+
+    @cached_property
+    def error_injection(self) -> frozenset[str] | None:
+        """Functions on the error-injection list (ALLOW_ERROR_INJECTION), None when not visible.
+
+        The list's _eil_addr_<fn> markers live in their own section, which Debian's kallsyms
+        (6.1, 5.10) leaves out even with CONFIG_KALLSYMS_ALL: None is the usual answer.
+        """
+        prefix = "_eil_addr_"
+        found = frozenset(s[len(prefix):] for s in self.kallsyms.core if s.startswith(prefix))
+        return found or None
 
     def symbol_types(self, name: str) -> frozenset[str]:
         """The set of kallsyms types of core symbol ``name`` (empty when absent)."""

@@ -98,7 +98,9 @@ def _untraceable_evidence(name: str, facts: KernelFacts) -> list[str]:
         evidence.append(region)
     types = symbols.get(name, "")
     if types and types.islower():
-        evidence.append(f"local symbol ({types[0]}): static, notrace or not built with -pg/fentry")
+        # The kernel's `inline` implies notrace: a static inline that GCC emitted out of line
+        # is in kallsyms but not in ftrace (6.1's blk_account_io_done).
+        evidence.append(f"local symbol ({types[0]}): likely a static inline kept out of line (notrace)")
     if not evidence:
         evidence.append("notrace, or an address ftrace does not manage")
     return evidence
@@ -214,8 +216,15 @@ def _btf_verdict(name: str, kind: str, kernel: str, facts: KernelFacts) -> _Verd
         )
     if kind == "fmod_ret" and not name.startswith("security_"):
         # check_attach_modify_return(): ALLOW_ERROR_INJECTION functions or security_* only.
-        # The _eil_addr_* markers are data symbols, listed only with CONFIG_KALLSYMS_ALL.
-        if facts.kallsyms_all and f"_eil_addr_{name}" not in facts.symbols:
+        listed = facts.error_injection
+        if listed is None:
+            return _Verdict(
+                Outcome.PASS,
+                f"could not tell whether `{name}` is on the error-injection list that fmod_ret "
+                "needs (kallsyms does not show it): the load check decides",
+                {"error_injection": None},
+            )
+        if name not in listed:
             return _Verdict(
                 Outcome.FAIL,
                 f"fmod_ret cannot modify `{name}` on {kernel}: not on the error-injection list "
@@ -412,7 +421,8 @@ def _verdict(probe: Probe, kernel: str, arch: Arch, facts: KernelFacts) -> _Verd
         if verdict.outcome == Outcome.PASS and kind in BTF_KINDS:
             btf = _btf_verdict(target, kind, kernel, facts)
             if btf is not None:
-                return _Verdict(btf.outcome, btf.reason, {**verdict.details, **btf.details})
+                reason = "; ".join(r for r in (btf.reason, verdict.reason) if r)
+                return _Verdict(btf.outcome, reason, {**verdict.details, **btf.details})
             verdict.details["btf_func"] = True
         return verdict
     if kind in SYSCALL_KINDS:
@@ -461,7 +471,8 @@ _ALIASES = {
 _GENERIC = frozenset({
     "do", "sys", "x64", "arm64", "ia32", "compat", "se", "start", "end", "done", "common", "one",
     "all", "init", "exit", "get", "put", "set", "fn", "func", "handle", "internal", "bpf", "lsm",
-    "enter", "entry", "event", "account", "io", "new", "alloc", "free", "security",
+    "enter", "entry", "event", "account", "io", "new", "alloc", "free", "security", "dump",
+    "show", "print", "info", "data", "list", "task", "tasks", "work", "state", "update",
 })
 
 
@@ -479,6 +490,11 @@ def _relatedness(target: str, candidate: str) -> float:
     stem = words[0]
     theirs = set(_tokens(candidate))
     shared = set(words) & theirs
+    # unlinkat ~ unlink, renameat2 ~ rename: a long word that starts another counts as shared.
+    shared |= {
+        w for w in words
+        if len(w) >= 5 and any(t.startswith(w) or (len(t) >= 5 and w.startswith(t)) for t in theirs)
+    }
     distinctive = shared - _GENERIC
     score = len(distinctive) + 0.5 * len(shared & _GENERIC)
     if stem in theirs and stem not in _GENERIC:
@@ -486,6 +502,11 @@ def _relatedness(target: str, candidate: str) -> float:
     elif not distinctive:
         return 0.0
     return score
+
+
+def _similarity(target: str, hook: str) -> float:
+    name = hook.split(":", 1)[-1].split("/", 1)[-1]
+    return difflib.SequenceMatcher(None, target, name).ratio()
 
 
 def _version_key(kernel: str) -> tuple[int, ...]:
@@ -531,13 +552,16 @@ def stable_alternatives(
     somewhere = set.union(*hooks_by_column.values()) - everywhere
     target = probe.target
 
-    words = [w for w in re.split(r"[_:/.]+", target.lower()) if len(w) > 1]
-    words += [alias for w, alias in _ALIASES.items() if w in words]
+    split = re.split(r"[_:/.]+", target.lower())
+    words = [w for w in split if len(w) > 2] + [_ALIASES[w] for w in split if w in _ALIASES]
+    words = [w[:5] for w in words]  # unlinkat must still find inode_unlink
 
     def ranked(hooks: Iterable[str]) -> list[tuple[float, str]]:
         # A substring test first: most hooks share no word with the target at all.
         scored = [(_relatedness(target, h), h) for h in hooks if any(w in h for w in words)]
-        return sorted(((s, h) for s, h in scored if s > 0), key=lambda x: (-x[0], len(x[1]), x[1]))
+        kept = [(s, h) for s, h in scored if s > 0]
+        # Ties go to the closest spelling (blk_account_io_start: block_io_start before block_plug).
+        return sorted(kept, key=lambda x: (-x[0], -_similarity(target, x[1]), x[1]))
 
     found = [h for _, h in ranked(everywhere)][:MAX_ALTERNATIVES]
     kernels = sorted({k for k, _ in facts_by_column}, key=_version_key)

@@ -199,7 +199,7 @@ def test_clone_index(facts_61: KernelFacts) -> None:
 
 def test_traceable_by_stem(facts_61: KernelFacts) -> None:
     blk = facts_61.traceable_by_stem["blk"]
-    assert "blk_account_io_done" in blk
+    assert "blk_account_io_merge_bio" in blk
     assert all(name_stem(n) == "blk" for n in blk)
 
 

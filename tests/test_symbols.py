@@ -63,15 +63,23 @@ def test_kprobe_absent_names_closest(columns: dict[tuple[str, str], KernelFacts]
         "`blk_account_io_start` not in kallsyms on 6.1: removed, renamed or inlined"
     )
     closest = result.details["closest"]
-    assert closest and "blk_account_io_done" in closest
+    assert closest and "blk_account_io_merge_bio" in closest
     facts = columns[("6.1", "x86_64")]
     assert all(c in (facts.traceable or ()) for c in closest)
     assert "\n" not in result.reason
 
 
 def test_kprobe_local_symbol_is_still_a_pass(columns: dict[tuple[str, str], KernelFacts]) -> None:
-    # 6.1 turned blk_account_io_done from T into t: ftrace still lists it.
-    assert check(columns, "kprobe", "blk_account_io_done", "6.1-x86_64").outcome == Outcome.PASS
+    assert columns[("6.1", "x86_64")].symbol_types("blk_account_io_merge_bio") == {"t"}
+    assert check(columns, "kprobe", "blk_account_io_merge_bio", "6.1-x86_64").outcome == Outcome.PASS
+
+
+def test_kprobe_static_inline_out_of_line(columns: dict[tuple[str, str], KernelFacts]) -> None:
+    # 5.10 exports blk_account_io_done; 6.1 has it as a local, notrace static inline.
+    assert check(columns, "kprobe", "blk_account_io_done", "5.10-x86_64").outcome == Outcome.PASS
+    result = check(columns, "kprobe", "blk_account_io_done", "6.1-x86_64")
+    assert result.outcome == Outcome.FAIL
+    assert "present but not traceable" in result.reason and "static inline" in result.reason
 
 
 def test_kprobe_present_but_not_traceable_says_why(columns: dict[tuple[str, str], KernelFacts]) -> None:
@@ -177,7 +185,7 @@ def test_kprobe_multi_needs_fprobe(columns: dict[tuple[str, str], KernelFacts]) 
 def test_fentry_needs_btf_func(columns: dict[tuple[str, str], KernelFacts]) -> None:
     assert check(columns, "fentry", "vfs_unlink", "6.1-x86_64").outcome == Outcome.PASS
     # Traceable, but a static function that BTF does not describe.
-    result = check(columns, "fexit", "blk_account_io_done", "6.1-x86_64")
+    result = check(columns, "fexit", "blk_account_io_done", "6.12-x86_64")
     assert result.outcome == Outcome.FAIL
     assert result.reason.startswith("no BTF FUNC `blk_account_io_done`")
     assert "fexit needs the function in BTF" in result.reason
@@ -196,10 +204,21 @@ def test_fentry_absent_symbol_reports_kallsyms_first(columns: dict[tuple[str, st
     assert "not in kallsyms" in result.reason
 
 
-def test_fmod_ret_needs_error_injection(columns: dict[tuple[str, str], KernelFacts]) -> None:
-    assert check(columns, "fmod_ret", "should_failslab", "6.1-x86_64").outcome == Outcome.PASS
-    assert check(columns, "fmod_ret", "security_file_open", "6.1-x86_64").outcome == Outcome.PASS
+def test_fmod_ret_without_the_error_injection_list(columns: dict[tuple[str, str], KernelFacts]) -> None:
+    # Debian's kallsyms does not show the _eil_addr_* markers: offline, nobody can tell.
+    assert check(columns, "fmod_ret", "security_file_open", "6.1-x86_64").reason == ""
     result = check(columns, "fmod_ret", "vfs_unlink", "6.1-x86_64")
+    assert result.outcome == Outcome.PASS
+    assert "could not tell" in result.reason and result.details["error_injection"] is None
+
+
+def test_fmod_ret_with_the_error_injection_list(tmp_path: Path) -> None:
+    shutil.copytree(FACTS / "6.1-x86_64", tmp_path / "k")
+    with (tmp_path / "k" / "kallsyms").open("a") as fh:
+        fh.write("ffffffff83000100 d _eil_addr_should_failslab\n")
+    facts = load_facts(tmp_path / "k")
+    assert check_symbol(probe("fmod_ret", "should_failslab"), "6.1", X86, facts).outcome == Outcome.PASS
+    result = check_symbol(probe("fmod_ret", "vfs_unlink"), "6.1", X86, facts)
     assert result.outcome == Outcome.FAIL and "error-injection" in result.reason
 
 
@@ -326,8 +345,8 @@ def test_stable_alternatives_empty_when_stable(columns: dict[tuple[str, str], Ke
 
 
 def test_stable_alternatives_find_lsm_hooks(columns: dict[tuple[str, str], KernelFacts]) -> None:
-    alts = stable_alternatives(probe("fmod_ret", "vfs_unlink"), columns)
-    assert set(alts) >= {"lsm/inode_unlink", "lsm/path_unlink"}
+    alts = stable_alternatives(probe("fentry", "do_unlinkat"), columns)
+    assert set(alts) >= {"lsm/inode_unlink", "lsm/path_unlink", "syscalls:sys_enter_unlinkat"}
 
 
 def test_stable_alternatives_never_suggest_the_probe_itself(
