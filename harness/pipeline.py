@@ -16,13 +16,13 @@ from harness import guestlog
 from harness.build import build_source, find_sources, generate_vmlinux_h
 from harness.config import Arch, KernelsConfig, KernelSpec, host_arch
 from harness.errors import HarnessError, LostVMError, ObjectError, VMError
-from harness.inventory import BPFObject, load_object
+from harness.inventory import USER_KINDS, BPFObject, load_object
 from harness.results import CellResult, Check, KernelRun, Outcome, Probe
 from harness.vm import Accelerator, Runner, VMRequest, accelerator_for, scaled_timeout
 
 AGENT = Path(__file__).parent / "guest" / "agent.py"
 GUEST_CHECKS = (Check.LOAD, Check.CORE, Check.ATTACH, Check.FIRE)
-OFFLINE_CHECKS = (Check.SYMBOL, Check.PROTOTYPE, Check.LAYOUT, Check.TP_FORMAT)
+OFFLINE_CHECKS = (Check.SYMBOL, Check.PROTOTYPE, Check.LAYOUT, Check.TP_FORMAT, Check.UPROBE)
 FACTS_MARKER = "facts-done"  # written in the facts directory once every file of it is in place
 SCRATCH_DISK_BYTES = 4 << 20  # a virtio disk so that block-layer probes have I/O to see
 # LSMs of Debian's CONFIG_LSM; `bpf` is appended when missing so that lsm/ programs can attach.
@@ -315,6 +315,15 @@ class MatrixRun:
         self._kernel_runs[spec.key] = outcome.kernel
         return outcome
 
+    def guest_root(self, arch: Arch) -> Path:
+        """The root filesystem guests of ``arch`` boot on: the host's own for its arch, else one built
+        from Debian packages (raises HarnessError when it cannot be built)."""
+        if arch == host_arch():
+            return Path("/")
+        from harness.rootfs import fetch_rootfs
+
+        return fetch_rootfs(arch, self.config.rootfs, self.cache_root, self.config.mirror)
+
     def _boot(self, spec: KernelSpec, objects: Sequence[BPFObject], probes: Sequence[Probe]) -> GuestOutcome:
         base = self.kernel_run(spec)
         try:
@@ -327,9 +336,7 @@ class MatrixRun:
         root: Path | None = None
         if spec.arch != host_arch():
             try:
-                from harness.rootfs import fetch_rootfs
-
-                root = fetch_rootfs(spec.arch, self.config.rootfs, self.cache_root, self.config.mirror)
+                root = self.guest_root(spec.arch)
             except HarnessError as exc:
                 return self._failed(spec, base, f"no {spec.arch.name} root filesystem: {exc}")
         accel = accelerator_for(spec.arch, self.accelerator)
@@ -341,7 +348,7 @@ class MatrixRun:
             try:
                 share = work / "share"
                 share.mkdir()
-                self._prepare_share(share, objects, want_facts)
+                self._prepare_share(share, objects, want_facts, spec.arch)
                 disk = work / "scratch.img"
                 with disk.open("wb") as fh:
                     fh.truncate(SCRATCH_DISK_BYTES)
@@ -403,6 +410,10 @@ class MatrixRun:
                     return outcome
                 for res in guestlog.check_guest_objects(probes, records, ctx):
                     outcome.results[(res.probe, res.check)] = res
+                from harness.scenarios import check_scenarios
+
+                for res in check_scenarios(probes, self._read_json_list(share / "scenarios.json"), ctx):
+                    outcome.results[(res.probe, res.check)] = res
                 return outcome
             finally:
                 shutil.rmtree(work, ignore_errors=True)
@@ -417,7 +428,9 @@ class MatrixRun:
         )
         return GuestOutcome(kernel, error=error, console_tail=tail)
 
-    def _prepare_share(self, share: Path, objects: Sequence[BPFObject], want_facts: bool) -> None:
+    def _prepare_share(
+        self, share: Path, objects: Sequence[BPFObject], want_facts: bool, arch: Arch
+    ) -> None:
         shutil.copy2(AGENT, share / AGENT.name)
         objdir = share / "objs"
         objdir.mkdir()
@@ -431,7 +444,16 @@ class MatrixRun:
             entries.append(
                 {"name": obj.name, "path": f"objs/{dest.name}", "triggers": side.triggers_for(obj.probes)}
             )
-        plan = {"facts": want_facts, "objects": entries}
+        from harness.scenarios import plan_scenarios
+
+        plan = {
+            "facts": want_facts,
+            "objects": entries,
+            "scenarios": plan_scenarios(share, objects, self.progs_dir, arch),
+        }
+        for helper in AGENT.parent.glob("*.py"):
+            if helper != AGENT and helper.name != "__init__.py":
+                shutil.copy2(helper, share / helper.name)
         (share / "plan.json").write_text(json.dumps(plan))
 
     def _store_facts(self, source: Path, dest: Path) -> None:
@@ -447,8 +469,12 @@ class MatrixRun:
 
     @staticmethod
     def _read_objects(share: Path) -> list[dict[str, Any]]:
+        return MatrixRun._read_json_list(share / "objects.json")
+
+    @staticmethod
+    def _read_json_list(path: Path) -> list[dict[str, Any]]:
         try:
-            data = json.loads((share / "objects.json").read_text())
+            data = json.loads(path.read_text())
         except (OSError, ValueError):
             return []
         return data if isinstance(data, list) else []
@@ -492,6 +518,7 @@ class MatrixRun:
     def _compute_offline(self) -> dict[str, dict[tuple[Probe, Check], CellResult]]:
         from harness import drift, symbols
         from harness.btf import load_object_core_relos
+        from harness.uprobe import check_uprobe
 
         facts: dict[str, Any] = {}
         errors: dict[str, str] = {}
@@ -559,6 +586,10 @@ class MatrixRun:
                     )
                     if layout is not None:
                         cell[(probe, Check.LAYOUT)] = layout
+                    if probe.kind in USER_KINDS:
+                        up = check_uprobe(probe, spec.id, spec.arch, self.guest_root(spec.arch), self.progs_dir)
+                        if up is not None:
+                            cell[(probe, Check.UPROBE)] = up
         return out
 
     def all_kernel_runs(self) -> list[KernelRun]:

@@ -54,3 +54,9 @@ def test_attach(matrix_cell):
 def test_fire(matrix_cell):
     """The program runs after its trigger, without missed executions."""
     matrix_cell.verify()
+
+
+@pytest.mark.bpf_check("uprobe")
+def test_uprobe(matrix_cell):
+    """The user-space target exists, is not inlined, and sits at the offset the probe uses."""
+    matrix_cell.verify()

@@ -509,6 +509,26 @@ def run_object(lb: Libbpf, spec: dict[str, object], share: str) -> dict[str, obj
     return result
 
 
+def run_scenarios(lb: Libbpf, scenarios: list[dict[str, object]], share: str) -> list[dict[str, object]]:
+    """Run each scenario with the handler of its kind from scenarios.py beside this file."""
+    try:
+        import scenarios as handlers  # type: ignore[import-not-found]  # copied beside the agent
+    except ImportError as exc:
+        return [{"kind": s.get("kind"), "error": f"no scenario handlers: {exc}"} for s in scenarios]
+    out: list[dict[str, object]] = []
+    for scenario in scenarios:
+        handler = getattr(handlers, "run_" + str(scenario.get("kind")), None)
+        if handler is None:
+            out.append({"kind": scenario.get("kind"), "error": "unknown scenario kind"})
+            continue
+        try:
+            out.append(handler(lb, scenario, share))
+        except Exception as exc:
+            out.append({"kind": scenario.get("kind"), "error": f"scenario crashed: {exc!r}",
+                        "traceback": traceback.format_exc()})
+    return out
+
+
 def enable_stats() -> bool:
     try:
         with open("/proc/sys/kernel/bpf_stats_enabled", "w") as fh:
@@ -551,6 +571,9 @@ def main(argv: list[str]) -> int:
                         results.append({"object": spec.get("name"), "error": f"agent crashed: {exc!r}",
                                         "traceback": traceback.format_exc()})
                 write_json(os.path.join(share, "objects.json"), results)
+                scenarios = plan.get("scenarios") or []
+                if scenarios:
+                    write_json(os.path.join(share, "scenarios.json"), run_scenarios(lb, scenarios, share))
         done["ok"] = True
     except Exception as exc:
         done["error"] = f"{type(exc).__name__}: {exc}"
