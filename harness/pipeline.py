@@ -380,7 +380,7 @@ class MatrixRun:
                     tail = str(done.get("traceback", ""))[-3000:]
                     continue
                 if want_facts:
-                    self._store_facts(share / "facts", Path(build.facts_dir))
+                    self._store_facts(share / "facts", Path(build.facts_dir), build.config)
                 kernel = KernelRun(
                     spec.id, spec.arch.name,
                     version=str(done.get("release", build.release)),
@@ -456,10 +456,15 @@ class MatrixRun:
                 shutil.copy2(helper, share / helper.name)
         (share / "plan.json").write_text(json.dumps(plan))
 
-    def _store_facts(self, source: Path, dest: Path) -> None:
-        """Move the guest's facts into the kernel's cache entry, atomically."""
+    def _store_facts(self, source: Path, dest: Path, config: Path | None) -> None:
+        """Move the guest's facts into the kernel's cache entry, atomically.
+
+        Debian kernels have no /proc/config.gz: their config comes from the package's boot/config-*.
+        """
         if not (source / "kallsyms").exists():
             return
+        if config is not None and not (source / "config").exists():
+            shutil.copy2(config, source / "config")
         tmp = dest.with_name(f"{dest.name}.tmp{os.getpid()}")
         shutil.rmtree(tmp, ignore_errors=True)
         shutil.copytree(source, tmp)
@@ -587,7 +592,8 @@ class MatrixRun:
                     if layout is not None:
                         cell[(probe, Check.LAYOUT)] = layout
                     if probe.kind in USER_KINDS:
-                        up = check_uprobe(probe, spec.id, spec.arch, self.guest_root(spec.arch), self.progs_dir)
+                        root = self.guest_root(spec.arch)
+                        up = check_uprobe(probe, spec.id, spec.arch, root, self.progs_dir)
                         if up is not None:
                             cell[(probe, Check.UPROBE)] = up
         return out
