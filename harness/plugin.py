@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import atexit
+import importlib
 import json
 import os
 import shutil
@@ -29,7 +30,7 @@ from harness.results import (
     merge_matrices,
 )
 from harness.sidecar import load_sidecar
-from harness.vm import VngRunner, probe_accelerator, stop_all_vms
+from harness.vm import Runner, VngRunner, probe_accelerator, stop_all_vms
 
 RUN_KEY = pytest.StashKey["MatrixRun"]()
 REPORTER_KEY = pytest.StashKey["MatrixReporter"]()
@@ -37,6 +38,8 @@ OWNED_DIR_KEY = pytest.StashKey[Path]()
 PROP_RESULTS = "bpf_matrix_results"
 PROP_KERNEL = "bpf_matrix_kernel"
 OFFLINE_GROUP = "offline"
+# Testing hook: "module:factory" naming a callable that returns the Runner to boot with instead of vng.
+RUNNER_ENV = "BPF_MATRIX_RUNNER"
 # Memory a worker needs beyond its guest: the harness, qemu's own overhead, page cache for 9p.
 WORKER_OVERHEAD_MB = 768
 
@@ -86,6 +89,19 @@ def _is_worker(config: pytest.Config) -> bool:
     return hasattr(config, "workerinput")
 
 
+def _make_runner() -> Runner:
+    """VngRunner, or the fake that $BPF_MATRIX_RUNNER names (the harness's own tests use it)."""
+    named = os.environ.get(RUNNER_ENV, "")
+    if not named:
+        return VngRunner()
+    module, _, factory = named.partition(":")
+    try:
+        runner: Runner = getattr(importlib.import_module(module), factory)()
+    except (ImportError, AttributeError, TypeError, ValueError) as exc:
+        raise pytest.UsageError(f"{RUNNER_ENV}={named}: not a module:factory of a runner ({exc})") from None
+    return runner
+
+
 def _raise_interrupt(signum: int, frame: FrameType | None) -> None:
     # SIGTERM unwinds like Ctrl-C so that every running VM is stopped by its runner's cleanup.
     raise KeyboardInterrupt(f"signal {signum}")
@@ -101,6 +117,7 @@ def pytest_configure(config: pytest.Config) -> None:
         raise pytest.UsageError(str(exc)) from None
     progs = config.getoption("--bpf-progs")
     progs_dir = Path(progs) if progs else _rootdir(config) / "bpf_progs"
+    runner = _make_runner()
     if _is_worker(config):
         work_dir = Path(config.workerinput["bpf_matrix_dir"])  # type: ignore[attr-defined]
     else:
@@ -113,7 +130,7 @@ def pytest_configure(config: pytest.Config) -> None:
     run = MatrixRun(
         kernels,
         progs_dir,
-        VngRunner(),
+        runner,
         probe_accelerator(),
         cache_root=Path(cache) if cache else None,
         work_dir=work_dir,
