@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import os
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -112,8 +113,40 @@ def verifier_tail(log: str, lines: int = VERIFIER_TAIL_LINES) -> list[str]:
     return kept[-lines:]
 
 
+# Kernel-internal error numbers (include/linux/errno.h) that reach user space from bpf(2) and that
+# libc's strerror does not know.
+KERNEL_ERRNOS = {
+    512: ("ERESTARTSYS", "restart syscall"),
+    524: ("ENOTSUPP", "operation not supported by this kernel"),
+    525: ("ETOOSMALL", "buffer too small"),
+    526: ("ESERVERFAULT", "server fault"),
+    527: ("EBADTYPE", "type not supported by server"),
+}
+
+
 def errno_name(number: int) -> str:
+    if number in KERNEL_ERRNOS:
+        return KERNEL_ERRNOS[number][0]
     return errno.errorcode.get(number, str(number))
+
+
+def errno_text(number: int, fallback: str = "") -> str:
+    """``ENOTSUPP (operation not supported by this kernel)``: the name and what it means."""
+    if number in KERNEL_ERRNOS:
+        return "{} ({})".format(*KERNEL_ERRNOS[number])
+    return f"{errno_name(number)} ({fallback or os.strerror(number)})"
+
+
+def attach_hint(probe: Probe, err: int | None, arch: str) -> str:
+    """Why an attach failed, where the errno says more than itself."""
+    if err == 524 and probe.kind in ("fentry", "fexit", "fmod_ret", "lsm") and arch == "arm64":
+        # arm64 gained ftrace direct calls (what BPF trampolines attach with) in 6.4.
+        return "BPF trampolines (fentry/fexit/lsm) need ftrace direct calls, on arm64 from 6.4"
+    if err == 524:
+        return "the kernel does not support this attach type here"
+    if err == 2 and probe.kind in ("kprobe", "kretprobe"):
+        return f"no kprobe-able `{probe.target}` on this kernel"
+    return ""
 
 
 def _last_libbpf_error(log: str) -> str:
@@ -200,10 +233,15 @@ def check_guest_program(
     attach = record.get("attach") or {}
     if not attach.get("ok"):
         err = attach.get("errno")
-        detail = _last_libbpf_error(str(attach.get("log") or ""))
-        reason = f"attach failed: {errno_name(int(err)) if err else 'error'} ({attach.get('error', '')})"
-        if detail:
-            reason += f": {detail}"
+        code = int(err) if err else None
+        hint = attach_hint(probe, code, ctx.arch)
+        reason = f"attach failed: {errno_text(code, str(attach.get('error', ''))) if code else 'error'}"
+        if hint:
+            reason += f": {hint}"
+        else:
+            detail = _last_libbpf_error(str(attach.get("log") or ""))
+            if detail:
+                reason += f": {detail}"
         results.append(_result(probe, ctx, Check.ATTACH, Outcome.FAIL, reason[:300], errno=err,
                                log=str(attach.get("log") or "")[-2000:]))
         results.append(_result(probe, ctx, Check.FIRE, Outcome.SKIP, "not attached"))

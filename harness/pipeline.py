@@ -363,6 +363,7 @@ class MatrixRun:
                     cpus=spec.cpus,
                     append=[lsm_append(config_text), *spec.append],
                     disks=[disk],
+                    modules=Path(build.modules) if build.modules else None,
                     timeout=scaled_timeout(spec.timeout, spec.arch, accel),
                 )
                 start = time.monotonic()

@@ -53,6 +53,7 @@ class VMRequest:
     append: Sequence[str] = ()
     disks: Sequence[Path] = ()
     timeout: float = 300.0
+    modules: Path | None = None  # the kernel's lib/modules/<release>, for guests on their own root
 
 
 @dataclass(frozen=True)
@@ -95,6 +96,10 @@ def build_vng_argv(req: VMRequest, vng: str = "vng") -> list[str]:
     argv += ["--memory", req.memory, "--cpus", str(req.cpus)]
     # With --root a share must be given as GUEST=HOST; the same form works on the host's root.
     argv.append(f"--rwdir={GUEST_SHARE}={req.share}")
+    if req.root is not None and req.modules is not None:
+        # vng finds the modules of a kernel booted on the host's root itself; a guest root filesystem
+        # has none, so without them no module loads (virtio_blk for the scratch disk, for one).
+        argv.append(f"--rodir=/lib/modules/{req.modules.name}={req.modules}")
     for disk in req.disks:
         argv += ["--disk", str(disk)]
     for item in req.append:

@@ -360,8 +360,22 @@ def default_workload(share: str) -> None:
     block_io()
 
 
+def scratch_disk() -> None:
+    """Make the scratch disk appear: guests without udev do not load virtio_blk by themselves."""
+    if os.path.exists("/dev/vda"):
+        return
+    try:
+        subprocess.run(["modprobe", "virtio_blk"], capture_output=True, timeout=30, check=False)
+    except (OSError, subprocess.SubprocessError):
+        return
+    deadline = time.monotonic() + 5
+    while not os.path.exists("/dev/vda") and time.monotonic() < deadline:
+        time.sleep(0.1)
+
+
 def block_io() -> None:
     """Read the scratch disk with O_DIRECT so the request reaches the block layer."""
+    scratch_disk()
     for dev in ("/dev/vda", "/dev/sda"):
         if not os.path.exists(dev):
             continue
@@ -556,6 +570,7 @@ def main(argv: list[str]) -> int:
         done["lsm"] = (lsm or "").strip()
         objects = plan.get("objects") or []
         if objects:
+            scratch_disk()
             done["stats_enabled"] = enable_stats()
             try:
                 lb = Libbpf()
