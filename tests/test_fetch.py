@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from harness.cache import resolve_cache_root
 from harness.config import ARCHES, KernelSpec
 from harness.errors import ConfigError, IntegrityError
 from harness.fetch import fetch_kernel, prepare_tree
@@ -279,7 +280,8 @@ def test_prepare_tree_rejects_two_images(tmp_path: Path) -> None:
     ("suite", "pattern"), [("bullseye", r"5\.10\.\S+-amd64"), ("bookworm", r"6\.1\.\S+-amd64")]
 )
 def test_real_debian_kernels(tmp_path: Path, suite: str, pattern: str) -> None:
-    cache = Path(os.environ.get("BPF_MATRIX_CACHE", tmp_path / "cache"))
+    # The machine's own cache: the matrix runs of the other integration tests reuse what this fetches.
+    cache = resolve_cache_root(os.environ)
     started = time.monotonic()
     build = fetch_kernel(spec(suite, suite), cache)
     elapsed = time.monotonic() - started

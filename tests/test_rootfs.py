@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from harness.cache import resolve_cache_root
 from harness.config import ARCHES, RootfsSpec
 from harness.errors import ConfigError, FetchError
 from harness.rootfs import (
@@ -158,7 +159,8 @@ def test_mmdebstrap_failure_is_reported(
 def test_real_arm64_trixie_rootfs(tmp_path: Path) -> None:
     if shutil.which("mmdebstrap") is None:
         pytest.skip("mmdebstrap is not installed")
-    cache = Path(os.environ.get("BPF_MATRIX_CACHE", tmp_path / "cache"))
+    # The machine's own cache: the matrix runs of the other integration tests reuse what this fetches.
+    cache = resolve_cache_root(os.environ)
     started = time.monotonic()
     root = fetch_rootfs(ARCHES["arm64"], RootfsSpec(suite="trixie"), cache)
     elapsed = time.monotonic() - started
