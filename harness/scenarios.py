@@ -2,14 +2,90 @@
 
 from __future__ import annotations
 
+import logging
+import shutil
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from harness.config import Arch
+from harness.errors import BuildError, ObjectError
 from harness.guestlog import GuestContext
 from harness.inventory import BPFObject
-from harness.results import CellResult, Probe
+from harness.results import CellResult, Check, Outcome, Probe
+from harness.uprobe import (
+    GUEST_USER_DIR,
+    build_user_samples,
+    load_elf_functions,
+    parse_uprobe_target,
+    resolve_cache_dir,
+)
+
+log = logging.getLogger(__name__)
+
+UPDATE_KIND = "uprobe_update"
+# How the library is replaced: over its inode (cp, install without -T... any in-place write) or by
+# renaming a new file over it (dpkg, rpm). Both leave an offset-attached uprobe quiet, differently.
+REPLACE_MODES = ("overwrite", "rename")
+MODE_WORDS = {"overwrite": "cp over it", "rename": "renamed over it"}
+
+
+def update_name(library: str) -> str | None:
+    """The sample that updates ``library``: ``libfoo.v2.so`` for ``libfoo.so``; None for a non-library."""
+    if not library.endswith(".so"):
+        return None
+    return library[: -len(".so")] + ".v2.so"
+
+
+def describe_offset(path: Path, offset: int) -> str:
+    """What sits at file offset ``offset`` of the ELF ``path``, in words (pyelftools, no I/O beyond it)."""
+    try:
+        elf = load_elf_functions(path)
+    except ObjectError:
+        return "unreadable"
+    func = elf.at_offset(offset)
+    if func is None:
+        return "in no function"
+    if func.offset == offset:
+        return f"the start of `{func.name}`"
+    return f"inside `{func.name}` (+{offset - func.offset:#x})"
+
+
+def plan_update(
+    obj: BPFObject, probe: Probe, samples: Mapping[str, Path], trigger: Any
+) -> dict[str, Any] | None:
+    """The uprobe_update scenario of ``probe`` when it targets a sample library that has a v2."""
+    target = parse_uprobe_target(probe.target)
+    if target is None or target.raw or not target.path.startswith(GUEST_USER_DIR + "/"):
+        return None
+    name = target.path[len(GUEST_USER_DIR) + 1:]
+    v2_name = update_name(name)
+    if v2_name is None or name not in samples or v2_name not in samples or trigger is None:
+        return None
+    try:
+        v1 = load_elf_functions(samples[name]).named(target.function)
+        v2 = load_elf_functions(samples[v2_name]).named(target.function)
+    except ObjectError:
+        return None
+    if not v1 or not v2:
+        return None
+    v1_offset = v1[0].offset + target.offset
+    v2_offset = v2[0].offset + target.offset
+    return {
+        "kind": UPDATE_KIND,
+        "object": obj.name,
+        "program": probe.program,
+        "path": f"objs/{obj.path.name}",
+        "library": target.path,
+        "function": target.function,
+        "v1": f"user/{name}",
+        "v2": f"user/{v2_name}",
+        "v1_offset": v1_offset,
+        "v2_offset": v2_offset,
+        "stale": describe_offset(samples[v2_name], v1_offset),
+        "trigger": trigger,
+        "modes": list(REPLACE_MODES),
+    }
 
 
 def plan_scenarios(
@@ -17,13 +93,108 @@ def plan_scenarios(
 ) -> list[dict[str, Any]]:
     """The scenarios the guest agent runs after the objects, with their files written into ``share``.
 
-    Each scenario is a JSON-ready dict with a "kind" the agent's scenarios module knows.
+    Each scenario is a JSON-ready dict with a "kind" the agent's scenarios module knows. The samples
+    of bpf_progs/user/ are built for ``arch`` and copied to share/user/ (the guest's /mnt/user/).
+    A sample that does not build leaves no scenario: the UPROBE check reports the build error.
     """
-    return []
+    try:
+        samples = build_user_samples(progs_dir, arch, resolve_cache_dir())
+    except BuildError as exc:
+        log.warning("%s", exc)
+        return []
+    if not samples:
+        return []
+    dest = share / "user"
+    dest.mkdir(exist_ok=True)
+    for name, path in samples.items():
+        shutil.copy2(path, dest / name)
+    from harness.sidecar import load_sidecar
+
+    scenarios: list[dict[str, Any]] = []
+    for obj in objects:
+        triggers = load_sidecar(progs_dir, obj.name).triggers_for(obj.probes)
+        for probe in obj.probes:
+            if probe.kind != "uprobe":
+                continue
+            planned = plan_update(obj, probe, samples, triggers.get(probe.program))
+            if planned is not None:
+                scenarios.append(planned)
+    return scenarios
+
+
+def _count(mode: Mapping[str, Any], key: str) -> int:
+    value = mode.get(key)
+    return int(value) if isinstance(value, (int, float)) else 0
+
+
+def check_update(
+    probe: Probe, record: Mapping[str, Any], ctx: GuestContext, plan: Mapping[str, Any]
+) -> CellResult:
+    """The FIRE result of one uprobe_update record (``plan`` is the scenario it ran, for offsets)."""
+    details: dict[str, Any] = {"scenario": UPDATE_KIND, "modes": dict(record.get("modes") or {})}
+    for key in ("v1_offset", "v2_offset", "stale"):
+        if key in plan:
+            details[key] = plan[key]
+
+    def result(outcome: Outcome, reason: str) -> CellResult:
+        return CellResult(probe, ctx.kernel, ctx.arch, Check.FIRE, outcome, reason, details)
+
+    if record.get("error"):
+        return result(Outcome.ERROR, f"library-update scenario: {record['error']}")
+    modes = record.get("modes") or {}
+    if not isinstance(modes, Mapping) or not modes:
+        return result(Outcome.ERROR, "library-update scenario: no replace mode ran")
+    errors = [f"{m}: {r.get('error')}" for m, r in modes.items() if isinstance(r, Mapping) and r.get("error")]
+    if errors:
+        return result(Outcome.ERROR, f"library-update scenario: {'; '.join(errors)}"[:300])
+    never = [m for m, r in modes.items() if _count(r, "v1") == 0]
+    if never:
+        return result(Outcome.FAIL, f"never fired at the v1 offset, before any update ({', '.join(never)})")
+    v1_off = plan.get("v1_offset")
+    v2_off = plan.get("v2_offset")
+    stale = f"offset {v1_off:#x} stale" if isinstance(v1_off, int) else "offset stale"
+    if plan.get("stale"):
+        stale += f", now {plan['stale']} in v2"
+    quiet = [m for m, r in modes.items() if _count(r, "after_update") == 0]
+    loud = [f"{MODE_WORDS.get(m, m)}: {_count(r, 'after_update')} runs"
+            for m, r in modes.items() if m not in quiet]
+    back = [m for m, r in modes.items() if _count(r, "after_reattach") > 0]
+    where = f" at {v2_off:#x}" if isinstance(v2_off, int) else ""
+    if not quiet:
+        return result(
+            Outcome.PASS,
+            f"kept firing after the library update ({'; '.join(loud)}); {stale}: check what it hits",
+        )
+    words = ", ".join(MODE_WORDS.get(m, m) for m in quiet)
+    reason = f"quiet after the library update ({words}; {stale})"
+    if loud:
+        reason += f"; still fired when {'; '.join(loud)}"
+    if len(back) == len(modes):
+        reason += f"; fires again after re-attach{where}"
+    else:
+        reason += f"; still quiet after re-attach{where} ({', '.join(m for m in modes if m not in back)})"
+    return result(Outcome.FAIL, reason)
 
 
 def check_scenarios(
-    probes: Sequence[Probe], records: Sequence[Mapping[str, Any]], ctx: GuestContext
+    probes: Sequence[Probe], records: Sequence[Mapping[str, Any]], ctx: GuestContext,
+    plans: Sequence[Mapping[str, Any]] = (),
 ) -> list[CellResult]:
-    """Results of the scenarios' records (scenarios.json); they replace the plain in-guest results."""
-    return []
+    """Results of the scenarios' records (scenarios.json); they replace the plain in-guest results.
+
+    ``plans`` are the scenarios as planned, matched by (object, program); the agent's records echo
+    what they need of them, so they are optional.
+    """
+    by_key = {(p.object, p.program): p for p in probes}
+    planned = {(str(p.get("object")), str(p.get("program"))): p for p in plans}
+    out: list[CellResult] = []
+    for record in records:
+        if record.get("kind") != UPDATE_KIND:
+            continue
+        key = (str(record.get("object")), str(record.get("program")))
+        probe = by_key.get(key)
+        if probe is None:
+            continue
+        plan = {**planned.get(key, {}), **dict(record.get("plan") or {})}
+        out.append(check_update(probe, record, ctx, plan))
+    return out
