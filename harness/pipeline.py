@@ -30,6 +30,8 @@ DEFAULT_LSM = ("lockdown", "capability", "landlock", "yama", "apparmor", "bpf")
 
 # Pseudo-program of a source that produced no object: its row carries the build error.
 BUILD_PROGRAM = "(build)"
+# Hook kind of a program whose section names a type the harness cannot check (socket, xdp, ...).
+UNKNOWN_KIND = "unknown"
 
 
 @dataclass(frozen=True)
@@ -43,6 +45,7 @@ class ArchObjects:
 
     def probes(self) -> list[Probe]:
         found = [p for o in self.objects for p in o.probes]
+        found += [Probe(o.name, prog, sec, UNKNOWN_KIND, "") for o in self.objects for prog, sec in o.unknown]
         found += [Probe(name, BUILD_PROGRAM, "", "build", "") for name in sorted(self.errors)]
         return found
 
@@ -489,6 +492,8 @@ class MatrixRun:
         """The result of an in-guest ``check`` of ``probe`` on ``spec``, booting on first use."""
         if probe.program == BUILD_PROGRAM:
             return self.build_error(spec, probe, check)
+        if probe.kind == UNKNOWN_KIND:
+            return self.unchecked(spec, probe, check)
         outcome = self.guest(spec)
         if outcome.error:
             return CellResult(
@@ -500,6 +505,11 @@ class MatrixRun:
             return CellResult(probe, spec.id, spec.arch.name, check, Outcome.SKIP, "not applicable")
         return found
 
+    def unchecked(self, spec: KernelSpec, probe: Probe, check: Check) -> CellResult:
+        kind = f"section {probe.section!r} is a program type the harness does not check"
+        msg = f"program {probe.program}: {kind}"
+        return CellResult(probe, spec.id, spec.arch.name, check, Outcome.SKIP, msg)
+
     def build_error(self, spec: KernelSpec, probe: Probe, check: Check) -> CellResult:
         msg = self.objects(spec.arch).errors.get(probe.object, "build failed")
         return CellResult(probe, spec.id, spec.arch.name, check, Outcome.ERROR, msg)
@@ -510,6 +520,8 @@ class MatrixRun:
         """The result of an offline ``check`` of ``probe`` on ``spec`` (facts from the cache)."""
         if probe.program == BUILD_PROGRAM:
             return self.build_error(spec, probe, check)
+        if probe.kind == UNKNOWN_KIND:
+            return self.unchecked(spec, probe, check)
         results = self.offline(spec)
         found = results.get((probe, check))
         if found is None:
