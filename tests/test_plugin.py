@@ -1,0 +1,555 @@
+"""Tests of the pytest plugin: `pytest matrix/` in a subprocess against a fake VM runner (no VM).
+
+The fake is named by the plugin's BPF_MATRIX_RUNNER testing hook (``test_plugin:FakeRunner``, with
+this directory on PYTHONPATH). It acts out each boot as a JSON script says, per kernel image and
+attempt, and logs every boot so that the tests can count them.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from harness.config import parse_kernels_yaml
+from harness.errors import LostVMError
+from harness.fetch import KernelBuild
+from harness.inventory import load_object
+from harness.pipeline import MatrixRun
+from harness.vm import (
+    DONE_FILE,
+    Accelerator,
+    VMRequest,
+    VMResult,
+    console_tail,
+    diagnose_console,
+    read_done,
+)
+
+REPO = Path(__file__).resolve().parent.parent
+FACTS = REPO / "tests" / "data" / "facts"
+SCRIPT_ENV = "FAKE_VM_SCRIPT"
+TCG = Accelerator("tcg", "fake")
+RUN_TIMEOUT = 300
+
+pytestmark = pytest.mark.skipif(shutil.which("clang") is None, reason="clang builds the test programs")
+
+PANIC = (
+    "[    0.000000] Linux version 6.1.0-fake\n"
+    "[    7.100000] sysrq: Trigger a crash\n"
+    "[    7.100100] Kernel panic - not syncing: sysrq triggered crash\n"
+    "[    7.100200] ---[ end Kernel panic - not syncing: sysrq triggered crash ]---\n"
+)
+VERIFIER_LOG = (
+    "libbpf: prog 'PROG': BPF program load failed: Permission denied\n"
+    "libbpf: prog 'PROG': -- BEGIN PROG LOAD LOG --\n"
+    "0: R1=ctx() R10=fp0\n"
+    "0: (79) r1 = *(u64 *)(r1 +0)\n"
+    "R1 invalid mem access 'scalar'\n"
+    "-- END PROG LOAD LOG --\n"
+)
+
+
+# ---------------------------------------------------------------- the fake runner
+
+
+class FakeRunner:
+    """Same Protocol as VngRunner; plays the guest as the script at $FAKE_VM_SCRIPT says.
+
+    Script: {"log": path, "facts": {image name: facts dir}, "acts": {image name: [act per attempt]}}.
+    Acts: ok, reject (the verifier refuses every program), lost (a kernel panic), agent-crash
+    (done.json says ok: false with a traceback), broken-done (done.json is not JSON), no-done.
+    The last act repeats for further attempts.
+    """
+
+    def __init__(self) -> None:
+        self.script: dict[str, Any] = json.loads(Path(os.environ[SCRIPT_ENV]).read_text())
+
+    def run(self, req: VMRequest) -> VMResult:
+        name = req.image.name
+        log = Path(self.script["log"])
+        before = log.read_text().splitlines() if log.exists() else []
+        attempt = sum(1 for line in before if json.loads(line)["image"] == name)
+        with log.open("a") as fh:
+            fh.write(json.dumps({"image": name, "share": str(req.share)}) + "\n")
+        acts = self.script["acts"].get(name, ["ok"])
+        act = acts[min(attempt, len(acts) - 1)]
+        plan = json.loads((req.share / "plan.json").read_text())
+        console = f"[    0.000000] Linux version {name}\n"
+        if act == "lost":
+            console = PANIC
+        elif act == "broken-done":
+            (req.share / DONE_FILE).write_text('{"ok": tru')
+        elif act == "agent-crash":
+            done = {
+                "ok": False,
+                "error": "RuntimeError: agent blew up",
+                "traceback": 'Traceback (most recent call last):\n  File "/mnt/agent.py", line 1\n'
+                "RuntimeError: agent blew up\n",
+            }
+            (req.share / DONE_FILE).write_text(json.dumps(done))
+        elif act in ("ok", "reject"):
+            self._guest(req.share, plan, name, reject=act == "reject")
+        # What VngRunner does with the share once the VM is gone.
+        done_record = read_done(req.share)
+        if done_record is None:
+            what = diagnose_console(console)
+            msg = "guest ended without a completion record (vng exit 0)" + (f": {what}" if what else "")
+            raise LostVMError(msg, console_tail(console))
+        return VMResult(done_record, console, 0.1, 0, req.accelerator, ())
+
+    def _guest(self, share: Path, plan: dict[str, Any], name: str, reject: bool) -> None:
+        if plan.get("facts"):
+            shutil.copytree(self.script["facts"][name], share / "facts")
+        records = []
+        for entry in plan.get("objects", []):
+            obj = load_object(share / entry["path"])
+            programs: dict[str, Any] = {}
+            for probe in obj.probes:
+                if reject:
+                    log = VERIFIER_LOG.replace("PROG", probe.program)
+                    programs[probe.program] = {"load": {"ok": False, "errno": 13, "log": log}}
+                else:
+                    programs[probe.program] = {
+                        "load": {"ok": True, "seconds": 0.01, "log": ""},
+                        "attach": {"ok": True},
+                        "fire": {"run_cnt": 3, "run_time_ns": 900, "recursion_misses": 0},
+                    }
+            records.append({"object": entry["name"], "programs": programs})
+        (share / "objects.json").write_text(json.dumps(records))
+        done = {"ok": True, "release": name, "lsm": "lockdown,capability,bpf", "stats_enabled": True,
+                "libbpf": "1.1.0"}
+        (share / DONE_FILE).write_text(json.dumps(done))
+
+
+# ---------------------------------------------------------------- fixtures
+
+
+GOOD_C = """\
+#include "vmlinux.h"
+#include <bpf/bpf_helpers.h>
+char LICENSE[] SEC("license") = "GPL";
+SEC("tp/syscalls/sys_enter_openat")
+int tp_openat(void *ctx) { return 0; }
+SEC("kprobe/vfs_unlink")
+int kp_unlink(void *ctx) { return 0; }
+"""
+NO_PROGRAMS_C = """\
+#include "vmlinux.h"
+#include <bpf/bpf_helpers.h>
+char LICENSE[] SEC("license") = "GPL";
+int counter = 0;
+"""
+UNKNOWN_SECTION_C = """\
+#include "vmlinux.h"
+#include <bpf/bpf_helpers.h>
+char LICENSE[] SEC("license") = "GPL";
+SEC("socket")
+int sock_filter(void *ctx) { return 0; }
+"""
+BROKEN_C = """\
+#include "vmlinux.h"
+int broken(void) { return undeclared_thing; }
+"""
+
+
+# Just the types that bpf_helpers.h needs: the programs read no kernel structs.
+VMLINUX_H = """\
+#ifndef __VMLINUX_H__
+#define __VMLINUX_H__
+typedef unsigned char __u8;
+typedef signed char __s8;
+typedef unsigned short __u16;
+typedef short __s16;
+typedef unsigned int __u32;
+typedef int __s32;
+typedef unsigned long long __u64;
+typedef long long __s64;
+typedef __u16 __be16;
+typedef __u32 __be32;
+typedef __u32 __wsum;
+#endif
+"""
+
+
+@pytest.fixture(scope="module")
+def objects(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """A vmlinux.h, and good.bpf.o / noprogs.bpf.o / unknown.bpf.o built with it."""
+    out = tmp_path_factory.mktemp("objects")
+    (out / "vmlinux.h").write_text(VMLINUX_H)
+    built = {"vmlinux.h": out / "vmlinux.h"}
+    for name, text in (("good", GOOD_C), ("noprogs", NO_PROGRAMS_C), ("unknown", UNKNOWN_SECTION_C)):
+        src = out / f"{name}.bpf.c"
+        src.write_text(text)
+        obj = out / f"{name}.bpf.o"
+        subprocess.run(
+            ["clang", "-g", "-O2", "-target", "bpf", "-D__TARGET_ARCH_x86", "-I", str(out),
+             "-I", "/usr/include", "-c", str(src), "-o", str(obj)],
+            check=True, capture_output=True, timeout=120,
+        )
+        built[name] = obj
+    return built
+
+
+@dataclass
+class Outcome:
+    """One `pytest matrix/` subprocess: exit code, output, the matrix it wrote and the boots it made."""
+
+    returncode: int
+    stdout: str
+    stderr: str
+    matrix: dict[str, Any] | None
+    boots: list[dict[str, Any]]
+
+    def cells(self, kernel: str | None = None, check: str | None = None) -> list[dict[str, Any]]:
+        records = self.matrix["records"] if self.matrix else []
+        return [
+            r for r in records
+            if (kernel is None or r["kernel"] == kernel) and (check is None or r["check"] == check)
+        ]
+
+    def boots_of(self, kernel: str) -> int:
+        return sum(1 for b in self.boots if b["image"] == f"vmlinuz-{kernel}.0-fake")
+
+    def summary(self) -> str:
+        lines = [ln for ln in self.stdout.splitlines() if ln.strip()]
+        return lines[-1] if lines else ""
+
+
+@dataclass
+class Project:
+    """A directory with kernels.yaml, bpf_progs/ and fake kernel images, and a runner script."""
+
+    root: Path
+    acts: dict[str, list[str]]
+
+    @property
+    def progs(self) -> Path:
+        return self.root / "progs"
+
+    def run(self, *args: str, kernels: str | None = None) -> Outcome:
+        kernels_file = self.root / "kernels.yaml"
+        if kernels is not None:
+            kernels_file.write_text(kernels)
+        log = self.root / "boots.jsonl"
+        log.unlink(missing_ok=True)
+        script = self.root / "script.json"
+        script.write_text(json.dumps({
+            "log": str(log),
+            "facts": {f"vmlinuz-{k}.0-fake": str(FACTS / f"{k}-x86_64") for k in ("5.10", "6.1")},
+            "acts": {f"vmlinuz-{k}.0-fake": v for k, v in self.acts.items()},
+        }))
+        out_json = self.root / "out" / "matrix.json"
+        out_json.unlink(missing_ok=True)
+        tmp = self.root / "tmp"
+        tmp.mkdir(exist_ok=True)
+        env = {
+            **os.environ,
+            "PYTHONPATH": os.pathsep.join([str(REPO / "tests"), os.environ.get("PYTHONPATH", "")]),
+            "BPF_MATRIX_RUNNER": "test_plugin:FakeRunner",
+            SCRIPT_ENV: str(script),
+            "BPF_MATRIX_ACCEL": "tcg",
+            "TMPDIR": str(tmp),
+        }
+        argv = [
+            sys.executable, "-m", "pytest", "matrix/", "-p", "no:cacheprovider", "-q", "-rfE",
+            "--kernels", str(kernels_file), "--bpf-progs", str(self.progs),
+            "--cache-dir-kernels", str(self.root / "cache"), "--matrix-json", str(out_json), *args,
+        ]
+        proc = subprocess.run(argv, cwd=REPO, env=env, capture_output=True, text=True, timeout=RUN_TIMEOUT)
+        boots = [json.loads(x) for x in log.read_text().splitlines()] if log.exists() else []
+        matrix = json.loads(out_json.read_text()) if out_json.exists() else None
+        # Nothing of the run is left in its temp dir: the run directory and every share are gone.
+        assert list(tmp.iterdir()) == [], (proc.stdout[-2000:], proc.stderr[-2000:])
+        return Outcome(proc.returncode, proc.stdout, proc.stderr, matrix, boots)
+
+
+KERNELS = """\
+baseline: "5.10"
+kernels:
+  - id: "5.10"
+    source: local
+    image: images/vmlinuz-5.10.0-fake
+    arches: [x86_64]
+  - id: "6.1"
+    source: local
+    image: images/vmlinuz-6.1.0-fake
+    arches: [x86_64]
+"""
+
+
+@pytest.fixture
+def project(tmp_path: Path, objects: dict[str, Path]) -> Project:
+    (tmp_path / "images").mkdir()
+    for k in ("5.10", "6.1"):
+        (tmp_path / "images" / f"vmlinuz-{k}.0-fake").write_bytes(b"MZ fake kernel " + k.encode())
+    progs = tmp_path / "progs"
+    progs.mkdir()
+    shutil.copy(objects["good"], progs / "good.bpf.o")
+    (tmp_path / "kernels.yaml").write_text(KERNELS)
+    return Project(tmp_path, {})
+
+
+GUEST_ONLY = ("-k", "test_load or test_attach or test_fire or test_core")
+
+
+# ---------------------------------------------------------------- outcomes and retries
+
+
+def test_all_pass_one_boot_per_kernel(project: Project) -> None:
+    out = project.run()
+    assert out.returncode == 0, out.stdout[-3000:]
+    assert " passed" in out.summary() and "failed" not in out.summary() and "error" not in out.summary()
+    # Facts were collected in the one boot of each kernel, and every check used them.
+    assert out.boots_of("5.10") == 1 and out.boots_of("6.1") == 1
+    assert {r["outcome"] for r in out.cells(check="load")} == {"pass"}
+    assert {r["outcome"] for r in out.cells(check="symbol")} == {"pass"}
+    assert len({b["share"] for b in out.boots}) == 2
+
+
+def test_lost_vm_is_error_never_fail_and_other_kernels_are_kept(project: Project) -> None:
+    project.acts = {"6.1": ["lost"]}
+    out = project.run(*GUEST_ONLY)
+    assert out.returncode == 1
+    summary = out.summary()
+    assert " error" in summary and "failed" not in summary, summary
+    assert " passed" in summary  # 5.10's cells
+    # Retried once (--vm-retries defaults to 1), then reported with what the console showed.
+    assert out.boots_of("6.1") == 2 and out.boots_of("5.10") == 1
+    lost = out.cells("6.1")
+    assert lost and {r["outcome"] for r in lost} == {"error"}
+    reason = lost[0]["reason"]
+    assert reason == "guest ended without a completion record (vng exit 0): " \
+        "Kernel panic - not syncing: sysrq triggered crash"
+    assert "end Kernel panic" in lost[0]["details"]["console_tail"]
+    assert {r["outcome"] for r in out.cells("5.10")} <= {"pass", "skip"}
+    assert out.cells("5.10", "load")[0]["outcome"] == "pass"
+    kernels = {k["kernel"]: k for k in out.matrix["kernels"]} if out.matrix else {}
+    assert kernels["6.1"]["error"] == reason and kernels["5.10"]["booted"]
+    # pytest shows the error at setup with the console tail, never as a failed assertion.
+    assert "ERROR at setup of test_load[kp_unlink-6.1-x86_64]" in out.stdout or "ERROR matrix/" in out.stdout
+    assert "--- console tail ---" in out.stdout
+    assert "sysrq triggered crash" in out.stdout
+    assert "FAILED" not in out.stdout
+
+
+def test_error_is_retried_once_then_passes(project: Project) -> None:
+    project.acts = {"6.1": ["lost", "ok"]}
+    out = project.run(*GUEST_ONLY)
+    assert out.returncode == 0, out.stdout[-3000:]
+    assert out.boots_of("6.1") == 2
+    kernels = {k["kernel"]: k for k in out.matrix["kernels"]} if out.matrix else {}
+    assert "attempt 2" in kernels["6.1"]["notes"]
+    # Each attempt boots on a fresh share.
+    shares = [b["share"] for b in out.boots]
+    assert len(set(shares)) == len(shares)
+
+
+@pytest.mark.parametrize(("retries", "boots"), [("0", 1), ("2", 3)])
+def test_vm_retries_option(project: Project, retries: str, boots: int) -> None:
+    project.acts = {"6.1": ["lost"]}
+    out = project.run(*GUEST_ONLY, "--vm-retries", retries, "--kernel", "6.1")
+    assert out.returncode == 1
+    assert out.boots_of("6.1") == boots and out.boots_of("5.10") == 0
+
+
+def test_fail_is_never_retried_and_is_not_an_error(project: Project) -> None:
+    project.acts = {"6.1": ["reject"]}
+    out = project.run(*GUEST_ONLY)
+    assert out.returncode == 1
+    summary = out.summary()
+    assert " failed" in summary and "error" not in summary, summary
+    assert out.boots_of("6.1") == 1
+    load = out.cells("6.1", "load")
+    assert {r["outcome"] for r in load} == {"fail"}
+    assert load[0]["reason"].startswith(("verifier rejected it", "load failed (EACCES)")), load[0]["reason"]
+    assert {r["outcome"] for r in out.cells("5.10", "load")} == {"pass"}
+    assert "FAILED matrix/test_matrix.py::test_load[kp_unlink-6.1-x86_64]" in out.stdout
+
+
+@pytest.mark.parametrize(
+    ("act", "reason", "tail"),
+    [
+        ("agent-crash", "guest agent failed: RuntimeError: agent blew up", "Traceback (most recent call"),
+        ("broken-done", "guest ended without a completion record (vng exit 0)", "Linux version"),
+        ("no-done", "guest ended without a completion record (vng exit 0)", "Linux version"),
+    ],
+)
+def test_agent_crash_or_bad_done_record_is_error_with_tail(
+    project: Project, act: str, reason: str, tail: str
+) -> None:
+    project.acts = {"6.1": [act]}
+    out = project.run(*GUEST_ONLY)
+    summary = out.summary()
+    assert out.returncode == 1 and " error" in summary and "failed" not in summary, summary
+    assert out.boots_of("6.1") == 2  # an ERROR is retried
+    cells = out.cells("6.1")
+    assert {r["outcome"] for r in cells} == {"error"}
+    assert {r["reason"] for r in cells} == {reason}
+    assert tail in cells[0]["details"]["console_tail"]
+    assert tail in out.stdout
+    assert out.cells("5.10", "load")[0]["outcome"] == "pass"
+
+
+def test_missing_kernel_image_is_error_for_that_kernel_only(project: Project) -> None:
+    (project.root / "images" / "vmlinuz-6.1.0-fake").unlink()
+    out = project.run(*GUEST_ONLY)
+    assert out.returncode == 1 and "failed" not in out.summary()
+    cells = out.cells("6.1")
+    assert {r["outcome"] for r in cells} == {"error"}
+    assert cells[0]["reason"].startswith("kernel not available: kernel '6.1': local image ")
+    assert out.boots_of("6.1") == 0
+    assert out.cells("5.10", "load")[0]["outcome"] == "pass"
+
+
+# ---------------------------------------------------------------- usage errors
+
+
+@pytest.mark.parametrize(
+    ("kernels", "args", "message"),
+    [
+        ("kernels: [\n  - id: x\n", (), r"kernels.yaml:\d+: not valid YAML: "),
+        ("kernels: {}\n", (), "kernels.yaml: 'kernels' must be a non-empty list"),
+        (KERNELS, ("--kernel", "nope"), "kernels.yaml: unknown kernel 'nope' (known: "),
+        (KERNELS.replace("arches: [x86_64]", "arches: [sparc]", 1), (),
+         "kernels.yaml: kernel '5.10': unknown arch 'sparc' (known: x86_64, arm64)"),
+    ],
+)
+def test_usage_errors_are_one_line_without_traceback(
+    project: Project, kernels: str, args: tuple[str, ...], message: str
+) -> None:
+    import re
+
+    out = project.run(*args, kernels=kernels)
+    assert out.returncode == 4  # pytest's usage error
+    errors = [ln for ln in out.stderr.splitlines() if ln.startswith("ERROR:")]
+    assert len(errors) == 1, out.stderr
+    assert re.search(re.escape(message) if "\\d" not in message else message, errors[0]), errors[0]
+    assert "Traceback" not in out.stderr + out.stdout
+    assert out.boots == [] and out.matrix is None
+
+
+def test_bad_runner_hook_is_a_usage_error(project: Project, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("BPF_MATRIX_RUNNER", "no_such_module:Factory")
+    # Project.run sets the hook itself: call pytest directly.
+    proc = subprocess.run(
+        [sys.executable, "-m", "pytest", "matrix/", "-p", "no:cacheprovider", "--kernels",
+         str(project.root / "kernels.yaml"), "--bpf-progs", str(project.progs)],
+        cwd=REPO, env={**os.environ, "TMPDIR": str(project.root)}, capture_output=True, text=True,
+        timeout=RUN_TIMEOUT,
+    )
+    assert proc.returncode == 4
+    assert "ERROR: BPF_MATRIX_RUNNER=no_such_module:Factory: not a module:factory" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert not list(project.root.glob("bpf-matrix-run-*"))
+
+
+# ---------------------------------------------------------------- bad programs
+
+
+def test_bad_objects_are_reported_alone_and_the_rest_runs(project: Project, objects: dict[str, Path]) -> None:
+    progs = project.progs
+    shutil.copy(sys.executable, progs / "hostelf.bpf.o")  # an ELF, but not BPF
+    (progs / "text.bpf.o").write_text("not an object at all\n")
+    shutil.copy(objects["noprogs"], progs / "noprogs.bpf.o")
+    shutil.copy(objects["unknown"], progs / "unknown.bpf.o")
+    shutil.copy(objects["vmlinux.h"], progs / "vmlinux.h")
+    (progs / "broken.bpf.c").write_text(BROKEN_C)
+    out = project.run(*GUEST_ONLY)
+    by_object: dict[str, set[str]] = {}
+    reasons: dict[str, set[str]] = {}
+    for r in out.cells():
+        by_object.setdefault(r["object"], set()).add(r["outcome"])
+        reasons.setdefault(r["object"], set()).add(r["reason"])
+    assert by_object["good"] <= {"pass", "skip"} and "pass" in by_object["good"], reasons["good"]
+    for bad in ("hostelf", "text", "noprogs", "broken"):
+        assert by_object[bad] == {"error"}, reasons[bad]
+    (hostelf,) = reasons["hostelf"]
+    assert hostelf.endswith("hostelf.bpf.o: not a BPF object (ELF machine EM_X86_64, expected EM_BPF)")
+    (text,) = reasons["text"]
+    assert "text.bpf.o: not an ELF file" in text
+    (noprogs,) = reasons["noprogs"]
+    assert noprogs.endswith("noprogs.bpf.o: BPF object has no programs")
+    (broken,) = reasons["broken"]
+    assert broken.startswith("broken.bpf.c does not compile: ") and "undeclared_thing" in broken
+    assert all("\n" not in r for rs in reasons.values() for r in rs)
+    (unknown,) = reasons["unknown"]
+    assert unknown == "program sock_filter: section 'socket' is a program type the harness does not check"
+    assert by_object["unknown"] == {"skip"}
+    # Both kernels still booted once each, with the good object only.
+    assert out.boots_of("5.10") == 1 and out.boots_of("6.1") == 1
+    summary = out.summary()
+    assert "failed" not in summary and " error" in summary and " passed" in summary
+
+
+# ---------------------------------------------------------------- MatrixRun directly
+
+
+class RecordingRunner:
+    """Records the requests it gets from several threads; every boot passes with no objects."""
+
+    def __init__(self) -> None:
+        self.requests: list[VMRequest] = []
+        self.lock = threading.Lock()
+        self.barrier = threading.Barrier(2, timeout=30)
+
+    def run(self, req: VMRequest) -> VMResult:
+        with self.lock:
+            self.requests.append(req)
+        assert req.share.is_dir() and (req.share / "plan.json").is_file()
+        self.barrier.wait()  # both runs hold their shares at the same time
+        (req.share / DONE_FILE).write_text('{"ok": true}')
+        return VMResult({"ok": True}, "", 0.0, 0, req.accelerator, ())
+
+
+@pytest.fixture
+def fake_build(tmp_path: Path) -> KernelBuild:
+    entry = tmp_path / "entry"
+    (entry / "facts").mkdir(parents=True)
+    spec = parse_kernels_yaml(KERNELS, tmp_path / "kernels.yaml").kernels[1]
+    return KernelBuild(
+        spec=spec, image=tmp_path / "vmlinuz", modules=None, release="6.1.0-fake", digest="0" * 64,
+        source="fake", config=None, verified="", entry=entry, facts_dir=entry / "facts",
+    )
+
+
+def test_parallel_runs_never_share_a_share_dir(
+    tmp_path: Path, objects: dict[str, Path], fake_build: KernelBuild, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("TMPDIR", str(tmp_path / "tmp"))
+    (tmp_path / "tmp").mkdir()
+    import tempfile
+
+    monkeypatch.setattr(tempfile, "tempdir", None)
+    config = parse_kernels_yaml(KERNELS, tmp_path / "kernels.yaml")
+    progs = tmp_path / "progs"
+    progs.mkdir()
+    shutil.copy(objects["good"], progs / "good.bpf.o")
+    runner = RecordingRunner()
+    runs = [
+        MatrixRun(config, progs, runner, TCG, cache_root=tmp_path / "cache", fetch=lambda *a, **k: fake_build)
+        for _ in range(2)
+    ]
+    spec = config.kernels[1]
+    threads = [threading.Thread(target=r.guest, args=(spec,)) for r in runs]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    shares = [r.share for r in runner.requests]
+    assert len(shares) == 2 and shares[0] != shares[1]
+    assert not shares[0].is_relative_to(shares[1].parent) and not shares[1].is_relative_to(shares[0].parent)
+    assert {r.work_dir for r in runs} == {s.parent.parent for s in shares}
+    # Each boot's directory is removed once its results are read; only the run's own dirs remain.
+    assert not any(s.exists() for s in shares)
+    assert sorted(p.name for p in (tmp_path / "tmp").iterdir()) == sorted(r.work_dir.name for r in runs)
+    for r in runs:
+        assert [p.name for p in r.work_dir.iterdir()] == [f"{spec.key}.booted"]
