@@ -1,0 +1,206 @@
+"""Benchmark of the whole matrix against bare virtme-ng boots, on the same machine in the same run.
+
+Prints, for the kernels of a kernels file (default: kernels-ci.yaml):
+  1. the wall time of a bare `vng --run <kernel> --exec true` per (kernel, arch): the floor;
+  2. the harness's wall time per (kernel, arch) on the sample corpus (facts not cached), and its ratio to (1);
+  3. a warm run of the same (facts cached: only the loads need the VM), and its ratio to (1);
+  4. the offline checks of the whole matrix with facts cached (no boot at all);
+  5. `-n 1` against `-n 2` on up to four (kernel, arch) entries: the speed-up;
+  6. peak memory of the harness process and of each VM (qemu's VmHWM, sampled).
+
+Run: python bench/bench_matrix.py [--kernels kernels-ci.yaml] [--skip-parallel]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from harness.config import KernelSpec, RootfsSpec, host_arch, load_kernels_yaml  # noqa: E402
+from harness.fetch import fetch_kernel  # noqa: E402
+from harness.rootfs import fetch_rootfs  # noqa: E402
+from harness.vm import (  # noqa: E402
+    VMRequest,
+    accelerator_for,
+    build_vng_argv,
+    find_vng,
+    probe_accelerator,
+    vng_env,
+)
+
+OFFLINE_SELECTION = "symbol or prototype or layout or tp_format or uprobe"
+
+
+@dataclass
+class MemorySampler:
+    """Samples the peak resident memory (VmHWM) of qemu processes and of the pytest process tree."""
+
+    interval: float = 0.5
+    qemu_peaks: dict[int, int] = field(default_factory=dict)
+    harness_peak: int = 0
+    _stop: threading.Event = field(default_factory=threading.Event)
+    _thread: threading.Thread | None = None
+    root_pid: int = 0
+
+    def start(self, root_pid: int) -> None:
+        self.root_pid = root_pid
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            for entry in Path("/proc").iterdir():
+                if not entry.name.isdigit():
+                    continue
+                try:
+                    cmd = (entry / "cmdline").read_bytes().split(b"\0")[0].decode(errors="replace")
+                    status = (entry / "status").read_text()
+                    stat = (entry / "stat").read_text()
+                except OSError:
+                    continue
+                hwm = re.search(r"VmHWM:\s+(\d+) kB", status)
+                if hwm is None:
+                    continue
+                kb = int(hwm.group(1))
+                if os.path.basename(cmd).startswith("qemu-system"):
+                    pid = int(entry.name)
+                    self.qemu_peaks[pid] = max(self.qemu_peaks.get(pid, 0), kb)
+                elif int(entry.name) == self.root_pid or self._descends(stat):
+                    if "pytest" in (entry / "cmdline").read_bytes().decode(errors="replace"):
+                        self.harness_peak = max(self.harness_peak, kb)
+            self._stop.wait(self.interval)
+
+    def _descends(self, stat: str) -> bool:
+        try:
+            ppid = int(stat.rsplit(")", 1)[1].split()[1])
+        except (IndexError, ValueError):
+            return False
+        return ppid == self.root_pid
+
+
+def bare_boot(spec: KernelSpec, mirror: str, rootfs: RootfsSpec) -> float:
+    """Wall time of `vng --run <kernel> --exec true`, with the harness's flags but no agent."""
+    build = fetch_kernel(spec, mirror=mirror)
+    accel = accelerator_for(spec.arch, probe_accelerator())
+    root = None if spec.arch == host_arch() else fetch_rootfs(spec.arch, rootfs, mirror=mirror)
+    with tempfile.TemporaryDirectory() as tmp:
+        req = VMRequest(
+            image=Path(build.image), arch=spec.arch, share=Path(tmp), command=["true"], accelerator=accel,
+            root=root, memory=spec.memory, cpus=spec.cpus,
+            modules=Path(build.modules) if build.modules else None,
+        )
+        argv = build_vng_argv(req, find_vng())
+        start = time.monotonic()
+        subprocess.run(argv, env=vng_env(), stdin=subprocess.DEVNULL, capture_output=True,
+                       timeout=spec.timeout * spec.arch.timeout_factor, check=False)
+        return time.monotonic() - start
+
+
+def pytest_matrix(
+    kernels: Path, *extra: str, sampler: MemorySampler | None = None
+) -> tuple[float, int, str, int]:
+    """Wall time, exit code, output tail and number of booted kernels of `pytest matrix/` with ``extra``."""
+    with tempfile.TemporaryDirectory() as tmp:
+        argv = [sys.executable, "-m", "pytest", "matrix/", "-q", "-p", "no:cacheprovider",
+                "--kernels", str(kernels), "--matrix-json", str(Path(tmp) / "m.json"), *extra]
+        env = dict(os.environ)
+        env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
+        start = time.monotonic()
+        proc = subprocess.Popen(argv, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                text=True)
+        if sampler is not None:
+            sampler.start(proc.pid)
+        out, _ = proc.communicate(timeout=7200)
+        elapsed = time.monotonic() - start
+        if sampler is not None:
+            sampler.stop()
+        try:
+            kernels_run = json.loads((Path(tmp) / "m.json").read_text())["kernels"]
+        except (OSError, ValueError, KeyError):
+            kernels_run = []
+        booted = sum(1 for k in kernels_run if k.get("booted"))
+        return elapsed, proc.returncode, out.strip().splitlines()[-1] if out.strip() else "", booted
+
+
+def drop_facts(spec: KernelSpec, mirror: str) -> None:
+    """Forget the cached facts of ``spec`` so that the next run collects them in its boot."""
+    build = fetch_kernel(spec, mirror=mirror)
+    shutil.rmtree(build.facts_dir, ignore_errors=True)
+    Path(build.facts_dir).mkdir(parents=True, exist_ok=True)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--kernels", type=Path, default=ROOT / "kernels-ci.yaml")
+    parser.add_argument("--offline-kernels", type=Path, default=ROOT / "kernels.yaml",
+                        help="kernels file of the warm offline run (default: the default matrix)")
+    parser.add_argument("--skip-parallel", action="store_true")
+    args = parser.parse_args()
+    config = load_kernels_yaml(args.kernels)
+    accel = probe_accelerator()
+    print(f"machine: {os.cpu_count()} cores; accelerator {accel.name} ({accel.reason})")
+    print(f"kernels: {args.kernels.name}: {', '.join(k.key for k in config.kernels)}\n")
+
+    rows = []
+    for spec in config.kernels:
+        floor = bare_boot(spec, config.mirror, config.rootfs)
+        drop_facts(spec, config.mirror)
+        sampler = MemorySampler()
+        cold, rc_cold, _, _ = pytest_matrix(args.kernels, "--kernel", spec.key, sampler=sampler)
+        warm, rc_warm, _, _ = pytest_matrix(args.kernels, "--kernel", spec.key)
+        vm_peak = max(sampler.qemu_peaks.values(), default=0)
+        rows.append((spec.key, floor, cold, warm, sampler.harness_peak, vm_peak, rc_cold, rc_warm))
+    print("1-3. one (kernel, arch) at a time, -n 0 (exit codes: 0 all pass, 1 some probe failed)")
+    print(f"{'entry':<14} {'bare vng':>9} {'harness':>9} {'ratio':>6} {'warm':>8} {'ratio':>6} "
+          f"{'harness RSS':>12} {'VM RSS':>9}")
+    for key, floor, cold, warm, hpeak, vpeak, rc1, rc2 in rows:
+        print(f"{key:<14} {floor:8.1f}s {cold:8.1f}s {cold / floor:6.2f} {warm:7.1f}s {warm / floor:6.2f} "
+              f"{hpeak / 1024:10.0f}MB {vpeak / 1024:7.0f}MB  (exit {rc1}/{rc2})")
+
+    offline_cfg = load_kernels_yaml(args.offline_kernels)
+    missing = [s.key for s in offline_cfg.kernels
+               if not (Path(fetch_kernel(s, mirror=offline_cfg.mirror).facts_dir) / "facts-done").exists()]
+    print(f"\n4. warm offline checks of {args.offline_kernels.name} "
+          f"({len(offline_cfg.kernels)} entries), facts cached, no boot:")
+    if missing:
+        print(f"   facts not cached for {', '.join(missing)}: run the matrix on it once first; skipped")
+    else:
+        took, rc, tail, booted = pytest_matrix(args.offline_kernels, "-k", OFFLINE_SELECTION)
+        print(f"   {took:.1f}s wall, kernels booted: {booted}, exit {rc}: {tail}")
+
+    if not args.skip_parallel:
+        entries = [k.key for k in config.kernels][:4]
+        sel = [x for key in entries for x in ("--kernel", key)]
+        for key in entries:
+            drop_facts(next(s for s in config.kernels if s.key == key), config.mirror)
+        one, _, _, _ = pytest_matrix(args.kernels, *sel, "-n", "1")
+        for key in entries:
+            drop_facts(next(s for s in config.kernels if s.key == key), config.mirror)
+        two, _, _, _ = pytest_matrix(args.kernels, *sel, "-n", "2")
+        print(f"\n5. {len(entries)} entries ({', '.join(entries)}), facts collected in the run:")
+        print(f"   -n 1: {one:.1f}s   -n 2: {two:.1f}s   speed-up {one / two:.2f}x")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
