@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import textwrap
 from pathlib import Path
 
@@ -343,14 +344,15 @@ def test_baseline_not_an_id() -> None:
 
 def test_load_missing_file(tmp_path: Path) -> None:
     path = tmp_path / "nope.yaml"
-    with pytest.raises(ConfigError, match=f"^{path}: cannot read: No such file or directory$"):
+    expected = f"^{re.escape(str(path))}: cannot read: No such file or directory$"
+    with pytest.raises(ConfigError, match=expected):
         load_kernels_yaml(path)
 
 
 def test_errors_name_the_loaded_file(tmp_path: Path) -> None:
     path = tmp_path / "kernels-mine.yaml"
     path.write_text("kernels: [{id: a, suite: sid, arch: sparc}]\n")
-    with pytest.raises(ConfigError, match=f"^{path}: kernel 'a': unknown arch 'sparc'"):
+    with pytest.raises(ConfigError, match=f"^{re.escape(str(path))}: kernel 'a': unknown arch 'sparc'"):
         load_kernels_yaml(path)
 
 

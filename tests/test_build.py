@@ -1,0 +1,325 @@
+"""Tests of harness.build: finding sources, the clang argv, compiler errors, the build cache, vmlinux.h."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import harness.build
+from harness.build import (
+    LIBBPF_INCLUDE,
+    Source,
+    build_argv,
+    build_source,
+    find_sources,
+    first_error,
+    generate_vmlinux_h,
+)
+from harness.config import ARCHES
+from harness.errors import BuildError, ConfigError
+from harness.inventory import load_object
+
+CLANG = shutil.which("clang")
+BPFTOOL = shutil.which("bpftool") or ("/usr/sbin/bpftool" if Path("/usr/sbin/bpftool").exists() else None)
+HOST_BTF = Path("/sys/kernel/btf/vmlinux")
+X86 = ARCHES["x86_64"]
+ARM64 = ARCHES["arm64"]
+
+GOOD = """\
+#include "vmlinux.h"
+#include <bpf/bpf_helpers.h>
+
+char LICENSE[] SEC("license") = "GPL";
+__u64 hits = 0;
+
+SEC("kprobe/do_nanosleep")
+int count_sleeps(void *ctx)
+{
+\t__sync_fetch_and_add(&hits, 1);
+\treturn 0;
+}
+"""
+
+BAD = """\
+#include "vmlinux.h"
+#include <bpf/bpf_helpers.h>
+
+SEC("kprobe/do_nanosleep")
+int broken(void *ctx)
+{
+\treturn undeclared_thing;
+}
+"""
+
+# Enough of a vmlinux.h for bpf_helpers.h: its types, nothing of a kernel.
+TINY_VMLINUX_H = """\
+#ifndef __VMLINUX_H__
+#define __VMLINUX_H__
+typedef unsigned char __u8;
+typedef unsigned short __u16;
+typedef unsigned int __u32;
+typedef unsigned long long __u64;
+typedef signed char __s8;
+typedef short __s16;
+typedef int __s32;
+typedef long long __s64;
+typedef __u16 __be16;
+typedef __u32 __be32;
+typedef __u32 __wsum;
+enum bpf_map_type { BPF_MAP_TYPE_UNSPEC = 0 };
+#endif
+"""
+
+
+def needs_clang() -> None:
+    if CLANG is None:
+        pytest.skip("clang is not installed")
+    if not (LIBBPF_INCLUDE / "bpf" / "bpf_helpers.h").exists():
+        pytest.skip("libbpf headers are not installed")
+
+
+def progs(tmp_path: Path, **files: str) -> Path:
+    directory = tmp_path / "bpf_progs"
+    directory.mkdir(exist_ok=True)
+    for name, text in files.items():
+        (directory / name).write_text(text)
+    return directory
+
+
+# ---------------------------------------------------------------- find_sources
+
+
+def test_find_sources_c_wins_over_o(tmp_path: Path) -> None:
+    d = progs(
+        tmp_path,
+        **{"b.bpf.c": "", "b.bpf.o": "", "a.bpf.o": "", "c.bpf.c": "", "notes.txt": "", "x.o": "", "y.c": ""},
+    )
+    found = find_sources(d)
+    assert found == [
+        Source(d / "a.bpf.o", "a", prebuilt=True),
+        Source(d / "b.bpf.c", "b", prebuilt=False),
+        Source(d / "c.bpf.c", "c", prebuilt=False),
+    ]
+
+
+def test_find_sources_missing_dir(tmp_path: Path) -> None:
+    missing = tmp_path / "nowhere"
+    expected = f"^{re.escape(str(missing))}: BPF programs directory does not exist$"
+    with pytest.raises(ConfigError, match=expected):
+        find_sources(missing)
+
+
+def test_find_sources_a_file_is_not_a_dir(tmp_path: Path) -> None:
+    path = tmp_path / "file.bpf.c"
+    path.write_text("")
+    with pytest.raises(ConfigError, match="does not exist"):
+        find_sources(path)
+
+
+def test_find_sources_empty_dir(tmp_path: Path) -> None:
+    d = progs(tmp_path, **{"README.md": "", "helper.h": ""})
+    with pytest.raises(ConfigError, match=rf"^{re.escape(str(d))}: no \*\.bpf\.c or \*\.bpf\.o files$"):
+        find_sources(d)
+
+
+# ---------------------------------------------------------------- build_argv, first_error
+
+
+def test_build_argv_per_arch() -> None:
+    src, out = Path("/p/a.bpf.c"), Path("/o/a.bpf.o")
+    argv = build_argv(src, out, X86, [Path("/p"), Path("/usr/include")], clang="/usr/bin/clang")
+    assert argv[0] == "/usr/bin/clang"
+    assert argv[argv.index("-target") + 1] == "bpf"
+    assert "-g" in argv and "-O2" in argv
+    assert "-D__TARGET_ARCH_x86" in argv
+    assert [argv[i + 1] for i, a in enumerate(argv) if a == "-I"] == ["/p", "/usr/include"]
+    assert argv[-4:] == ["-c", str(src), "-o", str(out)]
+    arm = build_argv(src, out, ARM64, [])
+    assert arm[0] == "clang"
+    assert "-D__TARGET_ARCH_arm64" in arm and "-D__TARGET_ARCH_x86" not in arm
+    assert "-I" not in arm
+
+
+def test_first_error_keeps_error_lines() -> None:
+    stderr = (
+        "a.bpf.c:3:5: warning: unused variable 'x'\n"
+        "a.bpf.c:7:9: error: use of undeclared identifier 'y'\n"
+        "    7 |         return y;\n"
+        "a.bpf.c:9:1: error: expected '}'\n"
+        "a.bpf.c:10:1: error: third\n"
+        "a.bpf.c:11:1: error: fourth\n"
+        "4 errors generated.\n"
+    )
+    assert first_error(stderr) == (
+        "a.bpf.c:7:9: error: use of undeclared identifier 'y' | a.bpf.c:9:1: error: expected '}' | "
+        "a.bpf.c:10:1: error: third"
+    )
+    assert first_error(stderr, limit=1) == "a.bpf.c:7:9: error: use of undeclared identifier 'y'"
+
+
+def test_first_error_without_error_lines() -> None:
+    crashed = "clang: killed\nSegmentation fault (core dumped)\n"
+    assert first_error(crashed) == "Segmentation fault (core dumped)"
+    assert first_error("") == "unknown error"
+    assert first_error("  \n\n") == "unknown error"
+
+
+# ---------------------------------------------------------------- build_source
+
+
+def test_prebuilt_is_used_as_is(tmp_path: Path) -> None:
+    d = progs(tmp_path, **{"pre.bpf.o": "whatever"})
+    (source,) = find_sources(d)
+    built = build_source(source, X86, None, tmp_path / "out")
+    assert built.object == d / "pre.bpf.o" and built.error == "" and built.arch == "x86_64"
+    assert not (tmp_path / "out").exists()
+
+
+def test_good_source_builds_once_then_comes_from_the_cache(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    needs_clang()
+    d = progs(tmp_path, **{"sleep.bpf.c": GOOD, "vmlinux.h": TINY_VMLINUX_H})
+    (source,) = find_sources(d)
+    out = tmp_path / "out"
+    first = build_source(source, X86, None, out)
+    assert first.error == "" and first.object is not None
+    assert first.object.name == "sleep.bpf.o"
+    assert first.object.is_relative_to(out / "x86_64")
+    obj = load_object(first.object)
+    assert [(p.program, p.kind, p.target) for p in obj.probes] == [("count_sleeps", "kprobe", "do_nanosleep")]
+    # No temporary files are left beside the object.
+    assert [p.name for p in first.object.parent.iterdir()] == ["sleep.bpf.o"]
+
+    calls: list[Any] = []
+
+    def no_compile(*args: Any, **kwargs: Any) -> Any:
+        calls.append(args)
+        raise AssertionError("compiled again")
+
+    monkeypatch.setattr(harness.build.subprocess, "run", no_compile)
+    mtime = first.object.stat().st_mtime_ns
+    second = build_source(source, X86, None, out)
+    assert second.object == first.object and second.error == ""
+    assert first.object.stat().st_mtime_ns == mtime
+    assert calls == []
+
+
+def test_changed_header_or_arch_rebuilds(tmp_path: Path) -> None:
+    needs_clang()
+    d = progs(tmp_path, **{"sleep.bpf.c": GOOD, "vmlinux.h": TINY_VMLINUX_H})
+    (source,) = find_sources(d)
+    out = tmp_path / "out"
+    x86 = build_source(source, X86, None, out)
+    arm = build_source(source, ARM64, None, out)
+    assert x86.object is not None and arm.object is not None
+    assert arm.object.is_relative_to(out / "arm64") and arm.object != x86.object
+    (d / "vmlinux.h").write_text(TINY_VMLINUX_H + "/* regenerated */\n")
+    again = build_source(source, X86, None, out)
+    assert again.object is not None and again.object != x86.object
+
+
+def test_vmlinux_h_from_elsewhere_is_included(tmp_path: Path) -> None:
+    needs_clang()
+    d = progs(tmp_path, **{"sleep.bpf.c": GOOD})
+    gen = tmp_path / "gen"
+    gen.mkdir()
+    (gen / "vmlinux.h").write_text(TINY_VMLINUX_H)
+    (source,) = find_sources(d)
+    missing = build_source(source, X86, None, tmp_path / "out")
+    assert missing.object is None and "vmlinux.h" in missing.error
+    built = build_source(source, X86, gen / "vmlinux.h", tmp_path / "out")
+    assert built.error == "" and built.object is not None
+
+
+def test_bad_source_error_names_file_and_line_only_for_it(tmp_path: Path) -> None:
+    needs_clang()
+    d = progs(tmp_path, **{"good.bpf.c": GOOD, "bad.bpf.c": BAD, "vmlinux.h": TINY_VMLINUX_H})
+    out = tmp_path / "out"
+    built = {s.name: build_source(s, X86, None, out) for s in find_sources(d)}
+    bad, good = built["bad"], built["good"]
+    assert bad.object is None
+    assert f"{d / 'bad.bpf.c'}:7:" in bad.error
+    assert "undeclared_thing" in bad.error
+    assert "\n" not in bad.error
+    assert good.error == "" and good.object is not None and good.object.exists()
+    # A failed compile leaves no object or temporary file behind to be mistaken for a build.
+    leftovers = [p for p in out.rglob("*") if p.is_file() and p.name.startswith("bad.")]
+    assert leftovers == []
+
+
+def test_clang_missing_is_an_error_of_the_build(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    d = progs(tmp_path, **{"sleep.bpf.c": GOOD})
+    monkeypatch.setattr(harness.build.shutil, "which", lambda name: None)
+    (source,) = find_sources(d)
+    built = build_source(source, X86, None, tmp_path / "out")
+    assert built.object is None and built.error == "clang not found (run ./setup.sh)"
+
+
+# ---------------------------------------------------------------- generate_vmlinux_h
+
+
+def test_generate_vmlinux_h_from_the_host_btf(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    if not os.access(HOST_BTF, os.R_OK):
+        pytest.skip(f"{HOST_BTF} is not readable")
+    if BPFTOOL is None:
+        pytest.skip("bpftool is not installed")
+    header = generate_vmlinux_h(HOST_BTF, tmp_path / "out")
+    assert header.name == "vmlinux.h" and header.parent.name.startswith("vmlinux-")
+    text = header.read_text()
+    assert "#ifndef __VMLINUX_H__" in text
+    assert "struct task_struct {" in text
+    assert not list(header.parent.glob("*.tmp*"))
+
+    def no_bpftool(*args: Any, **kwargs: Any) -> Any:
+        raise AssertionError("bpftool run again")
+
+    monkeypatch.setattr(harness.build.subprocess, "run", no_bpftool)
+    assert generate_vmlinux_h(HOST_BTF, tmp_path / "out") == header
+
+
+def test_generate_vmlinux_h_bad_btf(tmp_path: Path) -> None:
+    if BPFTOOL is None:
+        pytest.skip("bpftool is not installed")
+    btf = tmp_path / "vmlinux.btf"
+    btf.write_bytes(b"\x00" * 64)
+    with pytest.raises(BuildError, match=f"^bpftool btf dump {re.escape(str(btf))} failed: "):
+        generate_vmlinux_h(btf, tmp_path / "out")
+    assert not list((tmp_path / "out").rglob("vmlinux.h"))
+
+
+def test_generate_vmlinux_h_without_bpftool(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    btf = tmp_path / "vmlinux.btf"
+    btf.write_bytes(b"\x9f\xeb" + b"\x00" * 30)
+    monkeypatch.setattr(harness.build.shutil, "which", lambda name: None)
+    monkeypatch.setattr(harness.build, "Path", _PathWithoutSbinBpftool)
+    with pytest.raises(BuildError, match=r"^bpftool not found"):
+        generate_vmlinux_h(btf, tmp_path / "out")
+
+
+class _PathWithoutSbinBpftool(type(Path())):  # type: ignore[misc]
+    """A Path under which /usr/sbin/bpftool does not exist."""
+
+    def exists(self, *args: Any, **kwargs: Any) -> bool:
+        if str(self) == "/usr/sbin/bpftool":
+            return False
+        return bool(super().exists(*args, **kwargs))
+
+
+def test_compiled_with_debug_info(tmp_path: Path) -> None:
+    needs_clang()
+    from elftools.elf.elffile import ELFFile
+
+    d = progs(tmp_path, **{"sleep.bpf.c": GOOD, "vmlinux.h": TINY_VMLINUX_H})
+    (source,) = find_sources(d)
+    built = build_source(source, X86, None, tmp_path / "out")
+    assert built.object is not None
+    # -g gives the object BTF, which CO-RE and the offline layout checks read.
+    with built.object.open("rb") as fh:
+        names = {s.name for s in ELFFile(fh).iter_sections()}
+    assert {".BTF", ".BTF.ext"} <= names
