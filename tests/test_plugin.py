@@ -235,7 +235,7 @@ class Project:
     def progs(self) -> Path:
         return self.root / "progs"
 
-    def run(self, *args: str, kernels: str | None = None) -> Outcome:
+    def run(self, *args: str, kernels: str | None = None, wrapper: tuple[str, ...] = ()) -> Outcome:
         kernels_file = self.root / "kernels.yaml"
         if kernels is not None:
             kernels_file.write_text(kernels)
@@ -260,7 +260,7 @@ class Project:
             "TMPDIR": str(tmp),
         }
         argv = [
-            sys.executable, "-m", "pytest", "matrix/", "-p", "no:cacheprovider", "-q", "-rfE",
+            *wrapper, sys.executable, "-m", "pytest", "matrix/", "-p", "no:cacheprovider", "-q", "-rfE",
             "--kernels", str(kernels_file), "--bpf-progs", str(self.progs),
             "--cache-dir-kernels", str(self.root / "cache"), "--matrix-json", str(out_json), *args,
         ]
