@@ -124,10 +124,15 @@ KERNEL_ERRNOS = {
 }
 
 
+# Numbers with two names in libc, given the one the kernel's sources use. Python's table names 95
+# ENOTSUP, one letter away from the kernel-internal ENOTSUPP (524), a different error.
+KERNEL_NAMES = {errno.EOPNOTSUPP: "EOPNOTSUPP"}
+
+
 def errno_name(number: int) -> str:
     if number in KERNEL_ERRNOS:
         return KERNEL_ERRNOS[number][0]
-    return errno.errorcode.get(number, str(number))
+    return KERNEL_NAMES.get(number) or errno.errorcode.get(number, str(number))
 
 
 def errno_text(number: int, fallback: str = "") -> str:
