@@ -79,6 +79,15 @@ def test_argv_foreign_arch_with_root(tmp_path: Path) -> None:
     assert rw == [f"--rwdir={GUEST_SHARE}={req.share}"]
 
 
+def test_argv_modules_are_shared_read_only_only_on_a_guest_root(tmp_path: Path) -> None:
+    mods = tmp_path / "tree" / "lib" / "modules" / "6.1.0-27-arm64"
+    on_root = build_vng_argv(request(tmp_path, arch=OTHER_ARCH, root=tmp_path / "rootfs", modules=mods))
+    assert [a for a in on_root if a.startswith("--rodir")] == [f"--rodir=/lib/modules/6.1.0-27-arm64={mods}"]
+    # On the host's root vng finds the modules itself (virtme_link_mods).
+    on_host = build_vng_argv(request(tmp_path, modules=mods))
+    assert not [a for a in on_host if a.startswith("--rodir")]
+
+
 def test_argv_host_arch_on_a_root_filesystem_names_the_arch(tmp_path: Path) -> None:
     argv = build_vng_argv(request(tmp_path, root=tmp_path / "rootfs"))
     assert option(argv, "--arch") == [host_arch().vng]
