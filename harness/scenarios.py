@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import logging
 import shutil
+import signal
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
+
+from elftools.common.exceptions import ELFError
+from elftools.elf.elffile import ELFFile
 
 from harness.config import Arch
 from harness.errors import BuildError, ObjectError
@@ -37,15 +41,28 @@ def update_name(library: str) -> str | None:
     return library[: -len(".so")] + ".v2.so"
 
 
+def _section_at(path: Path, offset: int) -> str:
+    try:
+        with path.open("rb") as fh:
+            for section in ELFFile(fh).iter_sections():
+                start, size = int(section["sh_offset"]), int(section["sh_size"])
+                if section["sh_type"] != "SHT_NOBITS" and start <= offset < start + size and section.name:
+                    return section.name
+    except (OSError, ELFError):
+        pass
+    return ""
+
+
 def describe_offset(path: Path, offset: int) -> str:
-    """What sits at file offset ``offset`` of the ELF ``path``, in words (pyelftools, no I/O beyond it)."""
+    """What sits at file offset ``offset`` of the ELF ``path``, in words: a function, or a section."""
     try:
         elf = load_elf_functions(path)
     except ObjectError:
         return "unreadable"
     func = elf.at_offset(offset)
     if func is None:
-        return "in no function"
+        section = _section_at(path, offset)
+        return f"in `{section}`, no function" if section else "in no function"
     if func.offset == offset:
         return f"the start of `{func.name}`"
     return f"inside `{func.name}` (+{offset - func.offset:#x})"
@@ -127,6 +144,26 @@ def _count(mode: Mapping[str, Any], key: str) -> int:
     return int(value) if isinstance(value, (int, float)) else 0
 
 
+def _times(n: int) -> str:
+    return "once" if n == 1 else f"{n} times"
+
+
+def _death(mode: Mapping[str, Any]) -> str:
+    """How the program's run after the update ended, when it did not end well; else empty."""
+    runs = mode.get("runs")
+    if not isinstance(runs, list) or len(runs) < 2 or not isinstance(runs[1], Mapping) or runs[1].get("ok"):
+        return ""
+    rc = runs[1].get("returncode")
+    if isinstance(rc, int) and rc < 0:
+        try:
+            return f"the program died of {signal.Signals(-rc).name}"
+        except ValueError:
+            return f"the program died of signal {-rc}"
+    if isinstance(rc, int):
+        return f"the program exited {rc}"
+    return f"the program did not run: {runs[1].get('error', 'unknown error')}"
+
+
 def check_update(
     probe: Probe, record: Mapping[str, Any], ctx: GuestContext, plan: Mapping[str, Any]
 ) -> CellResult:
@@ -155,24 +192,37 @@ def check_update(
     stale = f"offset {v1_off:#x} stale" if isinstance(v1_off, int) else "offset stale"
     if plan.get("stale"):
         stale += f", now {plan['stale']} in v2"
-    quiet = [m for m, r in modes.items() if _count(r, "after_update") == 0]
-    loud = [f"{MODE_WORDS.get(m, m)}: {_count(r, 'after_update')} runs"
-            for m, r in modes.items() if m not in quiet]
+    func = plan.get("function")
+    if func and plan.get("stale") == f"the start of `{func}`":
+        # The function did not move: a probe by offset survives this update.
+        stale = f"`{func}` still at {v1_off:#x}" if isinstance(v1_off, int) else f"`{func}` did not move"
+    quiet = [m for m, r in modes.items() if _count(r, "after_update") == 0 and not _death(r)]
+    wrong: list[str] = []
+    for m, r in modes.items():
+        if m in quiet:
+            continue
+        fired = _count(r, "after_update")
+        what = [f"fired {_times(fired)} at the old offset"] if fired else []
+        if _death(r):
+            what.append(_death(r))
+        wrong.append(f"{MODE_WORDS.get(m, m)}: {' and '.join(what)}")
     back = [m for m, r in modes.items() if _count(r, "after_reattach") > 0]
     where = f" at {v2_off:#x}" if isinstance(v2_off, int) else ""
-    if not quiet:
-        return result(
-            Outcome.PASS,
-            f"kept firing after the library update ({'; '.join(loud)}); {stale}: check what it hits",
-        )
-    words = ", ".join(MODE_WORDS.get(m, m) for m in quiet)
-    reason = f"quiet after the library update ({words}; {stale})"
-    if loud:
-        reason += f"; still fired when {'; '.join(loud)}"
-    if len(back) == len(modes):
-        reason += f"; fires again after re-attach{where}"
+    if quiet:
+        how = ", ".join(MODE_WORDS.get(m, m) for m in quiet)
+        parts = [f"quiet after the library update ({how}; {stale})"]
     else:
-        reason += f"; still quiet after re-attach{where} ({', '.join(m for m in modes if m not in back)})"
+        parts = [f"after the library update ({stale})"]
+    parts += wrong
+    if len(back) == len(modes):
+        parts.append(f"fires again after re-attach{where}")
+    else:
+        parts.append(f"still quiet after re-attach{where} ({', '.join(m for m in modes if m not in back)})")
+    reason = "; ".join(parts)
+    moved = not (func and plan.get("stale") == f"the start of `{func}`")
+    clean = not quiet and not any(_death(r) for r in modes.values()) and len(back) == len(modes)
+    if clean and not moved:
+        return result(Outcome.PASS, f"kept firing {reason}")
     return result(Outcome.FAIL, reason)
 
 

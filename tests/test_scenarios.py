@@ -11,12 +11,13 @@ from types import ModuleType
 from typing import Any
 
 import pytest
+from elftools.elf.elffile import ELFFile
 
 from harness.config import ARCHES
 from harness.guestlog import GuestContext
 from harness.inventory import BPFObject
 from harness.results import Check, Outcome, Probe
-from harness.scenarios import check_scenarios, plan_scenarios, update_name
+from harness.scenarios import check_scenarios, describe_offset, plan_scenarios, update_name
 from harness.uprobe import load_elf_functions
 
 X86 = ARCHES["x86_64"]
@@ -93,6 +94,9 @@ def test_plan_scenarios_builds_ships_and_plans(tmp_path: Path, monkeypatch: pyte
         "modes": ["overwrite", "rename"],
     }
     assert f"`{pad.name}`" in scenario["stale"]
+    with (share / "user" / "libx.so").open("rb") as fh:
+        plt = next(s for s in ELFFile(fh).iter_sections() if s.name == ".plt")
+    assert describe_offset(share / "user" / "libx.so", int(plt["sh_offset"])) == "in `.plt`, no function"
     json.dumps(plan)  # goes into plan.json
 
 
@@ -141,13 +145,32 @@ def test_check_scenarios_one_mode_kept_firing() -> None:
     (res,) = check_scenarios([LIBPROBE], [with_modes(overwrite={"after_update": 2})], CTX)
     assert res.outcome == Outcome.FAIL
     assert "quiet after the library update (renamed over it;" in res.reason
-    assert "still fired when cp over it: 2 runs" in res.reason
+    assert "; cp over it: fired 2 times at the old offset; fires again" in res.reason
 
 
-def test_check_scenarios_kept_firing_everywhere_passes() -> None:
+def test_check_scenarios_kept_firing_passes_only_where_the_function_stayed() -> None:
     record = with_modes(overwrite={"after_update": 4}, rename={"after_update": 4})
     (res,) = check_scenarios([LIBPROBE], [record], CTX)
-    assert res.outcome == Outcome.PASS and res.reason.startswith("kept firing after the library update")
+    assert res.outcome == Outcome.FAIL, "fired at the old offset, now another function's start"
+    record["plan"].update(function="demo_work", stale="the start of `demo_work`", v2_offset=0x1110)
+    (res,) = check_scenarios([LIBPROBE], [record], CTX)
+    assert res.outcome == Outcome.PASS
+    assert res.reason.startswith("kept firing after the library update (`demo_work` still at 0x1110)")
+
+
+def test_check_scenarios_stale_probe_crashed_the_program() -> None:
+    # Recorded on 6.1 arm64: v1's offset is PLT0 in v2; the kernel ran v1's copied instruction there.
+    crashed = {"after_update": 1, "runs": [{"ok": True}, {"ok": False, "returncode": -11}, {"ok": True}]}
+    record = with_modes(overwrite=crashed)
+    record["plan"].update(v1_offset=0x5A0, v2_offset=0x8E0, stale="in `.plt`, no function")
+    (res,) = check_scenarios([LIBPROBE], [record], CTX)
+    assert res.outcome == Outcome.FAIL
+    assert res.reason == (
+        "quiet after the library update (renamed over it; offset 0x5a0 stale, now in `.plt`, no function "
+        "in v2); "
+        "cp over it: fired once at the old offset and the program died of SIGSEGV; "
+        "fires again after re-attach at 0x8e0"
+    )
 
 
 def test_check_scenarios_quiet_after_reattach() -> None:

@@ -11,6 +11,7 @@ import time
 from typing import Any
 
 RUN_TIMEOUT = 60.0
+ECHOED = ("v1_offset", "v2_offset", "stale", "library", "function")  # plan keys the host judges by
 
 
 def _setup_uprobe_calls(lb: Any) -> None:
@@ -153,7 +154,7 @@ def run_uprobe_update(lb: Any, scenario: dict[str, Any], share: str) -> dict[str
         "program": scenario.get("program"),
         "modes": {},
         # Echoed for the host, which judges the record without the plan.
-        "plan": {k: scenario[k] for k in ("v1_offset", "v2_offset", "stale", "library") if k in scenario},
+        "plan": {k: scenario[k] for k in ECHOED if k in scenario},
     }
     try:
         _setup_uprobe_calls(lb)
