@@ -114,6 +114,7 @@ class MatrixRun:
         self._objects: dict[str, ArchObjects] = {}
         self._builds: dict[str, Any] = {}
         self._guest: dict[str, GuestOutcome] = {}
+        self._objects_run: set[str] = set()  # keys whose boot ran the objects, not the facts alone
         self._offline: dict[str, dict[tuple[Probe, Check], CellResult]] | None = None
         self._facts: dict[str, Any] = {}
         self._kernel_runs: dict[str, KernelRun] = {}
@@ -304,8 +305,10 @@ class MatrixRun:
 
     def guest(self, spec: KernelSpec, with_objects: bool = True) -> GuestOutcome:
         """Boot ``spec`` once and run the agent: facts when not cached, and every object of its arch."""
-        if spec.key in self._guest:
-            return self._guest[spec.key]
+        cached = self._guest.get(spec.key)
+        # A boot for the facts alone loaded no objects: it answers no in-guest check, unless it failed.
+        if cached is not None and (not with_objects or cached.error or spec.key in self._objects_run):
+            return cached
         probes: list[Probe] = []
         objects: list[BPFObject] = []
         if with_objects:
@@ -313,6 +316,8 @@ class MatrixRun:
             objects = list(built.objects)
             probes = [p for o in objects for p in o.probes]
         outcome = self._boot(spec, objects, probes)
+        if with_objects:
+            self._objects_run.add(spec.key)
         self._marker(spec).write_text(outcome.error or "ok")
         self._guest[spec.key] = outcome
         self._kernel_runs[spec.key] = outcome.kernel
