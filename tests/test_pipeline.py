@@ -1,0 +1,550 @@
+"""Tests of harness.pipeline without a VM: a fake runner plays the guest agent, a fake fetch the kernels."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import textwrap
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from harness.build import LIBBPF_INCLUDE
+from harness.config import KernelsConfig, KernelSpec, host_arch, parse_kernels_yaml
+from harness.errors import FetchError, HarnessError, LostVMError, VMError
+from harness.fetch import KernelBuild
+from harness.inventory import load_object
+from harness.pipeline import (
+    BUILD_PROGRAM,
+    DEFAULT_LSM,
+    FACTS_MARKER,
+    GUEST_CHECKS,
+    OFFLINE_CHECKS,
+    SCRATCH_DISK_BYTES,
+    MatrixRun,
+    lsm_append,
+    version_key,
+)
+from harness.results import Check, Outcome, Probe
+from harness.vm import DONE_FILE, Accelerator, VMRequest, VMResult
+
+FACTS = Path(__file__).resolve().parent / "data" / "facts" / "6.1-x86_64"
+KVM = Accelerator("kvm", "test")
+ARCH = host_arch()
+
+SAMPLE = """\
+#include "vmlinux.h"
+#include <bpf/bpf_helpers.h>
+
+char LICENSE[] SEC("license") = "GPL";
+__u64 hits = 0;
+
+SEC("kprobe/do_nanosleep")
+int kp_sleep(void *ctx)
+{
+\t__sync_fetch_and_add(&hits, 1);
+\treturn 0;
+}
+
+SEC("tp/syscalls/sys_enter_openat")
+int tp_openat(void *ctx)
+{
+\t__sync_fetch_and_add(&hits, 1);
+\treturn 0;
+}
+"""
+
+BROKEN = """\
+#include "vmlinux.h"
+#include <bpf/bpf_helpers.h>
+
+SEC("kprobe/do_nanosleep")
+int nope(void *ctx)
+{
+\treturn missing_symbol + 1;
+}
+"""
+
+TINY_VMLINUX_H = """\
+#ifndef __VMLINUX_H__
+#define __VMLINUX_H__
+typedef unsigned char __u8;
+typedef unsigned short __u16;
+typedef unsigned int __u32;
+typedef unsigned long long __u64;
+typedef signed char __s8;
+typedef short __s16;
+typedef int __s32;
+typedef long long __s64;
+typedef __u16 __be16;
+typedef __u32 __be32;
+typedef __u32 __wsum;
+#endif
+"""
+
+PACKAGE_CONFIG = 'CONFIG_BPF=y\nCONFIG_LSM="landlock,lockdown,yama,integrity,apparmor"\n'
+
+pytestmark = pytest.mark.skipif(
+    shutil.which("clang") is None or not (LIBBPF_INCLUDE / "bpf" / "bpf_helpers.h").exists(),
+    reason="clang and the libbpf headers build the sample programs",
+)
+
+
+# ---------------------------------------------------------------- fakes
+
+
+@dataclass
+class Boot:
+    """What the fake guest saw of one boot, taken while the share still existed."""
+
+    key: str
+    plan: dict[str, Any]
+    files: list[str]
+    disks: list[int]
+    append: list[str]
+    timeout: float
+    command: list[str]
+
+
+def act_ok(req: VMRequest, plan: dict[str, Any]) -> VMResult:
+    """What the guest agent writes on a good boot: facts when asked, a record per object, done.json."""
+    share = req.share
+    if plan["facts"]:
+        shutil.copytree(FACTS, share / "facts")
+        # A Debian kernel has no /proc/config.gz: the host adds the package's config.
+        (share / "facts" / "config").unlink()
+    records = []
+    for entry in plan["objects"]:
+        obj = load_object(share / entry["path"])
+        programs = {
+            p.program: {
+                "load": {"ok": True, "seconds": 0.01},
+                "attach": {"ok": True, "log": ""},
+                "fire": {"run_cnt": 4, "run_time_ns": 100, "recursion_misses": 0, "trigger": "default"},
+            }
+            for p in obj.probes
+        }
+        records.append({"object": entry["name"], "programs": programs, "load_log": ""})
+    (share / "objects.json").write_text(json.dumps(records))
+    done = {
+        "ok": True, "release": "6.1.0-27-amd64", "machine": ARCH.uname, "lsm": "lockdown,capability,bpf",
+        "libbpf": "1.1.0", "stats_enabled": True,
+    }
+    (share / DONE_FILE).write_text(json.dumps(done))
+    return VMResult(done, "console", 0.5, 0, req.accelerator)
+
+
+def act_lost(req: VMRequest, plan: dict[str, Any]) -> VMResult:
+    raise LostVMError(
+        "guest did not finish within 300 s: Kernel panic - not syncing: VFS",
+        "[ 1.0] Kernel panic - not syncing: VFS: Unable to mount root fs",
+    )
+
+
+def act_vm_error(req: VMRequest, plan: dict[str, Any]) -> VMResult:
+    raise VMError("cannot start vng: No such file or directory")
+
+
+def act_agent_crash(req: VMRequest, plan: dict[str, Any]) -> VMResult:
+    done = {
+        "ok": False, "error": "JSONDecodeError: Expecting value: line 1 column 1 (char 0)",
+        "traceback": "Traceback (most recent call last):\n  File agent.py\njson.decoder.JSONDecodeError",
+    }
+    (req.share / DONE_FILE).write_text(json.dumps(done))
+    return VMResult(done, "console", 0.5, 0, req.accelerator)
+
+
+def act_no_loader(req: VMRequest, plan: dict[str, Any]) -> VMResult:
+    done = {"ok": True, "loader_error": "libbpf not found in the guest: libbpf.so.1"}
+    (req.share / DONE_FILE).write_text(json.dumps(done))
+    return VMResult(done, "console", 0.5, 0, req.accelerator)
+
+
+Act = Callable[[VMRequest, dict[str, Any]], VMResult]
+
+
+@dataclass
+class FakeRunner:
+    """The Runner Protocol: plays one act per boot (per kernel image; the last act repeats)."""
+
+    acts: dict[str, list[Act]] = field(default_factory=dict)
+    boots: list[Boot] = field(default_factory=list)
+
+    def run(self, req: VMRequest) -> VMResult:
+        key = req.image.parent.parent.name  # kernels/<key>/boot/vmlinuz
+        plan = json.loads((req.share / "plan.json").read_text())
+        self.boots.append(
+            Boot(
+                key=key,
+                plan=plan,
+                files=sorted(str(p.relative_to(req.share)) for p in req.share.rglob("*")),
+                disks=[d.stat().st_size for d in req.disks],
+                append=list(req.append),
+                timeout=req.timeout,
+                command=list(req.command),
+            )
+        )
+        acts = self.acts.get(key, [act_ok])
+        attempt = sum(1 for b in self.boots if b.key == key) - 1
+        return acts[min(attempt, len(acts) - 1)](req, plan)
+
+    def count(self, key: str | None = None) -> int:
+        return sum(1 for b in self.boots if key is None or b.key == key)
+
+
+@dataclass
+class FakeFetch:
+    """fetch_kernel's signature: a KernelBuild per spec under the cache root, counting calls."""
+
+    root: Path
+    fail: dict[str, str] = field(default_factory=dict)
+    calls: list[str] = field(default_factory=list)
+
+    def __call__(self, spec: KernelSpec, cache_root: Path | None = None, mirror: str = "") -> KernelBuild:
+        self.calls.append(spec.key)
+        if spec.key in self.fail:
+            raise FetchError(self.fail[spec.key])
+        entry = self.root / "kernels" / spec.key
+        (entry / "boot").mkdir(parents=True, exist_ok=True)
+        image = entry / "boot" / "vmlinuz"
+        image.write_bytes(b"MZ fake kernel")
+        config = entry / "boot" / "config"
+        config.write_text(PACKAGE_CONFIG)
+        return KernelBuild(
+            spec=spec, image=image, modules=None, release=f"{spec.id}.0-1-amd64", digest="0" * 64,
+            source=f"debian {spec.suite} test", config=config, verified="verified by the test",
+            entry=entry, facts_dir=entry / "facts",
+        )
+
+
+def kernels(tmp_path: Path) -> KernelsConfig:
+    text = textwrap.dedent(
+        f"""
+        baseline: "6.1"
+        defaults:
+          arches: [{ARCH.name}]
+          timeout: 123
+        kernels:
+          - {{id: "6.1", suite: bookworm}}
+          - {{id: "6.12", suite: trixie}}
+        """
+    )
+    return parse_kernels_yaml(text, tmp_path / "kernels.yaml")
+
+
+def bpf_progs(tmp_path: Path, *, broken: bool = False) -> Path:
+    d = tmp_path / "bpf_progs"
+    d.mkdir()
+    (d / "vmlinux.h").write_text(TINY_VMLINUX_H)
+    (d / "sleepy.bpf.c").write_text(SAMPLE)
+    if broken:
+        (d / "broken.bpf.c").write_text(BROKEN)
+    return d
+
+
+@dataclass
+class Setup:
+    run: MatrixRun
+    runner: FakeRunner
+    fetch: FakeFetch
+    cache: Path
+
+    def spec(self, kid: str) -> KernelSpec:
+        (found,) = [s for s in self.run.config.kernels if s.id == kid]
+        return found
+
+
+def make_run(
+    tmp_path: Path, *, retries: int = 1, broken: bool = False, acts: dict[str, list[Act]] | None = None,
+    cache: Path | None = None, progs: Path | None = None,
+) -> Setup:
+    cache = cache or tmp_path / "cache"
+    fetch = FakeFetch(cache)
+    runner = FakeRunner(acts=acts or {})
+    work = tmp_path / f"work{len(list(tmp_path.glob('work*')))}"
+    work.mkdir()
+    run = MatrixRun(
+        kernels(tmp_path), progs or bpf_progs(tmp_path, broken=broken), runner, KVM,
+        cache_root=cache, work_dir=work, retries=retries, fetch=fetch,
+    )
+    return Setup(run, runner, fetch, cache)
+
+
+def probes_of(setup: Setup) -> list[Probe]:
+    return setup.run.objects(ARCH).probes()
+
+
+# ---------------------------------------------------------------- pure helpers
+
+
+def test_lsm_append_adds_bpf_to_the_kernels_list() -> None:
+    assert lsm_append(PACKAGE_CONFIG) == "lsm=landlock,lockdown,yama,integrity,apparmor,bpf"
+
+
+def test_lsm_append_keeps_a_list_that_has_bpf() -> None:
+    assert lsm_append('CONFIG_LSM="lockdown,bpf,yama"\n') == "lsm=lockdown,bpf,yama"
+
+
+@pytest.mark.parametrize("config", [None, "", "CONFIG_BPF=y\n# CONFIG_LSM is not set\n"])
+def test_lsm_append_default_list(config: str | None) -> None:
+    assert lsm_append(config) == "lsm=" + ",".join(DEFAULT_LSM)
+    assert lsm_append(config).endswith(",bpf")
+
+
+def test_version_key_orders_kernel_ids() -> None:
+    ids = ["6.12", "5.10", "7.2-rc1", "6.1", "5.4", "sid", "6.1.115"]
+    assert sorted(ids, key=version_key) == ["sid", "5.4", "5.10", "6.1", "6.1.115", "6.12", "7.2-rc1"]
+    assert version_key("5.10") > version_key("5.9")
+    assert version_key("6.12") > version_key("6.2")
+
+
+# ---------------------------------------------------------------- one boot per (kernel, arch)
+
+
+def test_one_boot_per_kernel_however_many_results(tmp_path: Path) -> None:
+    s = make_run(tmp_path)
+    probes = probes_of(s)
+    assert [p.program for p in probes] == ["kp_sleep", "tp_openat"]
+    for _ in range(3):
+        for spec in s.run.config.kernels:
+            for probe in probes:
+                for check in GUEST_CHECKS:
+                    res = s.run.guest_result(spec, probe, check)
+                    assert (res.kernel, res.arch, res.check, res.probe) == (spec.id, ARCH.name, check, probe)
+                    expected = Outcome.SKIP if check is Check.CORE else Outcome.PASS
+                    assert res.outcome is expected, res.reason
+    assert s.runner.count() == 2
+    assert sorted(b.key for b in s.runner.boots) == ["6.1-" + ARCH.name, "6.12-" + ARCH.name]
+    # Each kernel is fetched once per process, however often it is asked for.
+    assert sorted(set(s.fetch.calls)) == sorted(s.fetch.calls)
+    fire = s.run.guest_result(s.spec("6.1"), probes[0], Check.FIRE)
+    assert fire.reason == "ran 4 times, recursion_misses 0"
+
+
+def test_facts_and_offline_results_need_no_second_boot(tmp_path: Path) -> None:
+    s = make_run(tmp_path)
+    for spec in s.run.config.kernels:
+        s.run.guest_result(spec, probes_of(s)[0], Check.LOAD)
+    assert s.runner.count() == 2
+    for spec in s.run.config.kernels:
+        facts = s.run.facts(spec)
+        assert facts is s.run.facts(spec)
+        for probe in probes_of(s):
+            for check in OFFLINE_CHECKS:
+                res = s.run.offline_result(spec, probe, check)
+                assert (res.kernel, res.check, res.probe) == (spec.id, check, probe)
+                assert res.outcome is not Outcome.ERROR, res.reason
+    assert s.runner.count() == 2
+
+
+def test_offline_first_boots_for_facts_only_then_objects(tmp_path: Path) -> None:
+    s = make_run(tmp_path)
+    spec = s.spec("6.1")
+    s.run.facts(spec)
+    (first,) = s.runner.boots
+    assert first.plan["facts"] is True and first.plan["objects"] == []
+    # That boot loaded no objects: the in-guest checks are not answered by it ("not applicable"),
+    # they boot once more for the objects alone (the facts are cached by now).
+    res = s.run.guest_result(spec, probes_of(s)[0], Check.LOAD)
+    assert res.outcome is Outcome.PASS
+    assert s.runner.count() == 2
+    second = s.runner.boots[1]
+    assert second.plan["facts"] is False and [e["name"] for e in second.plan["objects"]] == ["sleepy"]
+    s.run.guest_result(spec, probes_of(s)[1], Check.FIRE)
+    s.run.facts(spec)
+    assert s.runner.count() == 2
+
+
+def test_failed_facts_boot_is_not_repeated_for_the_objects(tmp_path: Path) -> None:
+    key = "6.1-" + ARCH.name
+    s = make_run(tmp_path, retries=0, acts={key: [act_lost, act_ok]})
+    with pytest.raises(HarnessError, match="guest did not finish"):
+        s.run.facts(s.spec("6.1"))
+    res = s.run.guest_result(s.spec("6.1"), probes_of(s)[0], Check.LOAD)
+    assert res.outcome is Outcome.ERROR and res.reason.startswith("guest did not finish")
+    assert s.runner.count() == 1
+
+
+def test_the_boot_request(tmp_path: Path) -> None:
+    s = make_run(tmp_path)
+    spec = s.spec("6.1")
+    s.run.guest_result(spec, probes_of(s)[0], Check.LOAD)
+    (boot,) = s.runner.boots
+    assert boot.command == ["python3", "/mnt/agent.py", "/mnt"]
+    assert boot.append[0] == "lsm=landlock,lockdown,yama,integrity,apparmor,bpf"
+    assert boot.disks == [SCRATCH_DISK_BYTES]
+    assert boot.timeout == 123.0
+    assert "agent.py" in boot.files and "plan.json" in boot.files
+    assert "objs/sleepy.bpf.o" in boot.files
+    assert boot.plan["facts"] is True
+    (entry,) = boot.plan["objects"]
+    assert (entry["name"], entry["path"]) == ("sleepy", "objs/sleepy.bpf.o")
+    kernel = s.run.kernel_run(spec)
+    assert kernel.booted and kernel.version == "6.1.0-27-amd64" and kernel.accelerator == "kvm"
+    assert kernel.lsm == "lockdown,capability,bpf"
+    assert "libbpf 1.1.0 in the guest" in kernel.notes
+    assert (s.run.work_dir / f"{spec.key}.booted").read_text() == "ok"
+    # The boot's own directory (share, scratch disk) is gone once its results are read.
+    assert sorted(p.name for p in s.run.work_dir.iterdir()) == [f"{spec.key}.booted"]
+
+
+def test_facts_stored_in_facts_dir_with_marker(tmp_path: Path) -> None:
+    s = make_run(tmp_path)
+    spec = s.spec("6.12")
+    assert s.run.facts_dir(spec) is None
+    s.run.guest_result(spec, probes_of(s)[0], Check.LOAD)
+    facts_dir = s.run.facts_dir(spec)
+    assert facts_dir == s.cache / "kernels" / spec.key / "facts"
+    assert (facts_dir / FACTS_MARKER).exists()
+    assert (facts_dir / "kallsyms").read_bytes() == (FACTS / "kallsyms").read_bytes()
+    assert (facts_dir / "vmlinux.btf").read_bytes() == (FACTS / "vmlinux.btf").read_bytes()
+    # The guest had no config: the package's is kept with the facts.
+    assert (facts_dir / "config").read_text() == PACKAGE_CONFIG
+    assert not list(facts_dir.parent.glob("facts.tmp*"))
+
+
+def test_cached_facts_are_not_collected_again(tmp_path: Path) -> None:
+    first = make_run(tmp_path)
+    spec = first.spec("6.1")
+    first.run.guest_result(spec, probes_of(first)[0], Check.LOAD)
+    marker = first.run.facts_dir(spec)
+    assert marker is not None
+    stamp = (marker / FACTS_MARKER).stat().st_mtime_ns
+    # Another process with the same cache: it boots for the objects only.
+    second = make_run(tmp_path, cache=first.cache, progs=first.run.progs_dir)
+    res = second.run.guest_result(second.spec("6.1"), probes_of(second)[0], Check.LOAD)
+    assert res.outcome is Outcome.PASS
+    (boot,) = second.runner.boots
+    assert boot.plan["facts"] is False
+    assert (marker / FACTS_MARKER).stat().st_mtime_ns == stamp
+    # Facts alone need no boot at all now.
+    third = make_run(tmp_path, cache=first.cache, progs=first.run.progs_dir)
+    third.run.facts(third.spec("6.1"))
+    assert third.runner.count() == 0
+
+
+# ---------------------------------------------------------------- failures
+
+
+def test_lost_vm_retried_then_error_with_console_tail(tmp_path: Path) -> None:
+    key = "6.1-" + ARCH.name
+    s = make_run(tmp_path, retries=2, acts={key: [act_lost]})
+    spec = s.spec("6.1")
+    for probe in probes_of(s):
+        for check in GUEST_CHECKS:
+            res = s.run.guest_result(spec, probe, check)
+            assert res.outcome is Outcome.ERROR
+            assert res.reason == "guest did not finish within 300 s: Kernel panic - not syncing: VFS"
+            tail = "[ 1.0] Kernel panic - not syncing: VFS: Unable to mount root fs"
+            assert res.details == {"console_tail": tail}
+    assert s.runner.count(key) == 3
+    assert s.run.kernel_run(spec).error.startswith("guest did not finish")
+    assert not s.run.kernel_run(spec).booted
+    assert (s.run.work_dir / f"{key}.booted").read_text().startswith("guest did not finish")
+    # No facts were stored, and asking for them does not boot a fourth time.
+    assert s.run.facts_dir(spec) is None
+    with pytest.raises(HarnessError, match=f"no facts for {key}: guest did not finish"):
+        s.run.facts(spec)
+    assert s.runner.count(key) == 3
+    # The other kernel is not affected.
+    ok = s.run.guest_result(s.spec("6.12"), probes_of(s)[0], Check.LOAD)
+    assert ok.outcome is Outcome.PASS
+
+
+def test_lost_vm_once_then_recovered(tmp_path: Path) -> None:
+    key = "6.1-" + ARCH.name
+    s = make_run(tmp_path, retries=1, acts={key: [act_lost, act_ok]})
+    res = s.run.guest_result(s.spec("6.1"), probes_of(s)[0], Check.FIRE)
+    assert res.outcome is Outcome.PASS
+    assert s.runner.count(key) == 2
+    assert "attempt 2" in s.run.kernel_run(s.spec("6.1")).notes
+    # Each attempt gets a fresh share: the retry asked for the facts again.
+    assert [b.plan["facts"] for b in s.runner.boots] == [True, True]
+
+
+def test_no_retries_means_one_boot(tmp_path: Path) -> None:
+    key = "6.1-" + ARCH.name
+    s = make_run(tmp_path, retries=0, acts={key: [act_vm_error, act_ok]})
+    res = s.run.guest_result(s.spec("6.1"), probes_of(s)[0], Check.LOAD)
+    assert (res.outcome, res.reason) == (Outcome.ERROR, "cannot start vng: No such file or directory")
+    assert res.details == {}
+    assert s.runner.count(key) == 1
+
+
+def test_guest_agent_failure_is_error(tmp_path: Path) -> None:
+    key = "6.1-" + ARCH.name
+    s = make_run(tmp_path, retries=0, acts={key: [act_agent_crash]})
+    res = s.run.guest_result(s.spec("6.1"), probes_of(s)[1], Check.ATTACH)
+    assert res.outcome is Outcome.ERROR
+    assert res.reason == "guest agent failed: JSONDecodeError: Expecting value: line 1 column 1 (char 0)"
+    assert res.details["console_tail"].startswith("Traceback")
+    assert s.runner.count(key) == 1
+    assert s.run.facts_dir(s.spec("6.1")) is None
+
+
+def test_loader_missing_in_guest_is_error_for_every_guest_check(tmp_path: Path) -> None:
+    key = "6.1-" + ARCH.name
+    s = make_run(tmp_path, acts={key: [act_no_loader]})
+    for probe in probes_of(s):
+        for check in GUEST_CHECKS:
+            res = s.run.guest_result(s.spec("6.1"), probe, check)
+            assert res.outcome is Outcome.ERROR
+            assert res.reason == "loader unavailable in the guest: libbpf not found in the guest: libbpf.so.1"
+    assert s.runner.count() == 1
+
+
+def test_kernel_not_available_never_boots(tmp_path: Path) -> None:
+    s = make_run(tmp_path)
+    key = "6.12-" + ARCH.name
+    s.fetch.fail[key] = "trixie: Release signature does not verify"
+    res = s.run.guest_result(s.spec("6.12"), probes_of(s)[0], Check.LOAD)
+    assert res.outcome is Outcome.ERROR
+    assert res.reason == "kernel not available: trixie: Release signature does not verify"
+    assert s.runner.count() == 0
+    assert s.run.kernel_run(s.spec("6.12")).error == res.reason
+    # The fetch error is remembered: not fetched again for the offline checks.
+    off = s.run.offline_result(s.spec("6.12"), probes_of(s)[0], Check.SYMBOL)
+    assert off.outcome is Outcome.ERROR
+    assert s.fetch.calls.count(key) == 1
+
+
+def test_build_error_rows(tmp_path: Path) -> None:
+    s = make_run(tmp_path, broken=True)
+    built = s.run.objects(ARCH)
+    assert [o.name for o in built.objects] == ["sleepy"]
+    assert set(built.errors) == {"broken"}
+    msg = built.errors["broken"]
+    assert msg.startswith("broken.bpf.c does not compile: ")
+    assert "broken.bpf.c:7:" in msg and "missing_symbol" in msg
+    assert built.vmlinux_h == str(s.run.progs_dir / "vmlinux.h")
+    pseudo = Probe("broken", BUILD_PROGRAM, "", "build", "")
+    assert built.probes() == [*built.objects[0].probes, pseudo]
+    spec = s.spec("6.1")
+    for check in GUEST_CHECKS:
+        res = s.run.guest_result(spec, pseudo, check)
+        assert (res.outcome, res.reason, res.check) == (Outcome.ERROR, msg, check)
+    for check in OFFLINE_CHECKS:
+        assert s.run.offline_result(spec, pseudo, check).reason == msg
+    # A build error needs no boot; the good object still runs.
+    assert s.runner.count() == 0
+    assert s.run.guest_result(spec, built.objects[0].probes[0], Check.LOAD).outcome is Outcome.PASS
+    (boot,) = s.runner.boots
+    assert [e["name"] for e in boot.plan["objects"]] == ["sleepy"]
+
+
+def test_prebuilt_object_and_unusable_object(tmp_path: Path) -> None:
+    s = make_run(tmp_path)
+    built_obj = s.run.objects(ARCH).objects[0].path
+    other = tmp_path / "other"
+    other.mkdir()
+    shutil.copy2(built_obj, other / "pre.bpf.o")
+    (other / "junk.bpf.o").write_text("not an object\n")
+    s2 = make_run(tmp_path, cache=s.cache, progs=other)
+    built = s2.run.objects(ARCH)
+    assert [o.name for o in built.objects] == ["pre"]
+    assert built.errors["junk"].startswith(f"{other / 'junk.bpf.o'}: not an ELF file")
+    # Prebuilt objects need no vmlinux.h, so no kernel was fetched for one.
+    assert built.vmlinux_h == "" and s2.fetch.calls == []
