@@ -1,0 +1,247 @@
+"""Tests of the guest agent on the host: triggers, its JSON files, version parsing, plan handling.
+
+Nothing here loads BPF or collects facts: those read the kernel and run only inside guests.
+"""
+
+from __future__ import annotations
+
+import ast
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import harness.guest.agent as agent
+
+AGENT = Path(agent.__file__)
+HOST_BTF = Path("/sys/kernel/btf/vmlinux")
+BPFTOOL = shutil.which("bpftool") or ("/usr/sbin/bpftool" if Path("/usr/sbin/bpftool").exists() else None)
+
+
+# ---------------------------------------------------------------- the module itself
+
+
+def test_importable_without_its_package(tmp_path: Path) -> None:
+    # In the guest the agent is a lone file in /mnt, run by the guest's python3 without site-packages.
+    shutil.copy2(AGENT, tmp_path / "agent.py")
+    code = f"import sys; sys.path.insert(0, {str(tmp_path)!r}); import agent; print(agent.TRIGGER_TIMEOUT)"
+    proc = subprocess.run(
+        [sys.executable, "-I", "-S", "-c", code], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == str(agent.TRIGGER_TIMEOUT)
+
+
+def test_imports_only_the_standard_library() -> None:
+    tree = ast.parse(AGENT.read_text())
+    modules = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            modules |= {a.name.split(".")[0] for a in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            modules.add(node.module.split(".")[0])
+    # scenarios is the agent's own helper, copied beside it into the share.
+    foreign = modules - set(sys.stdlib_module_names) - {"__future__", "scenarios"}
+    assert foreign == set()
+
+
+def test_parses_as_the_oldest_guest_python() -> None:
+    # bullseye root filesystems have Python 3.9.
+    ast.parse(AGENT.read_text(), feature_version=(3, 9))
+
+
+# ---------------------------------------------------------------- run_trigger
+
+
+def test_trigger_argv_list_runs_in_the_share(tmp_path: Path) -> None:
+    code = "import pathlib, sys; pathlib.Path('made').write_text(sys.argv[1]); print('hello', sys.argv[2])"
+    trigger = [sys.executable, "-c", code, "content", 7]
+    result = agent.run_trigger(trigger, str(tmp_path))
+    assert result["ok"] is True and result["returncode"] == 0
+    assert result["trigger"] == trigger
+    assert (tmp_path / "made").read_text() == "content"
+    assert result["output"] == "hello 7\n"
+    assert isinstance(result["seconds"], float) and result["seconds"] >= 0
+
+
+def test_trigger_argv_is_not_a_shell(tmp_path: Path) -> None:
+    result = agent.run_trigger([sys.executable, "-c", "import sys; print(sys.argv[1:])", "$HOME", ";", "ls"],
+                               str(tmp_path))
+    assert result["output"] == "['$HOME', ';', 'ls']\n"
+
+
+def test_trigger_shell_string(tmp_path: Path) -> None:
+    result = agent.run_trigger("echo out; echo err >&2; touch shellmade; exit 4", str(tmp_path))
+    assert result["ok"] is False and result["returncode"] == 4
+    assert "out\n" in result["output"] and "err\n" in result["output"]
+    assert (tmp_path / "shellmade").exists()
+    assert result["trigger"] == "echo out; echo err >&2; touch shellmade; exit 4"
+
+
+def test_trigger_failing_argv(tmp_path: Path) -> None:
+    result = agent.run_trigger([sys.executable, "-c", "raise SystemExit(3)"], str(tmp_path))
+    assert (result["ok"], result["returncode"]) == (False, 3)
+
+
+def test_trigger_missing_program_is_reported_not_raised(tmp_path: Path) -> None:
+    result = agent.run_trigger([str(tmp_path / "no-such-program")], str(tmp_path))
+    assert result["ok"] is False
+    assert "No such file or directory" in str(result["error"])
+    assert "returncode" not in result
+
+
+def test_trigger_timeout(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(agent, "TRIGGER_TIMEOUT", 0.3)
+    result = agent.run_trigger([sys.executable, "-c", "import time; time.sleep(60)"], str(tmp_path))
+    assert result["ok"] is False
+    assert "timed out after 0.3 seconds" in str(result["error"])
+    assert float(result["seconds"]) < 30
+
+
+def test_trigger_output_keeps_the_end(tmp_path: Path) -> None:
+    result = agent.run_trigger([sys.executable, "-c", "print('a' * 5000 + 'END')"], str(tmp_path))
+    output = str(result["output"])
+    assert len(output) == 2000 and output.endswith("END\n")
+
+
+# ---------------------------------------------------------------- write_json
+
+
+def test_write_json_writes_and_replaces(tmp_path: Path) -> None:
+    path = tmp_path / "done.json"
+    agent.write_json(str(path), {"ok": False})
+    agent.write_json(str(path), {"ok": True, "n": [1, 2]})
+    assert json.loads(path.read_text()) == {"ok": True, "n": [1, 2]}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["done.json"]
+
+
+def test_write_json_failure_leaves_the_old_file(tmp_path: Path) -> None:
+    path = tmp_path / "objects.json"
+    agent.write_json(str(path), [{"object": "a"}])
+    # Not serializable half-way through: json.dump has already written part of the document.
+    with pytest.raises(TypeError):
+        agent.write_json(str(path), [{"object": "b"}, {"bad": object()}])
+    assert json.loads(path.read_text()) == [{"object": "a"}]
+
+
+# ---------------------------------------------------------------- kernel_version
+
+
+@pytest.mark.parametrize(
+    "release,expected",
+    [
+        ("6.1.0-27-amd64", (6, 1)),
+        ("5.10.0-32-arm64", (5, 10)),
+        ("6.12.9+bpo-amd64", (6, 12)),
+        ("6.8.0-rc1", (6, 8)),
+        ("7.0.0-rc3-cloud-amd64", (7, 0)),
+        ("4.19.0", (4, 19)),
+        ("garbage", (0, 0)),
+        ("6", (0, 0)),
+        ("", (0, 0)),
+    ],
+)
+def test_kernel_version(release: str, expected: tuple[int, int], monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(agent.platform, "release", lambda: release)
+    assert agent.kernel_version() == expected
+
+
+def test_kernel_version_compares_for_feature_gates(monkeypatch: pytest.MonkeyPatch) -> None:
+    # link_missed reads a kprobe's missed count only from 6.7 (perf-event links) and 6.9 (multi).
+    monkeypatch.setattr(agent.platform, "release", lambda: "6.10.0-1-amd64")
+    assert agent.kernel_version() >= (6, 9)
+    monkeypatch.setattr(agent.platform, "release", lambda: "6.1.0-27-amd64")
+    assert agent.kernel_version() < (6, 7)
+
+
+# ---------------------------------------------------------------- main
+
+
+def test_main_without_a_plan_reports_failure_in_done_json(tmp_path: Path) -> None:
+    assert agent.main(["agent.py", str(tmp_path)]) == 0
+    done = json.loads((tmp_path / "done.json").read_text())
+    assert done["ok"] is False
+    assert done["error"].startswith("FileNotFoundError: ")
+    assert "plan.json" in done["error"]
+    assert "Traceback" in done["traceback"]
+    assert done["release"] and done["machine"]
+    assert not (tmp_path / "objects.json").exists()
+
+
+def test_main_with_an_empty_plan(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    mounts: list[tuple[str, str]] = []
+    monkeypatch.setattr(agent, "mount_fs", lambda fstype, target: mounts.append((fstype, target)))
+    reads: list[str] = []
+
+    def fake_read(path: str) -> str | None:
+        reads.append(path)
+        return "lockdown,capability,bpf\n" if path == "/sys/kernel/security/lsm" else None
+
+    monkeypatch.setattr(agent, "read_text", fake_read)
+
+    def no_loader() -> Any:
+        raise AssertionError("libbpf opened for a plan without objects")
+
+    monkeypatch.setattr(agent, "Libbpf", no_loader)
+    (tmp_path / "plan.json").write_text(json.dumps({"facts": False, "objects": []}))
+    assert agent.main(["agent.py", str(tmp_path)]) == 0
+    done = json.loads((tmp_path / "done.json").read_text())
+    assert done["ok"] is True
+    assert done["lsm"] == "lockdown,capability,bpf"
+    assert "facts" not in done and "libbpf" not in done
+    assert mounts == []
+    assert reads == ["/sys/kernel/security/lsm"]
+    assert not (tmp_path / "facts").exists() and not (tmp_path / "objects.json").exists()
+
+
+def test_main_reports_a_missing_loader(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(agent, "mount_fs", lambda fstype, target: None)
+    monkeypatch.setattr(agent, "read_text", lambda path: "bpf" if path.endswith("/lsm") else None)
+    monkeypatch.setattr(agent, "scratch_disk", lambda: None)
+    monkeypatch.setattr(agent, "enable_stats", lambda: True)
+
+    def no_libbpf() -> Any:
+        raise RuntimeError("libbpf not found in the guest: libbpf.so.1")
+
+    monkeypatch.setattr(agent, "Libbpf", no_libbpf)
+    plan = {"facts": False, "objects": [{"name": "x", "path": "objs/x.bpf.o"}]}
+    (tmp_path / "plan.json").write_text(json.dumps(plan))
+    agent.main(["agent.py", str(tmp_path)])
+    done = json.loads((tmp_path / "done.json").read_text())
+    assert done["ok"] is True
+    assert done["loader_error"] == "libbpf not found in the guest: libbpf.so.1"
+    assert done["stats_enabled"] is True
+
+
+# ---------------------------------------------------------------- struct bpf_prog_info
+
+
+def test_prog_info_layout_matches_the_kernel_btf() -> None:
+    if not os.access(HOST_BTF, os.R_OK) or BPFTOOL is None:
+        pytest.skip("needs a readable /sys/kernel/btf/vmlinux and bpftool")
+    proc = subprocess.run(
+        [BPFTOOL, "btf", "dump", "file", str(HOST_BTF), "format", "raw"],
+        capture_output=True, text=True, timeout=120, check=True,
+    )
+    lines = iter(proc.stdout.splitlines())
+    offsets: dict[str, int] = {}
+    for line in lines:
+        if "STRUCT 'bpf_prog_info' " in line:
+            for member in lines:
+                found = re.match(r"\s+'(\w+)' type_id=\d+ bits_offset=(\d+)", member)
+                if not found:
+                    break
+                offsets[found[1]] = int(found[2]) // 8
+            break
+    assert offsets, "struct bpf_prog_info not in the host's BTF"
+    for name, _ctype in agent.BpfProgInfo._fields_:
+        if name not in offsets:
+            continue  # a field newer than the host kernel
+        assert getattr(agent.BpfProgInfo, name).offset == offsets[name], name
+    assert "run_cnt" in offsets and "recursion_misses" in offsets
