@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import ClassVar, overload
 
 from elftools.common.exceptions import ELFError
+from elftools.elf.constants import SH_FLAGS
 from elftools.elf.elffile import ELFFile
 from elftools.elf.relocation import RelocationSection
 from elftools.elf.sections import SymbolTableSection
@@ -1020,16 +1021,24 @@ def load_object_core_relos(path: Path) -> dict[str, list[CoreRelo]]:
                             sym["st_info"]["bind"] == "STB_GLOBAL",
                         )
                     )
+                symbols = list(symtab.iter_symbols())
+                names: dict[int, str] = {}
                 for rel_sec in elf.iter_sections():
                     if not isinstance(rel_sec, RelocationSection) or rel_sec.is_RELA():
                         continue
-                    applies_to = elf.get_section(rel_sec["sh_info"]).name
+                    applies = elf.get_section(rel_sec["sh_info"])
+                    # Only code can call a subprogram: the relocations of .BTF, .BTF.ext and DWARF
+                    # sections are many and say nothing about calls.
+                    if not applies["sh_flags"] & SH_FLAGS.SHF_EXECINSTR:
+                        continue
                     for rel in rel_sec.iter_relocations():
-                        sym = symtab.get_symbol(rel["r_info_sym"])
-                        if isinstance(sym["st_shndx"], int) and sym["st_shndx"] > 0:
-                            target = elf.get_section(sym["st_shndx"]).name
-                            rel_targets[(applies_to, int(rel["r_offset"]))] = (
-                                target, int(sym["st_value"])
+                        sym = symbols[rel["r_info_sym"]]
+                        shndx = sym["st_shndx"]
+                        if isinstance(shndx, int) and shndx > 0:
+                            if shndx not in names:
+                                names[shndx] = elf.get_section(shndx).name
+                            rel_targets[(applies.name, int(rel["r_offset"]))] = (
+                                names[shndx], int(sym["st_value"])
                             )
             # Global functions (programs) win over local symbols at the same offset.
             funcs.sort(key=lambda f: (f.section, f.offset, not f.is_global))

@@ -42,6 +42,23 @@ class ArchObjects:
     objects: tuple[BPFObject, ...]
     errors: Mapping[str, str]  # object name -> one-line build or inventory error
     vmlinux_h: str = ""  # where the vmlinux.h came from
+    relocated: frozenset[tuple[str, str]] = frozenset()  # (object, program) with CO-RE relocations
+
+    def applies(self, probe: Probe, check: Check) -> bool:
+        """Whether ``check`` says anything about ``probe``: tests are generated only where it does."""
+        from harness.drift import resolve_btf_name
+
+        if probe.program == BUILD_PROGRAM:
+            return check in (Check.SYMBOL, Check.LOAD)
+        if check in (Check.LAYOUT, Check.CORE):
+            return (probe.object, probe.program) in self.relocated
+        if check == Check.PROTOTYPE:
+            return resolve_btf_name(probe.kind, probe.target) is not None
+        if check == Check.TP_FORMAT:
+            return probe.kind == "tracepoint"
+        if check == Check.UPROBE:
+            return probe.kind in USER_KINDS
+        return True
 
     def probes(self) -> list[Probe]:
         found = [p for o in self.objects for p in o.probes]
@@ -214,7 +231,16 @@ class MatrixRun:
                 objects.append(load_object(built.object))
             except ObjectError as exc:
                 errors[source.name] = str(exc)
-        result = ArchObjects(arch.name, tuple(objects), errors, where)
+        from harness.btf import load_object_core_relos
+
+        relocated: set[tuple[str, str]] = set()
+        for obj in objects:
+            try:
+                relos = load_object_core_relos(obj.path)
+            except HarnessError:
+                continue
+            relocated.update((obj.name, prog) for prog, items in relos.items() if items)
+        result = ArchObjects(arch.name, tuple(objects), errors, where, frozenset(relocated))
         self._objects[arch.name] = result
         return result
 

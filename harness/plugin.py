@@ -212,11 +212,14 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     params = []
     for spec in run.config.kernels:
         try:
-            probes = run.objects(spec.arch).probes()
+            built = run.objects(spec.arch)
         except HarnessError as exc:
             raise pytest.UsageError(str(exc)) from None
+        probes = built.probes()
         group = spec.key if check in GUEST_CHECKS else OFFLINE_GROUP
         for probe, test_id in zip(probes, _test_ids(run, spec, probes)):
+            if not built.applies(probe, check):
+                continue
             params.append(
                 pytest.param((spec, probe, check), id=test_id, marks=pytest.mark.xdist_group(group))
             )

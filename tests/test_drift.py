@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 import struct
 import subprocess
@@ -391,17 +392,36 @@ def test_compiled_object_against_kernels(tmp_path: Path) -> None:
 CACHED = sorted((Path.home() / ".cache/bpf-kernel-matrix/kernels").glob("**/facts/vmlinux.btf"))
 
 
+# vfs_unlink's parameters by kernel release: 5.12 put the mount's user namespace first (idmapped mounts),
+# 6.3 replaced it by struct mnt_idmap, 7.x turned the delegated inode into a struct of its own.
+VFS_UNLINK = [
+    ((5, 12), ("dir", "dentry", "delegated_inode"), ("struct inode *", "struct dentry *", "struct inode **")),
+    ((6, 3), ("mnt_userns", "dir", "dentry", "delegated_inode"),
+     ("struct user_namespace *", "struct inode *", "struct dentry *", "struct inode **")),
+    ((7, 0), ("idmap", "dir", "dentry", "delegated_inode"),
+     ("struct mnt_idmap *", "struct inode *", "struct dentry *", "struct inode **")),
+    ((99, 0), ("idmap", "dir", "dentry", "delegated_inode"),
+     ("struct mnt_idmap *", "struct inode *", "struct dentry *", "struct delegated_inode *")),
+]
+
+
+def _release(facts: Path) -> tuple[int, int]:
+    release = json.loads((facts / "uname.json").read_text())["release"]
+    major, minor = release.split(".")[:2]
+    return int(major), int("".join(c for c in minor if c.isdigit()))
+
+
 @pytest.mark.skipif(not CACHED, reason="no cached vmlinux BTF of booted kernels")
 def test_cached_kernels_vfs_unlink() -> None:
-    firsts = {}
     for path in CACHED:
+        if not (path.parent / "uname.json").exists():
+            continue
+        version = _release(path.parent)
+        names, types = next((n, t) for before, n, t in VFS_UNLINK if version < before)
         proto = resolve_prototype(load_btf(path), "kprobe", "vfs_unlink")
         assert proto is not None, path
-        assert proto.params[-3:] == (("dir", "struct inode *"), ("dentry", "struct dentry *"),
-                                     ("delegated_inode", "struct inode **"))
-        firsts[path] = proto.params[0] if len(proto.params) == 4 else None
-    assert {f for f in firsts.values() if f} <= {("mnt_userns", "struct user_namespace *"),
-                                                 ("idmap", "struct mnt_idmap *")}
+        assert tuple(n for n, _ in proto.params) == names, (version, proto.params)
+        assert tuple(t for _, t in proto.params) == types, (version, proto.params)
 
 
 # --- Tracepoint formats --------------------------------------------------------------------------
