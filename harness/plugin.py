@@ -273,8 +273,10 @@ class Cell:
         for res in self.results:
             where = f"{res.probe.id} {res.kernel}/{res.arch} {res.check.value}"
             if res.outcome == Outcome.FAIL:
-                extra = f" (expected: {res.expected})" if res.expected else ""
-                pytest.fail(f"{where}: {res.reason}{extra}", pytrace=False)
+                if res.expected:
+                    # An expectation spoke about this cell and said something else: name both values.
+                    pytest.fail(f"{where}: fail, but expected {res.expected!r}: {res.reason}", pytrace=False)
+                pytest.fail(f"{where}: {res.reason}", pytrace=False)
             if res.outcome == Outcome.XPASS:
                 pytest.fail(
                     f"{where}: expected {res.expected!r} but it passed: record the fix in the expectations",
