@@ -13,7 +13,7 @@ import shutil
 import subprocess
 import tempfile
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -274,6 +274,16 @@ def _prefer(p: DebPackage) -> Version:
     return Version(p.version)
 
 
+def filter_packages(data: bytes, wanted: Callable[[str], bool]) -> bytes:
+    """The paragraphs of a Packages index whose package name ``wanted`` accepts (pure)."""
+    keep: list[bytes] = []
+    for raw in data.split(b"\n\n"):
+        head = raw.lstrip(b"\n").split(b"\n", 1)[0]
+        if head.startswith(b"Package: ") and wanted(head[9:].strip().decode("utf-8", "replace")):
+            keep.append(raw.strip(b"\n") + b"\n\n")
+    return b"".join(keep)
+
+
 def parse_packages(
     data: bytes, wanted: Callable[[str], bool] | None = None
 ) -> dict[str, tuple[DebPackage, ...]]:
@@ -281,19 +291,10 @@ def parse_packages(
 
     ``wanted`` filters on the package name before the paragraph is parsed (a full index is large).
     """
-    chunks: Iterable[bytes]
-    if wanted is None:
-        chunks = [data]
-    else:
-        keep: list[bytes] = []
-        for raw in data.split(b"\n\n"):
-            head = raw.lstrip(b"\n").split(b"\n", 1)[0]
-            if head.startswith(b"Package: ") and wanted(head[9:].strip().decode("utf-8", "replace")):
-                keep.append(raw.strip(b"\n") + b"\n\n")
-        chunks = keep
+    selected = data if wanted is None else filter_packages(data, wanted)
     byname: dict[str, list[DebPackage]] = {}
     para: Any
-    for para in Packages.iter_paragraphs(io.BytesIO(b"".join(chunks)), use_apt_pkg=False):
+    for para in Packages.iter_paragraphs(io.BytesIO(selected), use_apt_pkg=False):
         try:
             pkg = DebPackage(
                 name=para["Package"],
@@ -424,12 +425,33 @@ def _fetch_suite_index_locked(
         )
         (where / "Release.text").write_text(release_text)
         stamp.write_text(json.dumps({"time": time.time(), "mirror": mirror, "verified": verified}))
+    # Decompressing a whole Packages.xz takes seconds; the kernel packages' paragraphs are kept beside
+    # it, tied to its digest, so that a warm run parses a few kilobytes instead.
+    subset = where / "Packages.kernel"
+    subset_digest = where / "Packages.kernel.sha256"
+    digest = file_sha256(packages_xz)
+    if wanted is is_kernel_package and subset.exists() and _read(subset_digest) == digest:
+        return SuiteIndex(mirror=mirror, suite=suite, arch=arch,
+                          packages=parse_packages(subset.read_bytes()), verified=verified)
     try:
         data = lzma.decompress(packages_xz.read_bytes())
     except lzma.LZMAError as exc:
         raise IntegrityError(f"suite {suite} {name}: not valid xz: {exc}") from exc
-    packages = parse_packages(data, wanted)
+    if wanted is is_kernel_package:
+        kept = filter_packages(data, wanted)
+        subset.write_bytes(kept)
+        subset_digest.write_text(digest)
+        packages = parse_packages(kept)
+    else:
+        packages = parse_packages(data, wanted)
     return SuiteIndex(mirror=mirror, suite=suite, arch=arch, packages=packages, verified=verified)
+
+
+def _read(path: Path) -> str:
+    try:
+        return path.read_text().strip()
+    except OSError:
+        return ""
 
 
 # ---------------------------------------------------------------- which packages hold the kernel
