@@ -18,6 +18,7 @@ from harness.config import Arch, KernelsConfig, KernelSpec, host_arch
 from harness.errors import HarnessError, LostVMError, ObjectError, VMError
 from harness.inventory import USER_KINDS, BPFObject, load_object
 from harness.results import CellResult, Check, KernelRun, Outcome, Probe
+from harness.sidecar import Sidecar, load_sidecar
 from harness.vm import Accelerator, Runner, VMRequest, accelerator_for, scaled_timeout
 
 AGENT = Path(__file__).parent / "guest" / "agent.py"
@@ -134,6 +135,7 @@ class MatrixRun:
         self._objects_run: set[str] = set()  # keys whose boot ran the objects, not the facts alone
         self._offline: dict[str, dict[tuple[Probe, Check], CellResult]] | None = None
         self._facts: dict[str, Any] = {}
+        self._sidecars: dict[str, Sidecar] = {}
         self._kernel_runs: dict[str, KernelRun] = {}
 
     # --- kernels -----------------------------------------------------------------------------------
@@ -250,6 +252,12 @@ class MatrixRun:
         from harness.cache import resolve_cache_root
 
         return resolve_cache_root(os.environ)
+
+    def sidecar(self, object_name: str) -> Sidecar:
+        """The sidecar of an object (parsed once); raises ConfigError for a malformed one."""
+        if object_name not in self._sidecars:
+            self._sidecars[object_name] = load_sidecar(self.progs_dir, object_name)
+        return self._sidecars[object_name]
 
     # --- facts -------------------------------------------------------------------------------------
 
@@ -470,12 +478,10 @@ class MatrixRun:
         objdir = share / "objs"
         objdir.mkdir()
         entries = []
-        from harness.sidecar import load_sidecar
-
         for obj in objects:
             dest = objdir / obj.path.name
             shutil.copy2(obj.path, dest)
-            side = load_sidecar(self.progs_dir, obj.name)
+            side = self.sidecar(obj.name)
             entries.append(
                 {"name": obj.name, "path": f"objs/{dest.name}", "triggers": side.triggers_for(obj.probes)}
             )

@@ -29,7 +29,6 @@ from harness.results import (
     Probe,
     merge_matrices,
 )
-from harness.sidecar import load_sidecar
 from harness.vm import Runner, VngRunner, probe_accelerator, stop_all_vms
 
 RUN_KEY = pytest.StashKey["MatrixRun"]()
@@ -70,7 +69,10 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         "--vm-retries", type=int, default=1, metavar="N",
         help="boot again this many times when a guest is lost (default 1); failures are never retried",
     )
-    group.addoption("--cache-dir-kernels", metavar="DIR", help="cache of kernels, facts and builds")
+    group.addoption(
+        "--cache-dir-kernels", metavar="DIR",
+        help="cache of kernels, facts and builds (default: $BPF_MATRIX_CACHE or ~/.cache/bpf-kernel-matrix)",
+    )
 
 
 def _rootdir(config: pytest.Config) -> Path:
@@ -127,6 +129,9 @@ def pytest_configure(config: pytest.Config) -> None:
         config.stash[REPORTER_KEY] = reporter
         config.pluginmanager.register(reporter, "bpf-matrix-reporter")
     cache = config.getoption("--cache-dir-kernels")
+    if cache:
+        # Every part of the harness (and the workers it starts) finds the cache through this.
+        os.environ["BPF_MATRIX_CACHE"] = str(Path(cache).resolve())
     run = MatrixRun(
         kernels,
         progs_dir,
@@ -226,12 +231,20 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     metafunc.parametrize("matrix_cell", params, indirect=True)
 
 
+def _cell_param(item: pytest.Item) -> tuple[KernelSpec, Probe, Check] | None:
+    """The (kernel, probe, check) a matrix test is parametrized with (None for other tests, and for the
+    placeholder pytest makes of an empty parameter set)."""
+    callspec = getattr(item, "callspec", None)
+    param = callspec.params.get("matrix_cell") if callspec is not None else None
+    return param if isinstance(param, tuple) else None
+
+
 def _order(item: pytest.Item) -> tuple[int, int, int]:
     """In-guest tests grouped per (kernel, arch) in kernels.yaml order, then the offline group."""
-    callspec = getattr(item, "callspec", None)
-    if callspec is None or "matrix_cell" not in callspec.params:
+    param = _cell_param(item)
+    if param is None:
         return (2, 0, 0)
-    spec, _probe, check = callspec.params["matrix_cell"]
+    spec, _probe, check = param
     run: MatrixRun = item.config.stash[RUN_KEY]
     index = run.config.kernels.index(spec)
     if check in GUEST_CHECKS:
@@ -250,11 +263,9 @@ def pytest_collection_finish(session: pytest.Session) -> None:
         return
     planned = set()
     for item in session.items:
-        callspec = getattr(item, "callspec", None)
-        if callspec is not None and "matrix_cell" in callspec.params:
-            spec, _probe, check = callspec.params["matrix_cell"]
-            if check in GUEST_CHECKS:
-                planned.add(spec.key)
+        param = _cell_param(item)
+        if param is not None and param[2] in GUEST_CHECKS:
+            planned.add(param[0].key)
     run.guest_planned = frozenset(planned)
 
 
@@ -301,7 +312,7 @@ def matrix_cell(request: pytest.FixtureRequest) -> Cell:
     result = raw
     if not request.config.getoption("--no-expectations"):
         try:
-            expectations = load_sidecar(run.progs_dir, probe.object).expectations_for(probe.program)
+            expectations = run.sidecar(probe.object).expectations_for(probe.program)
         except HarnessError as exc:
             result = CellResult(probe, spec.id, spec.arch.name, check, Outcome.ERROR, str(exc))
         else:
