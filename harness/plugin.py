@@ -37,6 +37,7 @@ OWNED_DIR_KEY = pytest.StashKey[Path]()
 PROP_RESULTS = "bpf_matrix_results"
 PROP_KERNEL = "bpf_matrix_kernel"
 OFFLINE_GROUP = "offline"
+EXIT_HARNESS_ERROR = 3  # pytest's "internal error": some cell could not be decided
 # Testing hook: "module:factory" naming a callable that returns the Runner to boot with instead of vng.
 RUNNER_ENV = "BPF_MATRIX_RUNNER"
 # Memory a worker needs beyond its guest: the harness, qemu's own overhead, page cache for 9p.
@@ -360,8 +361,26 @@ class MatrixReporter:
 
     @pytest.hookimpl(tryfirst=True)
     def pytest_sessionfinish(self, session: pytest.Session) -> None:
-        if self.records:
-            self.written = list(self.write(self.matrix()))
+        if not self.records:
+            return
+        self.written = list(self.write(self.matrix()))
+        # Exit 1 says "a probe is incompatible"; exit 3 says "the harness could not tell" (a VM or
+        # download failed), so that CI and users never take an infrastructure failure for a verdict.
+        if session.exitstatus in (pytest.ExitCode.OK, pytest.ExitCode.TESTS_FAILED) and any(
+            r.outcome == Outcome.ERROR for r in self.records.values()
+        ):
+            session.exitstatus = EXIT_HARNESS_ERROR
+
+    def counts(self) -> str:
+        """"3 incompatible, 2 expected failures, 1 harness/VM error" for the summary line."""
+        outcomes = [r.outcome for r in self.records.values()]
+        parts = [
+            (outcomes.count(Outcome.FAIL) + outcomes.count(Outcome.XPASS), "incompatible or changed"),
+            (outcomes.count(Outcome.XFAIL), "expected failures"),
+            (outcomes.count(Outcome.ERROR), "harness/VM errors"),
+            (outcomes.count(Outcome.PASS), "passed"),
+        ]
+        return ", ".join(f"{n} {what}" for n, what in parts if n)
 
     @pytest.hookimpl(trylast=True)
     def pytest_terminal_summary(self, terminalreporter: Any) -> None:
@@ -371,6 +390,7 @@ class MatrixReporter:
 
         terminalreporter.write_sep("=", "eBPF kernel compatibility matrix")
         terminalreporter.write_line(render_terminal(self.matrix()))
+        terminalreporter.write_line(f"checks: {self.counts()}")
         for path in self.written:
             terminalreporter.write_line(f"matrix written to {path}")
 
