@@ -22,10 +22,10 @@ packages=(
   mmdebstrap busybox-static              # root filesystems for guests of another architecture
   kmod udev iproute2 procps              # virtme-ng runs depmod; the guests use the host's tools
   dpkg zstd xz-utils gpgv debian-archive-keyring  # unpacking and verifying Debian kernels
-  gcc make                               # user-space samples for the uprobe checks
+  gcc make gcc-aarch64-linux-gnu         # user-space samples of the uprobe checks, per arch
 )
 if [ "$dev" = 1 ]; then
-  packages+=(chromium gcc-aarch64-linux-gnu npm)
+  packages+=(chromium npm strace)        # the HTML report's screenshot, an Actions linter, isolation tests
 fi
 
 stamp=".venv/.apt-updated"
