@@ -38,7 +38,8 @@ class Expectation:
             where.append(f"since {self.since}")
         if self.arches:
             where.append("on " + ", ".join(self.arches))
-        text = f"{self.check if self.check != '*' else 'any check'} {self.outcome}s {' '.join(where)}".strip()
+        # "attach fail since 5.17": the check, the expected outcome, where (never "passs" or "skips").
+        text = " ".join([self.check if self.check != "*" else "every check", self.outcome, *where])
         return f"{text}: {self.reason}" if self.reason else text
 
 
@@ -63,14 +64,34 @@ class Sidecar:
         return tuple(self.expectations.get(program, ())) + tuple(self.expectations.get("*", ()))
 
 
+def _as_text(where: str, key: str, value: Any) -> str:
+    if isinstance(value, bool) or not isinstance(value, (str, int, float)):
+        raise ConfigError(f"{where}: {key!r} must be a string, not {type(value).__name__}")
+    if isinstance(value, float):
+        # YAML reads 5.10 as the number 5.1: the kernel id or version would silently be another one.
+        raise ConfigError(
+            f"{where}: {key!r} is the number {value!r}: quote kernel ids and versions "
+            f"({key}: \"5.10\", not {key}: 5.10, which YAML reads as 5.1)"
+        )
+    return str(value)
+
+
 def _as_tuple(where: str, key: str, value: Any) -> tuple[str, ...]:
     if value is None:
         return ()
-    if isinstance(value, (str, int, float)):
-        return (str(value),)
     if isinstance(value, list):
-        return tuple(str(v) for v in value)
+        return tuple(_as_text(where, key, v) for v in value)
+    if isinstance(value, (str, int, float)) and not isinstance(value, bool):
+        return (_as_text(where, key, value),)
     raise ConfigError(f"{where}: {key!r} must be a string or a list")
+
+
+def _check_trigger(where: str, value: Any) -> Any:
+    """A trigger is "default", a shell command or an argv list of strings."""
+    argv = isinstance(value, list) and value and all(isinstance(v, str) for v in value)
+    if isinstance(value, str) or argv:
+        return value
+    raise ConfigError(f"{where}: 'trigger' must be \"default\", a shell command or a list of strings (argv)")
 
 
 def parse_expectations(where: str, raw: Any) -> tuple[Expectation, ...]:
@@ -94,16 +115,18 @@ def parse_expectations(where: str, raw: Any) -> tuple[Expectation, ...]:
         if outcome not in {o.value for o in Outcome} - {"xfail", "xpass"}:
             raise ConfigError(f"{w}: unknown outcome {outcome!r} (pass, fail, skip or error)")
         check = str(item.get("check", "*"))
+        kernels_key = "kernels" if "kernels" in item else "kernel"
+        arches_key = "arches" if "arches" in item else "arch"
         if check != "*" and check not in {c.value for c in Check}:
             raise ConfigError(f"{w}: unknown check {check!r} (known: {', '.join(c.value for c in Check)})")
         out.append(
             Expectation(
                 outcome=outcome,
                 check=check,
-                kernels=_as_tuple(w, "kernels", item.get("kernels", item.get("kernel"))),
-                arches=_as_tuple(w, "arches", item.get("arches", item.get("arch"))),
-                before=str(item.get("before", "")),
-                since=str(item.get("since", "")),
+                kernels=_as_tuple(w, kernels_key, item.get(kernels_key)),
+                arches=_as_tuple(w, arches_key, item.get(arches_key)),
+                before=_as_text(w, "before", item["before"]) if "before" in item else "",
+                since=_as_text(w, "since", item["since"]) if "since" in item else "",
                 reason=str(item.get("reason", "")),
             )
         )
@@ -138,10 +161,11 @@ def parse_sidecar(text: str, path: Path) -> Sidecar:
         if bad:
             raise ConfigError(f"{where}: unknown key {', '.join(map(repr, bad))}")
         if "trigger" in settings:
-            triggers[str(name)] = settings["trigger"]
+            triggers[str(name)] = _check_trigger(where, settings["trigger"])
         if "expect" in settings:
             expectations[str(name)] = parse_expectations(where, settings["expect"])
-    return Sidecar(path, data.get("trigger"), triggers, expectations)
+    trigger = _check_trigger(str(path), data["trigger"]) if data.get("trigger") is not None else None
+    return Sidecar(path, trigger, triggers, expectations)
 
 
 def load_sidecar(directory: Path, object_name: str) -> Sidecar:

@@ -1,0 +1,157 @@
+"""Tests of harness.sidecar: parsing sidecars, triggers per program, errors that name file and entry."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from harness.errors import ConfigError
+from harness.results import Probe
+from harness.sidecar import Expectation, Sidecar, load_sidecar, parse_expectations, parse_sidecar
+
+ROOT = Path(__file__).resolve().parent.parent
+SIDE = Path("bpf_progs/blk_account.yaml")
+
+FULL = """
+description: a kprobe that is inlined away
+trigger: "dd if=/dev/vda of=/dev/null bs=4k count=8 iflag=direct"
+expect:
+  - {check: fire, outcome: skip, arches: arm64, reason: "no scratch disk"}
+programs:
+  kprobe_blk:
+    trigger: default
+    expect:
+      - {check: symbol, outcome: fail, since: "5.17", reason: "inlined"}
+      - {check: attach, kernel: "6.1", arch: x86_64}
+  tp_blk:
+    trigger: [/bin/sh, -c, "sync"]
+"""
+
+
+def probe(program: str) -> Probe:
+    return Probe("blk_account", program, f"kprobe/{program}", "kprobe", program)
+
+
+def parse(text: str) -> Sidecar:
+    return parse_sidecar(text, SIDE)
+
+
+def test_full_sidecar() -> None:
+    side = parse(FULL)
+    assert side.path == SIDE
+    assert side.trigger == "dd if=/dev/vda of=/dev/null bs=4k count=8 iflag=direct"
+    assert side.program_triggers == {"kprobe_blk": "default", "tp_blk": ["/bin/sh", "-c", "sync"]}
+    symbol, attach = side.expectations["kprobe_blk"]
+    assert symbol == Expectation(outcome="fail", check="symbol", since="5.17", reason="inlined")
+    # `kernel`/`arch` stand for `kernels`/`arches`; the outcome defaults to fail, the check to all.
+    assert attach == Expectation(outcome="fail", check="attach", kernels=("6.1",), arches=("x86_64",))
+    assert side.expectations["*"] == (
+        Expectation(outcome="skip", check="fire", arches=("arm64",), reason="no scratch disk"),
+    )
+
+
+def test_triggers_for_programs_fall_back_to_the_object_trigger() -> None:
+    side = parse(FULL)
+    triggers = side.triggers_for([probe("kprobe_blk"), probe("tp_blk"), probe("other")])
+    assert triggers == {
+        "kprobe_blk": "default",
+        "tp_blk": ["/bin/sh", "-c", "sync"],
+        "other": "dd if=/dev/vda of=/dev/null bs=4k count=8 iflag=direct",
+    }
+    assert parse("programs: {}").triggers_for([probe("other")]) == {}
+
+
+def test_expectations_for_a_program_come_before_those_of_the_object() -> None:
+    side = parse(FULL)
+    assert [e.check for e in side.expectations_for("kprobe_blk")] == ["symbol", "attach", "fire"]
+    assert [e.check for e in side.expectations_for("tp_blk")] == ["fire"]
+
+
+def test_empty_sidecar_and_missing_sidecar(tmp_path: Path) -> None:
+    assert parse("") == Sidecar(SIDE)
+    assert load_sidecar(tmp_path, "nothing") == Sidecar()
+
+
+def test_load_sidecar_reads_yaml_or_yml(tmp_path: Path) -> None:
+    (tmp_path / "a.yml").write_text("trigger: 'true'\n")
+    side = load_sidecar(tmp_path, "a")
+    assert side.path == tmp_path / "a.yml" and side.trigger == "true"
+
+
+def test_lists_and_ints_of_kernels() -> None:
+    raw = [{"kernels": ["5.10", "6.1"], "arches": ["x86_64", "arm64"], "since": 6}]
+    (exp,) = parse_expectations("f", raw)
+    assert exp.kernels == ("5.10", "6.1") and exp.arches == ("x86_64", "arm64") and exp.since == "6"
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("trigger: [unclosed", f"{SIDE}: not valid YAML"),
+        ("- a list", f"{SIDE}: expected a mapping"),
+        ("triggers: default", f"{SIDE}: unknown key 'triggers'"),
+        ("programs: [a, b]", f"{SIDE}: 'programs' must be a mapping of program name to settings"),
+        ("programs: {p: default}", f"{SIDE}: program 'p': expected a mapping"),
+        ("programs: {p: {expected: []}}", f"{SIDE}: program 'p': unknown key 'expected'"),
+        ("programs: {p: {expect: {outcome: fail}}}", f"{SIDE}: program 'p': 'expect' must be a list"),
+        ("programs: {p: {expect: [fail]}}", f"{SIDE}: program 'p': expect[0]: expected a mapping"),
+        (
+            "programs: {p: {expect: [{outcome: fail}, {outcome: fail, kernal: '6.1'}]}}",
+            f"{SIDE}: program 'p': expect[1]: unknown key 'kernal'",
+        ),
+        (
+            "programs: {p: {expect: [{outcome: xfail}]}}",
+            f"{SIDE}: program 'p': expect[0]: unknown outcome 'xfail' (pass, fail, skip or error)",
+        ),
+        (
+            "programs: {p: {expect: [{check: attached}]}}",
+            f"{SIDE}: program 'p': expect[0]: unknown check 'attached' (known: symbol, prototype",
+        ),
+        ("expect: [{kernels: {a: 1}}]", f"{SIDE}: expect[0]: 'kernels' must be a string or a list"),
+        ("expect: [{before: [5]}]", f"{SIDE}: expect[0]: 'before' must be a string, not list"),
+        ("trigger: {sh: x}", f"{SIDE}: 'trigger' must be \"default\", a shell command or a list of strings"),
+        ("programs: {p: {trigger: [ls, 1]}}", f"{SIDE}: program 'p': 'trigger' must be \"default\""),
+    ],
+)
+def test_errors_name_the_file_and_the_entry(text: str, message: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        parse(text)
+    assert str(info.value).startswith(message)
+
+
+@pytest.mark.parametrize("key", ["kernels", "kernel", "before", "since"])
+def test_unquoted_kernel_versions_are_refused(key: str) -> None:
+    # YAML reads 5.10 as the float 5.1: taken as is it would match kernel "5.1", never "5.10".
+    with pytest.raises(ConfigError) as info:
+        parse(f"programs: {{p: {{expect: [{{outcome: fail, {key}: 5.10}}]}}}}")
+    assert str(info.value).startswith(f"{SIDE}: program 'p': expect[0]: {key!r} is the number 5.1: quote")
+
+
+def test_cannot_read_names_the_file(tmp_path: Path) -> None:
+    (tmp_path / "x.yaml").mkdir()
+    with pytest.raises(ConfigError, match=r"x\.yaml: cannot read"):
+        load_sidecar(tmp_path, "x")
+
+
+def test_describe() -> None:
+    inlined = Expectation("fail", "attach", since="5.17", reason="inlined")
+    assert inlined.describe() == "attach fail since 5.17: inlined"
+    anywhere = Expectation("pass", kernels=("6.1",), arches=("arm64",))
+    assert anywhere.describe() == "every check pass on 6.1 on arm64"
+    assert Expectation("skip", "fire", before="6.4").describe() == "fire skip before 6.4"
+
+
+def test_corpus_sidecars_parse() -> None:
+    """Every sidecar of bpf_progs/ parses, and each names only programs its source defines."""
+    progs = ROOT / "bpf_progs"
+    sidecars = sorted(progs.glob("*.yaml"))
+    assert sidecars, "no sidecars in bpf_progs/"
+    for path in sidecars:
+        side = parse_sidecar(path.read_text(), path)
+        source = progs / f"{path.name.removesuffix('.yaml')}.bpf.c"
+        assert source.exists(), f"{path.name}: no {source.name} beside it"
+        text = source.read_text()
+        for name in set(side.program_triggers) | (set(side.expectations) - {"*"}):
+            defined = f" {name}(" in text or f"({name}" in text
+            assert defined, f"{path.name}: no program {name!r} in {source.name}"
