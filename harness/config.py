@@ -132,6 +132,9 @@ class KernelsConfig:
     mirror: str = ""
     baseline: str = ""  # the kernel id others are diffed against; default the first listed
     rootfs: RootfsSpec = field(default_factory=RootfsSpec)
+    # Every entry of the file, also when ``kernels`` is a selection (a shard): the baseline may be
+    # outside the shard, and a shard must diff against the same kernel as a run over the whole file.
+    universe: tuple[KernelSpec, ...] = ()
 
     def ids(self) -> list[str]:
         return list(dict.fromkeys(k.id for k in self.kernels))
@@ -150,7 +153,16 @@ class KernelsConfig:
                 f"(known: {', '.join(sorted(known))})"
             )
         chosen = tuple(k for k in self.kernels if k.key in keys or k.id in keys)
-        return KernelsConfig(self.path, chosen, self.mirror, self.baseline, self.rootfs)
+        return KernelsConfig(
+            self.path, chosen, self.mirror, self.baseline_id, self.rootfs, self.universe or self.kernels
+        )
+
+    def baseline_spec(self, arch: str) -> KernelSpec | None:
+        """The baseline kernel's entry for ``arch``, from the whole file (it may be outside a shard)."""
+        for spec in self.universe or self.kernels:
+            if spec.id == self.baseline_id and spec.arch.name == arch:
+                return spec
+        return None
 
 
 def _check_keys(where: str, data: Mapping[str, Any], allowed: set[str]) -> None:

@@ -592,8 +592,17 @@ class MatrixRun:
                     relos[obj.name] = load_object_core_relos(obj.path)
                 except HarnessError:
                     relos[obj.name] = {}
-            base_spec = next((s for s in self.specs(arch.name) if s.id == baseline), None)
-            base_facts = facts.get(base_spec.key) if base_spec else None
+            base_spec = self.config.baseline_spec(arch.name)
+            base_facts = None
+            if base_spec is not None:
+                if base_spec.key not in facts and base_spec.key not in errors:
+                    # A shard without its baseline: the baseline's facts come from the cache, or
+                    # from a boot for them alone, so that the shard diffs as a whole run would.
+                    try:
+                        facts[base_spec.key] = self.facts(base_spec)
+                    except HarnessError as exc:
+                        errors[base_spec.key] = str(exc)
+                base_facts = facts.get(base_spec.key)
             columns = {(s.id, s.arch.name): facts[s.key] for s in self.specs(arch.name) if s.key in facts}
             probes = [p for o in built.objects for p in o.probes]
             alternatives = {p: symbols.stable_alternatives(p, columns) for p in probes}
@@ -615,11 +624,18 @@ class MatrixRun:
                     sym = symbols.check_symbol(probe, spec.id, spec.arch, kfacts)
                     (sym,) = symbols.with_alternatives([sym], probe, alternatives[probe])
                     cell[(probe, Check.SYMBOL)] = sym
-                    if base_spec is None:
-                        note = f"baseline {baseline} is not booted on {arch.name}"
+                    if base_spec is None or base_facts is None:
+                        note = (
+                            f"baseline {baseline} is not in kernels.yaml for {arch.name}"
+                            if base_spec is None
+                            else f"no facts of baseline {baseline}: {errors.get(base_spec.key, '')}"
+                        )
+                        # No baseline in the file is a choice (SKIP); a baseline whose facts could
+                        # not be had is the harness's failure (ERROR).
+                        unknown = Outcome.SKIP if base_spec is None else Outcome.ERROR
                         for check in (Check.PROTOTYPE, Check.TP_FORMAT):
                             cell[(probe, check)] = CellResult(
-                                probe, spec.id, spec.arch.name, check, Outcome.SKIP, note
+                                probe, spec.id, spec.arch.name, check, unknown, note
                             )
                     else:
                         proto = drift.check_prototype(probe, spec.id, spec.arch.name, btf, baseline, base_btf)
