@@ -23,6 +23,7 @@ from harness.results import (
     SCHEMA_NAME,
     SCHEMA_VERSION,
     CellResult,
+    Check,
     KernelRun,
     Matrix,
     merge_matrices,
@@ -316,6 +317,24 @@ def cmd_merge(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     return 0
 
 
+def cmd_offsets(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    """The field offsets per kernel of what programs read through CO-RE (from the layout check)."""
+    from harness.drift import render_offsets_table
+
+    matrix = load_matrix(args.results)
+    layout = [
+        r for r in matrix.records
+        if r.check == Check.LAYOUT and (not args.program or r.probe.program in args.program)
+    ]
+    if not layout:
+        raise InputError(f"{args.results}: no layout results" + (f" for {', '.join(args.program)}"
+                                                                    if args.program else ""))
+    order = {c: i for i, c in enumerate(matrix.columns())}
+    layout.sort(key=lambda r: order.get((r.kernel, r.arch), len(order)))
+    _write(args.output, render_offsets_table(layout), out)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog=PROG,
@@ -360,6 +379,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--title", default=title_default, help="the HTML page's title")
     p.set_defaults(func=cmd_merge)
+
+    p = sub.add_parser("offsets", help="field offsets per kernel of what programs read through CO-RE")
+    p.add_argument("results", type=Path, metavar="RESULTS.json")
+    p.add_argument("--program", action="append", metavar="NAME", help="only this program (repeatable)")
+    p.add_argument("-o", "--output", type=Path, help="write here instead of standard output")
+    p.set_defaults(func=cmd_offsets)
     return parser
 
 

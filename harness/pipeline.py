@@ -435,6 +435,7 @@ class MatrixRun:
                         n for n in (
                             build.verified,
                             f"accelerator {accel.name}: {accel.reason}",
+                            f"booted with {lsm_append(config_text)} so that lsm/ programs can attach",
                             f"libbpf {done.get('libbpf', '?')} in the guest",
                             f"attempt {attempt + 1}" if attempt else "",
                         ) if n

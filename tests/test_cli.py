@@ -16,7 +16,7 @@ from harness import cli
 from harness.config import KernelSpec
 from harness.errors import FetchError
 from harness.render import render_markdown, render_terminal
-from harness.results import Matrix, parse_matrix_json
+from harness.results import CellResult, Check, Matrix, Outcome, Probe, parse_matrix_json
 
 TESTS = Path(__file__).parent
 SAMPLE = TESTS / "data" / "sample_matrix.json"
@@ -364,3 +364,23 @@ def test_merge_requires_output(tmp_path: Path) -> None:
     with pytest.raises(SystemExit) as exc:
         run("merge", str(SAMPLE))
     assert exc.value.code == 2
+
+
+def test_offsets_table_per_kernel(tmp_path: Path) -> None:
+    probe = Probe("task", "on_exec", "tp/sched/sched_process_exec", "tracepoint", "sched/sched_process_exec")
+
+    def layout(kernel: str, offset: int | None) -> CellResult:
+        row = {"path": "task_struct.comm", "kind": "field_byte_offset", "status":
+               "ok" if offset is not None else "field missing", "offset": offset, "size": 16}
+        return CellResult(probe, kernel, "x86_64", Check.LAYOUT,
+                          Outcome.PASS if offset is not None else Outcome.FAIL, "", {"relocations": [row]})
+
+    path = tmp_path / "m.json"
+    path.write_text(json.dumps(Matrix((layout("5.10", 2736), layout("6.1", 2976))).serialize()))
+    code, out, err = run("offsets", str(path))
+    assert code == 0, err
+    header, _, row = out.strip().splitlines()
+    assert header.index("5.10/x86_64") < header.index("6.1/x86_64")
+    assert "task_struct.comm" in row and "2736" in row and "2976" in row
+    code, _, err = run("offsets", str(path), "--program", "nope")
+    assert code == 2 and "no layout results for nope" in err
