@@ -175,7 +175,9 @@ class MatrixRun:
         CO-RE adapts them to older kernels.
         """
         errors: list[str] = []
-        for spec in sorted(self.specs(arch.name), key=lambda s: version_key(s.id), reverse=True):
+        # From the whole file, not the selection: a shard must build the objects a full run builds.
+        universe = [s for s in self.config.universe or self.config.kernels if s.arch == arch]
+        for spec in sorted(universe, key=lambda s: version_key(s.id), reverse=True):
             try:
                 build = self.fetch(spec)
             except HarnessError as exc:
