@@ -7,6 +7,7 @@ from array import array
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from enum import IntEnum
+from itertools import compress
 from pathlib import Path
 from typing import ClassVar, overload
 
@@ -248,6 +249,9 @@ class DeclTag(BTFType):
     kind: ClassVar[Kind] = Kind.DECL_TAG
 
 
+# bytes.translate() table: 1 for the FUNC kind, 0 for the others (a mask for itertools.compress).
+_FUNC_MASK = bytes(int(k == Kind.FUNC) for k in range(256))
+
 _QUALIFIERS = frozenset({Kind.VOLATILE, Kind.CONST, Kind.RESTRICT, Kind.TYPE_TAG})
 _MODS_AND_TYPEDEFS = _QUALIFIERS | {Kind.TYPEDEF}
 
@@ -293,7 +297,7 @@ class BTFSpec:
         self,
         name: str,
         words: array[int],
-        starts: list[int],
+        starts: Sequence[int],
         kinds: bytes,
         strings: bytes,
         base: BTFSpec | None,
@@ -311,6 +315,10 @@ class BTFSpec:
         self._cache: dict[int, BTFType] = {}
         self._str_cache: dict[int, str] = {}
         self._by_name: dict[str, list[int]] | None = None
+        self._ids_named: dict[str, list[int]] = {}
+        self._name_offs: array[int] | None = None
+        self._name_offs_bytes = b""
+        self._used_name_offs: frozenset[int] = frozenset()
         self._func_names: frozenset[str] | None = None
         self.types = TypeTable(self)
 
@@ -504,10 +512,69 @@ class BTFSpec:
             self._by_name = index
         return self._by_name
 
+    def _name_offsets(self) -> array[int]:
+        """The name offset of each type this spec defines, in id order."""
+        if self._name_offs is None:
+            self._name_offs = array(self._words.typecode, map(self._words.__getitem__, self._starts))
+        return self._name_offs
+
+    def _string_offsets(self, encoded: bytes) -> Iterator[int]:
+        """Offsets (the base's first) where the string ``encoded`` (no NUL in it) starts and ends."""
+        if self.base is not None:
+            yield from self.base._string_offsets(encoded)
+        strings = self._strings
+        pattern = encoded + b"\0"
+        pos = strings.find(pattern)
+        while pos >= 0:
+            yield self._str_base + pos
+            pos = strings.find(pattern, pos + 1)
+        # string() also ends a string at the end of the section.
+        if strings.endswith(encoded) and not strings.endswith(pattern):
+            yield self._str_base + len(strings) - len(encoded)
+
+    def _type_ids_named(self, name: str) -> list[int]:
+        """Ids of this spec's types named ``name`` (not the base's), in id order.
+
+        A lookup searches the string section for the name, then the types for its offsets, instead of
+        decoding every type's name into an index: a run looks up tens of names among 100k+ types.
+        """
+        if self._by_name is not None:
+            return self._by_name.get(name, [])
+        found = self._ids_named.get(name)
+        if found is not None:
+            return found
+        try:
+            encoded = name.encode("utf-8")
+        except UnicodeEncodeError:
+            encoded = b""
+        if not encoded or b"\0" in encoded or "\ufffd" in name:
+            # Names no offset search can find: empty, or only made by decoding invalid UTF-8.
+            return self._name_index().get(name, [])
+        offs = self._name_offsets()
+        if not self._name_offs_bytes:
+            self._name_offs_bytes = offs.tobytes()
+            self._used_name_offs = frozenset(offs)
+        used, packed, width = self._used_name_offs, self._name_offs_bytes, offs.itemsize
+        found = []
+        for off in self._string_offsets(encoded):
+            if off == 0 or off not in used:  # offset 0 is the anonymous types' name
+                continue
+            needle = array(offs.typecode, (off,)).tobytes()
+            i = packed.find(needle)
+            while i >= 0:
+                if i % width:
+                    i = packed.find(needle, i + 1)
+                    continue
+                found.append(self._first_id + i // width)
+                i = packed.find(needle, i + width)
+        found.sort()
+        self._ids_named[name] = found
+        return found
+
     def by_name(self, name: str, kind: Kind | None = None) -> list[BTFType]:
         """Types named ``name`` (of one kind, when given), the base's first; [] when none."""
         found = self.base.by_name(name, kind) if self.base is not None else []
-        for tid in self._name_index().get(name, ()):
+        for tid in self._type_ids_named(name):
             if kind is None or self._kinds[tid - self._first_id] == kind:
                 found.append(self.type(tid))
         return found
@@ -515,11 +582,8 @@ class BTFSpec:
     def func_names(self) -> frozenset[str]:
         """Names of every FUNC type (cached)."""
         if self._func_names is None:
-            w = self._words
-            starts = self._starts
-            first = self._first_id
-            string = self.string
-            names = {string(w[starts[tid - first]]) for tid in self.ids(Kind.FUNC) if tid >= first}
+            funcs = compress(self._name_offsets(), self._kinds.translate(_FUNC_MASK))
+            names = set(map(self.string, funcs))
             if self.base is not None:
                 names |= self.base.func_names()
             self._func_names = frozenset(names)
@@ -627,12 +691,20 @@ class BTFSpec:
         return f"BTFSpec({self.name!r}, {len(self)} types)"
 
 
-def parse_btf(data: bytes, name: str = "BTF", base: BTFSpec | None = None) -> BTFSpec:
-    """Parse raw BTF (a /sys/kernel/btf file or an object's .BTF section).
+@dataclass(frozen=True)
+class BTFLayout:
+    """Where each type of a BTF blob's type section starts (in u32 words), and its kind.
 
-    ``base`` is the spec split BTF (a module's) builds on. Raises BTFError on a bad magic, a truncated
-    section or an unknown kind.
+    What parse_btf() learns by walking every type: index_btf() computes it, parse_btf_with_layout()
+    reuses it (a caller may keep it beside a big vmlinux BTF that does not change).
     """
+
+    starts: Sequence[int]
+    kinds: bytes
+
+
+def _read_sections(data: bytes, name: str) -> tuple[array[int], bytes, bool]:
+    """The type section as native u32 words, the string section, and whether the blob is little-endian."""
     if len(data) < _BTF_HEADER_LEN:
         raise BTFError(f"{name}: {len(data)} bytes is too short for a BTF header")
     magic = data[0:2]
@@ -664,8 +736,11 @@ def parse_btf(data: bytes, name: str = "BTF", base: BTFSpec | None = None) -> BT
     words.frombytes(data[t_start : t_start + type_len])
     if little != (struct.pack("=H", 1) == b"\x01\x00"):
         words.byteswap()
+    return words, strings, little
 
-    starts: list[int] = []
+
+def _walk_types(words: array[int], name: str, base: BTFSpec | None) -> BTFLayout:
+    starts = array(words.typecode)
     kinds = bytearray()
     add_start = starts.append
     add_kind = kinds.append
@@ -688,7 +763,43 @@ def parse_btf(data: bytes, name: str = "BTF", base: BTFSpec | None = None) -> BT
         raise BTFError(f"{name}: BTF type section truncated at byte {i * 4}") from exc
     if i != n:
         raise BTFError(f"{name}: BTF type section truncated at byte {starts[-1] * 4}")
-    return BTFSpec(name, words, starts, bytes(kinds), strings, base, little)
+    return BTFLayout(starts, bytes(kinds))
+
+
+def parse_btf(data: bytes, name: str = "BTF", base: BTFSpec | None = None) -> BTFSpec:
+    """Parse raw BTF (a /sys/kernel/btf file or an object's .BTF section).
+
+    ``base`` is the spec split BTF (a module's) builds on. Raises BTFError on a bad magic, a truncated
+    section or an unknown kind.
+    """
+    words, strings, little = _read_sections(data, name)
+    layout = _walk_types(words, name, base)
+    return BTFSpec(name, words, layout.starts, layout.kinds, strings, base, little)
+
+
+def index_btf(data: bytes, name: str = "BTF", base: BTFSpec | None = None) -> BTFLayout:
+    """The layout of raw BTF's types (see parse_btf_with_layout); raises BTFError as parse_btf does."""
+    words, _strings, _little = _read_sections(data, name)
+    return _walk_types(words, name, base)
+
+
+def parse_btf_with_layout(
+    data: bytes, layout: BTFLayout, name: str = "BTF", base: BTFSpec | None = None
+) -> BTFSpec:
+    """parse_btf() without walking the types: ``layout`` is index_btf() of the same bytes.
+
+    The header is checked as by parse_btf(); raises BTFError when ``layout`` cannot be that of
+    ``data`` (types past the end of the section, an unknown kind).
+    """
+    words, strings, little = _read_sections(data, name)
+    starts, kinds = layout.starts, layout.kinds
+    if len(starts) != len(kinds) or (starts and starts[-1] + 3 > len(words)) or (
+        not starts and words
+    ):
+        raise BTFError(f"{name}: the cached type layout does not fit this BTF")
+    if kinds.translate(None, bytes(range(1, _KNOWN_KINDS))):
+        raise BTFError(f"{name}: the cached type layout has unknown kinds")
+    return BTFSpec(name, words, starts, kinds, strings, base, little)
 
 
 def load_btf(path: Path, base: BTFSpec | None = None) -> BTFSpec:

@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import json
+import os
+import pickle
 import re
+import tempfile
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar, cast
 
-from harness.errors import HarnessError
+from harness.errors import BTFError, HarnessError
 
 UNAME_FILE = "uname.json"
 KALLSYMS_FILE = "kallsyms"
@@ -47,6 +50,19 @@ TEXT_REGIONS: tuple[tuple[str, str, str], ...] = (
 # Since 6.0 ftrace lists addresses it cannot resolve under this name instead of dropping them.
 _FTRACE_INVALID = "__ftrace_invalid_address__"
 
+# What is derived from the big files (indexes of kallsyms, ftrace's functions, BTF function names) is
+# kept beside them in <facts>/derived/<what>.pickle, keyed by the source file's size and mtime: a warm
+# run loads it instead of parsing megabytes again. Smaller files are parsed every time (the cache
+# would cost more than it saves, and test fixtures stay untouched).
+DERIVED_DIR = "derived"
+DERIVED_MIN_BYTES = 64 * 1024
+# Bump when the shape of a cached value changes: older files are then ignored and rewritten.
+_DERIVED_FORMAT = 1
+_EIL_PREFIX = "_eil_addr_"
+_LSM_PREFIX = "bpf_lsm_"
+
+_T = TypeVar("_T")
+
 
 class FactsError(HarnessError):
     """A kernel facts directory is incomplete or one of its files is malformed."""
@@ -81,9 +97,22 @@ class Kallsyms:
     modules: Mapping[str, str]  # name -> module of the first entry
     markers: Mapping[str, int]  # addresses of the TEXT_REGIONS marker symbols that are present
     text: str = field(default="", repr=False, compare=False)
+    # The kallsyms file, read on the first address_of() when ``text`` is empty (indexes loaded from
+    # the derived cache come without the text).
+    source: Path | None = field(default=None, repr=False, compare=False)
 
     def address_of(self, name: str) -> int | None:
-        """The address of the first core symbol ``name``, or None (a scan of the text: not hot)."""
+        """The address of the first core symbol ``name``, or None (a scan of the text: not hot).
+
+        Raises FactsError when the text has to be read from ``source`` and cannot be.
+        """
+        if not self.text and self.source is not None:
+            try:
+                text = self.source.read_text(encoding="utf-8", errors="replace")
+            except OSError as exc:
+                raise FactsError(f"{self.source}: cannot read: {exc.strerror}") from exc
+            # Frozen for callers; the text is only a lazily read copy of what ``source`` holds.
+            object.__setattr__(self, "text", text)
         return _address_in(self.text, name)
 
     def region_of(self, name: str) -> str | None:
@@ -202,6 +231,65 @@ def parse_lsm(text: str) -> tuple[str, ...]:
     return tuple(part.strip() for part in text.strip().split(",") if part.strip())
 
 
+def index_clones(symbols: Iterable[str]) -> dict[str, tuple[str, ...]]:
+    """Base name -> its compiler clones among ``symbols`` (foo -> foo.isra.0, foo.cold), sorted."""
+    index: dict[str, list[str]] = {}
+    for sym in symbols:
+        if "." in sym:
+            match = CLONE_RE.match(sym)
+            if match:
+                index.setdefault(match.group("base"), []).append(sym)
+    return {k: tuple(sorted(v)) for k, v in index.items()}
+
+
+def index_by_stem(functions: Iterable[str]) -> dict[str, list[str]]:
+    """name_stem() -> the functions with it (in the order given)."""
+    index: dict[str, list[str]] = {}
+    for fn in functions:
+        # name_stem() inlined: this runs over every traceable function.
+        key = fn.lstrip("_").split("_", 1)[0].split(".", 1)[0]
+        found = index.get(key)
+        if found is None:
+            index[key] = [fn]
+        else:
+            found.append(fn)
+    return index
+
+
+def _lsm_hooks_in(names: Iterable[str]) -> frozenset[str]:
+    return frozenset(n[len(_LSM_PREFIX):] for n in names if n.startswith(_LSM_PREFIX))
+
+
+def load_derived(cache: Path, key: tuple[Any, ...], derive: Callable[[], _T]) -> _T:
+    """The value pickled in ``cache`` under ``key``, else ``derive()`` (then stored there).
+
+    A cache file that is missing, unreadable, stale (another key) or not a pickle is ignored and
+    rewritten; one that cannot be written (a read-only cache) is skipped. Raises what ``derive`` raises.
+    """
+    try:
+        with cache.open("rb") as fh:
+            stored = pickle.load(fh)
+        if isinstance(stored, tuple) and len(stored) == 2 and stored[0] == key:
+            return cast(_T, stored[1])
+    except Exception:
+        pass  # whatever is wrong with a cache file, deriving the value again fixes it
+    value = derive()
+    try:
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=cache.parent, prefix=f".{cache.name}.", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "wb") as fh:
+                pickle.dump((key, value), fh, protocol=pickle.HIGHEST_PROTOCOL)
+            os.chmod(tmp, 0o644)  # mkstemp's 0600 would hide it from other users of a shared cache
+            os.replace(tmp, cache)
+        except BaseException:
+            os.unlink(tmp)
+            raise
+    except OSError:
+        pass
+    return value
+
+
 def _split_event(event: str) -> tuple[str, str]:
     cat, _, name = event.replace(":", "/", 1).partition("/")
     return cat, name
@@ -239,6 +327,23 @@ class KernelFacts:
         except OSError as exc:
             raise FactsError(f"{path}: cannot read: {exc.strerror}") from exc
 
+    def _derived(self, filename: str, what: str, derive: Callable[[], _T]) -> _T | None:
+        """``derive()`` (which reads ``filename``), cached in derived/<what>.pickle for big files.
+
+        None when ``filename`` is missing.
+        """
+        path = self.directory / filename
+        try:
+            st = path.stat()
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            raise FactsError(f"{path}: cannot read: {exc.strerror}") from exc
+        if st.st_size < DERIVED_MIN_BYTES:
+            return derive()
+        key = (_DERIVED_FORMAT, what, st.st_size, st.st_mtime_ns)
+        return load_derived(self.directory / DERIVED_DIR / f"{what}.pickle", key, derive)
+
     @cached_property
     def uname(self) -> Uname | None:
         text = self._read_text(UNAME_FILE)
@@ -255,11 +360,36 @@ class KernelFacts:
         return self.uname.machine if self.uname else ""
 
     @cached_property
+    def _kallsyms_index(
+        self,
+    ) -> tuple[Kallsyms, Mapping[str, tuple[str, ...]], frozenset[str] | None]:
+        """kallsyms parsed, its clone index and its error-injection list (see ``error_injection``)."""
+        path = self.directory / KALLSYMS_FILE
+        missing = f"facts for {self.directory} are incomplete: no kallsyms"
+        parsed: list[Kallsyms] = []
+
+        def derive() -> tuple[Any, ...]:
+            text = self._read_text(KALLSYMS_FILE)
+            if text is None:
+                raise FactsError(missing)
+            ks = parse_kallsyms(text, str(path))
+            parsed.append(ks)
+            core = ks.core
+            eil = frozenset(s[len(_EIL_PREFIX):] for s in core if s.startswith(_EIL_PREFIX))
+            return core, ks.modules, ks.markers, index_clones(core), eil or None
+
+        index = self._derived(KALLSYMS_FILE, "kallsyms", derive)
+        if index is None:
+            raise FactsError(missing)
+        core, modules, markers, clones, eil = index
+        # Freshly parsed, the text is at hand for address_of(); loaded from the cache, it is read on
+        # first use.
+        ks = parsed[0] if parsed else Kallsyms(core, modules, markers, source=path)
+        return ks, clones, eil
+
+    @cached_property
     def kallsyms(self) -> Kallsyms:
-        text = self._read_text(KALLSYMS_FILE)
-        if text is None:
-            raise FactsError(f"facts for {self.directory} are incomplete: no kallsyms")
-        return parse_kallsyms(text, str(self.directory / KALLSYMS_FILE))
+        return self._kallsyms_index[0]
 
     @property
     def symbols(self) -> Mapping[str, str]:
@@ -284,19 +414,32 @@ class KernelFacts:
         The list's _eil_addr_<fn> markers live in their own section, which Debian's kallsyms
         (6.1, 5.10) leaves out even with CONFIG_KALLSYMS_ALL: None is the usual answer.
         """
-        prefix = "_eil_addr_"
-        found = frozenset(s[len(prefix):] for s in self.kallsyms.core if s.startswith(prefix))
-        return found or None
+        return self._kallsyms_index[2]
 
     def symbol_types(self, name: str) -> frozenset[str]:
         """The set of kallsyms types of core symbol ``name`` (empty when absent)."""
         return frozenset(self.kallsyms.core.get(name, ""))
 
     @cached_property
+    def _traceable_index(
+        self,
+    ) -> tuple[frozenset[str], Mapping[str, Sequence[str]], frozenset[str]] | None:
+        """available_filter_functions parsed, indexed by stem, and its LSM hooks; None when missing."""
+
+        def derive() -> tuple[frozenset[str], dict[str, list[str]], frozenset[str]] | None:
+            text = self._read_text(FILTER_FUNCTIONS_FILE)
+            if text is None:
+                return None
+            names = parse_filter_functions(text)
+            return names, index_by_stem(names), _lsm_hooks_in(names)
+
+        return self._derived(FILTER_FUNCTIONS_FILE, "available_filter_functions", derive)
+
+    @cached_property
     def traceable(self) -> frozenset[str] | None:
         """Functions ftrace can attach to (available_filter_functions), None when not collected."""
-        text = self._read_text(FILTER_FUNCTIONS_FILE)
-        return None if text is None else parse_filter_functions(text)
+        index = self._traceable_index
+        return None if index is None else index[0]
 
     @cached_property
     def events(self) -> frozenset[str] | None:
@@ -327,8 +470,11 @@ class KernelFacts:
 
     @cached_property
     def config(self) -> Mapping[str, str] | None:
-        text = self._read_text(CONFIG_FILE)
-        return None if text is None else parse_config(text)
+        def derive() -> dict[str, str] | None:
+            text = self._read_text(CONFIG_FILE)
+            return None if text is None else parse_config(text)
+
+        return self._derived(CONFIG_FILE, "config", derive)
 
     @cached_property
     def lsms(self) -> tuple[str, ...] | None:
@@ -347,47 +493,61 @@ class KernelFacts:
         if not self.has_btf:
             return None
         path = self.directory / BTF_FILE
-        parser = self.btf_parser or _default_btf_parser
-        return parser(path.read_bytes(), str(path))
+        if self.btf_parser is not None:
+            return self.btf_parser(path.read_bytes(), str(path))
+        # Imported here: harness.btf is only needed by fentry, lsm and tp_btf probes.
+        from harness import btf
+
+        data = path.read_bytes()
+
+        def derive() -> tuple[Sequence[int], bytes]:
+            layout = btf.index_btf(data, str(path))
+            return layout.starts, layout.kinds
+
+        found = self._derived(BTF_FILE, "btf_layout", derive)
+        if found is None:
+            return _default_btf_parser(data, str(path))
+        try:
+            return btf.parse_btf_with_layout(data, btf.BTFLayout(*found), str(path))
+        except BTFError:
+            # A layout that does not fit (written for another file): walk the types again.
+            return _default_btf_parser(data, str(path))
 
     @cached_property
     def btf_func_names(self) -> frozenset[str]:
         """Names of the BTF FUNC types of vmlinux (empty without BTF)."""
-        spec = self.btf
-        return spec.func_names() if spec is not None else frozenset()
+        if not self.has_btf:
+            return frozenset()
 
-    @cached_property
+        def derive() -> frozenset[str]:
+            spec = self.btf
+            return spec.func_names() if spec is not None else frozenset()
+
+        if self.btf_parser is not None:
+            # Another parser may see other names: only the default one's are cached.
+            return derive()
+        names = self._derived(BTF_FILE, "btf_func_names", derive)
+        return names if names is not None else frozenset()
+
+    @property
     def clones(self) -> Mapping[str, tuple[str, ...]]:
         """Base name -> its compiler clones in kallsyms (foo -> foo.isra.0, foo.cold), sorted."""
-        index: dict[str, list[str]] = {}
-        for sym in self.kallsyms.core:
-            if "." in sym:
-                match = CLONE_RE.match(sym)
-                if match:
-                    index.setdefault(match.group("base"), []).append(sym)
-        return {k: tuple(sorted(v)) for k, v in index.items()}
+        return self._kallsyms_index[1]
 
-    @cached_property
+    @property
     def traceable_by_stem(self) -> Mapping[str, Sequence[str]]:
         """name_stem() -> traceable functions with it (unordered): the candidates for "closest"."""
-        index: dict[str, list[str]] = {}
-        for fn in self.traceable or ():
-            # name_stem() inlined: this runs over every traceable function.
-            key = fn.lstrip("_").split("_", 1)[0].split(".", 1)[0]
-            found = index.get(key)
-            if found is None:
-                index[key] = [fn]
-            else:
-                found.append(fn)
-        return index
+        index = self._traceable_index
+        return {} if index is None else index[1]
 
     @cached_property
     def lsm_hooks(self) -> frozenset[str]:
         """LSM hooks a BPF LSM program can attach to: ``file_open`` for ``bpf_lsm_file_open``."""
-        prefix = "bpf_lsm_"
-        # The bpf_lsm_* stubs are traceable: a third of the names of kallsyms to scan.
-        names: Iterable[str] = self.traceable if self.traceable is not None else self.kallsyms.core
-        return frozenset(n[len(prefix):] for n in names if n.startswith(prefix))
+        index = self._traceable_index
+        if index is not None:
+            # The bpf_lsm_* stubs are traceable: a third of the names of kallsyms to scan.
+            return index[2]
+        return _lsm_hooks_in(self.kallsyms.core)
 
 
 def name_stem(name: str) -> str:

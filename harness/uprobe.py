@@ -10,7 +10,7 @@ import subprocess
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from elftools.common.exceptions import DWARFError, ELFError
 from elftools.dwarf.die import DIE
@@ -48,6 +48,29 @@ LIB_DIRS = (
 )
 BIN_DIRS = ("/usr/local/bin", "/usr/bin", "/bin", "/usr/sbin", "/sbin")
 BUILD_LINE = re.compile(r"^//\s*build:\s*(?P<out>\S+)(?P<flags>.*)$")
+
+# A matrix checks the same few binaries on every kernel of an arch: what was read from one is kept,
+# keyed by the file's identity, size and mtime (a rebuilt binary is read again).
+_MEMO_SIZE = 256
+_FileKey = tuple[str, int, int, int, int]
+_V = TypeVar("_V")
+_elf_memo: dict[_FileKey, ElfFunctions] = {}
+_inlining_memo: dict[tuple[_FileKey, str], Inlining] = {}
+
+
+def _file_key(path: Path) -> _FileKey | None:
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return (str(path), st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+
+
+def _remember(memo: dict[Any, _V], key: Any, value: _V) -> _V:
+    if len(memo) >= _MEMO_SIZE:
+        memo.clear()
+    memo[key] = value
+    return value
 
 
 # --- the probe's target ------------------------------------------------------------------------------
@@ -156,6 +179,14 @@ def _file_offset(segments: list[tuple[int, int, int]], vaddr: int) -> int:
 
 def load_elf_functions(path: Path) -> ElfFunctions:
     """Read the function symbols (.symtab, then .dynsym) of ``path``; raises ObjectError."""
+    key = _file_key(path)
+    if key is not None and key in _elf_memo:
+        return _elf_memo[key]
+    found = _read_elf_functions(path)
+    return found if key is None else _remember(_elf_memo, key, found)
+
+
+def _read_elf_functions(path: Path) -> ElfFunctions:
     try:
         with path.open("rb") as fh:
             try:
@@ -252,6 +283,14 @@ def _iter_dies(path: Path) -> Iterator[DIE]:
 
 def load_inlining(path: Path, name: str) -> Inlining:
     """What the DWARF of ``path`` says about function ``name`` (``known`` False without DWARF)."""
+    key = _file_key(path)
+    if key is not None and (key, name) in _inlining_memo:
+        return _inlining_memo[(key, name)]
+    found = _read_inlining(path, name)
+    return found if key is None else _remember(_inlining_memo, (key, name), found)
+
+
+def _read_inlining(path: Path, name: str) -> Inlining:
     callers: list[str] = []
     declared = False
     out_of_line = False

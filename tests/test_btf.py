@@ -13,6 +13,8 @@ import pytest
 
 from harness.btf import (
     Array,
+    BTFLayout,
+    BTFSpec,
     Const,
     CoreReloKind,
     Datasec,
@@ -34,10 +36,12 @@ from harness.btf import (
     Var,
     Void,
     Volatile,
+    index_btf,
     load_btf,
     load_object_core_relos,
     parse_btf,
     parse_btf_ext_core_relos,
+    parse_btf_with_layout,
 )
 from harness.errors import BTFError, ObjectError
 
@@ -516,3 +520,62 @@ def test_nested_subprogram_relocations_reach_the_program(tmp_path: Path) -> None
     assert [r.path for r in relos["prog_b"]] == ["task_struct.parent", "task_struct.pid"]
     assert [r.path for r in relos["deeper"]] == ["task_struct.tgid"]
     assert "middle" not in relos
+
+
+def _names_by_decoding(spec: BTFSpec) -> dict[str, list[int]]:
+    """Every type's name decoded one by one: what by_name must agree with."""
+    index: dict[str, list[int]] = {}
+    for tid in range(1, len(spec)):
+        name = spec.name_of(tid)
+        if name:
+            index.setdefault(name, []).append(tid)
+    return index
+
+
+@pytest.mark.parametrize("big_endian", [False, True])
+def test_by_name_agrees_with_decoding_every_name(big_endian: bool) -> None:
+    b, ids = every_kind()
+    b.add("inode", 7, 0, 0)  # a forward declaration beside the struct
+    # A name that is the tail of another string ("node" in "inode"), and a string stored twice.
+    ids_tail = len(b.types) + 1
+    b.types.append([b.str_base + b.strings.index(b"inode\0") + 1, 8 << 24, ids["int"]])
+    b.types.append([b.s("twice"), 8 << 24, ids["int"]])
+    b.types.append([b.s("twice"), 8 << 24, ids["int"]])
+    spec = parse_btf(b.build(big_endian))
+    expected = _names_by_decoding(spec)
+    assert expected["node"] == [ids_tail]
+    for name, found in expected.items():
+        assert [t.id for t in spec.by_name(name)] == found, name
+    for missing in ("nod", "inod", "inode ", "no_such_type", "\ufffd", "a\0b"):
+        assert spec.by_name(missing) == []
+    assert [t.kind for t in spec.by_name("inode")] == [Kind.STRUCT, Kind.FWD]
+
+
+def test_by_name_in_split_btf_finds_names_in_base_strings() -> None:
+    base_b = BTFBuilder()
+    base_int = base_b.int_("int", 4, signed=True)
+    base_b.struct("shared", 4, [("v", base_int, 0)])
+    base = parse_btf(base_b.build(), "vmlinux")
+    split = BTFBuilder(first_id=len(base), str_base=base.strings_len)
+    # A module's type named by an offset into the base's strings (as pahole's dedup makes them).
+    split.types.append([base.strings_len - len(b"shared\0"), 7 << 24, 0])
+    sid = split.struct("mod_only", 4, [("v", base_int, 0)])
+    spec = parse_btf(split.build(), "mod", base=base)
+    assert [t.kind for t in spec.by_name("shared")] == [Kind.STRUCT, Kind.FWD]
+    assert [t.id for t in spec.by_name("mod_only")] == [sid]
+    assert spec.by_name("int", Kind.INT)[0].id == base_int
+
+
+def test_parse_btf_with_layout_is_parse_btf() -> None:
+    b, _ = every_kind()
+    data = b.build()
+    layout = index_btf(data, "k.btf")
+    spec, again = parse_btf(data, "k.btf"), parse_btf_with_layout(data, layout, "k.btf")
+    assert list(again.types) == list(spec.types)
+    assert again.func_names() == spec.func_names()
+    other = BTFBuilder()
+    other.int_("int", 4)
+    with pytest.raises(BTFError, match="layout does not fit"):
+        parse_btf_with_layout(other.build(), layout, "other.btf")
+    with pytest.raises(BTFError, match="unknown kinds"):
+        parse_btf_with_layout(data, BTFLayout(layout.starts, bytes([25]) * len(layout.kinds)), "k.btf")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import pickle
 import re
 import shutil
 import time
@@ -15,6 +16,7 @@ from harness.errors import HarnessError
 from harness.facts import (
     FactsError,
     KernelFacts,
+    load_derived,
     load_facts,
     name_stem,
     parse_available_events,
@@ -273,3 +275,101 @@ def test_parse_kallsyms_is_fast() -> None:
     elapsed = time.perf_counter() - start
     assert len(ks.core) == 200_000 and len(ks.modules) == 5000
     assert elapsed < 0.5, f"parse_kallsyms took {elapsed:.3f} s for 200k lines"
+
+
+# --- derived cache ----------------------------------------------------------------------------------
+
+_DERIVED_PROPS = (
+    "symbols", "module_symbols", "clones", "error_injection", "traceable", "traceable_by_stem",
+    "lsm_hooks", "config", "btf_func_names", "kallsyms_all",
+)
+
+
+def _snapshot(facts: KernelFacts) -> dict[str, Any]:
+    out = {name: getattr(facts, name) for name in _DERIVED_PROPS}
+    out["traceable_by_stem"] = {k: sorted(v) for k, v in facts.traceable_by_stem.items()}
+    out["markers"] = facts.kallsyms.markers
+    out["region"] = facts.kallsyms.region_of("exc_int3")
+    out["address"] = facts.kallsyms.address_of("vfs_unlink")
+    assert facts.btf is not None
+    out["btf"] = [(t.id, t.name) for t in facts.btf.by_name("btf_trace_sched_switch")]
+    return out
+
+
+@pytest.fixture
+def cached_facts_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    # The fixture's files are small: lower the threshold so that they are cached like a distro's.
+    monkeypatch.setattr("harness.facts.DERIVED_MIN_BYTES", 0)
+    directory = tmp_path / "6.1-x86_64"
+    shutil.copytree(FACTS / "6.1-x86_64", directory)
+    with (directory / "kallsyms").open("a") as fh:
+        fh.write("ffffffff81000000 T __noinstr_text_start\nffffffff81000040 T exc_int3\n"
+                 "ffffffff81000100 T __noinstr_text_end\nffffffff81000200 d _eil_addr_should_failslab\n")
+    return directory
+
+
+def test_derived_cache_gives_the_same_facts(cached_facts_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    fresh = _snapshot(load_facts(cached_facts_dir))
+    written = sorted(p.name for p in (cached_facts_dir / "derived").iterdir())
+    assert written == [
+        "available_filter_functions.pickle", "btf_func_names.pickle", "btf_layout.pickle",
+        "config.pickle", "kallsyms.pickle",
+    ]
+
+    def no_parsing(*args: object, **kwargs: object) -> None:
+        raise AssertionError("parsed again although the derived cache is fresh")
+
+    for name in ("parse_kallsyms", "parse_filter_functions", "parse_config", "index_clones"):
+        monkeypatch.setattr(f"harness.facts.{name}", no_parsing)
+    monkeypatch.setattr("harness.btf.index_btf", no_parsing)
+    cached = load_facts(cached_facts_dir)
+    assert _snapshot(cached) == fresh
+    # Loaded from the cache, the kallsyms text is only read for address lookups.
+    assert cached.kallsyms.source == cached_facts_dir / "kallsyms"
+
+
+def test_derived_cache_is_rebuilt_when_the_file_changes(cached_facts_dir: Path) -> None:
+    assert "vfs_unlink" in load_facts(cached_facts_dir).symbols
+    kallsyms = cached_facts_dir / "kallsyms"
+    kallsyms.write_text(kallsyms.read_text().replace(" vfs_unlink\n", " vfs_unlink_renamed\n"))
+    facts = load_facts(cached_facts_dir)
+    assert "vfs_unlink" not in facts.symbols and "vfs_unlink_renamed" in facts.symbols
+
+
+def test_damaged_derived_cache_is_ignored_and_rewritten(cached_facts_dir: Path) -> None:
+    fresh = _snapshot(load_facts(cached_facts_dir))
+    derived = cached_facts_dir / "derived"
+    (derived / "kallsyms.pickle").write_bytes(b"not a pickle")
+    (derived / "available_filter_functions.pickle").write_bytes(b"")
+    (derived / "config.pickle").write_bytes(pickle.dumps(["a", "list", "not", "a", "keyed", "tuple"]))
+    assert _snapshot(load_facts(cached_facts_dir)) == fresh
+    assert pickle.loads((derived / "kallsyms.pickle").read_bytes())[0][1] == "kallsyms"
+
+
+def test_unwritable_derived_cache_is_skipped(cached_facts_dir: Path) -> None:
+    (cached_facts_dir / "derived").write_text("a file where the cache directory would be")
+    facts = load_facts(cached_facts_dir)
+    assert facts.symbol_types("blk_account_io_done") == {"t"}
+    assert facts.traceable is not None and "vfs_unlink" in facts.traceable
+
+
+def test_small_files_are_not_cached() -> None:
+    facts = load_facts(FACTS / "6.1-x86_64")
+    assert facts.symbols and facts.traceable and facts.config and facts.btf_func_names
+    assert not (FACTS / "6.1-x86_64" / "derived").exists()
+
+
+def test_load_derived_derives_once(tmp_path: Path) -> None:
+    calls: list[int] = []
+
+    def derive() -> dict[str, int]:
+        calls.append(1)
+        return {"answer": 42}
+
+    cache = tmp_path / "sub" / "x.pickle"
+    assert load_derived(cache, (1, 2), derive) == {"answer": 42}
+    assert load_derived(cache, (1, 2), derive) == {"answer": 42}
+    assert len(calls) == 1
+    assert load_derived(cache, (1, 3), derive) == {"answer": 42}
+    assert len(calls) == 2
+    assert not [p for p in cache.parent.iterdir() if p.name.endswith(".tmp")]

@@ -271,3 +271,16 @@ def test_check_uprobe_on_the_shipped_samples(tmp_path: Path, monkeypatch: pytest
     bare = Probe("o", "p", "uprobe", "uprobe", "")
     res = check_uprobe(bare, "6.1", X86, Path("/"), PROGS)
     assert res is not None and res.outcome == Outcome.SKIP
+
+
+def test_binaries_are_read_once_until_rebuilt(tmp_path: Path) -> None:
+    binary = gcc(tmp_path, "demo", DEMO, "-g", "-O0")
+    first = load_elf_functions(binary)
+    assert load_elf_functions(binary) is first
+    inlining = load_inlining(binary, "compute")
+    assert load_inlining(binary, "compute") is inlining and not inlining.inlined_into
+    # The same path rebuilt (other size and mtime): read again.
+    gcc(tmp_path, "demo", DEMO, "-g", "-O2")
+    assert load_elf_functions(binary) is not first
+    assert not load_elf_functions(binary).named("compute")
+    assert load_inlining(binary, "compute").inlined_into == ("main",)
