@@ -247,6 +247,9 @@ def parse_kernels_yaml(text: str, path: Path = Path("kernels.yaml")) -> KernelsC
         _check_keys(where, entry, KERNEL_KEYS)
         if "id" not in entry:
             raise ConfigError(f"{where}: missing 'id'")
+        if isinstance(entry["id"], float):
+            # YAML reads 5.10 as the number 5.1: refuse it rather than test a kernel called "5.1".
+            raise ConfigError(f"{where}: id {entry['id']!r} was read as a number: quote it (id: \"5.10\")")
         kid = _str(where, "id", entry["id"])
         if not _ID_RE.match(kid):
             raise ConfigError(f"{where}: id {kid!r} must be letters, digits, '.', '_', '+' or '-'")

@@ -141,6 +141,7 @@ def test_write_json_failure_leaves_the_old_file(tmp_path: Path) -> None:
         ("6.12.9+bpo-amd64", (6, 12)),
         ("6.8.0-rc1", (6, 8)),
         ("7.0.0-rc3-cloud-amd64", (7, 0)),
+        ("6.12-rc3", (6, 12)),
         ("4.19.0", (4, 19)),
         ("garbage", (0, 0)),
         ("6", (0, 0)),

@@ -389,3 +389,9 @@ def test_select_unknown_key_names_it_and_the_known_ones() -> None:
     msg = str(info.value)
     assert msg.startswith(f"{PATH}: unknown kernel '5.10-arm64', '7.0' (known: ")
     assert "6.12-arm64" in msg and "5.10-x86_64" in msg
+
+
+def test_unquoted_version_id_is_refused(tmp_path: Path) -> None:
+    # YAML reads 5.10 as the float 5.1: the entry would silently name another kernel.
+    with pytest.raises(ConfigError, match=r"id 5\.1 was read as a number: quote it"):
+        parse_kernels_yaml("kernels:\n  - id: 5.10\n    suite: bullseye\n", tmp_path / "kernels.yaml")

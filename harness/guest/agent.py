@@ -315,7 +315,12 @@ def kernel_version() -> tuple[int, int]:
     release = platform.release()
     parts = release.split(".")
     try:
-        return int(parts[0]), int("".join(c for c in parts[1] if c.isdigit()) or 0)
+        digits = ""
+        for c in parts[1]:  # "12-rc3" is 12: only the leading digits
+            if not c.isdigit():
+                break
+            digits += c
+        return int(parts[0]), int(digits or 0)
     except (IndexError, ValueError):
         return (0, 0)
 
