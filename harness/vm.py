@@ -265,6 +265,9 @@ class VngRunner:
         if done is None:
             tail = console_tail(console)
             what = diagnose_console(console)
+            if what and what not in tail:
+                # A panic's backtrace can push its first line out of the tail: keep it in view.
+                tail = f"{what}\n...\n{tail}"
             if timed_out:
                 msg = f"guest did not finish within {req.timeout:.0f} s"
             elif "Could not access KVM" in console or "failed to initialize kvm" in console.lower():

@@ -179,6 +179,10 @@ def test_qemu_killed_from_outside_is_a_lost_vm(boot: Boot) -> None:
     assert time.monotonic() - started < BOOT_TIMEOUT / 2
 
 
+# Directories virtme-ng overlays with a guest-only tmpfs (its virtme_rw_overlay* boot parameters).
+GUEST_OVERLAYS = tuple(f"{d}/" for d in ("/etc", "/lib", "/home", "/opt", "/srv", "/usr", "/var", "/tmp"))
+
+
 @pytest.mark.integration
 def test_broken_done_record_is_lost_and_guest_cannot_write_to_the_host(boot: Boot, tmp_path: Path) -> None:
     """One boot for two faults: the guest tries to write outside /mnt (it sees the host's files
@@ -205,8 +209,10 @@ def test_broken_done_record_is_lost_and_guest_cannot_write_to_the_host(boot: Boo
         # It saw the host's file...
         assert (boot.share / "read.txt").read_text() == "host\n"
         said = dict(line.split(" ", 1) for line in (boot.share / "writes.txt").read_text().splitlines())
-        # ...could not write beside it...
-        assert said["new"] == said["existing"] == "denied", said
+        # ...could not write beside it (where virtme-ng gives the guest an overlay of its own, as for a
+        # clone under /tmp, the write lands in that overlay: what counts is that the host never sees it)...
+        if not str(host_dir.resolve()).startswith(GUEST_OVERLAYS):
+            assert said["new"] == said["existing"] == "denied", said
         # ...and whatever it wrote into its own overlays (virtme-ng gives /usr, /etc, /var... a tmpfs
         # overlay) never reached the host.
         assert (host_dir / "existing").read_text() == "host\n"
