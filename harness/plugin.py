@@ -34,6 +34,7 @@ from harness.vm import Runner, VngRunner, probe_accelerator, stop_all_vms
 RUN_KEY = pytest.StashKey["MatrixRun"]()
 REPORTER_KEY = pytest.StashKey["MatrixReporter"]()
 OWNED_DIR_KEY = pytest.StashKey[Path]()
+COORDINATED_KEY = pytest.StashKey[bool]()
 PROP_RESULTS = "bpf_matrix_results"
 PROP_KERNEL = "bpf_matrix_kernel"
 OFFLINE_GROUP = "offline"
@@ -121,8 +122,15 @@ def pytest_configure(config: pytest.Config) -> None:
     progs = config.getoption("--bpf-progs")
     progs_dir = Path(progs) if progs else _rootdir(config) / "bpf_progs"
     runner = _make_runner()
+    coordinated = True
     if _is_worker(config):
-        work_dir = Path(config.workerinput["bpf_matrix_dir"])  # type: ignore[attr-defined]
+        work_dir = Path(config.workerinput.get("bpf_matrix_dir", "/nonexistent"))  # type: ignore[attr-defined]
+        if not work_dir.is_dir():
+            # A worker on another host (pytest-xdist --tx ssh=...): it cannot see the controller's
+            # boot markers, so it boots for whatever facts it lacks instead of waiting for them.
+            work_dir = Path(tempfile.mkdtemp(prefix="bpf-matrix-run-"))
+            config.stash[OWNED_DIR_KEY] = work_dir
+            coordinated = False
     else:
         work_dir = Path(tempfile.mkdtemp(prefix="bpf-matrix-run-"))
         config.stash[OWNED_DIR_KEY] = work_dir
@@ -143,6 +151,7 @@ def pytest_configure(config: pytest.Config) -> None:
         retries=max(0, config.getoption("--vm-retries")),
     )
     config.stash[RUN_KEY] = run
+    config.stash[COORDINATED_KEY] = coordinated
     signal.signal(signal.SIGTERM, _raise_interrupt)
     atexit.register(stop_all_vms)
 
@@ -267,7 +276,8 @@ def pytest_collection_finish(session: pytest.Session) -> None:
         param = _cell_param(item)
         if param is not None and param[2] in GUEST_CHECKS:
             planned.add(param[0].key)
-    run.guest_planned = frozenset(planned)
+    if session.config.stash.get(COORDINATED_KEY, True):
+        run.guest_planned = frozenset(planned)
 
 
 class Cell:
