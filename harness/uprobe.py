@@ -15,6 +15,7 @@ from typing import Any, TypeVar
 from elftools.common.exceptions import DWARFError, ELFError
 from elftools.dwarf.die import DIE
 from elftools.elf.elffile import ELFFile
+from elftools.elf.relocation import RelocationSection
 from elftools.elf.sections import SymbolTableSection
 from filelock import FileLock
 
@@ -273,10 +274,25 @@ def _enclosing_function(die: DIE) -> str:
     return "?"
 
 
+# Relocation sections pyelftools would apply to DWARF sections (".rela" + the section's name).
+_DWARF_RELOCATIONS = tuple(
+    f"{rel}.{prefix}{name}"
+    for rel in (".rel", ".rela")
+    for prefix in ("", "z")
+    for name in ("debug", "eh_frame", "gnu_debugaltlink")
+)
+
+
 def _iter_dies(path: Path) -> Iterator[DIE]:
     with path.open("rb") as fh:
         elf = ELFFile(fh)
-        dwarf = elf.get_dwarf_info()
+        # Linked binaries have no relocations for their DWARF: one look at the section names spares
+        # pyelftools a scan of every section for each DWARF section it loads.
+        relocate = any(
+            isinstance(section, RelocationSection) and section.name.startswith(_DWARF_RELOCATIONS)
+            for section in elf.iter_sections()
+        )
+        dwarf = elf.get_dwarf_info(relocate_dwarf_sections=relocate)
         for cu in dwarf.iter_CUs():
             yield from cu.iter_DIEs()
 
