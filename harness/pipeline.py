@@ -136,6 +136,7 @@ class MatrixRun:
         self._offline: dict[str, dict[tuple[Probe, Check], CellResult]] | None = None
         self._facts: dict[str, Any] = {}
         self._sidecars: dict[str, Sidecar] = {}
+        self._roots: dict[str, Path] = {}
         self._kernel_runs: dict[str, KernelRun] = {}
 
     # --- kernels -----------------------------------------------------------------------------------
@@ -364,9 +365,11 @@ class MatrixRun:
         from Debian packages (raises HarnessError when it cannot be built)."""
         if arch == host_arch():
             return Path("/")
-        from harness.rootfs import fetch_rootfs
+        if arch.name not in self._roots:
+            from harness.rootfs import fetch_rootfs
 
-        return fetch_rootfs(arch, self.config.rootfs, self.cache_root, self.config.mirror)
+            self._roots[arch.name] = fetch_rootfs(arch, self.config.rootfs, self.cache_root, self.config.mirror)
+        return self._roots[arch.name]
 
     def _boot(self, spec: KernelSpec, objects: Sequence[BPFObject], probes: Sequence[Probe]) -> GuestOutcome:
         base = self.kernel_run(spec)

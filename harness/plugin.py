@@ -292,6 +292,8 @@ class Cell:
 
     def verify(self) -> None:
         """Pass, fail, skip or xfail the test as its result says."""
+        # The reason is the message: pytest need not format this frame's source for every cell.
+        __tracebackhide__ = True
         for res in self.results:
             where = f"{res.probe.id} {res.kernel}/{res.arch} {res.check.value}"
             if res.outcome == Outcome.FAIL:
