@@ -368,7 +368,9 @@ class MatrixRun:
         if arch.name not in self._roots:
             from harness.rootfs import fetch_rootfs
 
-            self._roots[arch.name] = fetch_rootfs(arch, self.config.rootfs, self.cache_root, self.config.mirror)
+            self._roots[arch.name] = fetch_rootfs(
+                arch, self.config.rootfs, self.cache_root, self.config.mirror
+            )
         return self._roots[arch.name]
 
     def _boot(self, spec: KernelSpec, objects: Sequence[BPFObject], probes: Sequence[Probe]) -> GuestOutcome:
