@@ -35,6 +35,7 @@ RUN_KEY = pytest.StashKey["MatrixRun"]()
 REPORTER_KEY = pytest.StashKey["MatrixReporter"]()
 OWNED_DIR_KEY = pytest.StashKey[Path]()
 COORDINATED_KEY = pytest.StashKey[bool]()
+REGROUPED_DIST_MODES = ("load", "loadscope", "loadfile", "worksteal")
 PROP_RESULTS = "bpf_matrix_results"
 PROP_KERNEL = "bpf_matrix_kernel"
 OFFLINE_GROUP = "offline"
@@ -152,6 +153,7 @@ def pytest_configure(config: pytest.Config) -> None:
     )
     config.stash[RUN_KEY] = run
     config.stash[COORDINATED_KEY] = coordinated
+
     signal.signal(signal.SIGTERM, _raise_interrupt)
     atexit.register(stop_all_vms)
 
@@ -171,6 +173,42 @@ def pytest_unconfigure(config: pytest.Config) -> None:
         shutil.rmtree(owned, ignore_errors=True)
 
 
+def matrix_group(nodeid: str, keys: list[str]) -> str | None:
+    """The group of a matrix test from its node id (pure): its (kernel, arch) key for in-guest checks,
+    "offline" for the others, None for a test that is not a matrix cell."""
+    name, _, rest = nodeid.rpartition("::")[2].partition("[")
+    check = name.removeprefix("test_")
+    if not rest.endswith("]") or check not in {c.value for c in Check}:
+        return None
+    if Check(check) not in GUEST_CHECKS:
+        return OFFLINE_GROUP
+    param = rest[:-1]
+    # The longest key that ends the id: "6.1-x86_64" must not match a kernel called "1-x86_64".
+    found = [k for k in keys if param.endswith(f"-{k}")]
+    return max(found, key=len) if found else None
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
+    """Keep each (kernel, arch)'s in-guest tests on one worker, so that it boots once.
+
+    pytest-xdist's loadgroup does this from a "@group" suffix of node ids, which its workers can no
+    longer add under pytest 9 (node ids became immutable); the scheduler groups by the ids instead.
+    """
+    run = config.stash.get(RUN_KEY, None)
+    if run is None or config.getvalue("dist") not in REGROUPED_DIST_MODES:
+        return None
+    from xdist.scheduler import LoadScopeScheduling
+
+    keys = [k.key for k in run.config.kernels]
+
+    class MatrixScheduling(LoadScopeScheduling):  # type: ignore[misc]
+        def _split_scope(self, nodeid: str) -> str:
+            return matrix_group(nodeid, keys) or nodeid
+
+    return MatrixScheduling(config, log)
+
+
 @pytest.hookimpl(optionalhook=True)
 def pytest_configure_node(node: Any) -> None:
     """Hand every pytest-xdist worker the run's shared directory (boot markers, per-boot shares)."""
@@ -181,19 +219,25 @@ def pytest_configure_node(node: Any) -> None:
 
 @pytest.hookimpl(optionalhook=True)
 def pytest_xdist_auto_num_workers(config: pytest.Config) -> int | None:
-    """``-n auto``: as many workers as cores, memory and (kernel, arch) entries allow."""
-    run = config.stash.get(RUN_KEY, None)
-    if run is None:
+    """``-n auto``: as many workers as cores, memory and (kernel, arch) entries allow.
+
+    pytest-xdist asks before pytest_configure, so kernels.yaml is read here on its own.
+    """
+    if not _wants_matrix(config):
         return None
+    try:
+        kernels = _load_config(config).kernels
+    except HarnessError:
+        return None  # pytest_configure reports it
     cores = os.cpu_count() or 1
     try:
         with open("/proc/meminfo") as fh:
             avail_kb = next(int(line.split()[1]) for line in fh if line.startswith("MemAvailable:"))
     except (OSError, StopIteration, ValueError):
         return None
-    guest_mb = max(_megabytes(k.memory) for k in run.config.kernels)
+    guest_mb = max(_megabytes(k.memory) for k in kernels)
     by_memory = max(1, (avail_kb // 1024) // (guest_mb + WORKER_OVERHEAD_MB))
-    return max(1, min(cores, by_memory, len(run.config.kernels) + 1))
+    return max(1, min(cores, by_memory, len(kernels) + 1))
 
 
 def _megabytes(size: str) -> int:
@@ -262,9 +306,11 @@ def _order(item: pytest.Item) -> tuple[int, int, int]:
     return (1, index, OFFLINE_CHECKS.index(check) if check in OFFLINE_CHECKS else 9)
 
 
+@pytest.hookimpl(trylast=True)
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    if config.stash.get(RUN_KEY, None) is not None:
-        items.sort(key=_order)
+    if config.stash.get(RUN_KEY, None) is None:
+        return
+    items.sort(key=_order)
 
 
 def pytest_collection_finish(session: pytest.Session) -> None:

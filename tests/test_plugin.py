@@ -79,7 +79,10 @@ class FakeRunner:
         before = log.read_text().splitlines() if log.exists() else []
         attempt = sum(1 for line in before if json.loads(line)["image"] == name)
         with log.open("a") as fh:
-            fh.write(json.dumps({"image": name, "share": str(req.share)}) + "\n")
+            fh.write(json.dumps({
+                "image": name, "share": str(req.share), "worker": os.environ.get("PYTEST_XDIST_WORKER", ""),
+                "objects": bool(json.loads((req.share / "plan.json").read_text()).get("objects")),
+            }) + "\n")
         acts = self.script["acts"].get(name, ["ok"])
         act = acts[min(attempt, len(acts) - 1)]
         plan = json.loads((req.share / "plan.json").read_text())
@@ -267,8 +270,10 @@ class Project:
         proc = subprocess.run(argv, cwd=REPO, env=env, capture_output=True, text=True, timeout=RUN_TIMEOUT)
         boots = [json.loads(x) for x in log.read_text().splitlines()] if log.exists() else []
         matrix = json.loads(out_json.read_text()) if out_json.exists() else None
-        # Nothing of the run is left in its temp dir: the run directory and every share are gone.
-        assert list(tmp.iterdir()) == [], (proc.stdout[-2000:], proc.stderr[-2000:])
+        # Nothing of the run is left in its temp dir: the run directory and every share are gone
+        # (pytest-xdist's workers keep pytest's own basetemp there, which is pytest's to clean).
+        left = [p for p in tmp.iterdir() if not p.name.startswith("pytest-of-")]
+        assert left == [], (proc.stdout[-2000:], proc.stderr[-2000:])
         return Outcome(proc.returncode, proc.stdout, proc.stderr, matrix, boots)
 
 
@@ -313,6 +318,16 @@ def test_all_pass_one_boot_per_kernel(project: Project) -> None:
     assert {r["outcome"] for r in out.cells(check="load")} == {"pass"}
     assert {r["outcome"] for r in out.cells(check="symbol")} == {"pass"}
     assert len({b["share"] for b in out.boots}) == 2
+
+
+@pytest.mark.parametrize("workers", ["2", "auto"])
+def test_parallel_workers_boot_each_kernel_once(project: Project, workers: str) -> None:
+    # -n defaults pytest-xdist to --dist load, which would scatter a kernel's tests over workers and
+    # boot it on each: the plugin regroups them (loadgroup) so that one worker boots it once.
+    out = project.run("-n", workers)
+    assert out.returncode == 0, out.stdout[-3000:]
+    seen = [(b["image"], b["worker"], b["objects"]) for b in out.boots]
+    assert out.boots_of("5.10") == 1 and out.boots_of("6.1") == 1, seen
 
 
 def test_lost_vm_is_error_never_fail_and_other_kernels_are_kept(project: Project) -> None:
@@ -554,3 +569,15 @@ def test_parallel_runs_never_share_a_share_dir(
     assert sorted(p.name for p in (tmp_path / "tmp").iterdir()) == sorted(r.work_dir.name for r in runs)
     for r in runs:
         assert [p.name for p in r.work_dir.iterdir()] == [f"{spec.key}.booted"]
+
+
+def test_matrix_group_from_node_ids() -> None:
+    from harness.plugin import matrix_group
+
+    keys = ["5.10-x86_64", "6.1-x86_64", "1-x86_64", "6.1-arm64"]
+    assert matrix_group("matrix/test_matrix.py::test_load[kp-6.1-x86_64]", keys) == "6.1-x86_64"
+    assert matrix_group("matrix/test_matrix.py::test_fire[a.b-5.10-x86_64]", keys) == "5.10-x86_64"
+    assert matrix_group("matrix/test_matrix.py::test_attach[kp-6.1-arm64]", keys) == "6.1-arm64"
+    assert matrix_group("matrix/test_matrix.py::test_symbol[kp-6.1-x86_64]", keys) == "offline"
+    assert matrix_group("tests/test_x.py::test_other[1-x86_64]", keys) is None
+    assert matrix_group("matrix/test_matrix.py::test_load", keys) is None
