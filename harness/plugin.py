@@ -275,12 +275,12 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
         except HarnessError as exc:
             raise pytest.UsageError(str(exc)) from None
         probes = built.probes()
-        group = spec.key if check in GUEST_CHECKS else OFFLINE_GROUP
         for probe, test_id in zip(probes, _test_ids(run, spec, probes)):
             if not built.applies(probe, check):
                 continue
             params.append(
-                pytest.param((spec, probe, check), id=test_id, marks=pytest.mark.xdist_group(group))
+                # The id ends in the (kernel, arch) key: pytest_xdist_make_scheduler groups by it.
+                pytest.param((spec, probe, check), id=test_id)
             )
     metafunc.parametrize("matrix_cell", params, indirect=True)
 
