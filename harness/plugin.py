@@ -200,6 +200,10 @@ def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
         return None
     from xdist.scheduler import LoadScopeScheduling
 
+    # In collection order (kernels.yaml order, the offline group last), not biggest group first: the
+    # offline checks wait for facts that the (kernel, arch) groups collect, so handed out first to
+    # the only worker they would wait for boots that worker has yet to do.
+    config.option.loadscopereorder = False
     keys = [k.key for k in run.config.kernels]
 
     class MatrixScheduling(LoadScopeScheduling):  # type: ignore[misc]

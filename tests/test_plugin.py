@@ -320,7 +320,7 @@ def test_all_pass_one_boot_per_kernel(project: Project) -> None:
     assert len({b["share"] for b in out.boots}) == 2
 
 
-@pytest.mark.parametrize("workers", ["2", "auto"])
+@pytest.mark.parametrize("workers", ["1", "2", "auto"])
 def test_parallel_workers_boot_each_kernel_once(project: Project, workers: str) -> None:
     # -n defaults pytest-xdist to --dist load, which would scatter a kernel's tests over workers and
     # boot it on each: the plugin regroups them (loadgroup) so that one worker boots it once.
