@@ -194,9 +194,10 @@ def main() -> int:
         warm, rc_warm, _, _ = pytest_matrix(args.kernels, "--kernel", spec.key)
         vm_peak = max(sampler.qemu_peaks.values(), default=0)
         rows.append((spec.key, floor, cold, warm, sampler.harness_peak, vm_peak, rc_cold, rc_warm))
-    print("1-3. one (kernel, arch) at a time, -n 0 (exit codes: 0 all pass, 1 some probe failed)")
-    print(f"{'entry':<14} {'bare vng':>9} {'harness':>9} {'ratio':>6} {'warm':>8} {'ratio':>6} "
-          f"{'harness RSS':>12} {'VM RSS':>9}")
+    if rows:
+        print("1-3. one (kernel, arch) at a time, -n 0 (exit codes: 0 all pass, 1 some probe failed)")
+        print(f"{'entry':<14} {'bare vng':>9} {'harness':>9} {'ratio':>6} {'warm':>8} {'ratio':>6} "
+              f"{'harness RSS':>12} {'VM RSS':>9}")
     for key, floor, cold, warm, hpeak, vpeak, rc1, rc2 in rows:
         print(f"{key:<14} {floor:8.1f}s {cold:8.1f}s {cold / floor:6.2f} {warm:7.1f}s {warm / floor:6.2f} "
               f"{hpeak / 1024:10.0f}MB {vpeak / 1024:7.0f}MB  (exit {rc1}/{rc2})")
