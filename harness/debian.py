@@ -214,7 +214,26 @@ def fetch_file(
         except BaseException:
             tmp.unlink(missing_ok=True)
             raise
-    raise FetchError(f"mirror {url} unreachable: {last}") from last
+    raise FetchError(f"mirror {url} unreachable after {tries} tries: {_root_cause(last)}") from last
+
+
+def _root_cause(exc: BaseException | None) -> str:
+    """The innermost reason of a requests error, e.g. "[Errno 111] Connection refused", in one line."""
+    text = str(exc)
+    while exc is not None:
+        reason = getattr(exc, "reason", None) or exc.__cause__ or exc.__context__
+        if isinstance(reason, BaseException) and reason is not exc:
+            exc = reason
+            text = str(exc)
+            continue
+        if exc.args and isinstance(exc.args[0], BaseException):
+            exc = exc.args[0]
+            text = str(exc)
+            continue
+        break
+    # urllib3 prefixes "<HTTPConnection ...>: " or "HTTPConnection(...): ": keep the reason after it.
+    text = re.sub(r"^.*?\)?: (?=\[Errno|\w)", "", text, count=1) if "Errno" in text else text
+    return text.splitlines()[0][:200] if text else "unknown error"
 
 
 # ---------------------------------------------------------------- Release and Packages

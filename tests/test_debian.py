@@ -274,7 +274,8 @@ def test_fetch_file_retries_5xx_then_succeeds(archive: Archive, tmp_path: Path) 
 
 def test_fetch_file_gives_up_after_tries(archive: Archive, tmp_path: Path) -> None:
     archive.fail["/blob"] = [500] * 10
-    with pytest.raises(FetchError, match=r"^mirror http://127\.0\.0\.1:\d+/blob unreachable: "):
+    pattern = r"^mirror http://127\.0\.0\.1:\d+/blob unreachable after 3 tries: 500 "
+    with pytest.raises(FetchError, match=pattern):
         fetch_file(f"{url(archive)}/blob", tmp_path / "blob", what="blob", tries=3, backoff=0.01)
     assert archive.log.count("/blob") == 3
 
