@@ -188,12 +188,12 @@ def test_a_changed_expectation_fails_naming_the_cell_and_both_values(tmp_path: P
         "  kprobe_blk_account_io_start:\n    expect:\n"
         '      - {check: symbol, outcome: pass, kernels: "6.1", reason: "edited"}\n',
     ).replace(
-        "programs:\n",
-        "programs:\n  tp_block_rq_issue:\n    expect:\n"
+        "  tp_block_rq_issue:\n    expect:\n",
+        "  tp_block_rq_issue:\n    expect:\n"
         '      - {check: symbol, outcome: fail, kernels: "6.1"}\n',
         1,
     )
-    assert edited.count("edited") == 1 and "tp_block_rq_issue" in edited
+    assert edited.count("edited") == 1 and 'outcome: fail, kernels: "6.1"}' in edited
     (progs / "blk_account.yaml").write_text(edited)
     argv = [
         sys.executable, "-m", "pytest", "matrix/", "-p", "no:cacheprovider", "-q", "-k", "symbol",

@@ -88,7 +88,7 @@ def test_lists_and_ints_of_kernels() -> None:
 @pytest.mark.parametrize(
     ("text", "message"),
     [
-        ("trigger: [unclosed", f"{SIDE}: not valid YAML"),
+        ("trigger: [unclosed", f"{SIDE}:1: not valid YAML"),
         ("- a list", f"{SIDE}: expected a mapping"),
         ("triggers: default", f"{SIDE}: unknown key 'triggers'"),
         ("programs: [a, b]", f"{SIDE}: 'programs' must be a mapping of program name to settings"),
@@ -155,3 +155,10 @@ def test_corpus_sidecars_parse() -> None:
         for name in set(side.program_triggers) | (set(side.expectations) - {"*"}):
             defined = f" {name}(" in text or f"({name}" in text
             assert defined, f"{path.name}: no program {name!r} in {source.name}"
+
+
+def test_a_program_given_twice_is_refused(tmp_path: Path) -> None:
+    # YAML keeps the last of two equal keys without a word: the first program's expectations would vanish.
+    text = "programs:\n  p:\n    trigger: a\n  p:\n    trigger: b\n"
+    with pytest.raises(ConfigError, match=r"x\.yaml:4: not valid YAML: 'p' is given twice"):
+        parse_sidecar(text, tmp_path / "x.yaml")
