@@ -92,9 +92,10 @@ def _check_shape(name: str, data: Mapping[str, Any]) -> None:
         for key in _KERNEL_STRINGS:
             if key in run and not isinstance(run[key], str):
                 raise InputError(f"{where}: {key!r} must be a string")
-        seconds = run.get("boot_seconds", 0)
-        if isinstance(seconds, bool) or not isinstance(seconds, (int, float)):
-            raise InputError(f"{where}: 'boot_seconds' must be a number")
+        for key in ("boot_seconds", "agent_seconds"):
+            seconds = run.get(key, 0)
+            if isinstance(seconds, bool) or not isinstance(seconds, (int, float)):
+                raise InputError(f"{where}: {key!r} must be a number")
         if not isinstance(run.get("notes", []), list):
             raise InputError(f"{where}: 'notes' must be a list")
 

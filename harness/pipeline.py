@@ -91,6 +91,13 @@ def lsm_append(config_text: str | None) -> str:
     return "lsm=" + ",".join(lsms)
 
 
+def _seconds(value: object) -> float:
+    """A duration the guest reported, or 0.0 when it reported none (or nonsense)."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and value >= 0:
+        return float(value)
+    return 0.0
+
+
 def version_key(kernel_id: str) -> tuple[int, ...]:
     parts = []
     for piece in kernel_id.replace("-", ".").split("."):
@@ -405,7 +412,7 @@ class MatrixRun:
                     image=Path(build.image),
                     arch=spec.arch,
                     share=share,
-                    command=["python3", f"/mnt/{AGENT.name}", "/mnt"],
+                    command=["python3", "-S", f"/mnt/{AGENT.name}", "/mnt"],  # -S: no site-packages to scan
                     accelerator=accel,
                     root=root,
                     memory=spec.memory,
@@ -437,6 +444,7 @@ class MatrixRun:
                     source=build.source, digest=build.digest,
                     accelerator=accel.name, booted=True,
                     boot_seconds=time.monotonic() - start,
+                    agent_seconds=_seconds(done.get("seconds")),
                     lsm=str(done.get("lsm") or ""),
                     notes=tuple(
                         n for n in (

@@ -454,7 +454,8 @@ def _kernel_tooltip(kernel: str, arch: str, run: KernelRun | None) -> str:
         if run.digest:
             lines.append(f"sha256: {run.digest[:16]}…")
         if run.booted:
-            lines.append(f"booted with {run.accelerator or '?'} in {run.boot_seconds:.1f} s")
+            lines.append(f"booted with {run.accelerator or '?'} in {run.boot_seconds:.1f} s"
+                         f" (agent {run.agent_seconds:.1f} s)")
         else:
             lines.append("not booted")
         if run.lsm:
@@ -590,7 +591,9 @@ def render_html(m: Matrix, title: str = "eBPF kernel compatibility matrix") -> s
             "<th>error</th></tr></thead><tbody>"
         )
         for run in m.kernels:
-            boot = f"{run.boot_seconds:.1f} s" if run.booted else "not booted"
+            boot = (
+                f"{run.boot_seconds:.1f} s (agent {run.agent_seconds:.1f} s)" if run.booted else "not booted"
+            )
             out.append(
                 f"<tr><td>{_e(run.kernel)}</td><td>{_e(run.arch)}</td><td>{_e(run.version)}</td>"
                 f"<td>{_e(run.source)}</td><td>{_e(run.accelerator)}</td><td>{_e(boot)}</td>"

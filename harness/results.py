@@ -148,6 +148,7 @@ class KernelRun:
     accelerator: str = ""  # kvm or tcg; empty when the kernel was not booted
     booted: bool = False
     boot_seconds: float = 0.0
+    agent_seconds: float = 0.0  # the part of the boot the guest agent ran (facts, loads, triggers)
     lsm: str = ""  # the active LSMs in the guest
     error: str = ""  # set when the kernel could not be fetched or booted
     notes: tuple[str, ...] = ()
@@ -160,6 +161,7 @@ class KernelRun:
         data = dataclasses.asdict(self)
         data["notes"] = list(self.notes)
         data["boot_seconds"] = round(self.boot_seconds, 3)
+        data["agent_seconds"] = round(self.agent_seconds, 3)
         return data
 
     @classmethod

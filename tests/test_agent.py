@@ -12,6 +12,7 @@ import re
 import shutil
 import subprocess
 import sys
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -49,6 +50,19 @@ def test_imports_only_the_standard_library() -> None:
     # scenarios is the agent's own helper, copied beside it into the share.
     foreign = modules - set(sys.stdlib_module_names) - {"__future__", "scenarios"}
     assert foreign == set()
+
+
+def test_imports_little_at_startup(tmp_path: Path) -> None:
+    # Under emulation each module read over 9p costs: ctypes.util alone (it runs ldconfig) took 0.6 s.
+    shutil.copy2(AGENT, tmp_path / "agent.py")
+    heavy = ["ctypes.util", "gzip", "socket", "tempfile", "traceback", "platform", "shutil"]
+    code = (f"import sys; sys.path.insert(0, {str(tmp_path)!r}); import agent; "
+            f"print(sorted(m for m in {heavy!r} if m in sys.modules))")
+    proc = subprocess.run(
+        [sys.executable, "-I", "-S", "-c", code], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "[]"
 
 
 def test_parses_as_the_oldest_guest_python() -> None:
@@ -148,17 +162,14 @@ def test_write_json_failure_leaves_the_old_file(tmp_path: Path) -> None:
         ("", (0, 0)),
     ],
 )
-def test_kernel_version(release: str, expected: tuple[int, int], monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(agent.platform, "release", lambda: release)
-    assert agent.kernel_version() == expected
+def test_kernel_version(release: str, expected: tuple[int, int]) -> None:
+    assert agent.kernel_version(release) == expected
 
 
-def test_kernel_version_compares_for_feature_gates(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_kernel_version_compares_for_feature_gates() -> None:
     # link_missed reads a kprobe's missed count only from 6.7 (perf-event links) and 6.9 (multi).
-    monkeypatch.setattr(agent.platform, "release", lambda: "6.10.0-1-amd64")
-    assert agent.kernel_version() >= (6, 9)
-    monkeypatch.setattr(agent.platform, "release", lambda: "6.1.0-27-amd64")
-    assert agent.kernel_version() < (6, 7)
+    assert agent.kernel_version("6.10.0-1-amd64") >= (6, 9)
+    assert agent.kernel_version("6.1.0-27-amd64") < (6, 7)
 
 
 # ---------------------------------------------------------------- main
@@ -197,7 +208,8 @@ def test_main_with_an_empty_plan(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
     assert done["lsm"] == "lockdown,capability,bpf"
     assert "facts" not in done and "libbpf" not in done
     assert mounts == []
-    assert reads == ["/sys/kernel/security/lsm"]
+    assert reads == ["/proc/uptime", "/sys/kernel/security/lsm"]  # uptime: when the agent started
+    assert done["uptime_start"] is None  # the fake read gave nothing to parse
     assert not (tmp_path / "facts").exists() and not (tmp_path / "objects.json").exists()
 
 
@@ -246,3 +258,64 @@ def test_prog_info_layout_matches_the_kernel_btf() -> None:
             continue  # a field newer than the host kernel
         assert getattr(agent.BpfProgInfo, name).offset == offsets[name], name
     assert "run_cnt" in offsets and "recursion_misses" in offsets
+
+
+# ---------------------------------------------------------------- detaching in the background
+
+
+class FakeLib:
+    """bpf_link__destroy and bpf_object__close that record their calls, the first one held by a gate."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, int, str]] = []
+        self.gate = threading.Event()
+
+    def bpf_link__destroy(self, link: int) -> int:
+        self.gate.wait(10)
+        self.calls.append(("destroy", link, threading.current_thread().name))
+        return 0
+
+    def bpf_object__close(self, obj: int) -> None:
+        self.calls.append(("close", obj, threading.current_thread().name))
+
+
+def fake_libbpf() -> Any:
+    lb = agent.Libbpf.__new__(agent.Libbpf)  # no real libbpf: only what Detacher and the log use
+    lb.lib = FakeLib()
+    lb._log = {}
+    lb._lock = threading.Lock()
+    return lb
+
+
+def test_detacher_detaches_in_the_background_and_wait_blocks_until_done() -> None:
+    lb = fake_libbpf()
+    detacher = agent.Detacher(lb)
+    detacher.submit([11, 12], [1])
+    assert lb.lib.calls == []  # held at the gate: submit did not wait
+    waiter = threading.Thread(target=detacher.wait)
+    waiter.start()
+    waiter.join(0.2)
+    assert waiter.is_alive()  # wait() blocks while a detach is pending
+    lb.lib.gate.set()
+    waiter.join(10)
+    assert not waiter.is_alive()
+    # Links before their object, all in the detach thread.
+    assert lb.lib.calls == [("destroy", 11, "detach"), ("destroy", 12, "detach"), ("close", 1, "detach")]
+    assert detacher.wait() < 1.0  # nothing pending: returns at once
+
+
+def test_detacher_without_work_starts_no_thread() -> None:
+    detacher = agent.Detacher(fake_libbpf())
+    detacher.submit([], [])
+    assert detacher.thread is None and detacher.wait() < 1.0
+
+
+def test_libbpf_log_is_kept_per_thread() -> None:
+    # A background detach may make libbpf print: that must not land in the log of the load running meanwhile.
+    lb = fake_libbpf()
+    lb.log("prog 'a': loaded\n")
+    other = threading.Thread(target=lb.log, args=("link detached\n",))
+    other.start()
+    other.join()
+    assert lb.take_log() == "prog 'a': loaded\n"
+    assert lb.take_log() == ""

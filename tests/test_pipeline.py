@@ -373,7 +373,7 @@ def test_the_boot_request(tmp_path: Path) -> None:
     spec = s.spec("6.1")
     s.run.guest_result(spec, probes_of(s)[0], Check.LOAD)
     (boot,) = s.runner.boots
-    assert boot.command == ["python3", "/mnt/agent.py", "/mnt"]
+    assert boot.command == ["python3", "-S", "/mnt/agent.py", "/mnt"]
     assert boot.append[0] == "lsm=landlock,lockdown,yama,integrity,apparmor,bpf"
     assert boot.disks == [SCRATCH_DISK_BYTES]
     assert boot.timeout == 123.0

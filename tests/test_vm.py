@@ -49,7 +49,7 @@ def option(argv: list[str], name: str) -> list[str]:
 def test_argv_host_arch_on_host_root_kvm(tmp_path: Path) -> None:
     req = request(tmp_path)
     argv = build_vng_argv(req, vng="/venv/bin/vng")
-    assert argv[:4] == ["/venv/bin/vng", "--run", str(req.image), "--verbose"]
+    assert argv[:5] == ["/venv/bin/vng", "--run", str(req.image), "--verbose", "--force-9p"]
     # The host's own root and arch: vng needs neither --arch nor --root, and KVM stays on.
     assert "--arch" not in argv and "--root" not in argv
     assert "--disable-kvm" not in argv
