@@ -1,9 +1,13 @@
 """Benchmark of the whole matrix against bare virtme-ng boots, on the same machine in the same run.
 
 Prints, for the kernels of a kernels file (default: kernels-ci.yaml):
-  1. the wall time of a bare `vng --run <kernel> --exec true` per (kernel, arch): the floor;
-  2. the harness's wall time per (kernel, arch) on the sample corpus (facts not cached), and its ratio to (1);
-  3. a warm run of the same (facts cached: only the loads need the VM), and its ratio to (1);
+  1. the wall time of a bare `vng --run <kernel> --exec true` per (kernel, arch): the floor. Only what
+     booting needs here is added: --disable-kvm without usable KVM, --arch/--root for a foreign arch,
+     and the harness's --memory/--cpus;
+     1b. the same with the harness's own vng flags (the very VM the harness boots, running `true`);
+  2. the harness's wall time per (kernel, arch) on the sample corpus (facts not cached), its ratio to (1)
+     and to (1b), and the guest agent's part of it;
+  3. a warm run of the same (facts cached: only the loads need the VM), and its ratios;
   4. the offline checks of the whole matrix with facts cached (no boot at all);
   5. `-n 1` against `-n 2` on up to four (kernel, arch) entries: the speed-up;
   6. peak memory of the harness process and of each VM (qemu's VmHWM, sampled).
@@ -102,8 +106,20 @@ class MemorySampler:
         return ppid == self.root_pid
 
 
-def bare_boot(spec: KernelSpec, mirror: str, rootfs: RootfsSpec) -> float:
-    """Wall time of `vng --run <kernel> --exec true`, with the harness's flags but no agent."""
+def bare_argv(req: VMRequest) -> list[str]:
+    """`vng --run <kernel> --exec true` with only what booting needs on this machine."""
+    argv = [find_vng(), "--run", str(req.image)]
+    if req.root is not None:
+        argv += ["--arch", req.arch.vng, "--root", str(req.root)]
+        if req.modules is not None:
+            argv.append(f"--rodir=/lib/modules/{req.modules.name}={req.modules}")
+    if req.accelerator.name != "kvm":
+        argv.append("--disable-kvm")
+    return [*argv, "--memory", req.memory, "--cpus", str(req.cpus), "--exec", "true"]
+
+
+def bare_boot(spec: KernelSpec, mirror: str, rootfs: RootfsSpec, harness_flags: bool) -> float:
+    """Wall time of `vng --run <kernel> --exec true`: bare, or with the harness's vng flags."""
     build = fetch_kernel(spec, mirror=mirror)
     accel = accelerator_for(spec.arch, probe_accelerator())
     root = None if spec.arch == host_arch() else fetch_rootfs(spec.arch, rootfs, mirror=mirror)
@@ -113,7 +129,7 @@ def bare_boot(spec: KernelSpec, mirror: str, rootfs: RootfsSpec) -> float:
             root=root, memory=spec.memory, cpus=spec.cpus,
             modules=Path(build.modules) if build.modules else None,
         )
-        argv = build_vng_argv(req, find_vng())
+        argv = build_vng_argv(req, find_vng()) if harness_flags else bare_argv(req)
         start = time.monotonic()
         subprocess.run(argv, env=vng_env(), stdin=subprocess.DEVNULL, capture_output=True,
                        timeout=spec.timeout * spec.arch.timeout_factor, check=False)
@@ -122,8 +138,9 @@ def bare_boot(spec: KernelSpec, mirror: str, rootfs: RootfsSpec) -> float:
 
 def pytest_matrix(
     kernels: Path, *extra: str, sampler: MemorySampler | None = None
-) -> tuple[float, int, str, int]:
-    """Wall time, exit code, output tail and number of booted kernels of `pytest matrix/` with ``extra``."""
+) -> tuple[float, int, str, int, float]:
+    """Wall time, exit code, output tail, number of booted kernels and the guest agents' seconds of
+    `pytest matrix/` with ``extra``."""
     with tempfile.TemporaryDirectory() as tmp:
         argv = [sys.executable, "-m", "pytest", "matrix/", "-q", "-p", "no:cacheprovider",
                 "--kernels", str(kernels), "--matrix-json", str(Path(tmp) / "m.json"), *extra]
@@ -143,7 +160,8 @@ def pytest_matrix(
         except (OSError, ValueError, KeyError):
             kernels_run = []
         booted = sum(1 for k in kernels_run if k.get("booted"))
-        return elapsed, proc.returncode, out.strip().splitlines()[-1] if out.strip() else "", booted
+        agent = sum(float(k.get("agent_seconds", 0)) for k in kernels_run)
+        return elapsed, proc.returncode, out.strip().splitlines()[-1] if out.strip() else "", booted, agent
 
 
 def drop_facts(spec: KernelSpec, mirror: str) -> None:
@@ -162,7 +180,7 @@ def parallel(kernels: Path, config: KernelsConfig) -> int:
         for spec in config.kernels:
             if spec.key in entries:
                 drop_facts(spec, config.mirror)
-        took, rc, tail, booted = pytest_matrix(kernels, *sel, "-n", workers)
+        took, rc, tail, booted, _ = pytest_matrix(kernels, *sel, "-n", workers)
         times.append(took)
         print(f"   -n {workers}: {took:.1f}s, {booted} kernels booted, exit {rc}: {tail}")
     print(f"5. {len(entries)} entries ({', '.join(entries)}), facts collected in the run: "
@@ -187,20 +205,24 @@ def main() -> int:
 
     rows = []
     for spec in [] if args.only_parallel else config.kernels:
-        floor = bare_boot(spec, config.mirror, config.rootfs)
+        floor = bare_boot(spec, config.mirror, config.rootfs, harness_flags=False)
+        same_vm = bare_boot(spec, config.mirror, config.rootfs, harness_flags=True)
         drop_facts(spec, config.mirror)
         sampler = MemorySampler()
-        cold, rc_cold, _, _ = pytest_matrix(args.kernels, "--kernel", spec.key, sampler=sampler)
-        warm, rc_warm, _, _ = pytest_matrix(args.kernels, "--kernel", spec.key)
+        cold, rc_cold, _, _, agent_cold = pytest_matrix(args.kernels, "--kernel", spec.key, sampler=sampler)
+        warm, rc_warm, _, _, agent_warm = pytest_matrix(args.kernels, "--kernel", spec.key)
         vm_peak = max(sampler.qemu_peaks.values(), default=0)
-        rows.append((spec.key, floor, cold, warm, sampler.harness_peak, vm_peak, rc_cold, rc_warm))
+        rows.append((spec.key, floor, same_vm, cold, agent_cold, warm, agent_warm, sampler.harness_peak,
+                     vm_peak, rc_cold, rc_warm))
     if rows:
-        print("1-3. one (kernel, arch) at a time, -n 0 (exit codes: 0 all pass, 1 some probe failed)")
-        print(f"{'entry':<14} {'bare vng':>9} {'harness':>9} {'ratio':>6} {'warm':>8} {'ratio':>6} "
-              f"{'harness RSS':>12} {'VM RSS':>9}")
-    for key, floor, cold, warm, hpeak, vpeak, rc1, rc2 in rows:
-        print(f"{key:<14} {floor:8.1f}s {cold:8.1f}s {cold / floor:6.2f} {warm:7.1f}s {warm / floor:6.2f} "
-              f"{hpeak / 1024:10.0f}MB {vpeak / 1024:7.0f}MB  (exit {rc1}/{rc2})")
+        print("1-3. one (kernel, arch) at a time, -n 0 (exit codes: 0 all pass, 1 some probe failed);")
+        print("     (1) bare vng, (1b) the harness's VM running `true`; agent: the guest agent's part")
+        print(f"{'entry':<14} {'(1)':>7} {'(1b)':>7} {'harness':>8} {'/(1)':>5} {'/(1b)':>5} {'agent':>6} "
+              f"{'warm':>7} {'/(1)':>5} {'/(1b)':>5} {'agent':>6} {'harness RSS':>11} {'VM RSS':>7}")
+    for key, floor, same, cold, acold, warm, awarm, hpeak, vpeak, rc1, rc2 in rows:
+        print(f"{key:<14} {floor:6.1f}s {same:6.1f}s {cold:7.1f}s {cold / floor:5.2f} {cold / same:5.2f} "
+              f"{acold:5.1f}s {warm:6.1f}s {warm / floor:5.2f} {warm / same:5.2f} {awarm:5.1f}s "
+              f"{hpeak / 1024:9.0f}MB {vpeak / 1024:5.0f}MB  (exit {rc1}/{rc2})")
 
     if args.only_parallel:
         return parallel(args.kernels, config)
@@ -212,7 +234,7 @@ def main() -> int:
     if missing:
         print(f"   facts not cached for {', '.join(missing)}: run the matrix on it once first; skipped")
     else:
-        took, rc, tail, booted = pytest_matrix(args.offline_kernels, "-k", OFFLINE_SELECTION)
+        took, rc, tail, booted, _ = pytest_matrix(args.offline_kernels, "-k", OFFLINE_SELECTION)
         print(f"   {took:.1f}s wall, kernels booted: {booted}, exit {rc}: {tail}")
 
     if not args.skip_parallel:

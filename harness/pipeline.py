@@ -91,7 +91,7 @@ def lsm_append(config_text: str | None) -> str:
     return "lsm=" + ",".join(lsms)
 
 
-def _seconds(value: object) -> float:
+def reported_seconds(value: object) -> float:
     """A duration the guest reported, or 0.0 when it reported none (or nonsense)."""
     if isinstance(value, (int, float)) and not isinstance(value, bool) and value >= 0:
         return float(value)
@@ -124,6 +124,7 @@ class MatrixRun:
         retries: int = 1,
         fetch: Callable[..., Any] | None = None,
         guest_planned: frozenset[str] = frozenset(),
+        keep_dir: Path | None = None,
     ) -> None:
         self.config = config
         self.progs_dir = progs_dir
@@ -136,6 +137,7 @@ class MatrixRun:
         # (kernel, arch) keys whose in-guest tests this run selected: some process boots them, and
         # the offline checks wait for their facts instead of booting them a second time.
         self.guest_planned = guest_planned
+        self.keep_dir = keep_dir  # where each boot's directory is copied before it is removed
         self._objects: dict[str, ArchObjects] = {}
         self._builds: dict[str, Any] = {}
         self._guest: dict[str, GuestOutcome] = {}
@@ -444,7 +446,7 @@ class MatrixRun:
                     source=build.source, digest=build.digest,
                     accelerator=accel.name, booted=True,
                     boot_seconds=time.monotonic() - start,
-                    agent_seconds=_seconds(done.get("seconds")),
+                    agent_seconds=reported_seconds(done.get("seconds")),
                     lsm=str(done.get("lsm") or ""),
                     notes=tuple(
                         n for n in (
@@ -475,8 +477,19 @@ class MatrixRun:
                     outcome.results[(res.probe, res.check)] = res
                 return outcome
             finally:
+                self._keep(work)
                 shutil.rmtree(work, ignore_errors=True)
         return self._failed(spec, base, last_error, tail, accel)
+
+    def _keep(self, work: Path) -> None:
+        """Copy a boot's directory (share, scratch disk left out) to keep_dir, when asked to."""
+        if self.keep_dir is None:
+            return
+        try:
+            self.keep_dir.mkdir(parents=True, exist_ok=True)
+            shutil.copytree(work, self.keep_dir / work.name, ignore=shutil.ignore_patterns("scratch.img"))
+        except OSError:
+            pass  # a debugging aid must not turn a result into an error
 
     def _failed(
         self, spec: KernelSpec, base: KernelRun, error: str, tail: str = "", accel: Accelerator | None = None

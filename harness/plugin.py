@@ -73,6 +73,11 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         help="boot again this many times when a guest is lost (default 1); failures are never retried",
     )
     group.addoption(
+        "--keep-guest-files", metavar="DIR",
+        help="keep each boot's shared directory under DIR: plan, agent records (with per-phase timings) "
+        "and console log",
+    )
+    group.addoption(
         "--cache-dir-kernels", metavar="DIR",
         help="cache of kernels, facts and builds (default: $BPF_MATRIX_CACHE or ~/.cache/bpf-kernel-matrix)",
     )
@@ -150,6 +155,7 @@ def pytest_configure(config: pytest.Config) -> None:
         cache_root=Path(cache) if cache else None,
         work_dir=work_dir,
         retries=max(0, config.getoption("--vm-retries")),
+        keep_dir=Path(keep) if (keep := config.getoption("--keep-guest-files")) else None,
     )
     config.stash[RUN_KEY] = run
     config.stash[COORDINATED_KEY] = coordinated

@@ -26,6 +26,7 @@ from harness.pipeline import (
     SCRATCH_DISK_BYTES,
     MatrixRun,
     lsm_append,
+    reported_seconds,
     version_key,
 )
 from harness.results import Check, Outcome, Probe
@@ -131,7 +132,7 @@ def act_ok(req: VMRequest, plan: dict[str, Any]) -> VMResult:
     (share / "objects.json").write_text(json.dumps(records))
     done = {
         "ok": True, "release": "6.1.0-27-amd64", "machine": ARCH.uname, "lsm": "lockdown,capability,bpf",
-        "libbpf": "1.1.0", "stats_enabled": True,
+        "libbpf": "1.1.0", "stats_enabled": True, "seconds": 0.25,
     }
     (share / DONE_FILE).write_text(json.dumps(done))
     return VMResult(done, "console", 0.5, 0, req.accelerator)
@@ -386,9 +387,30 @@ def test_the_boot_request(tmp_path: Path) -> None:
     assert kernel.booted and kernel.version == "6.1.0-27-amd64" and kernel.accelerator == "kvm"
     assert kernel.lsm == "lockdown,capability,bpf"
     assert "libbpf 1.1.0 in the guest" in kernel.notes
+    assert kernel.agent_seconds == 0.25
     assert (s.run.work_dir / f"{spec.key}.booted").read_text() == "ok"
     # The boot's own directory (share, scratch disk) is gone once its results are read.
     assert sorted(p.name for p in s.run.work_dir.iterdir()) == [f"{spec.key}.booted"]
+
+
+def test_keep_guest_files_copies_each_boot_without_its_scratch_disk(tmp_path: Path) -> None:
+    s = make_run(tmp_path)
+    s.run.keep_dir = tmp_path / "kept"
+    s.run.guest_result(s.spec("6.1"), probes_of(s)[0], Check.LOAD)
+    (boot,) = (tmp_path / "kept").iterdir()
+    assert boot.name.startswith(s.spec("6.1").key + "-")
+    share = boot / "share"
+    assert json.loads((share / "done.json").read_text())["ok"] is True
+    assert (share / "plan.json").exists() and (share / "objects.json").exists()
+    assert not (boot / "scratch.img").exists()
+    # The run's own directory is cleaned up as before.
+    assert sorted(p.name for p in s.run.work_dir.iterdir()) == [f"{s.spec('6.1').key}.booted"]
+
+
+@pytest.mark.parametrize("value,expected", [(3.5, 3.5), (2, 2.0), (None, 0.0), ("3", 0.0), (True, 0.0),
+                                            (-1, 0.0)])
+def test_agent_seconds_reported_by_the_guest_are_checked(value: object, expected: float) -> None:
+    assert reported_seconds(value) == expected
 
 
 def test_facts_stored_in_facts_dir_with_marker(tmp_path: Path) -> None:
