@@ -8,6 +8,7 @@ import shutil
 import tempfile
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,7 +20,7 @@ from harness.errors import HarnessError, LostVMError, ObjectError, VMError
 from harness.inventory import USER_KINDS, BPFObject, load_object
 from harness.results import CellResult, Check, KernelRun, Outcome, Probe
 from harness.sidecar import Sidecar, load_sidecar
-from harness.vm import Accelerator, Runner, VMRequest, accelerator_for, scaled_timeout
+from harness.vm import Accelerator, Runner, VMRequest, VMResult, accelerator_for, scaled_timeout
 
 AGENT = Path(__file__).parent / "guest" / "agent.py"
 GUEST_CHECKS = (Check.LOAD, Check.CORE, Check.ATTACH, Check.FIRE)
@@ -138,6 +139,9 @@ class MatrixRun:
         # the offline checks wait for their facts instead of booting them a second time.
         self.guest_planned = guest_planned
         self.keep_dir = keep_dir  # where each boot's directory is copied before it is removed
+        # Set when this process also reports the offline checks (no xdist): they are then computed
+        # while the first VM boots, when their facts are all cached.
+        self.overlap_offline = False
         self._objects: dict[str, ArchObjects] = {}
         self._builds: dict[str, Any] = {}
         self._guest: dict[str, GuestOutcome] = {}
@@ -426,7 +430,7 @@ class MatrixRun:
                 )
                 start = time.monotonic()
                 try:
-                    result = self.runner.run(req)
+                    result = self._run_vm(req)
                 except LostVMError as exc:
                     last_error, tail = str(exc), exc.console_tail
                     continue
@@ -480,6 +484,24 @@ class MatrixRun:
                 self._keep(work)
                 shutil.rmtree(work, ignore_errors=True)
         return self._failed(spec, base, last_error, tail, accel)
+
+    def _run_vm(self, req: VMRequest) -> VMResult:
+        """Run one VM; meanwhile compute the offline checks, when this process reports them and every
+        fact they need is cached (no boot of their own: one VM at a time)."""
+        if not self.overlap_offline or self._offline is not None or not self._offline_ready():
+            return self.runner.run(req)
+        with ThreadPoolExecutor(1, thread_name_prefix="vm") as pool:
+            vm = pool.submit(self.runner.run, req)
+            try:
+                self._offline = self._compute_offline()
+            except Exception:  # computed again, and reported, by the offline tests
+                self._offline = None
+            return vm.result()
+
+    def _offline_ready(self) -> bool:
+        specs = list(self.config.kernels)
+        specs += [b for a in self.arches() if (b := self.config.baseline_spec(a.name)) is not None]
+        return all(self.facts_dir(s) is not None for s in specs)
 
     def _keep(self, work: Path) -> None:
         """Copy a boot's directory (share, scratch disk left out) to keep_dir, when asked to."""

@@ -328,12 +328,18 @@ def pytest_collection_finish(session: pytest.Session) -> None:
     if run is None:
         return
     planned = set()
+    offline = False
     for item in session.items:
         param = _cell_param(item)
         if param is not None and param[2] in GUEST_CHECKS:
             planned.add(param[0].key)
+        elif param is not None:
+            offline = True
     if session.config.stash.get(COORDINATED_KEY, True):
         run.guest_planned = frozenset(planned)
+    # Outside xdist's workers this process runs every test it boots for (an xdist controller boots
+    # none): its offline checks can be computed while a VM boots.
+    run.overlap_offline = offline and not _is_worker(session.config)
 
 
 class Cell:

@@ -319,3 +319,129 @@ def test_libbpf_log_is_kept_per_thread() -> None:
     other.join()
     assert lb.take_log() == "prog 'a': loaded\n"
     assert lb.take_log() == ""
+
+
+# ---------------------------------------------------------------- run_object with a fake libbpf
+
+
+class FakeObjectLib:
+    """libbpf's object calls over one fake object file: programs in order, some rejected by the kernel.
+
+    bpf_object__load loads the programs left to autoload in order and stops at the first rejected one,
+    printing what libbpf prints; attach always works.
+    """
+
+    def __init__(self, programs: list[str], rejected: dict[str, int], lb: Any) -> None:
+        self.order = programs
+        self.rejected = rejected
+        self.lb = lb
+        self.objects: dict[int, dict[str, bool]] = {}  # object -> program -> autoload
+        self.loads: list[list[str]] = []
+        self.closed: list[int] = []
+
+    def bpf_object__open_file(self, path: bytes, opts: Any) -> int:
+        obj = 100 * (len(self.objects) + 1)
+        self.objects[obj] = {name: True for name in self.order}
+        return obj
+
+    def bpf_program__set_autoload(self, prog: int, on: bool) -> int:
+        obj, index = divmod(prog, 100)
+        self.objects[obj * 100][self.order[index - 1]] = on
+        return 0
+
+    def bpf_object__load(self, obj: int) -> int:
+        wanted = [n for n, on in self.objects[obj].items() if on]
+        self.loads.append(wanted)
+        for name in wanted:
+            self.lb.log(f"libbpf: prog '{name}': relo #0: matched\n")
+        for name in wanted:
+            if name in self.rejected:
+                self.lb.log(f"libbpf: prog '{name}': BPF program load failed: -{self.rejected[name]}\n")
+                self.lb.log(f"libbpf: prog '{name}': failed to load: -{self.rejected[name]}\n")
+                return -self.rejected[name]
+        return 0
+
+    def bpf_object__close(self, obj: int) -> None:
+        self.closed.append(obj)
+
+    def bpf_program__attach(self, prog: int) -> int:
+        return prog + 5000
+
+    def bpf_program__fd(self, prog: int) -> int:
+        return prog
+
+    def bpf_link__fd(self, link: int) -> int:
+        return link
+
+    def bpf_link__destroy(self, link: int) -> int:
+        return 0
+
+
+def fake_object_loader(programs: list[str], rejected: dict[str, int]) -> Any:
+    lb = fake_libbpf()
+    lib = FakeObjectLib(programs, rejected, lb)
+    lb.lib = lib
+    lb.error_of = lambda ptr: 0
+    lb.programs = lambda obj: [obj + i + 1 for i in range(len(programs))]
+    lb.prog_name = lambda prog: programs[prog % 100 - 1]
+    lb.prog_info = lambda fd: {"run_cnt": 1}
+    lb.link_missed = lambda fd, kernel: None
+    return lb, lib
+
+
+def run_fake_object(tmp_path: Path, lb: Any) -> dict[str, Any]:
+    # Each program's trigger is `true`: the default workload is for guests (it may modprobe a disk).
+    spec = {"name": "obj", "path": "obj.bpf.o", "triggers": {n: "true" for n in lb.lib.order}}
+    detacher = agent.Detacher(lb)
+    result = agent.run_object(lb, spec, str(tmp_path), detacher)
+    detacher.wait()
+    return result
+
+
+def test_run_object_loads_the_whole_object_once_when_all_load(tmp_path: Path) -> None:
+    lb, lib = fake_object_loader(["a", "b", "c"], {})
+    result = run_fake_object(tmp_path, lb)
+    assert lib.loads == [["a", "b", "c"]]
+    assert all(result["programs"][n]["load"]["ok"] for n in "abc")
+    assert all(result["programs"][n]["fire"]["run_cnt"] == 1 for n in "abc")
+    assert sorted(lib.closed) == [100]  # closed by the detacher
+
+
+def test_run_object_loads_once_more_per_rejected_program(tmp_path: Path) -> None:
+    # Four programs, two rejected: 3 loads (all; without b; without b and d), not 1 + 4.
+    lb, lib = fake_object_loader(["a", "b", "c", "d"], {"b": 13, "d": 22})
+    result = run_fake_object(tmp_path, lb)
+    assert lib.loads == [["a", "b", "c", "d"], ["a", "c", "d"], ["a", "c"]]
+    progs = result["programs"]
+    assert progs["b"]["load"]["ok"] is False and progs["b"]["load"]["errno"] == 13
+    assert progs["d"]["load"]["ok"] is False and progs["d"]["load"]["errno"] == 22
+    # Each rejected program keeps the log of the load that named it, for its verifier tail.
+    assert "prog 'b': failed to load" in progs["b"]["load"]["log"]
+    assert "prog 'd': failed to load" in progs["d"]["load"]["log"]
+    assert progs["a"]["load"]["ok"] and progs["c"]["load"]["ok"]
+    assert "prog 'a': relo #0" in progs["a"]["load"]["log"]
+    assert set(n for n, p in progs.items() if "fire" in p) == {"a", "c"}
+    assert sorted(lib.closed) == [100, 200, 300]  # the failed loads closed at once, the good one detached
+
+
+def test_run_object_falls_back_to_one_load_per_program_when_libbpf_names_none(tmp_path: Path) -> None:
+    lb, lib = fake_object_loader(["a", "b", "c"], {"b": 22})
+    load = lib.bpf_object__load
+
+    def unnamed(obj: int) -> int:
+        rc = load(obj)
+        lb.take_log()  # an old libbpf that names no program
+        return rc
+
+    lib.bpf_object__load = unnamed  # type: ignore[method-assign]
+    result = run_fake_object(tmp_path, lb)
+    assert lib.loads == [["a", "b", "c"], ["a"], ["b"], ["c"]]
+    assert [result["programs"][n]["load"]["ok"] for n in "abc"] == [True, False, True]
+
+
+def test_default_workload_runs_and_leaves_nothing_behind(monkeypatch: pytest.MonkeyPatch) -> None:
+    calls: list[str] = []
+    monkeypatch.setattr(agent, "block_io", lambda: calls.append("block_io"))  # guests only: it may modprobe
+    agent.default_workload("/nonexistent")
+    assert calls == ["block_io"]
+    assert not Path(f"/tmp/bpfmatrix-{os.getpid()}").exists()

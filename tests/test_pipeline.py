@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import shutil
 import textwrap
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -570,3 +571,48 @@ def test_prebuilt_object_and_unusable_object(tmp_path: Path) -> None:
     assert built.errors["junk"].startswith(f"{other / 'junk.bpf.o'}: not an ELF file")
     # Prebuilt objects need no vmlinux.h, so no kernel was fetched for one.
     assert built.vmlinux_h == "" and s2.fetch.calls == []
+
+
+# ---------------------------------------------------------------- offline checks while a VM boots
+
+
+def act_ok_in_thread(seen: list[str]) -> Act:
+    def act(req: VMRequest, plan: dict[str, Any]) -> VMResult:
+        seen.append(threading.current_thread().name)
+        return act_ok(req, plan)
+
+    return act
+
+
+def test_offline_checks_are_computed_while_the_vm_runs_when_facts_are_cached(tmp_path: Path) -> None:
+    cold = make_run(tmp_path)
+    for kid in ("6.1", "6.12"):
+        cold.run.facts(cold.spec(kid))  # caches both kernels' facts
+
+    def outcomes(run: MatrixRun, spec: KernelSpec) -> dict[Any, Any]:
+        return {k: (r.outcome, r.reason, r.details) for k, r in run.offline(spec).items()}
+
+    reference = {kid: outcomes(cold.run, cold.spec(kid)) for kid in ("6.1", "6.12")}
+
+    seen: list[str] = []
+    key = "6.1-" + ARCH.name
+    s = make_run(tmp_path, cache=cold.cache, progs=cold.run.progs_dir, acts={key: [act_ok_in_thread(seen)]})
+    s.run.overlap_offline = True
+    res = s.run.guest_result(s.spec("6.1"), probes_of(s)[0], Check.LOAD)
+    assert res.outcome is Outcome.PASS
+    assert seen and seen[0].startswith("vm")  # the VM ran beside the main thread ...
+    assert s.run._offline is not None  # ... which computed the offline checks meanwhile
+    assert s.runner.count() == 1  # and booted nothing more for them
+    for kid in ("6.1", "6.12"):
+        assert outcomes(s.run, s.spec(kid)) == reference[kid]
+
+
+def test_offline_checks_wait_for_the_boot_when_facts_are_missing(tmp_path: Path) -> None:
+    seen: list[str] = []
+    key = "6.1-" + ARCH.name
+    s = make_run(tmp_path, acts={key: [act_ok_in_thread(seen)]})
+    s.run.overlap_offline = True
+    s.run.guest_result(s.spec("6.1"), probes_of(s)[0], Check.LOAD)
+    # 6.12's facts are not cached: computing now would boot a second VM beside the first.
+    assert seen == ["MainThread"] and s.run._offline is None
+    assert s.runner.count() == 1
