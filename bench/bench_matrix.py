@@ -12,7 +12,10 @@ Prints, for the kernels of a kernels file (default: kernels-ci.yaml):
   5. `-n 1` against `-n 2` on up to four (kernel, arch) entries: the speed-up;
   6. peak memory of the harness process and of each VM (qemu's VmHWM, sampled).
 
-Run: python bench/bench_matrix.py [--kernels kernels-ci.yaml] [--skip-parallel]
+Run: python bench/bench_matrix.py [--kernels kernels-ci.yaml] [--repeat N] [--skip-parallel]
+
+The machines are shared and noisy (a boot varies by +-0.6 s from one run to the next): --repeat N measures
+parts 1-3 N times, interleaved, and prints the medians.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ import json
 import os
 import re
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -195,6 +199,8 @@ def main() -> int:
     parser.add_argument("--kernels", type=Path, default=ROOT / "kernels-ci.yaml")
     parser.add_argument("--offline-kernels", type=Path, default=ROOT / "kernels.yaml",
                         help="kernels file of the warm offline run (default: the default matrix)")
+    parser.add_argument("--repeat", type=int, default=1, metavar="N",
+                        help="measure parts 1-3 N times and print the medians (default 1)")
     parser.add_argument("--skip-parallel", action="store_true")
     parser.add_argument("--only-parallel", action="store_true", help="run part 5 alone")
     args = parser.parse_args()
@@ -205,17 +211,24 @@ def main() -> int:
 
     rows = []
     for spec in [] if args.only_parallel else config.kernels:
-        floor = bare_boot(spec, config.mirror, config.rootfs, harness_flags=False)
-        same_vm = bare_boot(spec, config.mirror, config.rootfs, harness_flags=True)
-        drop_facts(spec, config.mirror)
+        samples: list[tuple[float, ...]] = []
         sampler = MemorySampler()
-        cold, rc_cold, _, _, agent_cold = pytest_matrix(args.kernels, "--kernel", spec.key, sampler=sampler)
-        warm, rc_warm, _, _, agent_warm = pytest_matrix(args.kernels, "--kernel", spec.key)
+        for _ in range(max(1, args.repeat)):
+            floor = bare_boot(spec, config.mirror, config.rootfs, harness_flags=False)
+            same_vm = bare_boot(spec, config.mirror, config.rootfs, harness_flags=True)
+            drop_facts(spec, config.mirror)
+            sampler = MemorySampler()
+            cold, rc_cold, _, _, agent_cold = pytest_matrix(
+                args.kernels, "--kernel", spec.key, sampler=sampler
+            )
+            warm, rc_warm, _, _, agent_warm = pytest_matrix(args.kernels, "--kernel", spec.key)
+            samples.append((floor, same_vm, cold, agent_cold, warm, agent_warm))
+        medians = [statistics.median(column) for column in zip(*samples)]
         vm_peak = max(sampler.qemu_peaks.values(), default=0)
-        rows.append((spec.key, floor, same_vm, cold, agent_cold, warm, agent_warm, sampler.harness_peak,
-                     vm_peak, rc_cold, rc_warm))
+        rows.append((spec.key, *medians, sampler.harness_peak, vm_peak, rc_cold, rc_warm))
     if rows:
-        print("1-3. one (kernel, arch) at a time, -n 0 (exit codes: 0 all pass, 1 some probe failed);")
+        times = f"medians of {args.repeat} runs" if args.repeat > 1 else "one run each"
+        print(f"1-3. one (kernel, arch) at a time, -n 0, {times} (exit codes: 0 all pass, 1 some failed);")
         print("     (1) bare vng, (1b) the harness's VM running `true`; agent: the guest agent's part")
         print(f"{'entry':<14} {'(1)':>7} {'(1b)':>7} {'harness':>8} {'/(1)':>5} {'/(1b)':>5} {'agent':>6} "
               f"{'warm':>7} {'/(1)':>5} {'/(1b)':>5} {'agent':>6} {'harness RSS':>11} {'VM RSS':>7}")
