@@ -86,7 +86,7 @@ def diagnose_console(text: str) -> str:
 def build_vng_argv(req: VMRequest, vng: str = "vng") -> list[str]:
     """The vng command line for ``req`` (pure: no I/O, testable without a VM)."""
     # --force-9p: 9p is what every guest ends up on. vng otherwise first tries a virtiofsd for the root
-    # and for each share, and qemu's own C virtiofsd (the one Debian and Ubuntu install with qemu) takes
+    # and for each share, and QEMU 7's own C virtiofsd (what Debian 12's qemu packages install) takes
     # other arguments: each try fails after vng's 3.1 s of polling, 6 s of every boot spent waiting.
     argv = [vng, "--run", str(req.image), "--verbose", "--force-9p"]
     if req.arch != host_arch() or req.root is not None:
