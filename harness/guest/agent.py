@@ -461,7 +461,7 @@ def run_trigger(trigger: object, share: str) -> dict[str, object]:
 
 
 # ---------------------------------------------------------------------------------------------------
-# One object: load (whole, then per program on failure), attach each, trigger, count
+# One object: load (whole, then without each program the kernel rejects), attach each, trigger, count
 
 
 def load_object(
