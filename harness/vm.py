@@ -269,8 +269,9 @@ class VngRunner:
             tail = console_tail(console)
             what = diagnose_console(console)
             if what and what not in tail:
-                # A panic's backtrace can push its first line out of the tail: keep it in view.
-                tail = f"{what}\n...\n{tail}"
+                # A panic's backtrace can push its first line out of the tail: keep it in view, within
+                # the same number of lines.
+                tail = f"{what}\n...\n{console_tail(console, CONSOLE_TAIL_LINES - 2)}"
             if timed_out:
                 msg = f"guest did not finish within {req.timeout:.0f} s"
             elif "Could not access KVM" in console or "failed to initialize kvm" in console.lower():

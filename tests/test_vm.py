@@ -9,11 +9,14 @@ from pathlib import Path
 import pytest
 
 from harness.config import ARCHES, host_arch
+from harness.errors import LostVMError
 from harness.vm import (
+    CONSOLE_TAIL_LINES,
     DONE_FILE,
     GUEST_SHARE,
     Accelerator,
     VMRequest,
+    VngRunner,
     build_vng_argv,
     console_tail,
     diagnose_console,
@@ -250,3 +253,28 @@ def test_read_done_directory_in_its_place(tmp_path: Path) -> None:
 def test_read_done_record(tmp_path: Path) -> None:
     (tmp_path / DONE_FILE).write_text('{"ok": true, "release": "6.1.0-27-amd64"}')
     assert read_done(tmp_path) == {"ok": True, "release": "6.1.0-27-amd64"}
+
+
+# ---------------------------------------------------------------- VngRunner with a stand-in for vng
+
+
+def test_lost_vm_keeps_the_panic_line_and_at_most_forty_lines(tmp_path: Path,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    # A guest that panics and prints a long backtrace, then vng exits 255 with no done.json.
+    lines = ["[    1.0] Booting", "[    7.1] Kernel panic - not syncing: sysrq triggered crash"]
+    lines += [f"[    7.2] frame {i}" for i in range(60)]
+    script = tmp_path / "vng"
+    script.write_text("#!/bin/sh\ncat <<'EOF'\n" + "\n".join(lines) + "\nEOF\nexit 255\n")
+    script.chmod(0o755)
+    monkeypatch.setattr("harness.vm.find_vng", lambda: str(script))
+    share = tmp_path / "share"
+    share.mkdir()
+    with pytest.raises(LostVMError) as info:
+        VngRunner().run(request(tmp_path, share=share, timeout=30.0))
+    err = info.value
+    assert str(err) == ("guest ended without a completion record (vng exit 255): "
+                        "Kernel panic - not syncing: sysrq triggered crash")
+    tail = err.console_tail.splitlines()
+    assert len(tail) == CONSOLE_TAIL_LINES
+    assert tail[:2] == ["Kernel panic - not syncing: sysrq triggered crash", "..."]
+    assert tail[-1] == "[    7.2] frame 59"
