@@ -11,6 +11,7 @@ import struct
 import subprocess
 import zlib
 from pathlib import Path
+from typing import Any
 
 from elftools.common.exceptions import ELFError
 from elftools.elf.elffile import ELFFile
@@ -48,17 +49,25 @@ def _run_filter(argv: list[str], data: bytes, what: str) -> bytes:
 def decompress(kind: str, payload: bytes, what: str = "payload") -> bytes:
     """Decompress one stream of ``kind`` (a MAGICS name), ignoring bytes after its end.
 
-    Raises BTFError when the stream is corrupt or the tool it needs is missing.
+    Raises BTFError when the stream is corrupt, ends early, or the tool it needs is missing.
     """
+    decompressor: Any = None
     try:
         if kind == "gzip":
-            return zlib.decompressobj(wbits=31).decompress(payload)
-        if kind == "xz":
-            return lzma.LZMADecompressor(format=lzma.FORMAT_XZ).decompress(payload)
-        if kind == "lzma":
+            decompressor = zlib.decompressobj(wbits=31)
+        elif kind == "xz":
+            decompressor = lzma.LZMADecompressor(format=lzma.FORMAT_XZ)
+        elif kind == "lzma":
             return lzma.LZMADecompressor(format=lzma.FORMAT_ALONE).decompress(payload)
-        if kind == "bzip2":
-            return bz2.BZ2Decompressor().decompress(payload)
+        elif kind == "bzip2":
+            decompressor = bz2.BZ2Decompressor()
+        if decompressor is not None:
+            out = bytes(decompressor.decompress(payload))
+            # These formats mark their end: bytes that decode without reaching it are a truncated
+            # (or random) stream, not a kernel.
+            if not decompressor.eof:
+                raise BTFError(f"{what}: corrupt {kind} stream: it ends before its end marker")
+            return out
     except (zlib.error, lzma.LZMAError, OSError, EOFError) as exc:
         raise BTFError(f"{what}: corrupt {kind} stream: {exc}") from exc
     if kind == "zstd":

@@ -15,7 +15,7 @@ import pytest
 from harness.cache import resolve_cache_root
 from harness.config import ARCHES, KernelSpec
 from harness.errors import BTFError
-from harness.kimage import decompress_image, extract_btf, find_btf, parse_image_release
+from harness.kimage import decompress, decompress_image, extract_btf, find_btf, parse_image_release
 
 
 def make_btf(names: tuple[str, ...] = ("int", "long")) -> bytes:
@@ -183,3 +183,26 @@ def test_btf_of_real_kernels(tmp_path: Path, arch: str) -> None:
     ).stdout
     assert out.startswith("[1] ")
     assert "STRUCT 'task_struct'" in out
+
+
+@pytest.mark.parametrize("kind", ["gzip", "xz", "bzip2"])
+def test_truncated_stream_is_corrupt_and_trailing_bytes_are_not(kind: str) -> None:
+    import bz2
+    import gzip
+    import lzma
+
+    raw = os.urandom(1 << 16)
+    compress = {"gzip": gzip.compress, "xz": lzma.compress, "bzip2": bz2.compress}[kind]
+    stream = compress(raw)
+    assert decompress(kind, stream + b"\x00\x10\x00\x00") == raw  # x86 appends the size after the stream
+    with pytest.raises(BTFError, match=f"corrupt {kind} stream: it ends before its end marker"):
+        decompress(kind, stream[: len(stream) // 2])
+
+
+def test_random_bytes_after_a_gzip_magic_are_always_corrupt(tmp_path: Path) -> None:
+    # Random data used to decode, now and then, into a few bytes without an error: "no BTF" instead.
+    for i in range(300):
+        image = tmp_path / f"vmlinuz-{i}"
+        image.write_bytes(b"\x1f\x8b\x08" + os.urandom(2000))
+        with pytest.raises(BTFError, match="corrupt gzip stream"):
+            extract_btf(image)
