@@ -13,12 +13,12 @@ import sys
 import tempfile
 import time
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from harness.config import ARCHES, resolve_arch
 from harness.errors import HarnessError
-from harness.facts import KernelFacts, load_facts
+from harness.facts import KernelFacts, load_facts, parse_kallsyms
 from harness.results import CellResult, Outcome, Probe
 from harness.symbols import check_symbol, stable_alternatives, with_alternatives
 
@@ -224,6 +224,28 @@ def run_matrix(kernels_yaml: Path, progs: Path) -> int:
     return 0 if times[-1][0] < TARGET_SECONDS else 1
 
 
+def bench_kallsyms(directory: Path, repeat: int = 5) -> str:
+    """parse_kallsyms of one synthetic kallsyms against a baseline read of the same text in the same
+    run (split every line into its fields): the parser's cost over merely reading the lines."""
+    text = (directory / "kallsyms").read_text()
+
+    def best(fn: Callable[[], object]) -> float:
+        times = []
+        for _ in range(repeat):
+            t0 = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - t0)
+        return min(times)
+
+    parse = best(lambda: parse_kallsyms(text))
+    baseline = best(lambda: [line.split() for line in text.splitlines()])
+    lines = text.count("\n")
+    return (
+        f"parse_kallsyms: {lines} lines in {parse * 1000:.0f} ms; baseline (split every line) "
+        f"{baseline * 1000:.0f} ms; ratio {parse / baseline:.2f} (best of {repeat})"
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--facts", type=Path, help="a directory of <kernel>-<arch>/ facts directories")
@@ -261,6 +283,7 @@ def main(argv: list[str] | None = None) -> int:
         # second loads it.
         first, first_cpu, _ = run(columns)
         seconds, cpu, results = run(columns)
+        kallsyms_line = bench_kallsyms(next(iter(columns.values())))
 
     outcomes = Counter(r.outcome.value for r in results)
     print(f"facts: {len(columns)} columns ({source})")
@@ -271,6 +294,7 @@ def main(argv: list[str] | None = None) -> int:
         f"warm run: {seconds:.2f} s wall, {cpu:.2f} s CPU "
         f"(loading included; target {TARGET_SECONDS:.0f} s)"
     )
+    print(kallsyms_line)
     if args.verbose:
         for r in results:
             if r.outcome in (Outcome.FAIL, Outcome.ERROR):

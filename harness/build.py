@@ -142,11 +142,13 @@ def build_source(source: Source, arch: Arch, vmlinux_h: Path | None, out_dir: Pa
     tmp = obj.with_suffix(f".tmp{os.getpid()}")
     argv = build_argv(source.path, tmp, arch, includes, clang)
     try:
-        proc = subprocess.run(argv, capture_output=True, timeout=COMPILE_TIMEOUT, check=False)
-    except subprocess.TimeoutExpired:
-        return Built(source, arch.name, None, f"clang timed out after {COMPILE_TIMEOUT:.0f} s")
-    if proc.returncode != 0:
-        tmp.unlink(missing_ok=True)
-        return Built(source, arch.name, None, first_error(proc.stderr.decode(errors="replace")))
-    tmp.rename(obj)
+        try:
+            proc = subprocess.run(argv, capture_output=True, timeout=COMPILE_TIMEOUT, check=False)
+        except subprocess.TimeoutExpired:
+            return Built(source, arch.name, None, f"clang timed out after {COMPILE_TIMEOUT:.0f} s")
+        if proc.returncode != 0:
+            return Built(source, arch.name, None, first_error(proc.stderr.decode(errors="replace")))
+        tmp.rename(obj)
+    finally:
+        tmp.unlink(missing_ok=True)  # a failed or interrupted compile leaves no partial object
     return Built(source, arch.name, obj)

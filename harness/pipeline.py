@@ -16,10 +16,11 @@ from typing import Any
 from harness import guestlog
 from harness.build import build_source, find_sources, generate_vmlinux_h
 from harness.config import Arch, KernelsConfig, KernelSpec, host_arch
-from harness.errors import HarnessError, LostVMError, ObjectError, VMError
+from harness.errors import BuildError, HarnessError, LostVMError, ObjectError, VMError
 from harness.inventory import USER_KINDS, BPFObject, load_object
 from harness.results import CellResult, Check, KernelRun, Outcome, Probe
 from harness.sidecar import Sidecar, load_sidecar
+from harness.uprobe import GUEST_USER_DIR, build_user_samples, parse_uprobe_target
 from harness.vm import Accelerator, Runner, VMRequest, VMResult, accelerator_for, scaled_timeout
 
 AGENT = Path(__file__).parent / "guest" / "agent.py"
@@ -149,7 +150,8 @@ class MatrixRun:
         self._offline: dict[str, dict[tuple[Probe, Check], CellResult]] | None = None
         self._facts: dict[str, Any] = {}
         self._sidecars: dict[str, Sidecar] = {}
-        self._roots: dict[str, Path] = {}
+        self._roots: dict[str, Path | HarnessError] = {}
+        self._samples: dict[str, dict[str, Path] | BuildError] = {}
         self._kernel_runs: dict[str, KernelRun] = {}
 
     # --- kernels -----------------------------------------------------------------------------------
@@ -261,6 +263,24 @@ class MatrixRun:
         result = ArchObjects(arch.name, tuple(objects), errors, where, frozenset(relocated))
         self._objects[arch.name] = result
         return result
+
+    def arch_probes(self, arch: Arch) -> list[tuple[Probe, ArchObjects]]:
+        """Every probe of ``arch``, each with the build that says which checks apply to it.
+
+        An object that did not build for ``arch`` shows the probes it has on another arch of the run
+        (their cells on ``arch`` are ERROR with the build error); built nowhere, it is a "(build)" row.
+        """
+        built = self.objects(arch)
+        found = [(p, built) for p in built.probes() if p.program != BUILD_PROGRAM]
+        for name in sorted(built.errors):
+            borrowed: list[tuple[Probe, ArchObjects]] = []
+            for other in self.arches():
+                other_built = self.objects(other) if other != arch else built
+                for obj in other_built.objects:
+                    if obj.name == name and not borrowed:
+                        borrowed = [(p, other_built) for p in obj.probes]
+            found += borrowed or [(Probe(name, BUILD_PROGRAM, "", "build", ""), built)]
+        return found
 
     def _cache_dir(self) -> Path:
         if self.cache_root is not None:
@@ -375,16 +395,58 @@ class MatrixRun:
 
     def guest_root(self, arch: Arch) -> Path:
         """The root filesystem guests of ``arch`` boot on: the host's own for its arch, else one built
-        from Debian packages (raises HarnessError when it cannot be built)."""
+        from Debian packages (raises HarnessError when it cannot be built; tried once per process)."""
         if arch == host_arch():
             return Path("/")
         if arch.name not in self._roots:
             from harness.rootfs import fetch_rootfs
 
-            self._roots[arch.name] = fetch_rootfs(
-                arch, self.config.rootfs, self.cache_root, self.config.mirror
-            )
-        return self._roots[arch.name]
+            try:
+                self._roots[arch.name] = fetch_rootfs(
+                    arch, self.config.rootfs, self.cache_root, self.config.mirror
+                )
+            except HarnessError as exc:
+                self._roots[arch.name] = exc
+        root = self._roots[arch.name]
+        if isinstance(root, HarnessError):
+            raise root
+        return root
+
+    def user_samples(self, arch: Arch) -> dict[str, Path]:
+        """bpf_progs/user/ built for ``arch`` (once per process); raises BuildError."""
+        if arch.name not in self._samples:
+            try:
+                self._samples[arch.name] = build_user_samples(self.progs_dir, arch, self._cache_dir())
+            except BuildError as exc:
+                self._samples[arch.name] = exc
+        samples = self._samples[arch.name]
+        if isinstance(samples, BuildError):
+            raise samples
+        return samples
+
+    def input_error(self, arch: Arch, probe: Probe) -> str:
+        """Why the harness could not produce what ``probe`` needs on ``arch`` (empty when it could).
+
+        Nothing is known of such a probe's compatibility there: every check of it is an ERROR, never
+        a FAIL (a uprobe on a sample that did not build cannot attach, through no fault of its own).
+        """
+        if probe.program == BUILD_PROGRAM:
+            return self.objects(arch).errors.get(probe.object, "build failed")
+        if probe.object in self.objects(arch).errors:
+            return self.objects(arch).errors[probe.object]
+        if probe.kind not in USER_KINDS:
+            return ""
+        target = parse_uprobe_target(probe.target)
+        if target is not None and target.path.startswith(GUEST_USER_DIR + "/"):
+            try:
+                self.user_samples(arch)
+            except BuildError as exc:
+                return f"the user-space samples did not build for {arch.name}: {exc}"
+        try:
+            self.guest_root(arch)
+        except HarnessError as exc:
+            return f"no {arch.name} root filesystem: {exc}"
+        return ""
 
     def _boot(self, spec: KernelSpec, objects: Sequence[BPFObject], probes: Sequence[Probe]) -> GuestOutcome:
         base = self.kernel_run(spec)
@@ -538,10 +600,14 @@ class MatrixRun:
             )
         from harness.scenarios import plan_scenarios
 
+        try:
+            samples = self.user_samples(arch)
+        except BuildError:
+            samples = {}  # the probes on them are ERROR cells (input_error)
         plan = {
             "facts": want_facts,
             "objects": entries,
-            "scenarios": plan_scenarios(share, objects, self.progs_dir, arch),
+            "scenarios": plan_scenarios(share, objects, self.progs_dir, samples),
         }
         for helper in AGENT.parent.glob("*.py"):
             if helper != AGENT and helper.name != "__init__.py":
@@ -578,8 +644,8 @@ class MatrixRun:
 
     def guest_result(self, spec: KernelSpec, probe: Probe, check: Check) -> CellResult:
         """The result of an in-guest ``check`` of ``probe`` on ``spec``, booting on first use."""
-        if probe.program == BUILD_PROGRAM:
-            return self.build_error(spec, probe, check)
+        if why := self.input_error(spec.arch, probe):
+            return CellResult(probe, spec.id, spec.arch.name, check, Outcome.ERROR, why)
         if probe.kind == UNKNOWN_KIND:
             return self.unchecked(spec, probe, check)
         outcome = self.guest(spec)
@@ -598,16 +664,12 @@ class MatrixRun:
         msg = f"program {probe.program}: {kind}"
         return CellResult(probe, spec.id, spec.arch.name, check, Outcome.SKIP, msg)
 
-    def build_error(self, spec: KernelSpec, probe: Probe, check: Check) -> CellResult:
-        msg = self.objects(spec.arch).errors.get(probe.object, "build failed")
-        return CellResult(probe, spec.id, spec.arch.name, check, Outcome.ERROR, msg)
-
     # --- offline checks ----------------------------------------------------------------------------
 
     def offline_result(self, spec: KernelSpec, probe: Probe, check: Check) -> CellResult:
         """The result of an offline ``check`` of ``probe`` on ``spec`` (facts from the cache)."""
-        if probe.program == BUILD_PROGRAM:
-            return self.build_error(spec, probe, check)
+        if why := self.input_error(spec.arch, probe):
+            return CellResult(probe, spec.id, spec.arch.name, check, Outcome.ERROR, why)
         if probe.kind == UNKNOWN_KIND:
             return self.unchecked(spec, probe, check)
         results = self.offline(spec)
@@ -708,7 +770,7 @@ class MatrixRun:
                     )
                     if layout is not None:
                         cell[(probe, Check.LAYOUT)] = layout
-                    if probe.kind in USER_KINDS:
+                    if probe.kind in USER_KINDS and not self.input_error(spec.arch, probe):
                         root = self.guest_root(spec.arch)
                         up = check_uprobe(probe, spec.id, spec.arch, root, self.progs_dir)
                         if up is not None:
@@ -722,6 +784,6 @@ class MatrixRun:
 def probes_by_spec(run: MatrixRun) -> Iterable[tuple[KernelSpec, Probe]]:
     """Every (kernel spec, probe) pair of the run, in kernels.yaml order then object/program order."""
     for spec in run.config.kernels:
-        for probe in run.objects(spec.arch).probes():
+        for probe, _built in run.arch_probes(spec.arch):
             yield spec, probe
 

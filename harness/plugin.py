@@ -281,11 +281,11 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     params = []
     for spec in run.config.kernels:
         try:
-            built = run.objects(spec.arch)
+            owned = run.arch_probes(spec.arch)
         except HarnessError as exc:
             raise pytest.UsageError(str(exc)) from None
-        probes = built.probes()
-        for probe, test_id in zip(probes, _test_ids(run, spec, probes)):
+        probes = [p for p, _ in owned]
+        for (probe, built), test_id in zip(owned, _test_ids(run, spec, probes)):
             if not built.applies(probe, check):
                 continue
             params.append(

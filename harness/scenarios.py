@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import shutil
 import signal
 from collections.abc import Mapping, Sequence
@@ -12,20 +11,15 @@ from typing import Any
 from elftools.common.exceptions import ELFError
 from elftools.elf.elffile import ELFFile
 
-from harness.config import Arch
-from harness.errors import BuildError, ObjectError
+from harness.errors import ObjectError
 from harness.guestlog import GuestContext
 from harness.inventory import BPFObject
 from harness.results import CellResult, Check, Outcome, Probe
 from harness.uprobe import (
     GUEST_USER_DIR,
-    build_user_samples,
     load_elf_functions,
     parse_uprobe_target,
-    resolve_cache_dir,
 )
-
-log = logging.getLogger(__name__)
 
 UPDATE_KIND = "uprobe_update"
 # How the library is replaced: over its inode (cp, install without -T... any in-place write) or by
@@ -106,19 +100,14 @@ def plan_update(
 
 
 def plan_scenarios(
-    share: Path, objects: Sequence[BPFObject], progs_dir: Path, arch: Arch
+    share: Path, objects: Sequence[BPFObject], progs_dir: Path, samples: Mapping[str, Path]
 ) -> list[dict[str, Any]]:
     """The scenarios the guest agent runs after the objects, with their files written into ``share``.
 
-    Each scenario is a JSON-ready dict with a "kind" the agent's scenarios module knows. The samples
-    of bpf_progs/user/ are built for ``arch`` and copied to share/user/ (the guest's /mnt/user/).
-    A sample that does not build leaves no scenario: the UPROBE check reports the build error.
+    Each scenario is a JSON-ready dict with a "kind" the agent's scenarios module knows. ``samples``
+    are bpf_progs/user/ built for the guest's arch; they are copied to share/user/ (the guest's
+    /mnt/user/). When they did not build there is none: the probes on them are ERROR cells.
     """
-    try:
-        samples = build_user_samples(progs_dir, arch, resolve_cache_dir())
-    except BuildError as exc:
-        log.warning("%s", exc)
-        return []
     if not samples:
         return []
     dest = share / "user"

@@ -394,21 +394,29 @@ def build_user_samples(progs_dir: Path, arch: Arch, cache_root: Path) -> dict[st
                 tmp = entry.with_name(f"{entry.name}.tmp{os.getpid()}")
                 shutil.rmtree(tmp, ignore_errors=True)
                 tmp.mkdir()
-                for recipe in recipes:
-                    argv = compile_argv(recipe, tmp, cc)
-                    try:
-                        proc = subprocess.run(argv, capture_output=True, timeout=CC_TIMEOUT, check=False)
-                    except subprocess.TimeoutExpired as exc:
-                        msg = f"{recipe.source}: {cc_name} timed out building {recipe.output}"
-                        raise BuildError(msg) from exc
-                    if proc.returncode != 0:
-                        err = proc.stderr.decode(errors="replace").strip().splitlines()
-                        first = next((ln for ln in err if "error" in ln), err[-1] if err else "failed")
-                        raise BuildError(f"{recipe.source}: {recipe.output} does not build: {first.strip()}")
-                (tmp / ".done").write_text("ok\n")
-                shutil.rmtree(entry, ignore_errors=True)
-                tmp.rename(entry)
+                try:
+                    _compile_recipes(recipes, tmp, cc, cc_name)
+                    (tmp / ".done").write_text("ok\n")
+                    shutil.rmtree(entry, ignore_errors=True)
+                    tmp.rename(entry)
+                finally:
+                    # A failed or interrupted build leaves nothing: an entry is complete or absent.
+                    shutil.rmtree(tmp, ignore_errors=True)
     return {r.output: entry / r.output for r in recipes}
+
+
+def _compile_recipes(recipes: list[Recipe], out_dir: Path, cc: str, cc_name: str) -> None:
+    """Run the compiler for each recipe into ``out_dir``; raises BuildError at the first failure."""
+    for recipe in recipes:
+        argv = compile_argv(recipe, out_dir, cc)
+        try:
+            proc = subprocess.run(argv, capture_output=True, timeout=CC_TIMEOUT, check=False)
+        except subprocess.TimeoutExpired as exc:
+            raise BuildError(f"{recipe.source}: {cc_name} timed out building {recipe.output}") from exc
+        if proc.returncode != 0:
+            err = proc.stderr.decode(errors="replace").strip().splitlines()
+            first = next((ln for ln in err if "error" in ln), err[-1] if err else "failed")
+            raise BuildError(f"{recipe.source}: {recipe.output} does not build: {first.strip()}")
 
 
 def resolve_cache_dir() -> Path:

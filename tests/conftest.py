@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 from filelock import FileLock
+from tools import check_marks
 
 from harness.results import Matrix
 
@@ -30,6 +31,10 @@ class CIRun:
     markdown_path: Path
     html_path: Path
     junit_path: Path
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    check_marks(item)
 
 
 def _pytest_env() -> dict[str, str]:

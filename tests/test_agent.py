@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from tools import require
 
 import harness.guest.agent as agent
 
@@ -236,8 +237,9 @@ def test_main_reports_a_missing_loader(tmp_path: Path, monkeypatch: pytest.Monke
 
 
 def test_prog_info_layout_matches_the_kernel_btf() -> None:
-    if not os.access(HOST_BTF, os.R_OK) or BPFTOOL is None:
-        pytest.skip("needs a readable /sys/kernel/btf/vmlinux and bpftool")
+    require("bpftool")
+    if not os.access(HOST_BTF, os.R_OK):
+        pytest.skip(f"the host kernel has no readable {HOST_BTF}")
     proc = subprocess.run(
         [BPFTOOL, "btf", "dump", "file", str(HOST_BTF), "format", "raw"],
         capture_output=True, text=True, timeout=120, check=True,

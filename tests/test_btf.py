@@ -10,6 +10,7 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
+from tools import needs
 
 from harness.btf import (
     Array,
@@ -360,10 +361,7 @@ int on_unlink(void *ctx)
 char LICENSE[] SEC("license") = "GPL";
 """
 
-needs_clang = pytest.mark.skipif(
-    shutil.which("clang") is None or not Path("/usr/include/bpf/bpf_core_read.h").exists(),
-    reason="clang or libbpf-dev headers missing",
-)
+needs_clang = needs("clang", "/usr/include/bpf/bpf_core_read.h")
 
 
 def compile_bpf(tmp_path: Path, source: str, name: str = "sample") -> Path:

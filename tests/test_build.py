@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from tools import require
 
 import harness.build
 from harness.build import (
@@ -77,10 +78,7 @@ enum bpf_map_type { BPF_MAP_TYPE_UNSPEC = 0 };
 
 
 def needs_clang() -> None:
-    if CLANG is None:
-        pytest.skip("clang is not installed")
-    if not (LIBBPF_INCLUDE / "bpf" / "bpf_helpers.h").exists():
-        pytest.skip("libbpf headers are not installed")
+    require("clang", str(LIBBPF_INCLUDE / "bpf" / "bpf_helpers.h"))
 
 
 def progs(tmp_path: Path, **files: str) -> Path:
@@ -267,8 +265,7 @@ def test_clang_missing_is_an_error_of_the_build(tmp_path: Path, monkeypatch: pyt
 def test_generate_vmlinux_h_from_the_host_btf(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     if not os.access(HOST_BTF, os.R_OK):
         pytest.skip(f"{HOST_BTF} is not readable")
-    if BPFTOOL is None:
-        pytest.skip("bpftool is not installed")
+    require("bpftool")
     header = generate_vmlinux_h(HOST_BTF, tmp_path / "out")
     assert header.name == "vmlinux.h" and header.parent.name.startswith("vmlinux-")
     text = header.read_text()
@@ -284,8 +281,7 @@ def test_generate_vmlinux_h_from_the_host_btf(tmp_path: Path, monkeypatch: pytes
 
 
 def test_generate_vmlinux_h_bad_btf(tmp_path: Path) -> None:
-    if BPFTOOL is None:
-        pytest.skip("bpftool is not installed")
+    require("bpftool")
     btf = tmp_path / "vmlinux.btf"
     btf.write_bytes(b"\x00" * 64)
     with pytest.raises(BuildError, match=f"^bpftool btf dump {re.escape(str(btf))} failed: "):

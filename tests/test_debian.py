@@ -6,13 +6,13 @@ import hashlib
 import http.server
 import lzma
 import os
-import shutil
 import subprocess
 import threading
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from tools import require
 
 from harness.debian import (
     SuiteIndex,
@@ -316,8 +316,7 @@ def make_suite(root: Path, suite: str, packages: str, arch: str = "amd64") -> st
 @pytest.fixture(scope="module")
 def signing_key(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     """A throwaway GnuPG home with one signing key, and a keyring file of its public key."""
-    if shutil.which("gpg") is None or shutil.which("gpgv") is None:
-        pytest.skip("gpg and gpgv are needed to sign a fake archive")
+    require("gpg", "gpgv", why="to sign a fake archive")
     home = tmp_path_factory.mktemp("gnupg")
     home.chmod(0o700)
     env = {**os.environ, "GNUPGHOME": str(home)}

@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import json
-import shutil
+import os
 import struct
 import subprocess
 from pathlib import Path
 
 import pytest
+from tools import needs
 
 from harness.btf import Accessor, BTFSpec, CoreRelo, CoreReloKind, load_btf, load_object_core_relos, parse_btf
+from harness.cache import resolve_cache_root
 from harness.drift import (
     Prototype,
     check_layout,
@@ -24,6 +26,7 @@ from harness.drift import (
     strip_clone_suffix,
 )
 from harness.results import CellResult, Check, Outcome, Probe
+from tests.conftest import CIRun
 
 
 class Builder:
@@ -322,10 +325,7 @@ def test_render_offsets_table() -> None:
     ]
 
 
-needs_clang = pytest.mark.skipif(
-    shutil.which("clang") is None or not Path("/usr/include/bpf/bpf_core_read.h").exists(),
-    reason="clang or libbpf-dev headers missing",
-)
+needs_clang = needs("clang", "/usr/include/bpf/bpf_core_read.h")
 
 SAMPLE = r"""
 typedef unsigned char __u8; typedef unsigned short __u16; typedef unsigned int __u32;
@@ -389,8 +389,6 @@ def test_compiled_object_against_kernels(tmp_path: Path) -> None:
 
 # --- Real kernels, when the lead's boots have cached their BTF ----------------------------------
 
-CACHED = sorted((Path.home() / ".cache/bpf-kernel-matrix/kernels").glob("**/facts/vmlinux.btf"))
-
 
 # vfs_unlink's parameters by kernel release: 5.12 put the mount's user namespace first (idmapped mounts),
 # 6.3 replaced it by struct mnt_idmap, 7.x turned the delegated inode into a struct of its own.
@@ -411,17 +409,23 @@ def _release(facts: Path) -> tuple[int, int]:
     return int(major), int("".join(c for c in minor if c.isdigit()))
 
 
-@pytest.mark.skipif(not CACHED, reason="no cached vmlinux BTF of booted kernels")
-def test_cached_kernels_vfs_unlink() -> None:
-    for path in CACHED:
+@pytest.mark.integration
+def test_cached_kernels_vfs_unlink(ci_matrix: CIRun) -> None:
+    """vfs_unlink's prototype in the BTF of every kernel booted on this machine (the CI matrix run
+    boots at least 5.10 and 6.1 and caches their facts)."""
+    cached = sorted((resolve_cache_root(os.environ) / "kernels").glob("**/facts/vmlinux.btf"))
+    releases = set()
+    for path in cached:
         if not (path.parent / "uname.json").exists():
             continue
+        releases.add(_release(path.parent))
         version = _release(path.parent)
         names, types = next((n, t) for before, n, t in VFS_UNLINK if version < before)
         proto = resolve_prototype(load_btf(path), "kprobe", "vfs_unlink")
         assert proto is not None, path
         assert tuple(n for n, _ in proto.params) == names, (version, proto.params)
         assert tuple(t for _, t in proto.params) == types, (version, proto.params)
+    assert {(5, 10), (6, 1)} <= releases, (ci_matrix.returncode, releases)
 
 
 # --- Tracepoint formats --------------------------------------------------------------------------

@@ -25,6 +25,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from tools import needs
 
 from harness.config import ARCHES, KernelSpec, load_kernels_yaml, parse_kernels_yaml
 from harness.debian import fetch_file
@@ -286,10 +287,8 @@ def host_programs() -> dict[int, str]:
     return {int(p["id"]): str(p.get("name", "")) for p in json.loads(out.stdout or "[]")}
 
 
-@pytest.mark.skipif(
-    shutil.which("strace") is None or os.geteuid() != 0 or not Path("/usr/sbin/bpftool").exists(),
-    reason="needs root, strace and bpftool",
-)
+@needs("strace", "/usr/sbin/bpftool")
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root")
 def test_matrix_run_makes_no_bpf_load_on_the_host(tmp_path: Path) -> None:
     """The whole host side of a run (build, inventory, facts, offline checks) against a fake VM: strace
     shows no bpf(2) call that loads a program, a map or BTF, and the host's programs are unchanged."""
@@ -486,7 +485,7 @@ def _fetch_in_child(spec: KernelSpec, cache: str, mirror_url: str, start: float,
     Path(out).write_text(str(build.image))
 
 
-@pytest.mark.skipif(shutil.which("dpkg-deb") is None, reason="dpkg-deb is needed")
+@needs("dpkg-deb")
 def test_two_processes_fetching_one_kernel_download_it_once(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -15,13 +15,14 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from tools import needs
 
 from harness.cache import resolve_cache_root
 from harness.config import ARCHES, KernelSpec
 from harness.errors import ConfigError, IntegrityError
 from harness.fetch import fetch_kernel, prepare_tree
 
-pytestmark = pytest.mark.skipif(shutil.which("dpkg-deb") is None, reason="dpkg-deb is needed")
+pytestmark = needs("dpkg-deb")
 
 
 class Archive(http.server.ThreadingHTTPServer):

@@ -8,6 +8,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from tools import require
 
 from harness.errors import ObjectError
 from harness.inventory import SECTION_KINDS, load_object, object_name, parse_section
@@ -21,8 +22,8 @@ PRELUDE = '#define SEC(name) __attribute__((section(name), used))\nchar LICENSE[
 
 def compile_bpf(tmp_path: Path, name: str, body: str) -> Path:
     """``body`` compiled with clang -target bpf into tmp_path/<name>; skips when clang is missing."""
-    if CLANG is None:
-        pytest.skip("clang is not installed")
+    require("clang")
+    assert CLANG is not None
     src = tmp_path / f"{name}.c"
     src.write_text(PRELUDE + body)
     out = tmp_path / name
@@ -165,8 +166,8 @@ def test_empty_file(tmp_path: Path) -> None:
 
 
 def test_host_elf_is_not_a_bpf_object(tmp_path: Path) -> None:
-    if HOST_CC is None:
-        pytest.skip("no host C compiler")
+    require("gcc")
+    assert HOST_CC is not None
     src = tmp_path / "host.c"
     src.write_text('__attribute__((section("kprobe/vfs_read"))) int f(void) { return 0; }\n')
     obj = tmp_path / "host.bpf.o"

@@ -5,12 +5,12 @@ from __future__ import annotations
 import gzip
 import lzma
 import os
-import shutil
 import struct
 import subprocess
 from pathlib import Path
 
 import pytest
+from tools import needs, require
 
 from harness.cache import resolve_cache_root
 from harness.config import ARCHES, KernelSpec
@@ -59,8 +59,7 @@ def bzimage(payload: bytes, version_text: bytes = b"6.1.0-27-amd64 (debian-kerne
 
 def elf_with_btf(tmp_path: Path, btf: bytes) -> bytes:
     """A real ELF file carrying ``btf`` as its .BTF section (objcopy onto a copy of a host binary)."""
-    if shutil.which("objcopy") is None:
-        pytest.skip("objcopy is needed to build an ELF with a .BTF section")
+    require("objcopy", why="to build an ELF with a .BTF section")
     blob = tmp_path / "btf.bin"
     blob.write_bytes(btf)
     out = tmp_path / "vmlinux"
@@ -110,7 +109,7 @@ def test_bzimage_xz_payload_with_elf(tmp_path: Path) -> None:
     assert extract_btf(image) == BTF
 
 
-@pytest.mark.skipif(shutil.which("zstd") is None, reason="zstd command needed")
+@needs("zstd")
 def test_bzimage_zstd_payload_with_size_appended(tmp_path: Path) -> None:
     elf = elf_with_btf(tmp_path, BTF)
     stream = subprocess.run(
@@ -173,8 +172,7 @@ def test_btf_of_real_kernels(tmp_path: Path, arch: str) -> None:
     )
     assert (magic, version, flags, hdr_len) == (0xEB9F, 1, 0, 24)
     assert len(blob) == hdr_len + max(type_off + type_len, str_off + str_len)
-    if shutil.which("bpftool") is None:
-        pytest.skip("bpftool is needed to parse the blob")
+    require("bpftool")
     path = tmp_path / "vmlinux.btf"
     path.write_bytes(blob)
     out = subprocess.run(

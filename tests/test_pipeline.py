@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from tools import needs
 
 from harness.build import LIBBPF_INCLUDE
 from harness.config import KernelsConfig, KernelSpec, host_arch, parse_kernels_yaml
@@ -89,9 +90,8 @@ typedef __u32 __wsum;
 
 PACKAGE_CONFIG = 'CONFIG_BPF=y\nCONFIG_LSM="landlock,lockdown,yama,integrity,apparmor"\n'
 
-pytestmark = pytest.mark.skipif(
-    shutil.which("clang") is None or not (LIBBPF_INCLUDE / "bpf" / "bpf_helpers.h").exists(),
-    reason="clang and the libbpf headers build the sample programs",
+pytestmark = needs(
+    "clang", str(LIBBPF_INCLUDE / "bpf" / "bpf_helpers.h"), why="they build the sample programs"
 )
 
 
@@ -616,3 +616,38 @@ def test_offline_checks_wait_for_the_boot_when_facts_are_missing(tmp_path: Path)
     # 6.12's facts are not cached: computing now would boot a second VM beside the first.
     assert seen == ["MainThread"] and s.run._offline is None
     assert s.runner.count() == 1
+
+
+X86_ONLY = """\
+#include "vmlinux.h"
+#include <bpf/bpf_helpers.h>
+#ifdef __TARGET_ARCH_arm64
+#error "this program reads x86 registers only"
+#endif
+char LICENSE[] SEC("license") = "GPL";
+SEC("kprobe/do_nanosleep")
+int kp_x86(void *ctx) { return 0; }
+"""
+
+
+def test_an_object_that_does_not_build_for_one_arch_shows_its_probes_there_as_errors(
+    tmp_path: Path,
+) -> None:
+    progs = bpf_progs(tmp_path)
+    (progs / "x86only.bpf.c").write_text(X86_ONLY)
+    s = make_run(tmp_path, progs=progs)
+    s.run.config = parse_kernels_yaml(
+        'kernels:\n  - {id: "6.1", suite: bookworm, arches: [x86_64, arm64]}\n', tmp_path / "k.yaml"
+    )
+    x86, arm = (s.run.config.kernels[0].arch, s.run.config.kernels[1].arch)
+    assert "x86only" in s.run.objects(arm).errors and "x86only" not in s.run.objects(x86).errors
+    on_arm = [p for p, _ in s.run.arch_probes(arm) if p.object == "x86only"]
+    assert [p.program for p in on_arm] == ["kp_x86"]  # the probe of the x86_64 build, not "(build)"
+    arm_spec = s.run.config.kernels[1]
+    for check in (*GUEST_CHECKS, Check.SYMBOL):
+        result_of = s.run.guest_result if check in GUEST_CHECKS else s.run.offline_result
+        res = result_of(arm_spec, on_arm[0], check)
+        assert res.outcome is Outcome.ERROR, res
+        assert res.reason.startswith("x86only.bpf.c does not compile: ")
+        assert "x86 registers only" in res.reason
+    assert s.runner.count("6.1-arm64") == 0

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from tools import needs
 
 from harness.config import parse_kernels_yaml
 from harness.errors import LostVMError
@@ -40,7 +41,7 @@ SCRIPT_ENV = "FAKE_VM_SCRIPT"
 TCG = Accelerator("tcg", "fake")
 RUN_TIMEOUT = 300
 
-pytestmark = pytest.mark.skipif(shutil.which("clang") is None, reason="clang builds the test programs")
+pytestmark = needs("clang", "/usr/include/bpf/bpf_helpers.h", why="clang builds the test programs")
 
 PANIC = (
     "[    0.000000] Linux version 6.1.0-fake\n"
@@ -158,6 +159,19 @@ char LICENSE[] SEC("license") = "GPL";
 SEC("socket")
 int sock_filter(void *ctx) { return 0; }
 """
+UPROBE_C = """\
+#include "vmlinux.h"
+#include <bpf/bpf_helpers.h>
+char LICENSE[] SEC("license") = "GPL";
+SEC("uprobe//mnt/user/app:work")
+int up_work(void *ctx) { return 0; }
+SEC("kprobe/vfs_unlink")
+int kp_unlink(void *ctx) { return 0; }
+"""
+USER_APP_C = """\
+__attribute__((noinline)) int work(int x) { return x * 3; }
+int main(void) { return work(1) - 3; }
+"""
 BROKEN_C = """\
 #include "vmlinux.h"
 int broken(void) { return undeclared_thing; }
@@ -189,7 +203,9 @@ def objects(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     out = tmp_path_factory.mktemp("objects")
     (out / "vmlinux.h").write_text(VMLINUX_H)
     built = {"vmlinux.h": out / "vmlinux.h"}
-    for name, text in (("good", GOOD_C), ("noprogs", NO_PROGRAMS_C), ("unknown", UNKNOWN_SECTION_C)):
+    for name, text in (
+        ("good", GOOD_C), ("noprogs", NO_PROGRAMS_C), ("unknown", UNKNOWN_SECTION_C), ("uprobe", UPROBE_C),
+    ):
         src = out / f"{name}.bpf.c"
         src.write_text(text)
         obj = out / f"{name}.bpf.o"
@@ -238,7 +254,10 @@ class Project:
     def progs(self) -> Path:
         return self.root / "progs"
 
-    def run(self, *args: str, kernels: str | None = None, wrapper: tuple[str, ...] = ()) -> Outcome:
+    def run(
+        self, *args: str, kernels: str | None = None, wrapper: tuple[str, ...] = (),
+        env: dict[str, str] | None = None,
+    ) -> Outcome:
         kernels_file = self.root / "kernels.yaml"
         if kernels is not None:
             kernels_file.write_text(kernels)
@@ -261,6 +280,7 @@ class Project:
             SCRIPT_ENV: str(script),
             "BPF_MATRIX_ACCEL": "tcg",
             "TMPDIR": str(tmp),
+            **(env or {}),
         }
         argv = [
             *wrapper, sys.executable, "-m", "pytest", "matrix/", "-p", "no:cacheprovider", "-q", "-rfE",
@@ -424,6 +444,42 @@ def test_missing_kernel_image_is_error_for_that_kernel_only(project: Project) ->
     assert cells[0]["reason"].startswith("kernel not available: kernel '6.1': local image ")
     assert out.boots_of("6.1") == 0
     assert out.cells("5.10", "load")[0]["outcome"] == "pass"
+
+
+def test_a_sample_that_does_not_build_is_an_error_on_every_check_of_its_probes(
+    project: Project, objects: dict[str, Path]
+) -> None:
+    """The user-space binary a uprobe needs could not be built (here: a C compiler without its libc
+    headers, as a cross gcc without libc6-dev-<arch>-cross): nothing is known of the probe, so each of
+    its cells is ERROR with the build error, never FAIL, and the run exits 3."""
+    shutil.copy(objects["uprobe"], project.progs / "uprobe.bpf.o")
+    (project.progs / "user").mkdir()
+    (project.progs / "user" / "app.c").write_text(USER_APP_C)
+    fake_bin = project.root / "bin"
+    fake_bin.mkdir()
+    gcc = fake_bin / "gcc"
+    gcc.write_text(
+        "#!/bin/sh\necho '/usr/include/stdint.h:26:10: fatal error: bits/libc-header-start.h: "
+        "No such file or directory' >&2\nexit 1\n"
+    )
+    gcc.chmod(0o755)
+    out = project.run(env={"PATH": f"{fake_bin}{os.pathsep}{os.environ['PATH']}"})
+    assert out.returncode == 3, out.stdout[-3000:]
+    cells = [r for r in out.cells() if r["object"] == "uprobe"]
+    by_program: dict[str, dict[str, dict[str, Any]]] = {}
+    for r in cells:
+        by_program.setdefault(r["program"], {})[r["check"]] = r
+    up = by_program["up_work"]
+    assert {"load", "attach", "fire", "uprobe"} <= set(up), sorted(up)
+    for check, r in up.items():
+        assert r["outcome"] == "error", (check, r)
+        assert "app does not build" in r["reason"] and "libc-header-start.h" in r["reason"], r["reason"]
+    # The object's other probe needs no sample: it is checked as usual on both kernels.
+    assert {r["outcome"] for r in by_program["kp_unlink"].values()} <= {"pass", "skip"}
+    assert by_program["kp_unlink"]["attach"]["outcome"] == "pass"
+    # The failed build left nothing half-written in the cache.
+    leftovers = [p for p in (project.root / "cache").rglob("*") if ".tmp" in p.name]
+    assert leftovers == []
 
 
 # ---------------------------------------------------------------- usage errors

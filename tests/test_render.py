@@ -15,6 +15,7 @@ from html.parser import HTMLParser
 from pathlib import Path
 
 import pytest
+from tools import needs
 
 from harness.render import (
     ASCII_SYMBOLS,
@@ -323,7 +324,7 @@ def _chromium() -> str | None:
     return None
 
 
-@pytest.mark.skipif(_chromium() is None, reason="no chromium on PATH (apt-get install chromium)")
+@needs("chromium")
 def test_screenshot_of_report(tmp_path: Path) -> None:
     sys.path.insert(0, str(ROOT / "scripts"))
     try:

@@ -4,13 +4,13 @@ and shards run separately, then merged, against the run over all of them."""
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 import sys
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import pytest
+from tools import require
 
 from harness.results import Matrix, Outcome
 from tests.conftest import CI_KERNELS, ROOT, CIRun, run_matrix
@@ -53,8 +53,7 @@ def test_junit_names_each_cell(ci_matrix: CIRun) -> None:
 
 
 def test_html_report_renders_in_chromium(ci_matrix: CIRun, tmp_path: Path) -> None:
-    if not (shutil.which("chromium") or shutil.which("chromium-browser")):
-        pytest.skip("chromium is not installed (./setup.sh --dev installs it)")
+    require("chromium")
     png = tmp_path / "report.png"
     proc = subprocess.run(
         [sys.executable, str(ROOT / "scripts" / "screenshot_report.py"), str(ci_matrix.json_path),

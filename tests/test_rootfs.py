@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import os
-import shutil
 import stat
 import subprocess
 import time
 from pathlib import Path
 
 import pytest
+from tools import require
 
 from harness.cache import resolve_cache_root
 from harness.config import ARCHES, RootfsSpec
@@ -157,8 +157,7 @@ def test_mmdebstrap_failure_is_reported(
 
 @pytest.mark.integration
 def test_real_arm64_trixie_rootfs(tmp_path: Path) -> None:
-    if shutil.which("mmdebstrap") is None:
-        pytest.skip("mmdebstrap is not installed")
+    require("mmdebstrap")
     # The machine's own cache: the matrix runs of the other integration tests reuse what this fetches.
     cache = resolve_cache_root(os.environ)
     started = time.monotonic()

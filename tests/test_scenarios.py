@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import shutil
 import sys
 from pathlib import Path
 from types import ModuleType
@@ -12,13 +11,14 @@ from typing import Any
 
 import pytest
 from elftools.elf.elffile import ELFFile
+from tools import needs
 
 from harness.config import ARCHES
 from harness.guestlog import GuestContext
 from harness.inventory import BPFObject
 from harness.results import Check, Outcome, Probe
 from harness.scenarios import check_scenarios, describe_offset, plan_scenarios, update_name
-from harness.uprobe import load_elf_functions
+from harness.uprobe import build_user_samples, load_elf_functions
 
 X86 = ARCHES["x86_64"]
 CTX = GuestContext("6.1", "x86_64")
@@ -49,7 +49,7 @@ def test_update_name() -> None:
     assert update_name("app") is None
 
 
-@pytest.mark.skipif(shutil.which("gcc") is None, reason="gcc not installed")
+@needs("gcc")
 def test_plan_scenarios_builds_ships_and_plans(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("BPF_MATRIX_CACHE", str(tmp_path / "cache"))
     progs = tmp_path / "progs"
@@ -69,7 +69,8 @@ def test_plan_scenarios_builds_ships_and_plans(tmp_path: Path, monkeypatch: pyte
     (progs / "quiet.yaml").write_text("description: no trigger\n")
     share = tmp_path / "share"
     share.mkdir()
-    plan = plan_scenarios(share, objects, progs, X86)
+    samples = build_user_samples(progs, X86, tmp_path / "cache")
+    plan = plan_scenarios(share, objects, progs, samples)
     assert sorted(p.name for p in (share / "user").iterdir()) == ["app", "libx.so", "libx.v2.so"]
     v1 = load_elf_functions(share / "user" / "libx.so").named("work")[0].offset
     v2 = load_elf_functions(share / "user" / "libx.v2.so").named("work")[0].offset
@@ -103,7 +104,7 @@ def test_plan_scenarios_builds_ships_and_plans(tmp_path: Path, monkeypatch: pyte
 def test_plan_scenarios_without_samples(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("BPF_MATRIX_CACHE", str(tmp_path / "cache"))
     (tmp_path / "progs").mkdir()
-    assert plan_scenarios(tmp_path, [], tmp_path / "progs", X86) == []
+    assert plan_scenarios(tmp_path, [], tmp_path / "progs", {}) == []
     assert not (tmp_path / "user").exists()
 
 

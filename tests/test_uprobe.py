@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 from pathlib import Path
 
 import pytest
+from tools import needs
 
 from harness.config import ARCHES
 from harness.results import Check, Outcome, Probe
@@ -29,7 +29,7 @@ from harness.uprobe import (
 X86 = ARCHES["x86_64"]
 PROGS = Path(__file__).parent.parent / "bpf_progs"
 
-pytestmark = pytest.mark.skipif(shutil.which("gcc") is None, reason="gcc not installed")
+pytestmark = needs("gcc")
 
 DEMO = """
 static int compute(int x) { return x * 3 + 1; }
