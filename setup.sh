@@ -233,7 +233,7 @@ if [ -z "${BPF_MATRIX_MIRROR:-}" ]; then
   .venv/bin/python - <<'PY' >/dev/null 2>&1 || rc=$?
 import os, sys
 try:
-    from harness.debian import apt_source_files, resolve_mirror
+    from harness.kernels.debian import apt_source_files, resolve_mirror
     from harness.errors import ConfigError
 except Exception:
     sys.exit(0)

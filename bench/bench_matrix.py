@@ -37,16 +37,16 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from harness.config import (  # noqa: E402
+from harness.kernels.config import (  # noqa: E402
     KernelsConfig,
     KernelSpec,
     RootfsSpec,
     host_arch,
     load_kernels_yaml,
 )
-from harness.fetch import fetch_kernel  # noqa: E402
-from harness.rootfs import fetch_rootfs  # noqa: E402
-from harness.vm import (  # noqa: E402
+from harness.kernels.fetch import fetch_kernel  # noqa: E402
+from harness.kernels.rootfs import fetch_rootfs  # noqa: E402
+from harness.vm.runner import (  # noqa: E402
     VMRequest,
     accelerator_for,
     build_vng_argv,

@@ -16,11 +16,11 @@ from collections import Counter
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
-from harness.config import ARCHES, resolve_arch
+from harness.checks.symbols import check_symbol, stable_alternatives, with_alternatives
 from harness.errors import HarnessError
-from harness.facts import KernelFacts, load_facts, parse_kallsyms
-from harness.results import CellResult, Outcome, Probe
-from harness.symbols import check_symbol, stable_alternatives, with_alternatives
+from harness.kernels.config import ARCHES, resolve_arch
+from harness.kernels.facts import KernelFacts, load_facts, parse_kallsyms
+from harness.report.results import CellResult, Outcome, Probe
 
 CACHE = Path.home() / ".cache" / "bpf-kernel-matrix" / "kernels"
 KERNELS = ("5.10", "6.1", "6.12", "7.2")
@@ -202,9 +202,9 @@ def run(columns: dict[tuple[str, str], Path]) -> tuple[float, float, list[CellRe
 
 def run_matrix(kernels_yaml: Path, progs: Path) -> int:
     """Time MatrixRun's offline checks (every probe x kernel x arch) twice, objects built beforehand."""
-    from harness.config import load_kernels_yaml
-    from harness.pipeline import MatrixRun
-    from harness.vm import VngRunner, probe_accelerator
+    from harness.kernels.config import load_kernels_yaml
+    from harness.run.pipeline import MatrixRun
+    from harness.vm.runner import VngRunner, probe_accelerator
 
     config = load_kernels_yaml(kernels_yaml)
     times: list[tuple[float, float]] = []

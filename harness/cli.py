@@ -15,10 +15,10 @@ from typing import Any, TextIO
 
 from tabulate import tabulate
 
-from harness.config import ARCHES, KernelsConfig, load_kernels_yaml
 from harness.errors import ConfigError, HarnessError
-from harness.render import render_html, render_json, render_markdown, render_terminal
-from harness.results import (
+from harness.kernels.config import ARCHES, KernelsConfig, load_kernels_yaml
+from harness.report.render import render_html, render_json, render_markdown, render_terminal
+from harness.report.results import (
     CHECK_ORDER,
     SCHEMA_NAME,
     SCHEMA_VERSION,
@@ -215,7 +215,7 @@ def cmd_fetch(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     if args.kernel:
         config = config.select(args.kernel)
     # Imported here: it pulls in the network stack, which the other commands do not need.
-    fetch: Any = importlib.import_module("harness.fetch")
+    fetch: Any = importlib.import_module("harness.kernels.fetch")
     failures = 0
     for spec in config.kernels:
         bar = ProgressBar(f"{spec.key:<16}", err)
@@ -320,7 +320,7 @@ def cmd_merge(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
 
 def cmd_offsets(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     """The field offsets per kernel of what programs read through CO-RE (from the layout check)."""
-    from harness.drift import render_offsets_table
+    from harness.checks.drift import render_offsets_table
 
     matrix = load_matrix(args.results)
     layout = [

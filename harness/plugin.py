@@ -16,11 +16,10 @@ from typing import Any
 
 import pytest
 
-from harness.config import KernelsConfig, KernelSpec, load_kernels_yaml
 from harness.errors import HarnessError
-from harness.expectations import apply_expectations
-from harness.pipeline import GUEST_CHECKS, OFFLINE_CHECKS, MatrixRun
-from harness.results import (
+from harness.kernels.config import KernelsConfig, KernelSpec, load_kernels_yaml
+from harness.report.expectations import apply_expectations
+from harness.report.results import (
     CellResult,
     Check,
     KernelRun,
@@ -29,7 +28,8 @@ from harness.results import (
     Probe,
     merge_matrices,
 )
-from harness.vm import Runner, VngRunner, probe_accelerator, stop_all_vms
+from harness.run.pipeline import GUEST_CHECKS, OFFLINE_CHECKS, MatrixRun
+from harness.vm.runner import Runner, VngRunner, probe_accelerator, stop_all_vms
 
 RUN_KEY = pytest.StashKey["MatrixRun"]()
 REPORTER_KEY = pytest.StashKey["MatrixReporter"]()
@@ -460,7 +460,7 @@ class MatrixReporter:
     def pytest_terminal_summary(self, terminalreporter: Any) -> None:
         if not self.records:
             return
-        from harness.render import render_terminal
+        from harness.report.render import render_terminal
 
         terminalreporter.write_sep("=", "eBPF kernel compatibility matrix")
         terminalreporter.write_line(render_terminal(self.matrix()))
@@ -469,7 +469,7 @@ class MatrixReporter:
             terminalreporter.write_line(f"matrix written to {path}")
 
     def write(self, matrix: Matrix) -> Generator[Path, None, None]:
-        from harness.render import render_html, render_json, render_markdown
+        from harness.report.render import render_html, render_json, render_markdown
 
         outputs = [
             (self.config.getoption("--matrix-json"), render_json),

@@ -10,8 +10,8 @@ import sys
 import tempfile
 from pathlib import Path
 
-from harness.render import render_html
-from harness.results import parse_matrix_json
+from harness.report.render import render_html
+from harness.report.results import parse_matrix_json
 
 CHROMIUM_NAMES = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")
 

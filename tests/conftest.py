@@ -13,7 +13,7 @@ import pytest
 from filelock import FileLock
 from tools import check_marks
 
-from harness.results import Matrix
+from harness.report.results import Matrix
 
 ROOT = Path(__file__).resolve().parent.parent
 CI_KERNELS = ROOT / "kernels-ci.yaml"

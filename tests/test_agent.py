@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 from tools import require
 
-import harness.guest.agent as agent
+import harness.vm.guest.agent as agent
 
 AGENT = Path(agent.__file__)
 HOST_BTF = Path("/sys/kernel/btf/vmlinux")

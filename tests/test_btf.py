@@ -1,4 +1,4 @@
-"""Tests for harness.btf: hand-built BTF blobs, a clang-compiled object, and the host's vmlinux BTF."""
+"""Tests for harness.btf.reader: hand-built BTF blobs, a clang-compiled object, and the host's vmlinux BTF."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from tools import needs
 
-from harness.btf import (
+from harness.btf.reader import (
     Array,
     BTFLayout,
     BTFSpec,

@@ -1,4 +1,4 @@
-"""Tests of harness.build: finding sources, the clang argv, compiler errors, the build cache, vmlinux.h."""
+"""Tests of programs.build: finding sources, the clang argv, compiler errors, the build cache, vmlinux.h."""
 
 from __future__ import annotations
 
@@ -11,8 +11,10 @@ from typing import Any
 import pytest
 from tools import require
 
-import harness.build
-from harness.build import (
+import harness.programs.build
+from harness.errors import BuildError, ConfigError
+from harness.kernels.config import ARCHES
+from harness.programs.build import (
     LIBBPF_INCLUDE,
     Source,
     build_argv,
@@ -21,9 +23,7 @@ from harness.build import (
     first_error,
     generate_vmlinux_h,
 )
-from harness.config import ARCHES
-from harness.errors import BuildError, ConfigError
-from harness.inventory import load_object
+from harness.programs.inventory import load_object
 
 CLANG = shutil.which("clang")
 BPFTOOL = shutil.which("bpftool") or ("/usr/sbin/bpftool" if Path("/usr/sbin/bpftool").exists() else None)
@@ -200,7 +200,7 @@ def test_good_source_builds_once_then_comes_from_the_cache(
         calls.append(args)
         raise AssertionError("compiled again")
 
-    monkeypatch.setattr(harness.build.subprocess, "run", no_compile)
+    monkeypatch.setattr(harness.programs.build.subprocess, "run", no_compile)
     mtime = first.object.stat().st_mtime_ns
     second = build_source(source, X86, None, out)
     assert second.object == first.object and second.error == ""
@@ -253,7 +253,7 @@ def test_bad_source_error_names_file_and_line_only_for_it(tmp_path: Path) -> Non
 
 def test_clang_missing_is_an_error_of_the_build(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     d = progs(tmp_path, **{"sleep.bpf.c": GOOD})
-    monkeypatch.setattr(harness.build.shutil, "which", lambda name: None)
+    monkeypatch.setattr(harness.programs.build.shutil, "which", lambda name: None)
     (source,) = find_sources(d)
     built = build_source(source, X86, None, tmp_path / "out")
     assert built.object is None and built.error == "clang not found (run ./setup.sh)"
@@ -276,7 +276,7 @@ def test_generate_vmlinux_h_from_the_host_btf(tmp_path: Path, monkeypatch: pytes
     def no_bpftool(*args: Any, **kwargs: Any) -> Any:
         raise AssertionError("bpftool run again")
 
-    monkeypatch.setattr(harness.build.subprocess, "run", no_bpftool)
+    monkeypatch.setattr(harness.programs.build.subprocess, "run", no_bpftool)
     assert generate_vmlinux_h(HOST_BTF, tmp_path / "out") == header
 
 
@@ -292,8 +292,8 @@ def test_generate_vmlinux_h_bad_btf(tmp_path: Path) -> None:
 def test_generate_vmlinux_h_without_bpftool(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     btf = tmp_path / "vmlinux.btf"
     btf.write_bytes(b"\x9f\xeb" + b"\x00" * 30)
-    monkeypatch.setattr(harness.build.shutil, "which", lambda name: None)
-    monkeypatch.setattr(harness.build, "Path", _PathWithoutSbinBpftool)
+    monkeypatch.setattr(harness.programs.build.shutil, "which", lambda name: None)
+    monkeypatch.setattr(harness.programs.build, "Path", _PathWithoutSbinBpftool)
     with pytest.raises(BuildError, match=r"^bpftool not found"):
         generate_vmlinux_h(btf, tmp_path / "out")
 

@@ -1,4 +1,4 @@
-"""Tests of harness.cache: safe paths, locked builds, manifests and corruption recovery."""
+"""Tests of harness.kernels.cache: safe paths, locked builds, manifests and corruption recovery."""
 
 from __future__ import annotations
 
@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from harness.cache import (
+from harness.errors import ConfigError, FetchError
+from harness.kernels.cache import (
     Manifest,
     check_entry,
     digest_files,
@@ -19,7 +20,6 @@ from harness.cache import (
     resolve_cache_root,
     safe_name,
 )
-from harness.errors import ConfigError, FetchError
 
 
 def test_resolve_cache_root(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:

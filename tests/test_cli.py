@@ -13,10 +13,10 @@ from typing import Any
 import pytest
 
 from harness import cli
-from harness.config import KernelSpec
 from harness.errors import FetchError
-from harness.render import render_markdown, render_terminal
-from harness.results import CellResult, Check, Matrix, Outcome, Probe, parse_matrix_json
+from harness.kernels.config import KernelSpec
+from harness.report.render import render_markdown, render_terminal
+from harness.report.results import CellResult, Check, Matrix, Outcome, Probe, parse_matrix_json
 
 TESTS = Path(__file__).parent
 SAMPLE = TESTS / "data" / "sample_matrix.json"
@@ -138,9 +138,9 @@ class FakeFetch:
 @pytest.fixture
 def fake_fetch(monkeypatch: pytest.MonkeyPatch) -> FakeFetch:
     fake = FakeFetch()
-    module = types.ModuleType("harness.fetch")
+    module = types.ModuleType("harness.kernels.fetch")
     module.fetch_kernel = fake.fetch_kernel  # type: ignore[attr-defined]
-    monkeypatch.setitem(sys.modules, "harness.fetch", module)
+    monkeypatch.setitem(sys.modules, "harness.kernels.fetch", module)
     return fake
 
 

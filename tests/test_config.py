@@ -1,4 +1,4 @@
-"""Tests of harness.config: kernels.yaml parsing, every error it reports, select(), the repository's files."""
+"""Tests of kernels.config: kernels.yaml parsing, every error it reports, select(), the repository's files."""
 
 from __future__ import annotations
 
@@ -8,14 +8,14 @@ from pathlib import Path
 
 import pytest
 
-from harness.config import (
+from harness.errors import ConfigError
+from harness.kernels.config import (
     ARCHES,
     KernelsConfig,
     load_kernels_yaml,
     parse_kernels_yaml,
     resolve_arch,
 )
-from harness.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parent.parent
 PATH = Path("/etc/matrix/kernels.yaml")

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from harness.results import CellResult, Check, Matrix, Outcome
+from harness.report.results import CellResult, Check, Matrix, Outcome
 
 ROOT = Path(__file__).resolve().parent.parent
 CORPUS = ("blk_account", "vfs_unlink", "syscalls", "task_state", "exec_clone", "recursion", "lsm_file_open")

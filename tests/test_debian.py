@@ -1,4 +1,4 @@
-"""Tests of harness.debian against a fake archive served from 127.0.0.1."""
+"""Tests of harness.kernels.debian against a fake archive served from 127.0.0.1."""
 
 from __future__ import annotations
 
@@ -14,7 +14,8 @@ from pathlib import Path
 import pytest
 from tools import require
 
-from harness.debian import (
+from harness.errors import ConfigError, FetchError, IntegrityError
+from harness.kernels.debian import (
     SuiteIndex,
     fetch_file,
     fetch_suite_index,
@@ -25,7 +26,6 @@ from harness.debian import (
     resolve_mirror,
     strip_clearsign,
 )
-from harness.errors import ConfigError, FetchError, IntegrityError
 
 
 class Archive(http.server.ThreadingHTTPServer):

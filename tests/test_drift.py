@@ -1,4 +1,4 @@
-"""Tests for harness.drift: prototypes, CO-RE layouts and tracepoint formats on hand-built kernels."""
+"""Tests for harness.checks.drift: prototypes, CO-RE layouts and tracepoint formats on hand-built kernels."""
 
 from __future__ import annotations
 
@@ -11,9 +11,16 @@ from pathlib import Path
 import pytest
 from tools import needs
 
-from harness.btf import Accessor, BTFSpec, CoreRelo, CoreReloKind, load_btf, load_object_core_relos, parse_btf
-from harness.cache import resolve_cache_root
-from harness.drift import (
+from harness.btf.reader import (
+    Accessor,
+    BTFSpec,
+    CoreRelo,
+    CoreReloKind,
+    load_btf,
+    load_object_core_relos,
+    parse_btf,
+)
+from harness.checks.drift import (
     Prototype,
     check_layout,
     check_prototype,
@@ -25,7 +32,8 @@ from harness.drift import (
     resolve_prototype,
     strip_clone_suffix,
 )
-from harness.results import CellResult, Check, Outcome, Probe
+from harness.kernels.cache import resolve_cache_root
+from harness.report.results import CellResult, Check, Outcome, Probe
 from tests.conftest import CIRun
 
 

@@ -1,13 +1,13 @@
-"""Tests of harness.expectations: which cells an expectation speaks about, and what it makes of them."""
+"""Tests of report.expectations: which cells an expectation speaks about, and what it makes of them."""
 
 from __future__ import annotations
 
 import pytest
 
-from harness.expectations import apply_expectations, matches
 from harness.plugin import Cell
-from harness.results import CellResult, Check, Outcome, Probe
-from harness.sidecar import Expectation
+from harness.programs.sidecar import Expectation
+from harness.report.expectations import apply_expectations, matches
+from harness.report.results import CellResult, Check, Outcome, Probe
 
 KPROBE = Probe(
     "blk_account", "kprobe_blk_account_io_start", "kprobe/blk_account_io_start", "kprobe",

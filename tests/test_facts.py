@@ -1,4 +1,4 @@
-"""Tests for harness.facts: the parsers of each facts file and the lazy KernelFacts."""
+"""Tests for harness.kernels.facts: the parsers of each facts file and the lazy KernelFacts."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from harness.errors import HarnessError
-from harness.facts import (
+from harness.kernels.facts import (
     FactsError,
     KernelFacts,
     load_derived,
@@ -225,7 +225,7 @@ def test_malformed_file_names_it(tmp_path: Path) -> None:
 
 
 def test_btf_with_the_real_reader(facts_61: KernelFacts) -> None:
-    pytest.importorskip("harness.btf")
+    pytest.importorskip("harness.btf.reader")
     assert facts_61.has_btf
     assert "vfs_unlink" in facts_61.btf_func_names
     assert "blk_account_io_done" not in facts_61.btf_func_names
@@ -294,7 +294,7 @@ def _snapshot(facts: KernelFacts) -> dict[str, Any]:
 @pytest.fixture
 def cached_facts_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     # The fixture's files are small: lower the threshold so that they are cached like a distro's.
-    monkeypatch.setattr("harness.facts.DERIVED_MIN_BYTES", 0)
+    monkeypatch.setattr("harness.kernels.facts.DERIVED_MIN_BYTES", 0)
     directory = tmp_path / "6.1-x86_64"
     shutil.copytree(FACTS / "6.1-x86_64", directory)
     with (directory / "kallsyms").open("a") as fh:
@@ -315,8 +315,8 @@ def test_derived_cache_gives_the_same_facts(cached_facts_dir: Path, monkeypatch:
         raise AssertionError("parsed again although the derived cache is fresh")
 
     for name in ("parse_kallsyms", "parse_filter_functions", "parse_config", "index_clones"):
-        monkeypatch.setattr(f"harness.facts.{name}", no_parsing)
-    monkeypatch.setattr("harness.btf.index_btf", no_parsing)
+        monkeypatch.setattr(f"harness.kernels.facts.{name}", no_parsing)
+    monkeypatch.setattr("harness.btf.reader.index_btf", no_parsing)
     cached = load_facts(cached_facts_dir)
     assert _snapshot(cached) == fresh
     # Loaded from the cache, the kallsyms text is only read for address lookups.

@@ -27,11 +27,11 @@ from pathlib import Path
 import pytest
 from tools import needs
 
-from harness.config import ARCHES, KernelSpec, load_kernels_yaml, parse_kernels_yaml
-from harness.debian import fetch_file
 from harness.errors import ConfigError, FetchError, IntegrityError, LostVMError
-from harness.fetch import KernelBuild, fetch_kernel
-from harness.vm import Accelerator, VMRequest, VMResult, VngRunner, live_vms
+from harness.kernels.config import ARCHES, KernelSpec, load_kernels_yaml, parse_kernels_yaml
+from harness.kernels.debian import fetch_file
+from harness.kernels.fetch import KernelBuild, fetch_kernel
+from harness.vm.runner import Accelerator, VMRequest, VMResult, VngRunner, live_vms
 
 REPO = Path(__file__).resolve().parent.parent
 CI_KERNELS = REPO / "kernels-ci.yaml"
@@ -407,7 +407,7 @@ def test_unreachable_mirror_backs_off_then_says_so(tmp_path: Path, monkeypatch: 
     port = probe.server_address[1]
     probe.server_close()
     waits: list[float] = []
-    monkeypatch.setattr("harness.debian.time.sleep", waits.append)
+    monkeypatch.setattr("harness.kernels.debian.time.sleep", waits.append)
     dest = tmp_path / "dl" / "pkg.deb"
     with pytest.raises(FetchError) as info:
         fetch_file(f"http://127.0.0.1:{port}/pkg.deb", dest, what="package p", tries=4, backoff=0.5)

@@ -1,4 +1,4 @@
-"""Tests of harness.fetch: the three Debian package layouts from a fake archive, local kernels."""
+"""Tests of harness.kernels.fetch: the three Debian package layouts from a fake archive, local kernels."""
 
 from __future__ import annotations
 
@@ -17,10 +17,10 @@ from pathlib import Path
 import pytest
 from tools import needs
 
-from harness.cache import resolve_cache_root
-from harness.config import ARCHES, KernelSpec
 from harness.errors import ConfigError, IntegrityError
-from harness.fetch import fetch_kernel, prepare_tree
+from harness.kernels.cache import resolve_cache_root
+from harness.kernels.config import ARCHES, KernelSpec
+from harness.kernels.fetch import fetch_kernel, prepare_tree
 
 pytestmark = needs("dpkg-deb")
 

@@ -1,4 +1,4 @@
-"""Tests of harness.guestlog on real guest agent records and on hand-written libbpf logs."""
+"""Tests of harness.checks.guest on real guest agent records and on hand-written libbpf logs."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from harness.guestlog import (
+from harness.checks.guest import (
     VERIFIER_BEGIN,
     GuestContext,
     Relocation,
@@ -20,7 +20,7 @@ from harness.guestlog import (
     parse_relocations,
     verifier_tail,
 )
-from harness.results import Check, Outcome, Probe
+from harness.report.results import Check, Outcome, Probe
 
 GUESTLOGS = Path(__file__).resolve().parent / "data" / "guestlogs"
 CTX = GuestContext("6.1", "x86_64")

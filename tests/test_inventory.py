@@ -1,4 +1,4 @@
-"""Tests of harness.inventory: libbpf section names, and the programs of compiled BPF objects."""
+"""Tests of harness.programs.inventory: libbpf section names, and the programs of compiled BPF objects."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import pytest
 from tools import require
 
 from harness.errors import ObjectError
-from harness.inventory import SECTION_KINDS, load_object, object_name, parse_section
+from harness.programs.inventory import SECTION_KINDS, load_object, object_name, parse_section
 
 CLANG = shutil.which("clang")
 HOST_CC = shutil.which("cc") or shutil.which("gcc")

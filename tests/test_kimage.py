@@ -1,4 +1,4 @@
-"""Tests of harness.kimage: decompressing kernel images and taking out their BTF."""
+"""Tests of harness.kernels.image: decompressing kernel images and taking out their BTF."""
 
 from __future__ import annotations
 
@@ -12,10 +12,10 @@ from pathlib import Path
 import pytest
 from tools import needs, require
 
-from harness.cache import resolve_cache_root
-from harness.config import ARCHES, KernelSpec
 from harness.errors import BTFError
-from harness.kimage import decompress, decompress_image, extract_btf, find_btf, parse_image_release
+from harness.kernels.cache import resolve_cache_root
+from harness.kernels.config import ARCHES, KernelSpec
+from harness.kernels.image import decompress, decompress_image, extract_btf, find_btf, parse_image_release
 
 
 def make_btf(names: tuple[str, ...] = ("int", "long")) -> bytes:
@@ -160,7 +160,7 @@ def test_parse_image_release() -> None:
 @pytest.mark.integration
 @pytest.mark.parametrize("arch", ["x86_64", "arm64"])
 def test_btf_of_real_kernels(tmp_path: Path, arch: str) -> None:
-    from harness.fetch import fetch_kernel
+    from harness.kernels.fetch import fetch_kernel
 
     # The machine's own cache: the matrix runs of the other integration tests reuse what this fetches.
     cache = resolve_cache_root(os.environ)

@@ -1,4 +1,4 @@
-"""Tests of harness.pipeline without a VM: a fake runner plays the guest agent, a fake fetch the kernels."""
+"""Tests of run.pipeline without a VM: a fake runner plays the guest agent, a fake fetch the kernels."""
 
 from __future__ import annotations
 
@@ -14,12 +14,13 @@ from typing import Any
 import pytest
 from tools import needs
 
-from harness.build import LIBBPF_INCLUDE
-from harness.config import KernelsConfig, KernelSpec, host_arch, parse_kernels_yaml
 from harness.errors import FetchError, HarnessError, LostVMError, VMError
-from harness.fetch import KernelBuild
-from harness.inventory import load_object
-from harness.pipeline import (
+from harness.kernels.config import KernelsConfig, KernelSpec, host_arch, parse_kernels_yaml
+from harness.kernels.fetch import KernelBuild
+from harness.programs.build import LIBBPF_INCLUDE
+from harness.programs.inventory import load_object
+from harness.report.results import Check, Outcome, Probe
+from harness.run.pipeline import (
     BUILD_PROGRAM,
     DEFAULT_LSM,
     FACTS_MARKER,
@@ -31,8 +32,7 @@ from harness.pipeline import (
     reported_seconds,
     version_key,
 )
-from harness.results import Check, Outcome, Probe
-from harness.vm import DONE_FILE, Accelerator, VMRequest, VMResult
+from harness.vm.runner import DONE_FILE, Accelerator, VMRequest, VMResult
 
 FACTS = Path(__file__).resolve().parent / "data" / "facts" / "6.1-x86_64"
 KVM = Accelerator("kvm", "test")

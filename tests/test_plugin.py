@@ -20,12 +20,12 @@ from typing import Any
 import pytest
 from tools import needs
 
-from harness.config import parse_kernels_yaml
 from harness.errors import LostVMError
-from harness.fetch import KernelBuild
-from harness.inventory import load_object
-from harness.pipeline import MatrixRun
-from harness.vm import (
+from harness.kernels.config import parse_kernels_yaml
+from harness.kernels.fetch import KernelBuild
+from harness.programs.inventory import load_object
+from harness.run.pipeline import MatrixRun
+from harness.vm.runner import (
     DONE_FILE,
     Accelerator,
     VMRequest,

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 from tools import needs
 
-from harness.render import (
+from harness.report.render import (
     ASCII_SYMBOLS,
     UNICODE_SYMBOLS,
     collect_footnotes,
@@ -26,7 +26,7 @@ from harness.render import (
     render_markdown,
     render_terminal,
 )
-from harness.results import (
+from harness.report.results import (
     CellResult,
     Check,
     KernelRun,
@@ -187,7 +187,7 @@ def test_markdown_uses_symbols_and_reasons() -> None:
 
 def schema_validator() -> object:
     jsonschema = pytest.importorskip("jsonschema")
-    schema = json.loads((ROOT / "harness" / "schema.json").read_text())
+    schema = json.loads((ROOT / "harness" / "report" / "schema.json").read_text())
     jsonschema.Draft202012Validator.check_schema(schema)
     return jsonschema.Draft202012Validator(schema)
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from tools import require
 
-from harness.results import Matrix, Outcome
+from harness.report.results import Matrix, Outcome
 from tests.conftest import CI_KERNELS, ROOT, CIRun, run_matrix
 
 pytestmark = pytest.mark.integration
@@ -22,7 +22,7 @@ OFFLINE = ("symbol", "prototype", "layout", "tp_format", "uprobe")
 
 def test_json_is_valid_against_the_schema(ci_matrix: CIRun) -> None:
     jsonschema = pytest.importorskip("jsonschema")
-    schema = json.loads((ROOT / "harness" / "schema.json").read_text())
+    schema = json.loads((ROOT / "harness" / "report" / "schema.json").read_text())
     document = json.loads(ci_matrix.json_path.read_text())
     jsonschema.validate(document, schema)
     kernels = {(k["kernel"], k["arch"]) for k in document["kernels"]}

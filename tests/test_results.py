@@ -1,4 +1,4 @@
-"""Tests of harness.results: records round-trip through JSON, the matrix's views, parsing and merging."""
+"""Tests of report.results: records round-trip through JSON, the matrix's views, parsing and merging."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from harness.results import (
+from harness.report.results import (
     SCHEMA_NAME,
     SCHEMA_VERSION,
     CellResult,

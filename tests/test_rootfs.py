@@ -1,4 +1,4 @@
-"""Tests of harness.rootfs: package lists, safe paths inside a guest tree, completion, caching."""
+"""Tests of harness.kernels.rootfs: package lists, safe paths inside a guest tree, completion, caching."""
 
 from __future__ import annotations
 
@@ -11,10 +11,10 @@ from pathlib import Path
 import pytest
 from tools import require
 
-from harness.cache import resolve_cache_root
-from harness.config import ARCHES, RootfsSpec
 from harness.errors import ConfigError, FetchError
-from harness.rootfs import (
+from harness.kernels.cache import resolve_cache_root
+from harness.kernels.config import ARCHES, RootfsSpec
+from harness.kernels.rootfs import (
     DEFAULT_PACKAGES,
     complete_rootfs,
     fetch_rootfs,

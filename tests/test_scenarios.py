@@ -1,4 +1,4 @@
-"""Tests for harness.scenarios (planning, results) and the guest's uprobe_update handler on a fake libbpf."""
+"""Tests for checks.scenarios (planning, results) and the guest's uprobe_update handler on a fake libbpf."""
 
 from __future__ import annotations
 
@@ -13,16 +13,16 @@ import pytest
 from elftools.elf.elffile import ELFFile
 from tools import needs
 
-from harness.config import ARCHES
-from harness.guestlog import GuestContext
-from harness.inventory import BPFObject
-from harness.results import Check, Outcome, Probe
-from harness.scenarios import check_scenarios, describe_offset, plan_scenarios, update_name
-from harness.uprobe import build_user_samples, load_elf_functions
+from harness.checks.guest import GuestContext
+from harness.checks.scenarios import check_scenarios, describe_offset, plan_scenarios, update_name
+from harness.checks.uprobe import build_user_samples, load_elf_functions
+from harness.kernels.config import ARCHES
+from harness.programs.inventory import BPFObject
+from harness.report.results import Check, Outcome, Probe
 
 X86 = ARCHES["x86_64"]
 CTX = GuestContext("6.1", "x86_64")
-GUEST_SCENARIOS = Path(__file__).parent.parent / "harness" / "guest" / "scenarios.py"
+GUEST_SCENARIOS = Path(__file__).parent.parent / "harness" / "vm" / "guest" / "scenarios.py"
 
 LIB = """\
 // build: libx.so -O2 -shared -fPIC

@@ -1,4 +1,4 @@
-"""Tests of harness.sidecar: parsing sidecars, triggers per program, errors that name file and entry."""
+"""Tests of programs.sidecar: parsing sidecars, triggers per program, errors that name file and entry."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 
 from harness.errors import ConfigError
-from harness.results import Probe
-from harness.sidecar import Expectation, Sidecar, load_sidecar, parse_expectations, parse_sidecar
+from harness.programs.sidecar import Expectation, Sidecar, load_sidecar, parse_expectations, parse_sidecar
+from harness.report.results import Probe
 
 ROOT = Path(__file__).resolve().parent.parent
 SIDE = Path("bpf_progs/blk_account.yaml")

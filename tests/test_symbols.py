@@ -1,4 +1,4 @@
-"""Tests for harness.symbols: the offline symbol checks on trimmed facts of Debian kernels."""
+"""Tests for harness.checks.symbols: the offline symbol checks on trimmed facts of Debian kernels."""
 
 from __future__ import annotations
 
@@ -8,16 +8,16 @@ from pathlib import Path
 
 import pytest
 
-from harness.config import ARCHES
-from harness.facts import KernelFacts, load_facts
-from harness.results import CellResult, Check, Outcome, Probe
-from harness.symbols import (
+from harness.checks.symbols import (
     check_symbol,
     closest_functions,
     pick_clone_targets,
     stable_alternatives,
     with_alternatives,
 )
+from harness.kernels.config import ARCHES
+from harness.kernels.facts import KernelFacts, load_facts
+from harness.report.results import CellResult, Check, Outcome, Probe
 
 FACTS = Path(__file__).parent / "data" / "facts"
 X86 = ARCHES["x86_64"]

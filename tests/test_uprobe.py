@@ -1,4 +1,4 @@
-"""Tests for harness.uprobe: targets, symbols, inlining and GCC clones in ELF files built by gcc here."""
+"""Tests for checks.uprobe: targets, symbols, inlining and GCC clones in ELF files built by gcc here."""
 
 from __future__ import annotations
 
@@ -8,9 +8,7 @@ from pathlib import Path
 import pytest
 from tools import needs
 
-from harness.config import ARCHES
-from harness.results import Check, Outcome, Probe
-from harness.uprobe import (
+from harness.checks.uprobe import (
     Inlining,
     UprobeTarget,
     build_user_samples,
@@ -25,6 +23,8 @@ from harness.uprobe import (
     resolve_binary,
     resolve_in_root,
 )
+from harness.kernels.config import ARCHES
+from harness.report.results import Check, Outcome, Probe
 
 X86 = ARCHES["x86_64"]
 PROGS = Path(__file__).parent.parent / "bpf_progs"

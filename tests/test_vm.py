@@ -1,4 +1,4 @@
-"""Tests of harness.vm without a VM: the vng argv, the accelerator probe, console diagnosis, done.json."""
+"""Tests of vm.runner without a VM: the vng argv, the accelerator probe, console diagnosis, done.json."""
 
 from __future__ import annotations
 
@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from harness.config import ARCHES, host_arch
 from harness.errors import LostVMError
-from harness.vm import (
+from harness.kernels.config import ARCHES, host_arch
+from harness.vm.runner import (
     CONSOLE_TAIL_LINES,
     DONE_FILE,
     GUEST_SHARE,
@@ -266,7 +266,7 @@ def test_lost_vm_keeps_the_panic_line_and_at_most_forty_lines(tmp_path: Path,
     script = tmp_path / "vng"
     script.write_text("#!/bin/sh\ncat <<'EOF'\n" + "\n".join(lines) + "\nEOF\nexit 255\n")
     script.chmod(0o755)
-    monkeypatch.setattr("harness.vm.find_vng", lambda: str(script))
+    monkeypatch.setattr("harness.vm.runner.find_vng", lambda: str(script))
     share = tmp_path / "share"
     share.mkdir()
     with pytest.raises(LostVMError) as info:

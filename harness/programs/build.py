@@ -11,8 +11,8 @@ from pathlib import Path
 
 from filelock import FileLock
 
-from harness.config import Arch
 from harness.errors import BuildError, ConfigError
+from harness.kernels.config import Arch
 
 COMPILE_TIMEOUT = 120.0
 BTFDUMP_TIMEOUT = 120.0

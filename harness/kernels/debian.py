@@ -23,9 +23,9 @@ from debian.deb822 import Deb822, Packages, Release
 from debian.debian_support import Version
 from filelock import FileLock
 
-from harness.cache import file_sha256
-from harness.config import DEBIAN_CODENAMES
 from harness.errors import ConfigError, FetchError, IntegrityError
+from harness.kernels.cache import file_sha256
+from harness.kernels.config import DEBIAN_CODENAMES
 
 log = logging.getLogger(__name__)
 

@@ -19,10 +19,10 @@ from elftools.elf.relocation import RelocationSection
 from elftools.elf.sections import SymbolTableSection
 from filelock import FileLock
 
-from harness.config import Arch
 from harness.errors import BuildError, ObjectError
-from harness.inventory import USER_KINDS
-from harness.results import CellResult, Check, Outcome, Probe
+from harness.kernels.config import Arch
+from harness.programs.inventory import USER_KINDS
+from harness.report.results import CellResult, Check, Outcome, Probe
 
 # Where the harness's shared directory is mounted in every guest, and where the user-space samples
 # of bpf_progs/user/ are copied inside it (the same guest path on every arch: one arch per boot).
@@ -420,7 +420,7 @@ def _compile_recipes(recipes: list[Recipe], out_dir: Path, cc: str, cc_name: str
 
 
 def resolve_cache_dir() -> Path:
-    from harness.cache import resolve_cache_root
+    from harness.kernels.cache import resolve_cache_root
 
     return resolve_cache_root(os.environ)
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from harness.results import CellResult, Outcome
-from harness.sidecar import Expectation
+from harness.programs.sidecar import Expectation
+from harness.report.results import CellResult, Outcome
 
 
 def _version(text: str) -> tuple[int, ...]:

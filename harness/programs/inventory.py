@@ -10,7 +10,7 @@ from elftools.elf.elffile import ELFFile
 from elftools.elf.sections import SymbolTableSection
 
 from harness.errors import ObjectError
-from harness.results import Probe
+from harness.report.results import Probe
 
 EM_BPF = 247
 

@@ -16,8 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from harness.config import Arch, host_arch
 from harness.errors import LostVMError, VMError
+from harness.kernels.config import Arch, host_arch
 
 # Where the run's shared directory appears inside the guest. /mnt exists in the host's root and in
 # Debian root filesystems; virtme-ng mounts the share over it (read-write), the rest of the root stays

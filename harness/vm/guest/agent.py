@@ -96,7 +96,7 @@ def tracefs() -> str | None:
 
 
 def collect_facts(out: str) -> dict[str, object]:
-    """Write the kernel's facts into ``out`` (the layout harness.facts reads); return a summary."""
+    """Write the kernel's facts into ``out`` (the layout harness.kernels.facts reads); return a summary."""
     os.makedirs(out, exist_ok=True)
     uname = os.uname()
     write_json(

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from harness.btf import (
+from harness.btf.reader import (
     Array,
     BTFSpec,
     BTFType,
@@ -22,7 +22,7 @@ from harness.btf import (
     Typedef,
     essential_name,
 )
-from harness.results import CellResult, Check, Outcome, Probe
+from harness.report.results import CellResult, Check, Outcome, Probe
 
 # Hooks whose target is a kernel function with a BTF FUNC of the same name.
 FUNCTION_KINDS = frozenset({"kprobe", "kretprobe", "fentry", "fexit", "fmod_ret"})

@@ -12,7 +12,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from harness.cache import (
+from harness.errors import ConfigError, FetchError
+from harness.kernels.cache import (
     Manifest,
     digest_files,
     ensure_entry,
@@ -20,8 +21,8 @@ from harness.cache import (
     file_sha256,
     resolve_cache_root,
 )
-from harness.config import KernelSpec
-from harness.debian import (
+from harness.kernels.config import KernelSpec
+from harness.kernels.debian import (
     DebPackage,
     apt_source_files,
     fetch_file,
@@ -30,7 +31,6 @@ from harness.debian import (
     resolve_image_packages,
     resolve_mirror,
 )
-from harness.errors import ConfigError, FetchError
 
 log = logging.getLogger(__name__)
 
@@ -257,7 +257,7 @@ def _fetch_local(spec: KernelSpec, root: Path) -> KernelBuild:
         raise ConfigError(f"kernel {spec.id!r}: cannot read {image}: {exc.strerror}") from exc
     release = spec.modules.name if spec.modules is not None else ""
     if not release:
-        from harness.kimage import parse_image_release
+        from harness.kernels.image import parse_image_release
 
         try:
             release = parse_image_release(image.read_bytes()[:1 << 20]) or ""

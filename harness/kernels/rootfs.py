@@ -9,10 +9,10 @@ import shutil
 import subprocess
 from pathlib import Path, PurePosixPath
 
-from harness.cache import Manifest, digest_files, ensure_entry, entry_path, resolve_cache_root
-from harness.config import Arch, RootfsSpec
-from harness.debian import apt_source_files, resolve_mirror
 from harness.errors import ConfigError, FetchError
+from harness.kernels.cache import Manifest, digest_files, ensure_entry, entry_path, resolve_cache_root
+from harness.kernels.config import Arch, RootfsSpec
+from harness.kernels.debian import apt_source_files, resolve_mirror
 
 log = logging.getLogger(__name__)
 

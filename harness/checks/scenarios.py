@@ -11,15 +11,15 @@ from typing import Any
 from elftools.common.exceptions import ELFError
 from elftools.elf.elffile import ELFFile
 
-from harness.errors import ObjectError
-from harness.guestlog import GuestContext
-from harness.inventory import BPFObject
-from harness.results import CellResult, Check, Outcome, Probe
-from harness.uprobe import (
+from harness.checks.guest import GuestContext
+from harness.checks.uprobe import (
     GUEST_USER_DIR,
     load_elf_functions,
     parse_uprobe_target,
 )
+from harness.errors import ObjectError
+from harness.programs.inventory import BPFObject
+from harness.report.results import CellResult, Check, Outcome, Probe
 
 UPDATE_KIND = "uprobe_update"
 # How the library is replaced: over its inode (cp, install without -T... any in-place write) or by
@@ -114,7 +114,7 @@ def plan_scenarios(
     dest.mkdir(exist_ok=True)
     for name, path in samples.items():
         shutil.copy2(path, dest / name)
-    from harness.sidecar import load_sidecar
+    from harness.programs.sidecar import load_sidecar
 
     scenarios: list[dict[str, Any]] = []
     for obj in objects:

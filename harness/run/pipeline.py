@@ -13,17 +13,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from harness import guestlog
-from harness.build import build_source, find_sources, generate_vmlinux_h
-from harness.config import Arch, KernelsConfig, KernelSpec, host_arch
+from harness.checks import guest as guestlog
+from harness.checks.uprobe import GUEST_USER_DIR, build_user_samples, parse_uprobe_target
 from harness.errors import BuildError, HarnessError, LostVMError, ObjectError, VMError
-from harness.inventory import USER_KINDS, BPFObject, load_object
-from harness.results import CellResult, Check, KernelRun, Outcome, Probe
-from harness.sidecar import Sidecar, load_sidecar
-from harness.uprobe import GUEST_USER_DIR, build_user_samples, parse_uprobe_target
-from harness.vm import Accelerator, Runner, VMRequest, VMResult, accelerator_for, scaled_timeout
+from harness.kernels.config import Arch, KernelsConfig, KernelSpec, host_arch
+from harness.programs.build import build_source, find_sources, generate_vmlinux_h
+from harness.programs.inventory import USER_KINDS, BPFObject, load_object
+from harness.programs.sidecar import Sidecar, load_sidecar
+from harness.report.results import CellResult, Check, KernelRun, Outcome, Probe
+from harness.vm.runner import Accelerator, Runner, VMRequest, VMResult, accelerator_for, scaled_timeout
 
-AGENT = Path(__file__).parent / "guest" / "agent.py"
+AGENT = Path(__file__).parents[1] / "vm" / "guest" / "agent.py"
 GUEST_CHECKS = (Check.LOAD, Check.CORE, Check.ATTACH, Check.FIRE)
 OFFLINE_CHECKS = (Check.SYMBOL, Check.PROTOTYPE, Check.LAYOUT, Check.TP_FORMAT, Check.UPROBE)
 FACTS_MARKER = "facts-done"  # written in the facts directory once every file of it is in place
@@ -49,7 +49,7 @@ class ArchObjects:
 
     def applies(self, probe: Probe, check: Check) -> bool:
         """Whether ``check`` says anything about ``probe``: tests are generated only where it does."""
-        from harness.drift import resolve_btf_name
+        from harness.checks.drift import resolve_btf_name
 
         if probe.program == BUILD_PROGRAM:
             return check in (Check.SYMBOL, Check.LOAD)
@@ -165,7 +165,7 @@ class MatrixRun:
             return cached
         fetch = self._fetch
         if fetch is None:
-            from harness.fetch import fetch_kernel
+            from harness.kernels.fetch import fetch_kernel
 
             fetch = fetch_kernel
         try:
@@ -206,7 +206,7 @@ class MatrixRun:
             if extracted.exists():
                 return extracted
             try:
-                from harness.kimage import extract_btf
+                from harness.kernels.image import extract_btf
 
                 data = extract_btf(Path(build.image))
             except HarnessError as exc:
@@ -251,7 +251,7 @@ class MatrixRun:
                 objects.append(load_object(built.object))
             except ObjectError as exc:
                 errors[source.name] = str(exc)
-        from harness.btf import load_object_core_relos
+        from harness.btf.reader import load_object_core_relos
 
         relocated: set[tuple[str, str]] = set()
         for obj in objects:
@@ -285,7 +285,7 @@ class MatrixRun:
     def _cache_dir(self) -> Path:
         if self.cache_root is not None:
             return self.cache_root
-        from harness.cache import resolve_cache_root
+        from harness.kernels.cache import resolve_cache_root
 
         return resolve_cache_root(os.environ)
 
@@ -316,7 +316,7 @@ class MatrixRun:
             if isinstance(cached, HarnessError):
                 raise cached
             return cached
-        from harness.facts import load_facts
+        from harness.kernels.facts import load_facts
 
         directory = self.facts_dir(spec)
         if directory is None and spec.key in self.guest_planned and spec.key not in self._guest:
@@ -399,7 +399,7 @@ class MatrixRun:
         if arch == host_arch():
             return Path("/")
         if arch.name not in self._roots:
-            from harness.rootfs import fetch_rootfs
+            from harness.kernels.rootfs import fetch_rootfs
 
             try:
                 self._roots[arch.name] = fetch_rootfs(
@@ -537,7 +537,7 @@ class MatrixRun:
                     return outcome
                 for res in guestlog.check_guest_objects(probes, records, ctx):
                     outcome.results[(res.probe, res.check)] = res
-                from harness.scenarios import check_scenarios
+                from harness.checks.scenarios import check_scenarios
 
                 for res in check_scenarios(probes, self._read_json_list(share / "scenarios.json"), ctx):
                     outcome.results[(res.probe, res.check)] = res
@@ -598,7 +598,7 @@ class MatrixRun:
             entries.append(
                 {"name": obj.name, "path": f"objs/{dest.name}", "triggers": side.triggers_for(obj.probes)}
             )
-        from harness.scenarios import plan_scenarios
+        from harness.checks.scenarios import plan_scenarios
 
         try:
             samples = self.user_samples(arch)
@@ -684,9 +684,9 @@ class MatrixRun:
         return self._offline.get(spec.key, {})
 
     def _compute_offline(self) -> dict[str, dict[tuple[Probe, Check], CellResult]]:
-        from harness import drift, symbols
-        from harness.btf import load_object_core_relos
-        from harness.uprobe import check_uprobe
+        from harness.btf.reader import load_object_core_relos
+        from harness.checks import drift, symbols
+        from harness.checks.uprobe import check_uprobe
 
         facts: dict[str, Any] = {}
         errors: dict[str, str] = {}

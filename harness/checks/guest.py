@@ -9,7 +9,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from harness.results import CellResult, Check, Outcome, Probe
+from harness.report.results import CellResult, Check, Outcome, Probe
 
 # libbpf's CO-RE log lines (libbpf.c, bpf_core_apply_relo / bpf_core_calc_relo_insn), e.g.
 #   prog 'p': relo #1: <byte_off> [17] struct dentry.d_name.len (0:4:1:0:0:1 @ offset 36)

@@ -12,11 +12,11 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from harness.config import ARCHES, Arch
 from harness.errors import HarnessError
-from harness.facts import CLONE_RE, KernelFacts, name_stem
-from harness.inventory import KERNEL_FUNCTION_KINDS, SYSCALL_KINDS, USER_KINDS
-from harness.results import CellResult, Check, Outcome, Probe
+from harness.kernels.config import ARCHES, Arch
+from harness.kernels.facts import CLONE_RE, KernelFacts, name_stem
+from harness.programs.inventory import KERNEL_FUNCTION_KINDS, SYSCALL_KINDS, USER_KINDS
+from harness.report.results import CellResult, Check, Outcome, Probe
 
 BTF_KINDS = frozenset({"fentry", "fexit", "fmod_ret"})
 MULTI_KINDS = frozenset({"kprobe.multi", "kretprobe.multi"})

@@ -10,7 +10,7 @@ from typing import Any
 import yaml
 
 from harness.errors import ConfigError
-from harness.results import Probe
+from harness.report.results import Probe
 
 SIDE_KEYS = {"trigger", "programs", "expect", "description"}
 PROGRAM_KEYS = {"trigger", "expect", "description"}
@@ -96,7 +96,7 @@ def _check_trigger(where: str, value: Any) -> Any:
 
 def parse_expectations(where: str, raw: Any) -> tuple[Expectation, ...]:
     """Parse an ``expect:`` list; raises ConfigError naming the entry."""
-    from harness.results import Check, Outcome
+    from harness.report.results import Check, Outcome
 
     if raw is None:
         return ()

@@ -10,7 +10,7 @@ from typing import Any
 
 from tabulate import tabulate
 
-from harness.results import Check, KernelRun, Matrix, Outcome, Probe
+from harness.report.results import Check, KernelRun, Matrix, Outcome, Probe
 
 # Cell symbols, worst first as in results.SEVERITY; None is a cell with no record.
 UNICODE_SYMBOLS: dict[Outcome | None, str] = {
@@ -267,7 +267,7 @@ def render_markdown(m: Matrix) -> str:
 
 
 def render_json(m: Matrix) -> str:
-    """The results document (harness/schema.json) as indented, key-sorted JSON."""
+    """The results document (harness/report/schema.json) as indented, key-sorted JSON."""
     return json.dumps(m.serialize(), indent=2, sort_keys=True, ensure_ascii=False) + "\n"
 
 

@@ -1,0 +1,1 @@
+"""BTF: kernel and BPF-object type information, .BTF.ext and CO-RE relocations."""

@@ -1,0 +1,1 @@
+"""Kernels: the kernels.yaml catalogue, the Debian archive, fetch + verify + cache, images, facts."""

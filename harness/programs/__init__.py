@@ -1,0 +1,1 @@
+"""Programs: building bpf_progs/, the probe inventory of BPF objects, sidecars."""

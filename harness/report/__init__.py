@@ -1,0 +1,1 @@
+"""Report: result records, expectations and the renderers of the matrix."""

@@ -1,0 +1,1 @@
+"""Run: the coordinator of one matrix run and its steps."""
