@@ -3,19 +3,25 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import importlib
 import json
 import os
 import re
+import reprlib
 import sys
-import time
 from collections.abc import Mapping, Sequence
+from importlib import resources
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any, NoReturn, TextIO
 
+from jsonschema import Draft202012Validator, ValidationError
+from jsonschema.exceptions import best_match
 from tabulate import tabulate
+from tqdm import tqdm
 
-from harness.errors import ConfigError, HarnessError
+from harness.errors import ConfigError, HarnessError, ResultsError
+from harness.files import atomic_write
 from harness.kernels.config import ARCHES, KernelsConfig, load_kernels_yaml
 from harness.report.render import render_html, render_json, render_markdown, render_terminal
 from harness.report.results import (
@@ -58,46 +64,37 @@ def _read_text(path: Path) -> str:
         raise InputError(f"{path}: cannot read: {exc.strerror}") from exc
 
 
-_STRING_FIELDS = ("object", "program", "section", "hook", "target", "check", "outcome", "reason")
-_NUMBER_FIELDS = ("duration",)
-_KERNEL_STRINGS = ("version", "source", "digest", "accelerator", "lsm", "error")
+# A validation message quotes the offending value, which may be a whole record: a glance of it.
+_GLANCE = reprlib.Repr()
+_GLANCE.maxlevel, _GLANCE.maxdict, _GLANCE.maxlist, _GLANCE.maxstring = 2, 3, 3, 60
 
 
-def _check_shape(name: str, data: Mapping[str, Any]) -> None:
-    """Reject what Matrix.deserialize would let through and a renderer would trip on."""
-    records = data.get("records")
-    if not isinstance(records, list):
-        raise InputError(f"{name}: 'records' must be a list")
-    for i, rec in enumerate(records):
-        where = f"{name}: records[{i}]"
-        if not isinstance(rec, dict):
-            raise InputError(f"{where}: expected an object, got {type(rec).__name__}")
-        for key in _STRING_FIELDS:
-            if key in rec and not isinstance(rec[key], str):
-                raise InputError(f"{where}: {key!r} must be a string")
-        for key in _NUMBER_FIELDS:
-            if key in rec and (isinstance(rec[key], bool) or not isinstance(rec[key], (int, float))):
-                raise InputError(f"{where}: {key!r} must be a number")
-        if rec.get("details") is not None and not isinstance(rec["details"], dict):
-            raise InputError(f"{where}: 'details' must be an object")
-        if rec.get("expected") is not None and not isinstance(rec["expected"], str):
-            raise InputError(f"{where}: 'expected' must be a string or null")
-    kernels = data.get("kernels", [])
-    if not isinstance(kernels, list):
-        raise InputError(f"{name}: 'kernels' must be a list")
-    for i, run in enumerate(kernels):
-        where = f"{name}: kernels[{i}]"
-        if not isinstance(run, dict):
-            raise InputError(f"{where}: expected an object, got {type(run).__name__}")
-        for key in _KERNEL_STRINGS:
-            if key in run and not isinstance(run[key], str):
-                raise InputError(f"{where}: {key!r} must be a string")
-        for key in ("boot_seconds", "agent_seconds"):
-            seconds = run.get(key, 0)
-            if isinstance(seconds, bool) or not isinstance(seconds, (int, float)):
-                raise InputError(f"{where}: {key!r} must be a number")
-        if not isinstance(run.get("notes", []), list):
-            raise InputError(f"{where}: 'notes' must be a list")
+@functools.lru_cache(maxsize=1)
+def _results_validator() -> Draft202012Validator:
+    schema = json.loads(resources.files("harness.report").joinpath("schema.json").read_text("utf-8"))
+    return Draft202012Validator(schema)
+
+
+def _where(error: ValidationError) -> str:
+    """The path of the offending value in the document, e.g. ``records[3].details``."""
+    where = ""
+    for part in error.absolute_path:
+        where += f"[{part}]" if isinstance(part, int) else (f".{part}" if where else str(part))
+    return where
+
+
+def check_results_document(name: str, data: Mapping[str, Any]) -> None:
+    """Validate a results document against harness/report/schema.json.
+
+    Raises InputError with one line: the file, the path in the document and what is wrong there.
+    """
+    error = best_match(_results_validator().iter_errors(data))
+    if error is None:
+        return
+    message = error.message.replace(repr(error.instance), _GLANCE.repr(error.instance))
+    message = " ".join(message.split())
+    where = _where(error)
+    raise InputError(f"{name}: {where}: {message}" if where else f"{name}: {message}")
 
 
 def load_matrix(path: Path) -> Matrix:
@@ -111,10 +108,10 @@ def load_matrix(path: Path) -> Matrix:
         raise InputError(f"{path}: not a results document (expected a JSON object)")
     if data.get("schema") == SCHEMA_NAME and data.get("version") == SCHEMA_VERSION:
         # Otherwise parse_matrix_json names the wrong schema or version, which matters more.
-        _check_shape(str(path), data)
+        check_results_document(str(path), data)
     try:
         return parse_matrix_json(text, str(path))
-    except ValueError as exc:
+    except ResultsError as exc:
         raise InputError(str(exc)) from exc
 
 
@@ -134,7 +131,7 @@ def _write(path: Path | None, text: str, stdout: TextIO) -> None:
     try:
         if path.parent != Path(""):
             path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(text, encoding="utf-8")
+        atomic_write(path, text)
     except OSError as exc:
         raise InputError(f"{path}: cannot write: {exc.strerror}") from exc
 
@@ -148,41 +145,39 @@ def _can_encode(stream: TextIO, sample: str = "✓✗⊘–·×") -> bool:
     return True
 
 
-class ProgressBar:
-    """A one-line download progress bar on a terminal; silent when the stream is not a TTY."""
+# tqdm's default, with the unit on both byte counts: "4.00MiB/12.0MiB".
+_BAR_FORMAT = "{l_bar}{bar}| {n_fmt}{unit}/{total_fmt}{unit} [{elapsed}<{remaining}, {rate_fmt}]"
 
-    def __init__(self, label: str, stream: TextIO, width: int = 30) -> None:
+
+class ProgressBar:
+    """A one-line download progress bar (tqdm) on a terminal; silent when the stream is not a TTY.
+
+    Called as ``bar(done, total)`` with byte counts; ``total`` of 0 or less means unknown.
+    """
+
+    def __init__(self, label: str, stream: TextIO) -> None:
         self.label = label
         self.stream = stream
-        self.width = width
         self.enabled = stream.isatty()
-        self._last = 0.0
-        self._drawn = False
+        self._bar: tqdm[NoReturn] | None = None
 
     def __call__(self, done: int, total: int) -> None:
         if not self.enabled:
             return
-        now = time.monotonic()
-        if self._drawn and now - self._last < 0.1 and (total <= 0 or done < total):
-            return
-        self._last = now
-        mib = done / (1 << 20)
-        if total > 0:
-            frac = min(done / total, 1.0)
-            filled = int(frac * self.width)
-            bar = "#" * filled + "-" * (self.width - filled)
-            line = f"{self.label} [{bar}] {frac * 100:5.1f}% {mib:7.1f}/{total / (1 << 20):.1f} MiB"
-        else:
-            line = f"{self.label} {mib:7.1f} MiB"
-        self.stream.write("\r" + line)
-        self.stream.flush()
-        self._drawn = True
+        if self._bar is None:
+            self._bar = tqdm(
+                desc=self.label, total=total if total > 0 else None, file=self.stream, unit="iB",
+                unit_scale=True, unit_divisor=1024, mininterval=0.1, dynamic_ncols=True,
+                bar_format=_BAR_FORMAT if total > 0 else None,
+            )
+        elif total > 0 and self._bar.total != total:
+            self._bar.total = total
+        self._bar.update(done - self._bar.n)
 
     def close(self) -> None:
-        if self._drawn:
-            self.stream.write("\n")
-            self.stream.flush()
-            self._drawn = False
+        if self._bar is not None:
+            self._bar.close()
+            self._bar = None
 
 
 # --- commands -----------------------------------------------------------------------------------

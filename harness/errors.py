@@ -19,12 +19,20 @@ class IntegrityError(FetchError):
     """Downloaded or cached bytes do not match their expected digest or signature."""
 
 
+class CacheError(IntegrityError):
+    """A kernel cache entry's manifest is malformed (wrong schema, fields of the wrong type)."""
+
+
 class BuildError(HarnessError):
     """A BPF source did not compile; the message carries the compiler's first error."""
 
 
 class ObjectError(HarnessError):
     """A file under bpf_progs/ is not a usable BPF object (not ELF, not BPF, no programs)."""
+
+
+class ResultsError(HarnessError):
+    """A results document is not JSON, names another schema or version, or has a malformed record."""
 
 
 class BTFError(HarnessError):

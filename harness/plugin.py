@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 
 from harness.errors import HarnessError
+from harness.files import atomic_write
 from harness.kernels.config import KernelsConfig, KernelSpec, load_kernels_yaml
 from harness.report.expectations import apply_expectations
 from harness.report.results import (
@@ -483,5 +484,5 @@ class MatrixReporter:
             if not path.is_absolute():
                 path = Path(str(self.config.invocation_params.dir)) / path
             path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text(render(matrix))
+            atomic_write(path, render(matrix))
             yield path

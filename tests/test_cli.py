@@ -175,17 +175,27 @@ class FakeTTY(io.StringIO):
 
 def test_progress_bar_on_a_tty() -> None:
     stream = FakeTTY()
-    bar = cli.ProgressBar("6.1-x86_64", stream, width=10)
+    bar = cli.ProgressBar("6.1-x86_64", stream)
     bar(0, 4 << 20)
     bar(4 << 20, 4 << 20)
     bar.close()
     text = stream.getvalue()
-    assert text.startswith("\r6.1-x86_64 [----------]   0.0%")
-    assert "\r6.1-x86_64 [##########] 100.0%     4.0/4.0 MiB" in text
-    assert text.endswith("\n")
+    assert text.startswith("\r6.1-x86_64:   0%|")
+    assert "6.1-x86_64: 100%|" in text
+    assert "4.00MiB/4.00MiB" in text
+    assert text.endswith("\n") and text.count("\n") == 1
     silent = io.StringIO()
     cli.ProgressBar("x", silent)(1, 2)
     assert silent.getvalue() == ""
+
+
+def test_progress_bar_without_a_total_counts_bytes() -> None:
+    stream = FakeTTY()
+    bar = cli.ProgressBar("5.10-arm64", stream)
+    bar(3 << 20, 0)
+    bar.close()
+    text = stream.getvalue()
+    assert "5.10-arm64: 3.00MiB" in text and "%" not in text
 
 
 # --- render -------------------------------------------------------------------------------------
@@ -236,12 +246,18 @@ def _bad_record(**changes: Any) -> str:
         (b"\xff\xfe\x00garbage", "not a text file"),
         (_doc(version=2), "results version 2 is not supported (expected 1)"),
         (_doc(schema="something/else"), "not a bpf-kernel-matrix/results document"),
-        (_doc(records={"a": 1}), "'records' must be a list"),
-        (_doc(records=[1]), "records[0]"),
-        (_doc(kernels=["x"]), "kernels[0]"),
-        (_bad_record(outcome="passed"), "'passed' is not a valid Outcome"),
-        (_bad_record(details=[1]), "records[3]: 'details' must be an object"),
-        (_bad_record(duration="slow"), "records[3]: 'duration' must be a number"),
+        (_doc(records={"a": 1}), ": records: {'a': 1} is not of type 'array'"),
+        (_doc(records=[1]), ": records[0]: 1 is not of type 'object'"),
+        (_doc(kernels=["x"]), ": kernels[0]: 'x' is not of type 'object'"),
+        (_doc(kernels=[{"arch": "x86_64"}]), ": kernels[0]: 'kernel' is a required property"),
+        (_bad_record(outcome="passed"), ": records[3].outcome: 'passed' is not one of ['pass', 'fail',"),
+        (_bad_record(details=[1]), ": records[3].details: [1] is not of type 'object'"),
+        (_bad_record(duration="slow"), ": records[3].duration: 'slow' is not of type 'number'"),
+        (_bad_record(arch="arm"), ": records[3].arch: 'arm' is not one of ['x86_64', 'arm64']"),
+        (_doc(extra=1), ": Additional properties are not allowed ('extra' was unexpected)"),
+        (_doc(records=[[{"a": [1, 2, 3, 4]}] * 9]), (
+            "records[0]: [{'a': [...]}, {'a': [...]}, {'a': [...]}, ...] is not of type 'object'"
+        )),
     ],
 )
 def test_render_bad_input(tmp_path: Path, content: str | bytes | None, fragment: str) -> None:

@@ -20,11 +20,11 @@ from harness.kernels.debian import (
     fetch_file,
     fetch_suite_index,
     parse_depends,
+    parse_inrelease_payload,
     parse_packages,
     parse_release_sha256,
     resolve_image_packages,
     resolve_mirror,
-    strip_clearsign,
 )
 
 
@@ -409,9 +409,9 @@ def test_release_without_entry() -> None:
                              "main/binary-arm64/Packages.xz")
 
 
-def test_strip_clearsign() -> None:
+def test_parse_inrelease_payload() -> None:
     text = (
         "-----BEGIN PGP SIGNED MESSAGE-----\nHash: SHA512\n\nSuite: sid\n- -dashed\n"
         "-----BEGIN PGP SIGNATURE-----\nxx\n-----END PGP SIGNATURE-----\n"
     )
-    assert strip_clearsign(text) == "Suite: sid\n-dashed\n"
+    assert parse_inrelease_payload(text) == "Suite: sid\n-dashed\n"

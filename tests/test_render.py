@@ -7,6 +7,7 @@ import importlib
 import json
 import os
 import random
+import re
 import shutil
 import struct
 import sys
@@ -175,9 +176,25 @@ def test_markdown_table_shape_and_escaping() -> None:
     assert "<script>" not in text
 
 
+def table_cells(text: str) -> list[list[str]]:
+    """The cells of each row of the Markdown tables in ``text``, padding stripped."""
+    return [
+        [cell.strip() for cell in re.split(r"(?<!\\)\|", line)[1:-1]]
+        for line in text.splitlines()
+        if line.startswith("|")
+    ]
+
+
 def test_markdown_uses_symbols_and_reasons() -> None:
     text = render_markdown(sample())
-    assert "| `blk_account_io_start` | kprobe | `blk_account_io_start` | ✅ | ✅ | ❌ <sup>1</sup>" in text
+    rows = table_cells(text)
+    assert rows[0][:4] == ["probe", "hook", "target", "5.10<br>x86_64"]
+    assert rows[1] == [":" + "-" * (len(c) - 1) for c in rows[1][:3]] + rows[1][3:]
+    assert all(c.startswith(":") and c.endswith(":") for c in rows[1][3:])  # kernel columns centred
+    assert rows[2] == [
+        "`blk_account_io_start`", "kprobe", "`blk_account_io_start`", "✅", "✅", "❌ <sup>1</sup>",
+        "❌ <sup>1</sup>",
+    ]
     assert "1. `blk_account_io_start` 6.1/x86_64, 6.1/arm64 **symbol**: not in kallsyms" in text
     assert "boot" not in text.lower()
 
@@ -339,3 +356,13 @@ def test_screenshot_of_report(tmp_path: Path) -> None:
     assert (width, height) == (1000, 700)
     # A blank page compresses to a few kB; the coloured grid and text do not.
     assert len(data) > 20_000
+
+
+def test_templates_are_package_data() -> None:
+    tomllib = pytest.importorskip("tomllib")
+    config = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    patterns = config["tool"]["setuptools"]["package-data"]["harness"]
+    package = ROOT / "harness"
+    shipped = {p for pattern in patterns for p in package.glob(pattern)}
+    templates = set((package / "report" / "templates").iterdir())
+    assert templates and templates <= shipped

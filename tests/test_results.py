@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from harness.errors import ResultsError
 from harness.report.results import (
     SCHEMA_NAME,
     SCHEMA_VERSION,
@@ -206,7 +207,7 @@ def test_sample_matrix_file_round_trips() -> None:
     ],
 )
 def test_parse_matrix_json_errors_name_the_file(text: str, expected: str) -> None:
-    with pytest.raises(ValueError, match=expected):
+    with pytest.raises(ResultsError, match=expected):
         parse_matrix_json(text, "run.json")
 
 

@@ -17,7 +17,7 @@ from typing import Any
 
 from filelock import FileLock, Timeout
 
-from harness.errors import ConfigError, FetchError, IntegrityError
+from harness.errors import CacheError, ConfigError, FetchError, IntegrityError
 
 log = logging.getLogger(__name__)
 
@@ -47,13 +47,13 @@ class Manifest:
 
     @classmethod
     def deserialize(cls, data: Mapping[str, Any]) -> Manifest:
-        """Inverse of serialize(); raises ValueError on a malformed document."""
+        """Inverse of serialize(); raises CacheError on a malformed document."""
         if data.get("schema") != MANIFEST_SCHEMA:
-            raise ValueError(f"manifest schema {data.get('schema')!r} (expected {MANIFEST_SCHEMA})")
+            raise CacheError(f"manifest schema {data.get('schema')!r} (expected {MANIFEST_SCHEMA})")
         files = data.get("files")
         meta = data.get("meta")
         if not isinstance(files, dict) or not isinstance(meta, dict):
-            raise ValueError("manifest 'files' and 'meta' must be mappings")
+            raise CacheError("manifest 'files' and 'meta' must be mappings")
         return cls(str(data["source_digest"]), dict(files), dict(meta))
 
 
@@ -127,7 +127,7 @@ def load_manifest(entry: Path) -> Manifest:
     path = entry / MANIFEST
     try:
         return Manifest.deserialize(json.loads(path.read_text()))
-    except (OSError, ValueError, KeyError) as exc:
+    except (OSError, ValueError, KeyError, CacheError) as exc:
         raise IntegrityError(f"cache entry {entry}: bad manifest {path.name}: {exc}") from exc
 
 

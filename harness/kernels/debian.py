@@ -11,7 +11,6 @@ import os
 import re
 import shutil
 import subprocess
-import tempfile
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -19,11 +18,12 @@ from pathlib import Path
 from typing import Any
 
 import requests
-from debian.deb822 import Deb822, Packages, Release
+from debian.deb822 import Deb822, Packages, PkgRelation, Release
 from debian.debian_support import Version
 from filelock import FileLock
 
 from harness.errors import ConfigError, FetchError, IntegrityError
+from harness.files import atomic_file, atomic_write
 from harness.kernels.cache import file_sha256
 from harness.kernels.config import DEBIAN_CODENAMES
 
@@ -171,7 +171,8 @@ def fetch_file(
     backoff: float = 1.0,
     timeout: float = REQUEST_TIMEOUT,
 ) -> str:
-    """Download ``url`` to ``dest`` (streamed into a temp file beside it, renamed when complete) and
+    """Download ``url`` to ``dest`` (streamed into a temp file beside it, renamed when complete and
+    checked) and
     return its SHA-256. Retries connection errors and 5xx with exponential backoff.
 
     Raises IntegrityError when ``sha256`` (or ``size``) is given and differs, FetchError otherwise.
@@ -182,12 +183,10 @@ def fetch_file(
     for attempt in range(tries):
         if attempt:
             time.sleep(backoff * (2 ** (attempt - 1)))
-        fd, tmp_name = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".part")
-        tmp = Path(tmp_name)
         try:
             digest = hashlib.sha256()
             done = 0
-            with os.fdopen(fd, "wb") as out, http.get(url, stream=True, timeout=timeout) as resp:
+            with atomic_file(dest) as out, http.get(url, stream=True, timeout=timeout) as resp:
                 if resp.status_code == 404:
                     raise FetchError(f"{what}: {url} not found (HTTP 404)")
                 resp.raise_for_status()
@@ -198,22 +197,20 @@ def fetch_file(
                     done += len(chunk)
                     if progress is not None:
                         progress(done, total)
-            actual = digest.hexdigest()
-            if sha256 and actual != sha256.lower():
-                raise IntegrityError(f"{what}: SHA256 mismatch for {url}: expected {sha256}, got {actual}")
-            if size >= 0 and done != size:
-                raise IntegrityError(f"{what}: size mismatch for {url}: expected {size}, got {done}")
-            os.replace(tmp, dest)
+                # Checked inside the block: a mismatch leaves ``dest`` as it was.
+                actual = digest.hexdigest()
+                if sha256 and actual != sha256.lower():
+                    raise IntegrityError(
+                        f"{what}: SHA256 mismatch for {url}: expected {sha256}, got {actual}"
+                    )
+                if size >= 0 and done != size:
+                    raise IntegrityError(f"{what}: size mismatch for {url}: expected {size}, got {done}")
             return actual
         except requests.RequestException as exc:
-            tmp.unlink(missing_ok=True)
             if isinstance(exc, requests.HTTPError) and not _retryable(exc):
                 raise FetchError(f"{what}: {url}: {exc}") from exc
             last = exc
             log.info("%s: attempt %d of %d failed: %s", what, attempt + 1, tries, exc)
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
     raise FetchError(f"mirror {url} unreachable after {tries} tries: {_root_cause(last)}") from last
 
 
@@ -272,21 +269,14 @@ def parse_release_sha256(text: str, name: str) -> tuple[str, int]:
     raise IntegrityError(f"Release of suite {suite}: no SHA256 for {name}")
 
 
-def strip_clearsign(text: str) -> str:
-    """The payload of a clear-signed InRelease (used only when there is nothing to verify with)."""
-    lines = text.splitlines()
-    if not lines or not lines[0].startswith("-----BEGIN PGP SIGNED MESSAGE-----"):
-        return text
-    body: list[str] = []
-    started = False
-    for line in lines[1:]:
-        if not started:
-            started = line == ""
-            continue
-        if line.startswith("-----BEGIN PGP SIGNATURE-----"):
-            break
-        body.append(line[2:] if line.startswith("- ") else line)
-    return "\n".join(body) + "\n"
+def parse_inrelease_payload(text: str) -> str:
+    """The payload of a clear-signed InRelease, split off its armour by python-debian.
+
+    Used only when there is nothing to verify with: a verified InRelease is read from gpgv's output.
+    """
+    _, payload, _ = Deb822.split_gpg_and_payload(iter(text.splitlines()))
+    # RFC 4880 section 7.1: the signer escapes a payload line that starts with a dash as "- -".
+    return "".join((line[2:] if line.startswith(b"- ") else line).decode() + "\n" for line in payload)
 
 
 def _prefer(p: DebPackage) -> Version:
@@ -369,7 +359,7 @@ def fetch_release(
         run_gpgv(release, release, keyring, detached=sig)
         return release.read_text(), f"Release signature verified (gpgv, {keyring.name})"
     if not can_verify:
-        return strip_clearsign(inrelease.read_text()), "Release NOT signature-checked: no keyring"
+        return parse_inrelease_payload(inrelease.read_text()), "Release NOT signature-checked: no keyring"
     out = dest / "Release.verified"
     out.unlink(missing_ok=True)
     run_gpgv(inrelease, out, keyring)
@@ -412,58 +402,78 @@ def _fetch_suite_index_locked(
     wanted: Callable[[str], bool] | None,
     session: requests.Session | None,
 ) -> SuiteIndex:
+    name = f"main/binary-{arch}/Packages.xz"
+    verified = _reusable_index(where, mirror, suite, arch, name, max_age)
+    if not verified:
+        verified = _refresh_index(mirror, suite, where, name, keyring, session)
+    packages = _load_index_packages(where, suite, name, wanted)
+    return SuiteIndex(mirror=mirror, suite=suite, arch=arch, packages=packages, verified=verified)
+
+
+def _reusable_index(where: Path, mirror: str, suite: str, arch: str, name: str, max_age: float) -> str:
+    """How the cached index was verified, when it is recent, from ``mirror`` and matches its
+    Release; else ""."""
     stamp = where / "verified.json"
     packages_xz = where / "Packages.xz"
-    name = f"main/binary-{arch}/Packages.xz"
     release_text = ""
-    verified = ""
     try:
         meta: dict[str, Any] = json.loads(stamp.read_text())
         if time.time() - float(meta["time"]) < max_age and meta["mirror"] == mirror:
             release_text = (where / "Release.text").read_text()
-            verified = str(meta["verified"])
             expected, _ = parse_release_sha256(release_text, name)
             if file_sha256(packages_xz) != expected:
                 raise IntegrityError(f"cached {packages_xz} does not match its Release")
+            return str(meta["verified"])
     except (OSError, ValueError, KeyError, TypeError, IntegrityError) as exc:
         if release_text or stamp.exists():
             log.info("suite %s/%s: cached index not reused: %s", suite, arch, exc)
-        release_text = ""
-    if not release_text:
-        where.mkdir(parents=True, exist_ok=True)
-        stamp.unlink(missing_ok=True)
-        release_text, verified = fetch_release(mirror, suite, where, keyring, session)
-        expected, size = parse_release_sha256(release_text, name)
-        fetch_file(
-            f"{mirror}/dists/{suite}/{name}",
-            packages_xz,
-            what=f"suite {suite} {name}",
-            sha256=expected,
-            size=size,
-            session=session,
-        )
-        (where / "Release.text").write_text(release_text)
-        stamp.write_text(json.dumps({"time": time.time(), "mirror": mirror, "verified": verified}))
+    return ""
+
+
+def _refresh_index(
+    mirror: str, suite: str, where: Path, name: str, keyring: Path, session: requests.Session | None
+) -> str:
+    """Fetch and verify the suite's Release, then the Packages.xz it lists; returns how it was verified."""
+    stamp = where / "verified.json"
+    where.mkdir(parents=True, exist_ok=True)
+    stamp.unlink(missing_ok=True)
+    release_text, verified = fetch_release(mirror, suite, where, keyring, session)
+    expected, size = parse_release_sha256(release_text, name)
+    fetch_file(
+        f"{mirror}/dists/{suite}/{name}",
+        where / "Packages.xz",
+        what=f"suite {suite} {name}",
+        sha256=expected,
+        size=size,
+        session=session,
+    )
+    atomic_write(where / "Release.text", release_text)
+    atomic_write(stamp, json.dumps({"time": time.time(), "mirror": mirror, "verified": verified}))
+    return verified
+
+
+def _load_index_packages(
+    where: Path, suite: str, name: str, wanted: Callable[[str], bool] | None
+) -> dict[str, tuple[DebPackage, ...]]:
+    """The packages of the verified Packages.xz in ``where`` that ``wanted`` accepts."""
+    packages_xz = where / "Packages.xz"
     # Decompressing a whole Packages.xz takes seconds; the kernel packages' paragraphs are kept beside
     # it, tied to its digest, so that a warm run parses a few kilobytes instead.
     subset = where / "Packages.kernel"
     subset_digest = where / "Packages.kernel.sha256"
     digest = file_sha256(packages_xz)
     if wanted is is_kernel_package and subset.exists() and _read(subset_digest) == digest:
-        return SuiteIndex(mirror=mirror, suite=suite, arch=arch,
-                          packages=parse_packages(subset.read_bytes()), verified=verified)
+        return parse_packages(subset.read_bytes())
     try:
         data = lzma.decompress(packages_xz.read_bytes())
     except lzma.LZMAError as exc:
         raise IntegrityError(f"suite {suite} {name}: not valid xz: {exc}") from exc
     if wanted is is_kernel_package:
         kept = filter_packages(data, wanted)
-        subset.write_bytes(kept)
-        subset_digest.write_text(digest)
-        packages = parse_packages(kept)
-    else:
-        packages = parse_packages(data, wanted)
-    return SuiteIndex(mirror=mirror, suite=suite, arch=arch, packages=packages, verified=verified)
+        atomic_write(subset, kept)
+        atomic_write(subset_digest, digest)
+        return parse_packages(kept)
+    return parse_packages(data, wanted)
 
 
 def _read(path: Path) -> str:
@@ -477,14 +487,17 @@ def _read(path: Path) -> str:
 
 
 def parse_depends(depends: str) -> list[list[tuple[str, str]]]:
-    """Split a Depends field into alternatives of (name, version pinned with '=' or '')."""
+    """Split a Depends field (python-debian's PkgRelation) into alternatives of (name, version
+    pinned with '=' or '')."""
     groups: list[list[tuple[str, str]]] = []
-    for group in depends.split(","):
-        alts: list[tuple[str, str]] = []
-        for alt in group.split("|"):
-            m = re.match(r"\s*([a-z0-9][a-z0-9+.-]*)(?::\S+)?\s*(?:\(\s*([<>=]+)\s*([^)\s]+)\s*\))?", alt)
-            if m:
-                alts.append((m.group(1), m.group(3) if m.group(2) == "=" else ""))
+    if not depends.strip():
+        return groups  # python-debian would warn that it cannot parse ""
+    for group in PkgRelation.parse_relations(depends):
+        alts = [
+            (rel["name"], rel["version"][1] if rel["version"] and rel["version"][0] == "=" else "")
+            for rel in group
+            if rel["name"]
+        ]
         if alts:
             groups.append(alts)
     return groups

@@ -6,7 +6,6 @@ import json
 import os
 import pickle
 import re
-import tempfile
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -15,6 +14,7 @@ from pathlib import Path
 from typing import Any, Protocol, TypeVar, cast
 
 from harness.errors import BTFError, HarnessError
+from harness.files import atomic_file
 
 UNAME_FILE = "uname.json"
 KALLSYMS_FILE = "kallsyms"
@@ -276,15 +276,9 @@ def load_derived(cache: Path, key: tuple[Any, ...], derive: Callable[[], _T]) ->
     value = derive()
     try:
         cache.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=cache.parent, prefix=f".{cache.name}.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "wb") as fh:
-                pickle.dump((key, value), fh, protocol=pickle.HIGHEST_PROTOCOL)
-            os.chmod(tmp, 0o644)  # mkstemp's 0600 would hide it from other users of a shared cache
-            os.replace(tmp, cache)
-        except BaseException:
-            os.unlink(tmp)
-            raise
+        with atomic_file(cache) as fh:
+            pickle.dump((key, value), fh, protocol=pickle.HIGHEST_PROTOCOL)
+            os.fchmod(fh.fileno(), 0o644)  # readable by the other users of a shared cache, whatever the umask
     except OSError:
         pass
     return value

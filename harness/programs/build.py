@@ -12,6 +12,7 @@ from pathlib import Path
 from filelock import FileLock
 
 from harness.errors import BuildError, ConfigError
+from harness.files import atomic_write
 from harness.kernels.config import Arch
 
 COMPILE_TIMEOUT = 120.0
@@ -111,9 +112,7 @@ def generate_vmlinux_h(btf: Path, out_dir: Path) -> Path:
             raise BuildError(f"bpftool btf dump {btf} timed out") from exc
         if proc.returncode != 0:
             raise BuildError(f"bpftool btf dump {btf} failed: {proc.stderr.decode(errors='replace').strip()}")
-        tmp = header.with_suffix(f".tmp{os.getpid()}")
-        tmp.write_bytes(proc.stdout)
-        tmp.rename(header)
+        atomic_write(header, proc.stdout)
     return header
 
 

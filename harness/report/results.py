@@ -9,6 +9,8 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
 
+from harness.errors import ResultsError
+
 SCHEMA_NAME = "bpf-kernel-matrix/results"
 SCHEMA_VERSION = 1
 
@@ -220,33 +222,35 @@ class Matrix:
 
     @classmethod
     def deserialize(cls, data: Mapping[str, Any]) -> Matrix:
-        """Build a Matrix from a results document; raises ValueError naming what is wrong."""
+        """Build a Matrix from a results document; raises ResultsError naming what is wrong."""
         if data.get("schema") != SCHEMA_NAME:
-            raise ValueError(f"not a {SCHEMA_NAME} document (schema={data.get('schema')!r})")
+            raise ResultsError(f"not a {SCHEMA_NAME} document (schema={data.get('schema')!r})")
         if data.get("version") != SCHEMA_VERSION:
-            raise ValueError(
+            raise ResultsError(
                 f"results version {data.get('version')!r} is not supported (expected {SCHEMA_VERSION})"
             )
         try:
             records = tuple(CellResult.deserialize(r) for r in data["records"])
             kernels = tuple(KernelRun.deserialize(k) for k in data.get("kernels", []))
         except (KeyError, TypeError) as exc:
-            raise ValueError(f"malformed results record: {exc}") from exc
+            raise ResultsError(f"malformed results record: {exc}") from exc
+        except ValueError as exc:  # an unknown check or outcome
+            raise ResultsError(str(exc)) from exc
         return cls(records=records, kernels=kernels)
 
 
 def parse_matrix_json(text: str, name: str = "results") -> Matrix:
-    """Parse a results document; raises ValueError naming the file."""
+    """Parse a results document; raises ResultsError naming the file."""
     try:
         data = json.loads(text)
     except json.JSONDecodeError as exc:
-        raise ValueError(f"{name}: not JSON: {exc}") from exc
+        raise ResultsError(f"{name}: not JSON: {exc}") from exc
     if not isinstance(data, dict):
-        raise ValueError(f"{name}: not a results document")
+        raise ResultsError(f"{name}: not a results document")
     try:
         return Matrix.deserialize(data)
-    except ValueError as exc:
-        raise ValueError(f"{name}: {exc}") from exc
+    except ResultsError as exc:
+        raise ResultsError(f"{name}: {exc}") from exc
 
 
 def merge_matrices(matrices: Iterable[Matrix]) -> Matrix:

@@ -16,6 +16,7 @@ from typing import Any
 from harness.checks import guest as guestlog
 from harness.checks.uprobe import GUEST_USER_DIR, build_user_samples, parse_uprobe_target
 from harness.errors import BuildError, HarnessError, LostVMError, ObjectError, VMError
+from harness.files import atomic_write
 from harness.kernels.config import Arch, KernelsConfig, KernelSpec, host_arch
 from harness.programs.build import build_source, find_sources, generate_vmlinux_h
 from harness.programs.inventory import USER_KINDS, BPFObject, load_object
@@ -212,9 +213,7 @@ class MatrixRun:
             except HarnessError as exc:
                 errors.append(f"{spec.key}: {exc}")
                 continue
-            tmp = extracted.with_suffix(f".tmp{os.getpid()}")
-            tmp.write_bytes(data)
-            tmp.replace(extracted)
+            atomic_write(extracted, data)
             return extracted
         raise HarnessError(f"no vmlinux BTF for {arch.name} to generate vmlinux.h: {'; '.join(errors)}")
 

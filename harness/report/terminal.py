@@ -1,0 +1,46 @@
+"""The terminal renderer: a compact table with footnotes, in Unicode or plain ASCII."""
+
+from __future__ import annotations
+
+from tabulate import tabulate
+
+from harness.report.footnotes import collect_footnotes, kernel_problems
+from harness.report.labels import ASCII_SYMBOLS, UNICODE_SYMBOLS, render_counts, render_legend
+from harness.report.results import Matrix
+
+
+def render_terminal(m: Matrix, ascii_only: bool = False) -> str:
+    """A compact table for a terminal: one row per probe, one column per kernel/arch, footnotes.
+
+    With ``ascii_only`` every symbol is plain ASCII (for terminals and logs without UTF-8).
+    """
+    symbols = ASCII_SYMBOLS if ascii_only else UNICODE_SYMBOLS
+    notes, cites = collect_footnotes(m)
+    columns = m.columns()
+    headers = ["probe", "hook", "target"] + [f"{k}\n{a}" for k, a in columns]
+    rows: list[list[str]] = []
+    for probe in m.probes():
+        row = [probe.id, probe.kind, probe.target]
+        for kernel, arch in columns:
+            text = symbols[m.summary(probe, kernel, arch)]
+            numbers = cites.get((probe, kernel, arch), [])
+            if numbers:
+                text += "[" + ",".join(str(n) for n in numbers) + "]"
+            row.append(text)
+        rows.append(row)
+    table = tabulate(rows, headers=headers, tablefmt="simple", disable_numparse=True)
+    counts = render_counts(m)
+    if ascii_only:
+        counts = counts.replace("×", "x")
+    lines = [table, "", "legend: " + render_legend(symbols), counts]
+    if notes:
+        lines.append("")
+        lines.extend(f"[{n.number}] {n.text()}" for n in notes)
+    problems = kernel_problems(m)
+    if problems:
+        lines.append("")
+        lines.extend(f"kernel {p}" for p in problems)
+    text = "\n".join(lines) + "\n"
+    if ascii_only:
+        text = text.encode("ascii", "replace").decode("ascii")
+    return text
