@@ -5,11 +5,12 @@ from __future__ import annotations
 import errno
 import os
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from harness.report.results import CellResult, Check, Outcome, Probe
+from harness.vm.guest.protocol import AttachRecord, FireRecord, LoadRecord, ObjectRecord, ProgramRecord
 
 # libbpf's CO-RE log lines (libbpf.c, bpf_core_apply_relo / bpf_core_calc_relo_insn), e.g.
 #   prog 'p': relo #1: <byte_off> [17] struct dentry.d_name.len (0:4:1:0:0:1 @ offset 36)
@@ -178,7 +179,7 @@ def _result(
 
 
 def check_guest_program(
-    probe: Probe, record: Mapping[str, Any] | None, object_record: Mapping[str, Any], ctx: GuestContext
+    probe: Probe, record: ProgramRecord | None, object_record: ObjectRecord, ctx: GuestContext
 ) -> list[CellResult]:
     """LOAD, CORE, ATTACH and FIRE results of one program from the agent's record of its object."""
     if object_record.get("error"):
@@ -188,7 +189,7 @@ def check_guest_program(
         msg = f"program {probe.program} not found by libbpf in {probe.object}"
         return [_result(probe, ctx, Check.LOAD, Outcome.ERROR, msg)]
     results: list[CellResult] = []
-    load = record.get("load") or {}
+    load: LoadRecord = record.get("load") or {"ok": False}
     log = str(load.get("log") or object_record.get("load_log") or "")
     loaded = bool(load.get("ok"))
     relos = parse_relocations(log, probe.program)
@@ -235,7 +236,7 @@ def check_guest_program(
         results.append(_result(probe, ctx, Check.ATTACH, Outcome.SKIP, "not loaded"))
         results.append(_result(probe, ctx, Check.FIRE, Outcome.SKIP, "not loaded"))
         return results
-    attach = record.get("attach") or {}
+    attach: AttachRecord = record.get("attach") or {"ok": False, "log": ""}
     if not attach.get("ok"):
         err = attach.get("errno")
         code = int(err) if err else None
@@ -256,7 +257,7 @@ def check_guest_program(
     return results
 
 
-def check_fire(probe: Probe, fire: Mapping[str, Any] | None, ctx: GuestContext) -> CellResult:
+def check_fire(probe: Probe, fire: FireRecord | None, ctx: GuestContext) -> CellResult:
     """FIRE: ran after its trigger (run_cnt), and how many executions it missed."""
     if not fire or "error" in fire:
         why = fire.get("error") if fire else "no run count"
@@ -295,7 +296,7 @@ def check_fire(probe: Probe, fire: Mapping[str, Any] | None, ctx: GuestContext) 
 
 
 def check_guest_objects(
-    probes: Sequence[Probe], objects: Sequence[Mapping[str, Any]], ctx: GuestContext
+    probes: Sequence[Probe], objects: Sequence[ObjectRecord], ctx: GuestContext
 ) -> list[CellResult]:
     """All in-guest results for ``probes`` from the agent's objects.json records."""
     by_name = {str(o.get("object")): o for o in objects}
