@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import tempfile
@@ -635,14 +634,6 @@ class MatrixRun:
     @staticmethod
     def _read_objects(share: Path) -> list[protocol.ObjectRecord]:
         return protocol.read_objects(share)
-
-    @staticmethod
-    def _read_json_list(path: Path) -> list[dict[str, Any]]:
-        try:
-            data = json.loads(path.read_text())
-        except (OSError, ValueError):
-            return []
-        return data if isinstance(data, list) else []
 
     def guest_result(self, spec: KernelSpec, probe: Probe, check: Check) -> CellResult:
         """The result of an in-guest ``check`` of ``probe`` on ``spec``, booting on first use."""
