@@ -251,3 +251,18 @@ def test_writers_round_trip_through_the_share_file_names(tmp_path: Path) -> None
     assert protocol.read_done(tmp_path) == done
     assert protocol.read_plan(tmp_path) == plan
     assert protocol.read_scenarios(tmp_path) == [{"kind": "uprobe_update"}]
+
+
+def test_the_fake_runners_records_match_the_protocol() -> None:
+    # The plugin tests' fake guest builds its records from these: they must be what the agent writes.
+    from test_pipeline import done_record, fired
+
+    program = fired(4)
+    checks = [
+        (protocol.ProgramRecord, program),
+        (protocol.LoadRecord, program["load"]),
+        (protocol.AttachRecord, program["attach"]),
+        (protocol.FireRecord, program["fire"]),
+        (protocol.DoneRecord, done_record(loader_error="no libbpf")),
+    ]
+    assert [p for cls, rec in checks for p in record_problems(cls, rec)] == []
