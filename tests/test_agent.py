@@ -30,8 +30,10 @@ BPFTOOL = shutil.which("bpftool") or ("/usr/sbin/bpftool" if Path("/usr/sbin/bpf
 
 
 def test_importable_without_its_package(tmp_path: Path) -> None:
-    # In the guest the agent is a lone file in /mnt, run by the guest's python3 without site-packages.
+    # In the guest the agent is a file in /mnt beside its protocol, run by the guest's python3 without
+    # site-packages.
     shutil.copy2(AGENT, tmp_path / "agent.py")
+    shutil.copy2(AGENT.with_name("protocol.py"), tmp_path / "protocol.py")
     code = f"import sys; sys.path.insert(0, {str(tmp_path)!r}); import agent; print(agent.TRIGGER_TIMEOUT)"
     proc = subprocess.run(
         [sys.executable, "-I", "-S", "-c", code], capture_output=True, text=True, timeout=60, check=False
@@ -48,14 +50,15 @@ def test_imports_only_the_standard_library() -> None:
             modules |= {a.name.split(".")[0] for a in node.names}
         elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
             modules.add(node.module.split(".")[0])
-    # scenarios is the agent's own helper, copied beside it into the share.
-    foreign = modules - set(sys.stdlib_module_names) - {"__future__", "scenarios"}
+    # scenarios and protocol are the agent's own helpers, copied beside it into the share.
+    foreign = modules - set(sys.stdlib_module_names) - {"__future__", "scenarios", "protocol"}
     assert foreign == set()
 
 
 def test_imports_little_at_startup(tmp_path: Path) -> None:
     # Under emulation each module read over 9p costs: ctypes.util alone (it runs ldconfig) took 0.6 s.
     shutil.copy2(AGENT, tmp_path / "agent.py")
+    shutil.copy2(AGENT.with_name("protocol.py"), tmp_path / "protocol.py")
     heavy = ["ctypes.util", "gzip", "socket", "tempfile", "traceback", "platform", "shutil"]
     code = (f"import sys; sys.path.insert(0, {str(tmp_path)!r}); import agent; "
             f"print(sorted(m for m in {heavy!r} if m in sys.modules))")
@@ -66,9 +69,27 @@ def test_imports_little_at_startup(tmp_path: Path) -> None:
     assert proc.stdout.strip() == "[]"
 
 
-def test_parses_as_the_oldest_guest_python() -> None:
+@pytest.mark.parametrize("name", ["agent.py", "protocol.py", "scenarios.py"])
+def test_parses_as_the_oldest_guest_python(name: str) -> None:
     # bullseye root filesystems have Python 3.9.
-    ast.parse(AGENT.read_text(), feature_version=(3, 9))
+    ast.parse(AGENT.with_name(name).read_text(), feature_version=(3, 9))
+
+
+def test_protocol_imports_on_the_oldest_guest_python(tmp_path: Path) -> None:
+    # Python 3.9 evaluates the aliases and TypedDict bases at import: no `X | Y` outside annotations.
+    python = shutil.which("python3.9")
+    usable = python is not None and subprocess.run(
+        [python, "-c", "pass"], capture_output=True, timeout=60, check=False
+    ).returncode == 0
+    if python is None or not usable:
+        pytest.skip("no python3.9 on this host")
+    shutil.copy2(AGENT.with_name("protocol.py"), tmp_path / "protocol.py")
+    code = f"import sys; sys.path.insert(0, {str(tmp_path)!r}); import protocol; " \
+        "print(sorted(protocol.ObjectRecord.__required_keys__))"
+    proc = subprocess.run([python, "-I", "-S", "-c", code], capture_output=True, text=True, timeout=60,
+                          check=False)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "['object']"
 
 
 # ---------------------------------------------------------------- run_trigger

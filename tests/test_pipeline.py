@@ -32,7 +32,8 @@ from harness.run.pipeline import (
     reported_seconds,
     version_key,
 )
-from harness.vm.runner import DONE_FILE, Accelerator, VMRequest, VMResult
+from harness.vm.guest import protocol
+from harness.vm.runner import Accelerator, VMRequest, VMResult
 
 FACTS = Path(__file__).resolve().parent / "data" / "facts" / "6.1-x86_64"
 KVM = Accelerator("kvm", "test")
@@ -103,7 +104,7 @@ class Boot:
     """What the fake guest saw of one boot, taken while the share still existed."""
 
     key: str
-    plan: dict[str, Any]
+    plan: protocol.Plan
     files: list[str]
     disks: list[int]
     append: list[str]
@@ -111,61 +112,67 @@ class Boot:
     command: list[str]
 
 
-def act_ok(req: VMRequest, plan: dict[str, Any]) -> VMResult:
+def fired(run_cnt: int, trigger: protocol.Trigger = "default") -> protocol.ProgramRecord:
+    """A program's record when it loaded, attached and ran ``run_cnt`` times."""
+    return protocol.ProgramRecord(
+        load=protocol.LoadRecord(ok=True, seconds=0.01),
+        attach=protocol.AttachRecord(ok=True, log=""),
+        fire=protocol.FireRecord(run_cnt=run_cnt, run_time_ns=100, recursion_misses=0, trigger=trigger),
+    )
+
+
+def done_record(ok: bool = True, **optional: Any) -> protocol.DoneRecord:
+    """A completion record with the required keys of the protocol, plus ``optional`` ones."""
+    done = protocol.DoneRecord(ok=ok, release="6.1.0-27-amd64", machine=ARCH.uname, uptime_start=1.5)
+    done.update(optional)  # type: ignore[typeddict-item]
+    return done
+
+
+def act_ok(req: VMRequest, plan: protocol.Plan) -> VMResult:
     """What the guest agent writes on a good boot: facts when asked, a record per object, done.json."""
     share = req.share
     if plan["facts"]:
-        shutil.copytree(FACTS, share / "facts")
+        shutil.copytree(FACTS, share / protocol.FACTS_DIR)
         # A Debian kernel has no /proc/config.gz: the host adds the package's config.
-        (share / "facts" / "config").unlink()
+        (share / protocol.FACTS_DIR / protocol.CONFIG_FILE).unlink()
     records = []
     for entry in plan["objects"]:
         obj = load_object(share / entry["path"])
-        programs = {
-            p.program: {
-                "load": {"ok": True, "seconds": 0.01},
-                "attach": {"ok": True, "log": ""},
-                "fire": {"run_cnt": 4, "run_time_ns": 100, "recursion_misses": 0, "trigger": "default"},
-            }
-            for p in obj.probes
-        }
-        records.append({"object": entry["name"], "programs": programs, "load_log": ""})
-    (share / "objects.json").write_text(json.dumps(records))
-    done = {
-        "ok": True, "release": "6.1.0-27-amd64", "machine": ARCH.uname, "lsm": "lockdown,capability,bpf",
-        "libbpf": "1.1.0", "stats_enabled": True, "seconds": 0.25,
-    }
-    (share / DONE_FILE).write_text(json.dumps(done))
+        programs = {p.program: fired(4) for p in obj.probes}
+        records.append(protocol.ObjectRecord(object=entry["name"], programs=programs, load_log=""))
+    protocol.write_objects(share, records)
+    done = done_record(lsm="lockdown,capability,bpf", libbpf="1.1.0", stats_enabled=True, seconds=0.25)
+    protocol.write_done(share, done)
     return VMResult(done, "console", 0.5, 0, req.accelerator)
 
 
-def act_lost(req: VMRequest, plan: dict[str, Any]) -> VMResult:
+def act_lost(req: VMRequest, plan: protocol.Plan) -> VMResult:
     raise LostVMError(
         "guest did not finish within 300 s: Kernel panic - not syncing: VFS",
         "[ 1.0] Kernel panic - not syncing: VFS: Unable to mount root fs",
     )
 
 
-def act_vm_error(req: VMRequest, plan: dict[str, Any]) -> VMResult:
+def act_vm_error(req: VMRequest, plan: protocol.Plan) -> VMResult:
     raise VMError("cannot start vng: No such file or directory")
 
 
-def act_agent_crash(req: VMRequest, plan: dict[str, Any]) -> VMResult:
-    done = {
-        "ok": False, "error": "JSONDecodeError: Expecting value: line 1 column 1 (char 0)",
-        "traceback": "Traceback (most recent call last):\n  File agent.py\njson.decoder.JSONDecodeError",
-    }
-    (req.share / DONE_FILE).write_text(json.dumps(done))
+def act_agent_crash(req: VMRequest, plan: protocol.Plan) -> VMResult:
+    done = done_record(
+        False, error="JSONDecodeError: Expecting value: line 1 column 1 (char 0)",
+        traceback="Traceback (most recent call last):\n  File agent.py\njson.decoder.JSONDecodeError",
+    )
+    protocol.write_done(req.share, done)
     return VMResult(done, "console", 0.5, 0, req.accelerator)
 
 
-def act_no_loader(req: VMRequest, plan: dict[str, Any]) -> VMResult:
-    done = {"ok": True, "loader_error": "libbpf not found in the guest: libbpf.so.1"}
-    (req.share / DONE_FILE).write_text(json.dumps(done))
+def act_no_loader(req: VMRequest, plan: protocol.Plan) -> VMResult:
+    done = done_record(loader_error="libbpf not found in the guest: libbpf.so.1")
+    protocol.write_done(req.share, done)
     return VMResult(done, "console", 0.5, 0, req.accelerator)
 
 
-Act = Callable[[VMRequest, dict[str, Any]], VMResult]
+Act = Callable[[VMRequest, protocol.Plan], VMResult]
 
 
 @dataclass
@@ -177,7 +184,7 @@ class FakeRunner:
 
     def run(self, req: VMRequest) -> VMResult:
         key = req.image.parent.parent.name  # kernels/<key>/boot/vmlinuz
-        plan = json.loads((req.share / "plan.json").read_text())
+        plan = protocol.read_plan(req.share)
         self.boots.append(
             Boot(
                 key=key,

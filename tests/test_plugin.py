@@ -25,8 +25,8 @@ from harness.kernels.config import parse_kernels_yaml
 from harness.kernels.fetch import KernelBuild
 from harness.programs.inventory import load_object
 from harness.run.pipeline import MatrixRun
+from harness.vm.guest import protocol
 from harness.vm.runner import (
-    DONE_FILE,
     Accelerator,
     VMRequest,
     VMResult,
@@ -82,24 +82,24 @@ class FakeRunner:
         with log.open("a") as fh:
             fh.write(json.dumps({
                 "image": name, "share": str(req.share), "worker": os.environ.get("PYTEST_XDIST_WORKER", ""),
-                "objects": bool(json.loads((req.share / "plan.json").read_text()).get("objects")),
+                "objects": bool(protocol.read_plan(req.share).get("objects")),
             }) + "\n")
         acts = self.script["acts"].get(name, ["ok"])
         act = acts[min(attempt, len(acts) - 1)]
-        plan = json.loads((req.share / "plan.json").read_text())
+        plan = protocol.read_plan(req.share)
         console = f"[    0.000000] Linux version {name}\n"
         if act == "lost":
             console = PANIC
         elif act == "broken-done":
-            (req.share / DONE_FILE).write_text('{"ok": tru')
+            (req.share / protocol.DONE_FILE).write_text('{"ok": tru')
         elif act == "agent-crash":
-            done = {
-                "ok": False,
-                "error": "RuntimeError: agent blew up",
-                "traceback": 'Traceback (most recent call last):\n  File "/mnt/agent.py", line 1\n'
+            done = protocol.DoneRecord(
+                ok=False, release=name, machine="x86_64", uptime_start=1.0,
+                error="RuntimeError: agent blew up",
+                traceback='Traceback (most recent call last):\n  File "/mnt/agent.py", line 1\n'
                 "RuntimeError: agent blew up\n",
-            }
-            (req.share / DONE_FILE).write_text(json.dumps(done))
+            )
+            protocol.write_done(req.share, done)
         elif act in ("ok", "reject"):
             self._guest(req.share, plan, name, reject=act == "reject")
         # What VngRunner does with the share once the VM is gone.
@@ -110,28 +110,29 @@ class FakeRunner:
             raise LostVMError(msg, console_tail(console))
         return VMResult(done_record, console, 0.1, 0, req.accelerator, ())
 
-    def _guest(self, share: Path, plan: dict[str, Any], name: str, reject: bool) -> None:
+    def _guest(self, share: Path, plan: protocol.Plan, name: str, reject: bool) -> None:
         if plan.get("facts"):
-            shutil.copytree(self.script["facts"][name], share / "facts")
+            shutil.copytree(self.script["facts"][name], share / protocol.FACTS_DIR)
         records = []
         for entry in plan.get("objects", []):
             obj = load_object(share / entry["path"])
-            programs: dict[str, Any] = {}
+            programs: dict[str, protocol.ProgramRecord] = {}
             for probe in obj.probes:
                 if reject:
                     log = VERIFIER_LOG.replace("PROG", probe.program)
-                    programs[probe.program] = {"load": {"ok": False, "errno": 13, "log": log}}
+                    load = protocol.LoadRecord(ok=False, errno=13, log=log)
+                    programs[probe.program] = protocol.ProgramRecord(load=load)
                 else:
-                    programs[probe.program] = {
-                        "load": {"ok": True, "seconds": 0.01, "log": ""},
-                        "attach": {"ok": True},
-                        "fire": {"run_cnt": 3, "run_time_ns": 900, "recursion_misses": 0},
-                    }
-            records.append({"object": entry["name"], "programs": programs})
-        (share / "objects.json").write_text(json.dumps(records))
-        done = {"ok": True, "release": name, "lsm": "lockdown,capability,bpf", "stats_enabled": True,
-                "libbpf": "1.1.0"}
-        (share / DONE_FILE).write_text(json.dumps(done))
+                    programs[probe.program] = protocol.ProgramRecord(
+                        load=protocol.LoadRecord(ok=True, seconds=0.01, log=""),
+                        attach=protocol.AttachRecord(ok=True, log=""),
+                        fire=protocol.FireRecord(run_cnt=3, run_time_ns=900, recursion_misses=0),
+                    )
+            records.append(protocol.ObjectRecord(object=entry["name"], programs=programs))
+        protocol.write_objects(share, records)
+        done = protocol.DoneRecord(ok=True, release=name, machine="x86_64", uptime_start=1.0,
+                                   lsm="lockdown,capability,bpf", stats_enabled=True, libbpf="1.1.0")
+        protocol.write_done(share, done)
 
 
 # ---------------------------------------------------------------- fixtures
@@ -576,10 +577,11 @@ class RecordingRunner:
     def run(self, req: VMRequest) -> VMResult:
         with self.lock:
             self.requests.append(req)
-        assert req.share.is_dir() and (req.share / "plan.json").is_file()
+        assert req.share.is_dir() and (req.share / protocol.PLAN_FILE).is_file()
         self.barrier.wait()  # both runs hold their shares at the same time
-        (req.share / DONE_FILE).write_text('{"ok": true}')
-        return VMResult({"ok": True}, "", 0.0, 0, req.accelerator, ())
+        done = protocol.DoneRecord(ok=True, release="6.1.0-27-amd64", machine="x86_64", uptime_start=1.0)
+        protocol.write_done(req.share, done)
+        return VMResult(done, "", 0.0, 0, req.accelerator, ())
 
 
 @pytest.fixture

@@ -285,7 +285,9 @@ class FakeLibbpf:
 
 
 @pytest.fixture
-def guest_scenarios() -> ModuleType:
+def guest_scenarios(monkeypatch: pytest.MonkeyPatch) -> ModuleType:
+    # As in the guest: a module without its package, importing the protocol beside it by its file name.
+    monkeypatch.setitem(sys.modules, "protocol", importlib.import_module("harness.vm.guest.protocol"))
     spec = importlib.util.spec_from_file_location("guest_scenarios", GUEST_SCENARIOS)
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)

@@ -5,11 +5,12 @@ from __future__ import annotations
 import errno
 import os
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from harness.report.results import CellResult, Check, Outcome, Probe
+from harness.vm.guest.protocol import AttachRecord, FireRecord, LoadRecord, ObjectRecord, ProgramRecord
 
 # libbpf's CO-RE log lines (libbpf.c, bpf_core_apply_relo / bpf_core_calc_relo_insn), e.g.
 #   prog 'p': relo #1: <byte_off> [17] struct dentry.d_name.len (0:4:1:0:0:1 @ offset 36)
@@ -178,7 +179,7 @@ def _result(
 
 
 def check_guest_program(
-    probe: Probe, record: Mapping[str, Any] | None, object_record: Mapping[str, Any], ctx: GuestContext
+    probe: Probe, record: ProgramRecord | None, object_record: ObjectRecord, ctx: GuestContext
 ) -> list[CellResult]:
     """LOAD, CORE, ATTACH and FIRE results of one program from the agent's record of its object."""
     if object_record.get("error"):
@@ -187,68 +188,20 @@ def check_guest_program(
     if record is None:
         msg = f"program {probe.program} not found by libbpf in {probe.object}"
         return [_result(probe, ctx, Check.LOAD, Outcome.ERROR, msg)]
-    results: list[CellResult] = []
-    load = record.get("load") or {}
+    load: LoadRecord = record.get("load") or {"ok": False}
     log = str(load.get("log") or object_record.get("load_log") or "")
     loaded = bool(load.get("ok"))
-    relos = parse_relocations(log, probe.program)
-    if loaded:
-        results.append(_result(probe, ctx, Check.LOAD, Outcome.PASS, "", seconds=load.get("seconds")))
-    else:
-        tail = verifier_tail(log)
-        err = load.get("errno")
-        why = f"{errno_name(int(err))} " if err else ""
-        if VERIFIER_BEGIN in log:
-            reason = f"verifier rejected it ({why.strip() or 'error'}): {tail[-1] if tail else ''}".strip()
-        else:
-            last = _last_libbpf_error(log)
-            reason = f"load failed ({why.strip() or 'error'}): {last}".strip()
-        results.append(
-            _result(probe, ctx, Check.LOAD, Outcome.FAIL, reason[:300], verifier_tail=tail, errno=err)
-        )
-    failed = [r for r in relos if r.status == "failed"]
-    relo_details = [r.serialize() for r in relos]
-    if not relos:
-        results.append(_result(probe, ctx, Check.CORE, Outcome.SKIP, "no CO-RE relocations"))
-    elif failed and not loaded:
-        names = ", ".join(f"`{r.spec}`" for r in failed)
-        results.append(
-            _result(
-                probe, ctx, Check.CORE, Outcome.FAIL,
-                f"relocation {names} failed on {ctx.kernel}", relocations=relo_details,
-            )
-        )
-    elif failed:
-        names = ", ".join(f"`{r.spec}`" for r in failed)
-        results.append(
-            _result(
-                probe, ctx, Check.CORE, Outcome.PASS,
-                f"relocation {names} unresolved but guarded (the program loaded)", relocations=relo_details,
-            )
-        )
-    else:
-        results.append(
-            _result(probe, ctx, Check.CORE, Outcome.PASS, f"{len(relos)} relocations resolved",
-                    relocations=relo_details)
-        )
+    results = [
+        check_load(probe, load, log, ctx),
+        check_core(probe, parse_relocations(log, probe.program), loaded, ctx),
+    ]
     if not loaded:
         results.append(_result(probe, ctx, Check.ATTACH, Outcome.SKIP, "not loaded"))
         results.append(_result(probe, ctx, Check.FIRE, Outcome.SKIP, "not loaded"))
         return results
-    attach = record.get("attach") or {}
+    attach: AttachRecord = record.get("attach") or {"ok": False, "log": ""}
     if not attach.get("ok"):
-        err = attach.get("errno")
-        code = int(err) if err else None
-        hint = attach_hint(probe, code, ctx.arch)
-        reason = f"attach failed: {errno_text(code, str(attach.get('error', ''))) if code else 'error'}"
-        if hint:
-            reason += f": {hint}"
-        else:
-            detail = _last_libbpf_error(str(attach.get("log") or ""))
-            if detail:
-                reason += f": {detail}"
-        results.append(_result(probe, ctx, Check.ATTACH, Outcome.FAIL, reason[:300], errno=err,
-                               log=str(attach.get("log") or "")[-2000:]))
+        results.append(check_attach_failure(probe, attach, ctx))
         results.append(_result(probe, ctx, Check.FIRE, Outcome.SKIP, "not attached"))
         return results
     results.append(_result(probe, ctx, Check.ATTACH, Outcome.PASS, ""))
@@ -256,7 +209,60 @@ def check_guest_program(
     return results
 
 
-def check_fire(probe: Probe, fire: Mapping[str, Any] | None, ctx: GuestContext) -> CellResult:
+def check_load(probe: Probe, load: LoadRecord, log: str, ctx: GuestContext) -> CellResult:
+    """LOAD: loaded, or why the verifier (or libbpf before it) refused the program."""
+    if load.get("ok"):
+        return _result(probe, ctx, Check.LOAD, Outcome.PASS, "", seconds=load.get("seconds"))
+    tail = verifier_tail(log)
+    err = load.get("errno")
+    why = f"{errno_name(int(err))} " if err else ""
+    if VERIFIER_BEGIN in log:
+        reason = f"verifier rejected it ({why.strip() or 'error'}): {tail[-1] if tail else ''}".strip()
+    else:
+        last = _last_libbpf_error(log)
+        reason = f"load failed ({why.strip() or 'error'}): {last}".strip()
+    return _result(probe, ctx, Check.LOAD, Outcome.FAIL, reason[:300], verifier_tail=tail, errno=err)
+
+
+def check_core(probe: Probe, relos: list[Relocation], loaded: bool, ctx: GuestContext) -> CellResult:
+    """CORE: every relocation resolved, or failed but guarded (the program loaded), or failed."""
+    failed = [r for r in relos if r.status == "failed"]
+    relo_details = [r.serialize() for r in relos]
+    if not relos:
+        return _result(probe, ctx, Check.CORE, Outcome.SKIP, "no CO-RE relocations")
+    if failed and not loaded:
+        names = ", ".join(f"`{r.spec}`" for r in failed)
+        return _result(
+            probe, ctx, Check.CORE, Outcome.FAIL,
+            f"relocation {names} failed on {ctx.kernel}", relocations=relo_details,
+        )
+    if failed:
+        names = ", ".join(f"`{r.spec}`" for r in failed)
+        return _result(
+            probe, ctx, Check.CORE, Outcome.PASS,
+            f"relocation {names} unresolved but guarded (the program loaded)", relocations=relo_details,
+        )
+    return _result(probe, ctx, Check.CORE, Outcome.PASS, f"{len(relos)} relocations resolved",
+                   relocations=relo_details)
+
+
+def check_attach_failure(probe: Probe, attach: AttachRecord, ctx: GuestContext) -> CellResult:
+    """ATTACH of a program that did not attach: the errno in words, and a hint or libbpf's last error."""
+    err = attach.get("errno")
+    code = int(err) if err else None
+    hint = attach_hint(probe, code, ctx.arch)
+    reason = f"attach failed: {errno_text(code, str(attach.get('error', ''))) if code else 'error'}"
+    if hint:
+        reason += f": {hint}"
+    else:
+        detail = _last_libbpf_error(str(attach.get("log") or ""))
+        if detail:
+            reason += f": {detail}"
+    return _result(probe, ctx, Check.ATTACH, Outcome.FAIL, reason[:300], errno=err,
+                   log=str(attach.get("log") or "")[-2000:])
+
+
+def check_fire(probe: Probe, fire: FireRecord | None, ctx: GuestContext) -> CellResult:
     """FIRE: ran after its trigger (run_cnt), and how many executions it missed."""
     if not fire or "error" in fire:
         why = fire.get("error") if fire else "no run count"
@@ -295,7 +301,7 @@ def check_fire(probe: Probe, fire: Mapping[str, Any] | None, ctx: GuestContext) 
 
 
 def check_guest_objects(
-    probes: Sequence[Probe], objects: Sequence[Mapping[str, Any]], ctx: GuestContext
+    probes: Sequence[Probe], objects: Sequence[ObjectRecord], ctx: GuestContext
 ) -> list[CellResult]:
     """All in-guest results for ``probes`` from the agent's objects.json records."""
     by_name = {str(o.get("object")): o for o in objects}

@@ -20,6 +20,7 @@ from harness.checks.uprobe import (
 from harness.errors import ObjectError
 from harness.programs.inventory import BPFObject
 from harness.report.results import CellResult, Check, Outcome, Probe
+from harness.vm.guest import protocol
 
 UPDATE_KIND = "uprobe_update"
 # How the library is replaced: over its inode (cp, install without -T... any in-place write) or by
@@ -63,8 +64,8 @@ def describe_offset(path: Path, offset: int) -> str:
 
 
 def plan_update(
-    obj: BPFObject, probe: Probe, samples: Mapping[str, Path], trigger: Any
-) -> dict[str, Any] | None:
+    obj: BPFObject, probe: Probe, samples: Mapping[str, Path], trigger: protocol.Trigger | None
+) -> protocol.UpdateScenario | None:
     """The uprobe_update scenario of ``probe`` when it targets a sample library that has a v2."""
     target = parse_uprobe_target(probe.target)
     if target is None or target.raw or not target.path.startswith(GUEST_USER_DIR + "/"):
@@ -86,11 +87,11 @@ def plan_update(
         "kind": UPDATE_KIND,
         "object": obj.name,
         "program": probe.program,
-        "path": f"objs/{obj.path.name}",
+        "path": f"{protocol.OBJECTS_DIR}/{obj.path.name}",
         "library": target.path,
         "function": target.function,
-        "v1": f"user/{name}",
-        "v2": f"user/{v2_name}",
+        "v1": f"{protocol.USER_DIR}/{name}",
+        "v2": f"{protocol.USER_DIR}/{v2_name}",
         "v1_offset": v1_offset,
         "v2_offset": v2_offset,
         "stale": describe_offset(samples[v2_name], v1_offset),
@@ -101,7 +102,7 @@ def plan_update(
 
 def plan_scenarios(
     share: Path, objects: Sequence[BPFObject], progs_dir: Path, samples: Mapping[str, Path]
-) -> list[dict[str, Any]]:
+) -> list[protocol.UpdateScenario]:
     """The scenarios the guest agent runs after the objects, with their files written into ``share``.
 
     Each scenario is a JSON-ready dict with a "kind" the agent's scenarios module knows. ``samples``
@@ -110,13 +111,13 @@ def plan_scenarios(
     """
     if not samples:
         return []
-    dest = share / "user"
+    dest = share / protocol.USER_DIR
     dest.mkdir(exist_ok=True)
     for name, path in samples.items():
         shutil.copy2(path, dest / name)
     from harness.programs.sidecar import load_sidecar
 
-    scenarios: list[dict[str, Any]] = []
+    scenarios: list[protocol.UpdateScenario] = []
     for obj in objects:
         triggers = load_sidecar(progs_dir, obj.name).triggers_for(obj.probes)
         for probe in obj.probes:
@@ -154,7 +155,7 @@ def _death(mode: Mapping[str, Any]) -> str:
 
 
 def check_update(
-    probe: Probe, record: Mapping[str, Any], ctx: GuestContext, plan: Mapping[str, Any]
+    probe: Probe, record: protocol.ScenarioRecord, ctx: GuestContext, plan: Mapping[str, Any]
 ) -> CellResult:
     """The FIRE result of one uprobe_update record (``plan`` is the scenario it ran, for offsets)."""
     details: dict[str, Any] = {"scenario": UPDATE_KIND, "modes": dict(record.get("modes") or {})}
@@ -216,8 +217,8 @@ def check_update(
 
 
 def check_scenarios(
-    probes: Sequence[Probe], records: Sequence[Mapping[str, Any]], ctx: GuestContext,
-    plans: Sequence[Mapping[str, Any]] = (),
+    probes: Sequence[Probe], records: Sequence[protocol.ScenarioRecord], ctx: GuestContext,
+    plans: Sequence[protocol.UpdateScenario] = (),
 ) -> list[CellResult]:
     """Results of the scenarios' records (scenarios.json); they replace the plain in-guest results.
 

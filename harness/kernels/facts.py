@@ -15,15 +15,16 @@ from typing import Any, Protocol, TypeVar, cast
 
 from harness.errors import BTFError, HarnessError
 from harness.files import atomic_file
-
-UNAME_FILE = "uname.json"
-KALLSYMS_FILE = "kallsyms"
-FILTER_FUNCTIONS_FILE = "available_filter_functions"
-EVENTS_FILE = "available_events"
-FORMATS_FILE = "tracepoint_formats.json"
-BTF_FILE = "vmlinux.btf"
-CONFIG_FILE = "config"
-LSM_FILE = "lsm"
+from harness.vm.guest.protocol import (  # the files the guest agent writes
+    BTF_FILE,
+    CONFIG_FILE,
+    EVENTS_FILE,
+    FILTER_FUNCTIONS_FILE,
+    FORMATS_FILE,
+    KALLSYMS_FILE,
+    LSM_FILE,
+    UNAME_FILE,
+)
 
 # One kallsyms line: "<addr> <type> <name>", and "\t[<module>]" after the name for module symbols.
 _CORE_LINE = re.compile(r"^[0-9a-fA-F]+ (\S) ([^\t\n]+)$", re.M)

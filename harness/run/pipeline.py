@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import tempfile
@@ -22,6 +21,7 @@ from harness.programs.build import build_source, find_sources, generate_vmlinux_
 from harness.programs.inventory import USER_KINDS, BPFObject, load_object
 from harness.programs.sidecar import Sidecar, load_sidecar
 from harness.report.results import CellResult, Check, KernelRun, Outcome, Probe
+from harness.vm.guest import protocol
 from harness.vm.runner import Accelerator, Runner, VMRequest, VMResult, accelerator_for, scaled_timeout
 
 AGENT = Path(__file__).parents[1] / "vm" / "guest" / "agent.py"
@@ -504,7 +504,7 @@ class MatrixRun:
                     tail = str(done.get("traceback", ""))[-3000:]
                     continue
                 if want_facts:
-                    self._store_facts(share / "facts", Path(build.facts_dir), build.config)
+                    self._store_facts(share / protocol.FACTS_DIR, Path(build.facts_dir), build.config)
                 kernel = KernelRun(
                     spec.id, spec.arch.name,
                     version=str(done.get("release", build.release)),
@@ -538,7 +538,7 @@ class MatrixRun:
                     outcome.results[(res.probe, res.check)] = res
                 from harness.checks.scenarios import check_scenarios
 
-                for res in check_scenarios(probes, self._read_json_list(share / "scenarios.json"), ctx):
+                for res in check_scenarios(probes, protocol.read_scenarios(share), ctx):
                     outcome.results[(res.probe, res.check)] = res
                 return outcome
             finally:
@@ -587,23 +587,24 @@ class MatrixRun:
         self, share: Path, objects: Sequence[BPFObject], want_facts: bool, arch: Arch
     ) -> None:
         shutil.copy2(AGENT, share / AGENT.name)
-        objdir = share / "objs"
+        objdir = share / protocol.OBJECTS_DIR
         objdir.mkdir()
-        entries = []
+        entries: list[protocol.PlanObject] = []
         for obj in objects:
             dest = objdir / obj.path.name
             shutil.copy2(obj.path, dest)
             side = self.sidecar(obj.name)
-            entries.append(
-                {"name": obj.name, "path": f"objs/{dest.name}", "triggers": side.triggers_for(obj.probes)}
-            )
+            entries.append({
+                "name": obj.name, "path": f"{protocol.OBJECTS_DIR}/{dest.name}",
+                "triggers": side.triggers_for(obj.probes),
+            })
         from harness.checks.scenarios import plan_scenarios
 
         try:
             samples = self.user_samples(arch)
         except BuildError:
             samples = {}  # the probes on them are ERROR cells (input_error)
-        plan = {
+        plan: protocol.Plan = {
             "facts": want_facts,
             "objects": entries,
             "scenarios": plan_scenarios(share, objects, self.progs_dir, samples),
@@ -611,17 +612,17 @@ class MatrixRun:
         for helper in AGENT.parent.glob("*.py"):
             if helper != AGENT and helper.name != "__init__.py":
                 shutil.copy2(helper, share / helper.name)
-        (share / "plan.json").write_text(json.dumps(plan))
+        protocol.write_plan(share, plan)
 
     def _store_facts(self, source: Path, dest: Path, config: Path | None) -> None:
         """Move the guest's facts into the kernel's cache entry, atomically.
 
         Debian kernels have no /proc/config.gz: their config comes from the package's boot/config-*.
         """
-        if not (source / "kallsyms").exists():
+        if not (source / protocol.KALLSYMS_FILE).exists():
             return
-        if config is not None and not (source / "config").exists():
-            shutil.copy2(config, source / "config")
+        if config is not None and not (source / protocol.CONFIG_FILE).exists():
+            shutil.copy2(config, source / protocol.CONFIG_FILE)
         tmp = dest.with_name(f"{dest.name}.tmp{os.getpid()}")
         shutil.rmtree(tmp, ignore_errors=True)
         shutil.copytree(source, tmp)
@@ -630,16 +631,8 @@ class MatrixRun:
         tmp.rename(dest)
 
     @staticmethod
-    def _read_objects(share: Path) -> list[dict[str, Any]]:
-        return MatrixRun._read_json_list(share / "objects.json")
-
-    @staticmethod
-    def _read_json_list(path: Path) -> list[dict[str, Any]]:
-        try:
-            data = json.loads(path.read_text())
-        except (OSError, ValueError):
-            return []
-        return data if isinstance(data, list) else []
+    def _read_objects(share: Path) -> list[protocol.ObjectRecord]:
+        return protocol.read_objects(share)
 
     def guest_result(self, spec: KernelSpec, probe: Probe, check: Check) -> CellResult:
         """The result of an in-guest ``check`` of ``probe`` on ``spec``, booting on first use."""

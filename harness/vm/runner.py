@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import shlex
 import shutil
@@ -14,16 +13,17 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Protocol
 
 from harness.errors import LostVMError, VMError
 from harness.kernels.config import Arch, host_arch
+from harness.vm.guest import protocol
+from harness.vm.guest.protocol import DONE_FILE as DONE_FILE
 
 # Where the run's shared directory appears inside the guest. /mnt exists in the host's root and in
 # Debian root filesystems; virtme-ng mounts the share over it (read-write), the rest of the root stays
 # read-only.
 GUEST_SHARE = "/mnt"
-DONE_FILE = "done.json"
 CONSOLE_TAIL_LINES = 40
 
 # Console lines that explain why a guest never reported back.
@@ -60,7 +60,7 @@ class VMRequest:
 class VMResult:
     """What came back from one boot: the completion record the agent wrote, and the console."""
 
-    done: dict[str, Any]
+    done: protocol.DoneRecord
     console: str
     seconds: float
     returncode: int
@@ -212,14 +212,9 @@ def stop_all_vms() -> None:
             _LIVE.discard(pgid)
 
 
-def read_done(share: Path) -> dict[str, Any] | None:
+def read_done(share: Path) -> protocol.DoneRecord | None:
     """The agent's completion record, or None when it never wrote one (or wrote garbage)."""
-    path = share / DONE_FILE
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-    return data if isinstance(data, dict) else None
+    return protocol.read_done(share)
 
 
 class VngRunner:

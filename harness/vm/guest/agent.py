@@ -1,8 +1,8 @@
 """The guest agent: runs in each VM (stdlib only), collects kernel facts, loads, attaches and fires BPF.
 
-It reads ``plan.json`` from the shared directory given as its only argument, writes its results as JSON
-files there, and writes ``done.json`` last: the host judges the boot by that record alone, never by the
-console or by vng's exit status.
+It reads the plan from the shared directory given as its only argument, writes its results as JSON
+files there, and writes the completion record last: the host judges the boot by that record alone, never
+by the console or by vng's exit status. The files and records are those of protocol.py beside this file.
 
 Loading goes through libbpf itself (ctypes on the guest's libbpf.so), so each program gets its own load
 result and log, attach result and run count: bpftool's ``loadall`` is all-or-nothing per object.
@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import ctypes
 import errno
-import json
 import os
 import queue
 import re
@@ -24,6 +23,12 @@ import subprocess
 import sys
 import threading
 import time
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING or __package__:
+    from . import protocol
+else:
+    import protocol  # in the guest: copied beside the agent
 
 TRACEFS_CANDIDATES = ("/sys/kernel/tracing", "/sys/kernel/debug/tracing")
 TRIGGER_TIMEOUT = 60.0
@@ -35,11 +40,7 @@ def format_exc() -> str:
     return traceback.format_exc()
 
 
-def write_json(path: str, data: object) -> None:
-    tmp = path + ".tmp"
-    with open(tmp, "w") as fh:
-        json.dump(data, fh)
-    os.rename(tmp, path)
+write_json = protocol.write_json
 
 
 def uptime() -> float | None:
@@ -95,23 +96,23 @@ def tracefs() -> str | None:
     return None
 
 
-def collect_facts(out: str) -> dict[str, object]:
+def collect_facts(out: str) -> protocol.FactsSummary:
     """Write the kernel's facts into ``out`` (the layout harness.kernels.facts reads); return a summary."""
     os.makedirs(out, exist_ok=True)
     uname = os.uname()
-    write_json(
-        os.path.join(out, "uname.json"),
-        {"release": uname.release, "machine": uname.machine, "version": uname.version},
-    )
-    have: dict[str, object] = {}
-    have["kallsyms"] = copy_file("/proc/kallsyms", os.path.join(out, "kallsyms"))
-    have["btf"] = copy_file("/sys/kernel/btf/vmlinux", os.path.join(out, "vmlinux.btf"))
+    record: protocol.UnameRecord = {
+        "release": uname.release, "machine": uname.machine, "version": uname.version,
+    }
+    write_json(os.path.join(out, protocol.UNAME_FILE), record)
+    have: protocol.FactsSummary = {}
+    have["kallsyms"] = copy_file("/proc/kallsyms", os.path.join(out, protocol.KALLSYMS_FILE))
+    have["btf"] = copy_file("/sys/kernel/btf/vmlinux", os.path.join(out, protocol.BTF_FILE))
     lsm = read_text("/sys/kernel/security/lsm")
     if lsm is None:
         mount_fs("securityfs", "/sys/kernel/security")
         lsm = read_text("/sys/kernel/security/lsm")
     if lsm is not None:
-        with open(os.path.join(out, "lsm"), "w") as fh:
+        with open(os.path.join(out, protocol.LSM_FILE), "w") as fh:
             fh.write(lsm)
     have["lsm"] = lsm
     config = None
@@ -123,24 +124,27 @@ def collect_facts(out: str) -> dict[str, object]:
     except OSError:
         config = read_text("/boot/config-" + uname.release)
     if config is not None:
-        with open(os.path.join(out, "config"), "w") as fh:
+        with open(os.path.join(out, protocol.CONFIG_FILE), "w") as fh:
             fh.write(config)
     have["config"] = config is not None
     tfs = tracefs()
     have["tracefs"] = tfs
     if tfs:
-        for name in ("available_filter_functions", "available_events"):
-            have[name] = copy_file(os.path.join(tfs, name), os.path.join(out, name))
+        functions, events = protocol.FILTER_FUNCTIONS_FILE, protocol.EVENTS_FILE
+        have["available_filter_functions"] = copy_file(
+            os.path.join(tfs, functions), os.path.join(out, functions)
+        )
+        have["available_events"] = copy_file(os.path.join(tfs, events), os.path.join(out, events))
         formats: dict[str, str] = {}
         events_dir = os.path.join(tfs, "events")
-        for line in (read_text(os.path.join(tfs, "available_events")) or "").splitlines():
+        for line in (read_text(os.path.join(tfs, events)) or "").splitlines():
             cat, _, name = line.strip().partition(":")
             if not name:
                 continue
             text = read_text(os.path.join(events_dir, cat, name, "format"))
             if text is not None:
                 formats[cat + "/" + name] = text
-        write_json(os.path.join(out, "tracepoint_formats.json"), formats)
+        write_json(os.path.join(out, protocol.FORMATS_FILE), formats)
         have["tracepoint_formats"] = len(formats)
     return have
 
@@ -305,12 +309,12 @@ class Libbpf:
         value = self.lib.bpf_program__name(prog)
         return value.decode() if value else "?"
 
-    def prog_info(self, fd: int) -> dict[str, object]:
+    def prog_info(self, fd: int) -> protocol.FireRecord:
         info = BpfProgInfo()
         size = ctypes.c_uint32(ctypes.sizeof(info))
         if self.lib.bpf_obj_get_info_by_fd(fd, ctypes.byref(info), ctypes.byref(size)) != 0:
             return {"error": os.strerror(ctypes.get_errno() or errno.EINVAL)}
-        out: dict[str, object] = {"id": info.id, "run_cnt": info.run_cnt, "run_time_ns": info.run_time_ns}
+        out: protocol.FireRecord = {"id": info.id, "run_cnt": info.run_cnt, "run_time_ns": info.run_time_ns}
         # The kernel reports how much of the struct it knows; older kernels have no recursion_misses.
         if size.value >= BpfProgInfo.recursion_misses.offset + 8:
             out["recursion_misses"] = info.recursion_misses
@@ -435,11 +439,11 @@ def block_io() -> None:
         return
 
 
-def run_trigger(trigger: object, share: str) -> dict[str, object]:
+def run_trigger(trigger: protocol.Trigger | None, share: str) -> protocol.TriggerRun:
     """Run one trigger: "default", an argv list, or a shell command string (the user's own, in the guest)."""
     start = time.monotonic()
     try:
-        if trigger in (None, "default"):
+        if trigger is None or trigger == "default":
             default_workload(share)
             return {"trigger": "default", "ok": True, "seconds": time.monotonic() - start}
         if isinstance(trigger, list):
@@ -466,7 +470,7 @@ def run_trigger(trigger: object, share: str) -> dict[str, object]:
 
 def load_object(
     lb: Libbpf, path: str, only: list[str] | None
-) -> tuple[int | None, dict[str, object]]:
+) -> tuple[int | None, protocol.LoadRecord]:
     """Open ``path`` and load it (just the programs ``only`` when given). Returns (object or None, record)."""
     lb.take_log()
     obj = lb.lib.bpf_object__open_file(path.encode(), None)
@@ -481,7 +485,7 @@ def load_object(
         if only is not None:
             lb.lib.bpf_program__set_autoload(prog, name in only)
     rc = lb.lib.bpf_object__load(obj)
-    record: dict[str, object] = {"stage": "load", "ok": rc == 0, "programs": names, "log": lb.take_log()}
+    record: protocol.LoadRecord = {"stage": "load", "ok": rc == 0, "programs": names, "log": lb.take_log()}
     if rc != 0:
         record["errno"] = -rc
         record["error"] = os.strerror(-rc)
@@ -539,114 +543,160 @@ class Detacher:
                 self.pending.task_done()
 
 
-def run_object(lb: Libbpf, spec: dict[str, object], share: str, detacher: Detacher) -> dict[str, object]:
+def run_object(
+    lb: Libbpf, spec: protocol.PlanObject, share: str, detacher: Detacher
+) -> protocol.ObjectRecord:
+    """Load, attach, trigger and count the programs of one object of the plan."""
     path = os.path.join(share, str(spec["path"]))
     triggers = spec.get("triggers") or {}
     assert isinstance(triggers, dict)
-    result: dict[str, object] = {"object": spec["name"], "programs": {}}
-    programs: dict[str, dict[str, object]] = {}
-    result["programs"] = programs
+    programs: dict[str, protocol.ProgramRecord] = {}
+    result: protocol.ObjectRecord = {"object": spec["name"], "programs": programs}
     start = time.monotonic()
     obj, whole = load_object(lb, path, None)
     result["whole_load"] = whole
     if whole.get("stage") == "open":
         result["error"] = "libbpf could not open the object: {}".format(whole.get("error"))
         return result
-    loaded: list[tuple[int, str, int]] = []  # (object, program name, program pointer)
-    objects: list[int] = []
     if obj is not None:
-        objects.append(obj)
+        loaded: list[tuple[int, str, int]] = []
         for prog in lb.programs(obj):
             name = lb.prog_name(prog)
             programs[name] = {"load": {"ok": True, "seconds": time.monotonic() - start}}
             loaded.append((obj, name, prog))
+        objects = [obj]
         result["load_log"] = whole["log"]
     else:
-        # One rejected program fails the whole object. libbpf names it: record its failure and load the
-        # others without it, once per rejected program (not once per program: each load re-reads the
-        # kernel's BTF). Programs libbpf does not tell apart are then loaded one at a time.
-        names = whole.get("programs")
-        pending = [str(n) for n in names] if isinstance(names, list) else []
-        attempt, t0 = whole, start
-        while pending:
-            culprit = rejected_program(str(attempt.get("log", "")), pending)
-            if culprit is None:
-                break
-            programs[culprit] = {"load": {**attempt, "seconds": time.monotonic() - t0}}
-            pending.remove(culprit)
-            if not pending:
-                break
-            t0 = time.monotonic()
-            rest, attempt = load_object(lb, path, pending)
-            if rest is not None:
-                objects.append(rest)
-                for prog in lb.programs(rest):
-                    name = lb.prog_name(prog)
-                    if name in pending:
-                        programs[name] = {"load": {"ok": True, "seconds": time.monotonic() - t0,
-                                                   "log": attempt["log"]}}
-                        loaded.append((rest, name, prog))
-                pending = []
-        for name in pending:
-            t0 = time.monotonic()
-            one, rec = load_object(lb, path, [name])
-            rec["seconds"] = time.monotonic() - t0
-            programs[name] = {"load": rec}
-            if one is not None:
-                objects.append(one)
-                for prog in lb.programs(one):
-                    if lb.prog_name(prog) == name:
-                        loaded.append((one, name, prog))
-    phases: dict[str, float] = {"load": time.monotonic() - start}
+        loaded, objects = load_without_rejected(lb, path, whole, start, programs)
+    phases: protocol.Phases = {"load": time.monotonic() - start}
     result["phases"] = phases
     mark = time.monotonic()
-    links: dict[str, int] = {}
-    for _obj, name, prog in loaded:
-        lb.take_log()
-        link = lb.lib.bpf_program__attach(prog)
-        err = lb.error_of(link)
-        attach: dict[str, object] = {"ok": not err, "log": lb.take_log()}
-        if err:
-            attach["errno"] = err
-            attach["error"] = os.strerror(err)
-        else:
-            links[name] = int(link)
-        programs[name]["attach"] = attach
+    links = attach_programs(lb, loaded, programs)
     phases["attach"] = time.monotonic() - mark
     if links:
         phases["wait_detach"] = detacher.wait()  # the previous object's programs are gone before ours fire
         mark = time.monotonic()
-        ran: list[dict[str, object]] = []
-        wanted = [triggers.get(name, "default") for name in links]
-        seen: list[object] = []
-        for trig in wanted:
-            if trig not in seen:
-                seen.append(trig)
-                ran.append(run_trigger(trig, share))
-        result["triggers"] = ran
-        kver = kernel_version(os.uname().release)
-        for _obj, name, prog in loaded:
-            if name not in links:
-                continue
-            info = lb.prog_info(lb.lib.bpf_program__fd(prog))
-            missed = lb.link_missed(lb.lib.bpf_link__fd(links[name]), kver)
-            if missed is not None:
-                info["kprobe_missed"] = missed
-            info["trigger"] = triggers.get(name, "default")
-            programs[name]["fire"] = info
+        result["triggers"] = fire_programs(lb, loaded, links, triggers, share, programs)
         phases["trigger"] = time.monotonic() - mark
     detacher.submit(list(links.values()), objects)
     result["seconds"] = time.monotonic() - start
     return result
 
 
-def run_scenarios(lb: Libbpf, scenarios: list[dict[str, object]], share: str) -> list[dict[str, object]]:
+def load_without_rejected(
+    lb: Libbpf,
+    path: str,
+    whole: protocol.LoadRecord,
+    start: float,
+    programs: dict[str, protocol.ProgramRecord],
+) -> tuple[list[tuple[int, str, int]], list[int]]:
+    """Load an object the kernel rejected as a whole without its rejected programs.
+
+    Fills ``programs`` with each program's load record; returns the loaded (object, program name,
+    program pointer) and the objects to close.
+    """
+    # One rejected program fails the whole object. libbpf names it: record its failure and load the
+    # others without it, once per rejected program (not once per program: each load re-reads the
+    # kernel's BTF). Programs libbpf does not tell apart are then loaded one at a time.
+    loaded: list[tuple[int, str, int]] = []
+    objects: list[int] = []
+    names = whole.get("programs")
+    pending = [str(n) for n in names] if isinstance(names, list) else []
+    attempt, t0 = whole, start
+    while pending:
+        culprit = rejected_program(str(attempt.get("log", "")), pending)
+        if culprit is None:
+            break
+        failed = attempt.copy()
+        failed["seconds"] = time.monotonic() - t0
+        programs[culprit] = {"load": failed}
+        pending.remove(culprit)
+        if not pending:
+            break
+        t0 = time.monotonic()
+        rest, attempt = load_object(lb, path, pending)
+        if rest is not None:
+            objects.append(rest)
+            for prog in lb.programs(rest):
+                name = lb.prog_name(prog)
+                if name in pending:
+                    programs[name] = {"load": {"ok": True, "seconds": time.monotonic() - t0,
+                                               "log": attempt["log"]}}
+                    loaded.append((rest, name, prog))
+            pending = []
+    for name in pending:
+        t0 = time.monotonic()
+        one, rec = load_object(lb, path, [name])
+        rec["seconds"] = time.monotonic() - t0
+        programs[name] = {"load": rec}
+        if one is not None:
+            objects.append(one)
+            for prog in lb.programs(one):
+                if lb.prog_name(prog) == name:
+                    loaded.append((one, name, prog))
+    return loaded, objects
+
+
+def attach_programs(
+    lb: Libbpf, loaded: list[tuple[int, str, int]], programs: dict[str, protocol.ProgramRecord]
+) -> dict[str, int]:
+    """Attach each loaded program, recording the outcome in ``programs``; returns the links by name."""
+    links: dict[str, int] = {}
+    for _obj, name, prog in loaded:
+        lb.take_log()
+        link = lb.lib.bpf_program__attach(prog)
+        err = lb.error_of(link)
+        attach: protocol.AttachRecord = {"ok": not err, "log": lb.take_log()}
+        if err:
+            attach["errno"] = err
+            attach["error"] = os.strerror(err)
+        else:
+            links[name] = int(link)
+        programs[name]["attach"] = attach
+    return links
+
+
+def fire_programs(
+    lb: Libbpf,
+    loaded: list[tuple[int, str, int]],
+    links: dict[str, int],
+    triggers: dict[str, protocol.Trigger],
+    share: str,
+    programs: dict[str, protocol.ProgramRecord],
+) -> list[protocol.TriggerRun]:
+    """Run each distinct trigger of the attached programs once, then record their counters."""
+    ran: list[protocol.TriggerRun] = []
+    wanted = [triggers.get(name, "default") for name in links]
+    seen: list[protocol.Trigger] = []
+    for trig in wanted:
+        if trig not in seen:
+            seen.append(trig)
+            ran.append(run_trigger(trig, share))
+    kver = kernel_version(os.uname().release)
+    for _obj, name, prog in loaded:
+        if name not in links:
+            continue
+        info = lb.prog_info(lb.lib.bpf_program__fd(prog))
+        missed = lb.link_missed(lb.lib.bpf_link__fd(links[name]), kver)
+        if missed is not None:
+            info["kprobe_missed"] = missed
+        info["trigger"] = triggers.get(name, "default")
+        programs[name]["fire"] = info
+    return ran
+
+
+def run_scenarios(
+    lb: Libbpf, scenarios: list[protocol.UpdateScenario], share: str
+) -> list[protocol.ScenarioRecord]:
     """Run each scenario with the handler of its kind from scenarios.py beside this file."""
     try:
-        import scenarios as handlers  # type: ignore[import-not-found]  # copied beside the agent
+        if TYPE_CHECKING or __package__:
+            from . import scenarios as handlers
+        else:
+            import scenarios as handlers  # copied beside the agent
     except ImportError as exc:
         return [{"kind": s.get("kind"), "error": f"no scenario handlers: {exc}"} for s in scenarios]
-    out: list[dict[str, object]] = []
+    out: list[protocol.ScenarioRecord] = []
     for scenario in scenarios:
         handler = getattr(handlers, "run_" + str(scenario.get("kind")), None)
         if handler is None:
@@ -669,57 +719,62 @@ def enable_stats() -> bool:
         return False
 
 
+def run_plan_objects(plan: protocol.Plan, share: str, done: protocol.DoneRecord) -> None:
+    """Load, attach and fire the plan's objects, then run its scenarios; timings and libbpf go in ``done``."""
+    scratch_disk()
+    done["stats_enabled"] = enable_stats()
+    try:
+        lb = Libbpf()
+    except (RuntimeError, AttributeError) as exc:
+        done["loader_error"] = str(exc)
+        return
+    done["libbpf"] = lb.version
+    t0 = time.monotonic()
+    detacher = Detacher(lb)
+    results: list[protocol.ObjectRecord] = []
+    for spec in plan.get("objects") or []:
+        try:
+            results.append(run_object(lb, spec, share, detacher))
+        except Exception as exc:  # one object's crash must not lose the others
+            results.append({"object": str(spec.get("name")), "error": f"agent crashed: {exc!r}",
+                            "traceback": format_exc()})
+    protocol.write_objects(share, results)
+    detacher.wait()
+    done["objects_seconds"] = time.monotonic() - t0
+    scenarios = plan.get("scenarios") or []
+    if scenarios:
+        t0 = time.monotonic()
+        protocol.write_scenarios(share, run_scenarios(lb, scenarios, share))
+        done["scenarios_seconds"] = time.monotonic() - t0
+
+
 def main(argv: list[str]) -> int:
     share = argv[1] if len(argv) > 1 else "/mnt"
     start = time.monotonic()
     uname = os.uname()
-    done: dict[str, object] = {"ok": False, "release": uname.release, "machine": uname.machine}
-    done["uptime_start"] = uptime()  # how long the guest took to boot to the agent
+    done: protocol.DoneRecord = {
+        "ok": False, "release": uname.release, "machine": uname.machine,
+        "uptime_start": uptime(),  # how long the guest took to boot to the agent
+    }
     try:
-        with open(os.path.join(share, "plan.json")) as fh:
-            plan = json.load(fh)
+        plan = protocol.read_plan(share)
         if plan.get("facts"):
             t0 = time.monotonic()
-            done["facts"] = collect_facts(os.path.join(share, "facts"))
+            done["facts"] = collect_facts(os.path.join(share, protocol.FACTS_DIR))
             done["facts_seconds"] = time.monotonic() - t0
         lsm = read_text("/sys/kernel/security/lsm")
         if lsm is None:
             mount_fs("securityfs", "/sys/kernel/security")
             lsm = read_text("/sys/kernel/security/lsm")
         done["lsm"] = (lsm or "").strip()
-        objects = plan.get("objects") or []
-        if objects:
-            scratch_disk()
-            done["stats_enabled"] = enable_stats()
-            try:
-                lb = Libbpf()
-            except (RuntimeError, AttributeError) as exc:
-                done["loader_error"] = str(exc)
-            else:
-                done["libbpf"] = lb.version
-                t0 = time.monotonic()
-                detacher = Detacher(lb)
-                results = []
-                for spec in objects:
-                    try:
-                        results.append(run_object(lb, spec, share, detacher))
-                    except Exception as exc:  # one object's crash must not lose the others
-                        results.append({"object": spec.get("name"), "error": f"agent crashed: {exc!r}",
-                                        "traceback": format_exc()})
-                write_json(os.path.join(share, "objects.json"), results)
-                detacher.wait()
-                done["objects_seconds"] = time.monotonic() - t0
-                scenarios = plan.get("scenarios") or []
-                if scenarios:
-                    t0 = time.monotonic()
-                    write_json(os.path.join(share, "scenarios.json"), run_scenarios(lb, scenarios, share))
-                    done["scenarios_seconds"] = time.monotonic() - t0
+        if plan.get("objects"):
+            run_plan_objects(plan, share, done)
         done["ok"] = True
     except Exception as exc:
         done["error"] = f"{type(exc).__name__}: {exc}"
         done["traceback"] = format_exc()
     done["seconds"] = time.monotonic() - start
-    write_json(os.path.join(share, "done.json"), done)
+    protocol.write_done(share, done)
     sys.stdout.flush()
     return 0
 

@@ -8,10 +8,21 @@ import os
 import shutil
 import subprocess
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
+
+if TYPE_CHECKING or __package__:
+    from . import protocol
+else:
+    import protocol  # in the guest: copied beside the agent
 
 RUN_TIMEOUT = 60.0
 ECHOED = ("v1_offset", "v2_offset", "stale", "library", "function")  # plan keys the host judges by
+
+
+def echo(scenario: protocol.UpdateScenario) -> protocol.ScenarioEcho:
+    """The plan's keys the host judges the scenario by (ECHOED), those the plan has."""
+    source: dict[str, object] = dict(scenario)
+    return cast(protocol.ScenarioEcho, {k: source[k] for k in ECHOED if k in source})
 
 
 def _setup_uprobe_calls(lb: Any) -> None:
@@ -21,7 +32,7 @@ def _setup_uprobe_calls(lb: Any) -> None:
     fn.argtypes = [ctypes.c_void_p, ctypes.c_bool, ctypes.c_int, ctypes.c_char_p, ctypes.c_size_t]
 
 
-def _run(trigger: Any, share: str, env_extra: dict[str, str]) -> dict[str, Any]:
+def _run(trigger: protocol.Trigger, share: str, env_extra: dict[str, str]) -> protocol.RunRecord:
     """Run the scenario's trigger (an argv list or a shell command) with extra environment."""
     env = dict(os.environ)
     env.update(env_extra)
@@ -95,21 +106,21 @@ def _replace(lib: str, new: str, mode: str) -> None:
         raise ValueError(f"unknown replace mode {mode!r}")
 
 
-def _update_once(lb: Any, scenario: dict[str, Any], share: str, mode: str) -> dict[str, Any]:
+def _update_once(lb: Any, scenario: protocol.UpdateScenario, share: str, mode: str) -> protocol.ModeRecord:
     program = str(scenario["program"])
-    work = os.path.join(share, "user", f"update-{program}-{mode}")
+    work = os.path.join(share, protocol.USER_DIR, f"update-{program}-{mode}")
     os.makedirs(work, exist_ok=True)
     lib = os.path.join(work, os.path.basename(str(scenario["library"])))
     shutil.copyfile(os.path.join(share, str(scenario["v1"])), lib)
     os.chmod(lib, 0o755)
     env = {"LD_LIBRARY_PATH": work}
     trigger = scenario["trigger"]
-    rec: dict[str, Any] = {"mode": mode, "library": lib}
+    rec: protocol.ModeRecord = {"mode": mode, "library": lib}
     obj, prog, why = _open_one(lb, os.path.join(share, str(scenario["path"])), program)
     if obj is None or prog is None:
         rec["error"] = why
         return rec
-    runs: list[dict[str, Any]] = []
+    runs: list[protocol.RunRecord] = []
     rec["runs"] = runs
     link = None
     try:
@@ -141,20 +152,21 @@ def _update_once(lb: Any, scenario: dict[str, Any], share: str, mode: str) -> di
     return rec
 
 
-def run_uprobe_update(lb: Any, scenario: dict[str, Any], share: str) -> dict[str, Any]:
+def run_uprobe_update(lb: Any, scenario: protocol.UpdateScenario, share: str) -> protocol.ScenarioRecord:
     """A uprobe attached by offset across a library update, once per replace mode.
 
     Per mode: attach at the v1 offset and run (fires), replace the library with v2 and run again
     (quiet: the offset is stale, or the probe stayed on the old inode), re-attach at v2's offset
     and run (fires again). Run counts are deltas of the program's run_cnt around each run.
     """
-    rec: dict[str, Any] = {
+    modes: dict[str, protocol.ModeRecord] = {}
+    rec: protocol.ScenarioRecord = {
         "kind": "uprobe_update",
         "object": scenario.get("object"),
         "program": scenario.get("program"),
-        "modes": {},
+        "modes": modes,
         # Echoed for the host, which judges the record without the plan.
-        "plan": {k: scenario[k] for k in ECHOED if k in scenario},
+        "plan": echo(scenario),
     }
     try:
         _setup_uprobe_calls(lb)
@@ -163,8 +175,8 @@ def run_uprobe_update(lb: Any, scenario: dict[str, Any], share: str) -> dict[str
         return rec
     for mode in scenario.get("modes") or ["overwrite", "rename"]:
         try:
-            rec["modes"][mode] = _update_once(lb, scenario, share, str(mode))
+            modes[mode] = _update_once(lb, scenario, share, str(mode))
         except OSError as exc:
             name = errno.errorcode.get(exc.errno or 0, "error")
-            rec["modes"][mode] = {"mode": mode, "error": f"{name}: {exc}"}
+            modes[mode] = {"mode": mode, "error": f"{name}: {exc}"}
     return rec

@@ -1,0 +1,324 @@
+"""The guest ↔ host protocol: the share's file names and the JSON records each side writes (stdlib only).
+
+Shipped into the guest beside the agent (Python 3.9 there: annotations stay strings) and imported on the
+host as ``harness.vm.guest.protocol``. The records are TypedDicts: what is always written is required,
+what depends on the outcome (an errno, a run count) is optional.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import TypedDict, Union, cast
+
+# The share (the host's run directory, /mnt in the guest). The host writes the plan, the objects under
+# OBJECTS_DIR and the user samples under USER_DIR; the agent writes the rest, DONE_FILE last.
+PLAN_FILE = "plan.json"
+OBJECTS_FILE = "objects.json"
+SCENARIOS_FILE = "scenarios.json"
+DONE_FILE = "done.json"
+FACTS_DIR = "facts"
+OBJECTS_DIR = "objs"
+USER_DIR = "user"
+
+# The facts directory (FACTS_DIR in the share; the kernel's facts cache entry on the host).
+UNAME_FILE = "uname.json"
+KALLSYMS_FILE = "kallsyms"
+FILTER_FUNCTIONS_FILE = "available_filter_functions"
+EVENTS_FILE = "available_events"
+FORMATS_FILE = "tracepoint_formats.json"
+BTF_FILE = "vmlinux.btf"
+CONFIG_FILE = "config"
+LSM_FILE = "lsm"
+
+# What makes a program fire: "default" (the agent's workload), an argv list, or a shell command.
+Trigger = Union[str, list[str]]  # evaluated at run time: no `|` before Python 3.10
+
+PathLike = Union[str, "os.PathLike[str]"]
+
+
+# ---------------------------------------------------------------------------------------------------
+# The plan (host → guest)
+
+
+class PlanObject(TypedDict):
+    """One object to load: its name, its path in the share, and the trigger of each program."""
+
+    name: str
+    path: str  # relative to the share: OBJECTS_DIR/<file>
+    triggers: dict[str, Trigger]
+
+
+class UpdateScenario(TypedDict):
+    """A uprobe attached by offset across a library update (kind "uprobe_update")."""
+
+    kind: str
+    object: str
+    program: str
+    path: str  # the object, relative to the share
+    library: str  # where the program expects the library in the guest
+    function: str
+    v1: str  # the library before and after the update, relative to the share
+    v2: str
+    v1_offset: int
+    v2_offset: int
+    stale: str  # what sits at v1_offset in v2, in words
+    trigger: Trigger
+    modes: list[str]
+
+
+class Plan(TypedDict):
+    facts: bool  # collect the kernel's facts into FACTS_DIR
+    objects: list[PlanObject]
+    scenarios: list[UpdateScenario]
+
+
+# ---------------------------------------------------------------------------------------------------
+# The objects (guest → host): one record per object, one per program in it
+
+
+class _LoadRequired(TypedDict):
+    ok: bool
+
+
+class LoadRecord(_LoadRequired, total=False):
+    """A load: of the whole object (``whole_load``), or of one program."""
+
+    stage: str  # "open" or "load"
+    programs: list[str]  # the object's programs, as libbpf named them
+    log: str  # what libbpf printed
+    errno: int
+    error: str
+    seconds: float
+
+
+class _AttachRequired(TypedDict):
+    ok: bool
+    log: str
+
+
+class AttachRecord(_AttachRequired, total=False):
+    errno: int
+    error: str
+
+
+class FireRecord(TypedDict, total=False):
+    """The program's counters after its trigger (bpf_prog_info), or why they could not be read."""
+
+    id: int
+    run_cnt: int
+    run_time_ns: int
+    recursion_misses: int  # 5.12+
+    kprobe_missed: int  # from the link, 6.7+
+    error: str
+    trigger: Trigger
+
+
+class _ProgramRequired(TypedDict):
+    load: LoadRecord
+
+
+class ProgramRecord(_ProgramRequired, total=False):
+    attach: AttachRecord  # only when loaded
+    fire: FireRecord  # only when attached
+
+
+class _TriggerRequired(TypedDict):
+    trigger: Trigger | None  # None: the default workload, which failed
+    ok: bool
+    seconds: float
+
+
+class TriggerRun(_TriggerRequired, total=False):
+    returncode: int
+    output: str  # the last 2000 characters of stdout and stderr
+    error: str
+
+
+class Phases(TypedDict, total=False):
+    """Seconds spent per phase of one object."""
+
+    load: float
+    attach: float
+    wait_detach: float
+    trigger: float
+
+
+class _ObjectRequired(TypedDict):
+    object: str
+
+
+class ObjectRecord(_ObjectRequired, total=False):
+    programs: dict[str, ProgramRecord]
+    whole_load: LoadRecord
+    load_log: str  # the whole object's load log, when it loaded at once
+    phases: Phases
+    triggers: list[TriggerRun]
+    seconds: float
+    error: str  # the object could not be handled at all: every program's checks are ERROR
+    traceback: str
+
+
+# ---------------------------------------------------------------------------------------------------
+# Scenarios (guest → host)
+
+
+class _RunRequired(TypedDict):
+    ok: bool
+    seconds: float
+
+
+class RunRecord(_RunRequired, total=False):
+    returncode: int
+    output: str
+    error: str
+
+
+class _ModeRequired(TypedDict):
+    mode: str
+
+
+class ModeRecord(_ModeRequired, total=False):
+    """One replace mode of an update scenario; counts are run_cnt deltas around each run."""
+
+    library: str
+    runs: list[RunRecord]
+    v1: int
+    inode_before: int
+    inode_after: int
+    after_update: int
+    after_reattach: int
+    error: str
+
+
+class ScenarioEcho(TypedDict, total=False):
+    """The plan's keys the host judges a scenario by, echoed in its record."""
+
+    v1_offset: int
+    v2_offset: int
+    stale: str
+    library: str
+    function: str
+
+
+class _ScenarioRequired(TypedDict):
+    kind: str | None
+
+
+class ScenarioRecord(_ScenarioRequired, total=False):
+    object: str | None
+    program: str | None
+    modes: dict[str, ModeRecord]
+    plan: ScenarioEcho
+    error: str
+    traceback: str
+
+
+# ---------------------------------------------------------------------------------------------------
+# Facts and completion (guest → host)
+
+
+class UnameRecord(TypedDict):
+    release: str
+    machine: str
+    version: str
+
+
+class FactsSummary(TypedDict, total=False):
+    """Which facts files the agent could collect."""
+
+    kallsyms: bool
+    btf: bool
+    lsm: str | None
+    config: bool
+    tracefs: str | None
+    available_filter_functions: bool
+    available_events: bool
+    tracepoint_formats: int  # how many formats
+
+
+class _DoneRequired(TypedDict):
+    ok: bool
+    release: str
+    machine: str
+    uptime_start: float | None  # how long the guest took to boot to the agent
+
+
+class DoneRecord(_DoneRequired, total=False):
+    """The completion record, written last: the host judges a boot by it alone."""
+
+    facts: FactsSummary
+    facts_seconds: float
+    lsm: str
+    stats_enabled: bool  # kernel.bpf_stats_enabled could be set: run counts are meaningful
+    loader_error: str  # libbpf could not be used: every in-guest check is ERROR
+    libbpf: str
+    objects_seconds: float
+    scenarios_seconds: float
+    error: str
+    traceback: str
+    seconds: float
+
+
+# ---------------------------------------------------------------------------------------------------
+# Reading and writing
+
+
+def write_json(path: PathLike, data: object) -> None:
+    """Write ``data`` as JSON at ``path`` atomically: a reader sees the old file or the whole new one."""
+    tmp = os.fspath(path) + ".tmp"
+    with open(tmp, "w") as fh:
+        json.dump(data, fh)
+    os.rename(tmp, path)
+
+
+def _read_json(path: PathLike) -> object:
+    """The JSON document at ``path``, or None when it is missing or not JSON."""
+    try:
+        with open(path) as fh:
+            return json.load(fh)
+    except (OSError, ValueError):
+        return None
+
+
+def _read_list(path: PathLike) -> list[object]:
+    data = _read_json(path)
+    return data if isinstance(data, list) else []
+
+
+def write_plan(share: PathLike, plan: Plan) -> None:
+    write_json(os.path.join(share, PLAN_FILE), plan)
+
+
+def read_plan(share: PathLike) -> Plan:
+    """The plan in ``share``; raises OSError or ValueError when it is missing or not JSON."""
+    with open(os.path.join(share, PLAN_FILE)) as fh:
+        return cast(Plan, json.load(fh))
+
+
+def write_objects(share: PathLike, records: list[ObjectRecord]) -> None:
+    write_json(os.path.join(share, OBJECTS_FILE), records)
+
+
+def read_objects(share: PathLike) -> list[ObjectRecord]:
+    """The agent's object records; empty when it wrote none (or garbage)."""
+    return cast(list[ObjectRecord], _read_list(os.path.join(share, OBJECTS_FILE)))
+
+
+def write_scenarios(share: PathLike, records: list[ScenarioRecord]) -> None:
+    write_json(os.path.join(share, SCENARIOS_FILE), records)
+
+
+def read_scenarios(share: PathLike) -> list[ScenarioRecord]:
+    """The agent's scenario records; empty when it wrote none (or garbage)."""
+    return cast(list[ScenarioRecord], _read_list(os.path.join(share, SCENARIOS_FILE)))
+
+
+def write_done(share: PathLike, done: DoneRecord) -> None:
+    write_json(os.path.join(share, DONE_FILE), done)
+
+
+def read_done(share: PathLike) -> DoneRecord | None:
+    """The agent's completion record, or None when it never wrote one (or wrote garbage)."""
+    data = _read_json(os.path.join(share, DONE_FILE))
+    return cast(DoneRecord, data) if isinstance(data, dict) else None
