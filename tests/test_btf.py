@@ -1,4 +1,4 @@
-"""Tests for harness.btf.reader: hand-built BTF blobs, a clang-compiled object, and the host's vmlinux BTF."""
+"""Tests for harness.btf: hand-built BTF blobs, a clang-compiled object, and the host's vmlinux BTF."""
 
 from __future__ import annotations
 
@@ -12,12 +12,12 @@ from pathlib import Path
 import pytest
 from tools import needs
 
-from harness.btf.reader import (
+from harness.btf.bpf_object import load_object_core_relos
+from harness.btf.core import CoreReloKind, parse_btf_ext_core_relos
+from harness.btf.spec import BTFLayout, BTFSpec, index_btf, load_btf, parse_btf, parse_btf_with_layout
+from harness.btf.types import (
     Array,
-    BTFLayout,
-    BTFSpec,
     Const,
-    CoreReloKind,
     Datasec,
     DeclTag,
     Enum,
@@ -37,12 +37,6 @@ from harness.btf.reader import (
     Var,
     Void,
     Volatile,
-    index_btf,
-    load_btf,
-    load_object_core_relos,
-    parse_btf,
-    parse_btf_ext_core_relos,
-    parse_btf_with_layout,
 )
 from harness.errors import BTFError, ObjectError
 
