@@ -1,4 +1,4 @@
-"""Time parsing a vmlinux BTF with btf.reader next to `bpftool btf dump ... format raw` on the same file."""
+"""Time parsing a vmlinux BTF with btf.spec next to `bpftool btf dump ... format raw` on the same file."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import sys
 import time
 from pathlib import Path
 
-from harness.btf.reader import parse_btf
+from harness.btf.spec import parse_btf
 
 
 def best_of(runs: int, fn: object) -> float:
@@ -46,10 +46,10 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{args.path}: {len(data)} bytes, {len(spec) - 1} types, {len(spec.func_names())} functions")
     t_parse = best_of(args.runs, parse_only)
     t_index = best_of(args.runs, parse_and_index)
-    print(f"btf.reader parse_btf: {t_parse * 1000:8.1f} ms (best of {args.runs})")
-    print(f"btf.reader parse + func_names + name index: {t_index * 1000:8.1f} ms (best of {args.runs})")
+    print(f"btf.spec parse_btf: {t_parse * 1000:8.1f} ms (best of {args.runs})")
+    print(f"btf.spec parse + func_names + name index: {t_index * 1000:8.1f} ms (best of {args.runs})")
     t_all = best_of(max(1, args.runs // 2), parse_and_build_all)
-    print(f"harness.btf.reader parse + build every type record:   {t_all * 1000:8.1f} ms")
+    print(f"harness.btf.spec parse + build every type record:   {t_all * 1000:8.1f} ms")
     bpftool = shutil.which("bpftool")
     if bpftool is None:
         print("bpftool not found: no comparison")

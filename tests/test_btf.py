@@ -1,4 +1,4 @@
-"""Tests for harness.btf.reader: hand-built BTF blobs, a clang-compiled object, and the host's vmlinux BTF."""
+"""Tests for harness.btf: hand-built BTF blobs, a clang-compiled object, and the host's vmlinux BTF."""
 
 from __future__ import annotations
 
@@ -7,17 +7,26 @@ import shutil
 import struct
 import subprocess
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 from tools import needs
 
-from harness.btf.reader import (
-    Array,
+from harness.btf.bpf_object import load_object_core_relos
+from harness.btf.core import CoreReloKind, parse_btf_ext_core_relos
+from harness.btf.spec import (
     BTFLayout,
     BTFSpec,
+    index_btf,
+    load_btf,
+    parse_btf,
+    parse_btf_header,
+    parse_btf_with_layout,
+)
+from harness.btf.types import (
+    Array,
     Const,
-    CoreReloKind,
     Datasec,
     DeclTag,
     Enum,
@@ -37,12 +46,6 @@ from harness.btf.reader import (
     Var,
     Void,
     Volatile,
-    index_btf,
-    load_btf,
-    load_object_core_relos,
-    parse_btf,
-    parse_btf_ext_core_relos,
-    parse_btf_with_layout,
 )
 from harness.errors import BTFError, ObjectError
 
@@ -238,6 +241,36 @@ def test_malformed(mutate: object, message: str) -> None:
     assert callable(mutate)
     with pytest.raises(BTFError, match=message):
         parse_btf(mutate(data), "bad.btf")
+
+
+@pytest.mark.parametrize("big_endian", [False, True])
+def test_header_at_an_offset_in_either_byte_order(big_endian: bool) -> None:
+    b, _ = every_kind()
+    data = b.build(big_endian=big_endian)
+    h = parse_btf_header(b"junk" + data, "blob", offset=4)
+    assert h.little_endian is not big_endian
+    assert (h.version, h.flags, h.hdr_len, h.type_off) == (1, 0, 24, 0)
+    assert h.str_off == h.type_len and 24 + h.str_off + h.str_len == len(data)
+
+
+@pytest.mark.parametrize(
+    ("mutate", "message"),
+    [
+        (lambda d: d[:2] + b"\x02" + d[3:], r"^h\.btf: unsupported BTF version 2$"),
+        (lambda d: d[:23], r"^h\.btf: 23 bytes is too short for a BTF header$"),
+        (
+            lambda d: d[:4] + struct.pack("<I", 16) + d[8:],
+            r"^h\.btf: BTF header length 16 is shorter than 24$",
+        ),
+    ],
+)
+def test_header_errors(mutate: Callable[[bytes], bytes], message: str) -> None:
+    b, _ = every_kind()
+    data = b.build()
+    with pytest.raises(BTFError, match=message):
+        parse_btf_header(mutate(data), "h.btf")
+    with pytest.raises(BTFError, match=message):
+        parse_btf(mutate(data), "h.btf")
 
 
 def test_truncated_type_section() -> None:

@@ -11,15 +11,9 @@ from pathlib import Path
 import pytest
 from tools import needs
 
-from harness.btf.reader import (
-    Accessor,
-    BTFSpec,
-    CoreRelo,
-    CoreReloKind,
-    load_btf,
-    load_object_core_relos,
-    parse_btf,
-)
+from harness.btf.bpf_object import load_object_core_relos
+from harness.btf.core import Accessor, CoreRelo, CoreReloKind
+from harness.btf.spec import BTFSpec, load_btf, parse_btf
 from harness.checks.drift import (
     Prototype,
     check_layout,

@@ -225,7 +225,7 @@ def test_malformed_file_names_it(tmp_path: Path) -> None:
 
 
 def test_btf_with_the_real_reader(facts_61: KernelFacts) -> None:
-    pytest.importorskip("harness.btf.reader")
+    pytest.importorskip("harness.btf.spec")
     assert facts_61.has_btf
     assert "vfs_unlink" in facts_61.btf_func_names
     assert "blk_account_io_done" not in facts_61.btf_func_names
@@ -316,7 +316,7 @@ def test_derived_cache_gives_the_same_facts(cached_facts_dir: Path, monkeypatch:
 
     for name in ("parse_kallsyms", "parse_filter_functions", "parse_config", "index_clones"):
         monkeypatch.setattr(f"harness.kernels.facts.{name}", no_parsing)
-    monkeypatch.setattr("harness.btf.reader.index_btf", no_parsing)
+    monkeypatch.setattr("harness.btf.spec.index_btf", no_parsing)
     cached = load_facts(cached_facts_dir)
     assert _snapshot(cached) == fresh
     # Loaded from the cache, the kallsyms text is only read for address lookups.

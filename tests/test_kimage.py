@@ -7,12 +7,13 @@ import lzma
 import os
 import struct
 import subprocess
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 from tools import needs, require
 
-from harness.errors import BTFError
+from harness.errors import BTFError, ObjectError
 from harness.kernels.cache import resolve_cache_root
 from harness.kernels.config import ARCHES, KernelSpec
 from harness.kernels.image import decompress, decompress_image, extract_btf, find_btf, parse_image_release
@@ -85,6 +86,33 @@ def test_no_btf(tmp_path: Path) -> None:
     image.write_bytes(gzip.compress(raw_image(b"")))
     with pytest.raises(BTFError, match=f"no BTF in {image}"):
         extract_btf(image)
+
+
+def _flagged(blob: bytearray) -> None:
+    blob[3] = 1
+
+
+def _big_endian(blob: bytearray) -> None:
+    blob[0:2] = b"\xeb\x9f"
+    blob[4:24] = struct.pack(">IIIII", *struct.unpack_from("<IIIII", blob, 4))
+
+
+@pytest.mark.parametrize("mutate", [_flagged, _big_endian], ids=["flags", "big-endian"])
+def test_btf_section_the_kernel_would_not_write_is_refused(
+    tmp_path: Path, mutate: Callable[[bytearray], None]
+) -> None:
+    """The header parser accepts both byte orders and any flags; a vmlinux .BTF has neither."""
+    blob = bytearray(make_btf())
+    mutate(blob)
+    with pytest.raises(BTFError, match=r"^vmlinux: \.BTF section has no valid BTF header$"):
+        find_btf(elf_with_btf(tmp_path, bytes(blob)), "vmlinux")
+    assert find_btf(elf_with_btf(tmp_path, BTF), "vmlinux") == BTF
+
+
+def test_malformed_elf_header_is_a_btf_error() -> None:
+    with pytest.raises(BTFError, match=r"^vmlinux: malformed ELF: Invalid EI_CLASS") as info:
+        find_btf(b"\x7fELF\x09" + bytes(200), "vmlinux")
+    assert isinstance(info.value.__cause__, ObjectError)
 
 
 def test_gzipped_arm64_image(tmp_path: Path) -> None:

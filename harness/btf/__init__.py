@@ -1,1 +1,1 @@
-"""BTF: kernel and BPF-object type information, .BTF.ext and CO-RE relocations."""
+"""BTF: type records, parsing a BTF blob, .BTF.ext and CO-RE relocations of BPF objects."""

@@ -7,21 +7,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from harness.btf.reader import (
-    Array,
-    BTFSpec,
-    BTFType,
-    Composite,
-    CoreRelo,
-    CoreReloKind,
-    Enum,
-    FuncProto,
-    Kind,
-    Member,
-    Pointer,
-    Typedef,
-    essential_name,
-)
+from harness.btf.core import CoreRelo, CoreReloKind, essential_name
+from harness.btf.spec import BTFSpec
+from harness.btf.types import Array, BTFType, Composite, Enum, FuncProto, Kind, Member, Pointer, Typedef
 from harness.report.results import CellResult, Check, Outcome, Probe
 
 # Hooks whose target is a kernel function with a BTF FUNC of the same name.

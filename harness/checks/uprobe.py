@@ -21,6 +21,7 @@ from filelock import FileLock
 
 from harness.errors import BuildError, ObjectError
 from harness.kernels.config import Arch
+from harness.programs.elf import open_elf
 from harness.programs.inventory import USER_KINDS
 from harness.report.results import CellResult, Check, Outcome, Probe
 
@@ -188,44 +189,35 @@ def load_elf_functions(path: Path) -> ElfFunctions:
 
 
 def _read_elf_functions(path: Path) -> ElfFunctions:
-    try:
-        with path.open("rb") as fh:
-            try:
-                elf = ELFFile(fh)
-            except ELFError as exc:
-                raise ObjectError(f"{path}: not an ELF file ({exc})") from exc
-            segments = [
-                (int(s["p_vaddr"]), int(s["p_memsz"]), int(s["p_offset"]))
-                for s in elf.iter_segments()
-                if s["p_type"] == "PT_LOAD"
-            ]
-            functions: dict[tuple[str, int], Function] = {}
-            has_symtab = False
-            for table in (".symtab", ".dynsym"):
-                section = elf.get_section_by_name(table)
-                if not isinstance(section, SymbolTableSection):
+    with open_elf(path) as elf:
+        segments = [
+            (int(s["p_vaddr"]), int(s["p_memsz"]), int(s["p_offset"]))
+            for s in elf.iter_segments()
+            if s["p_type"] == "PT_LOAD"
+        ]
+        functions: dict[tuple[str, int], Function] = {}
+        has_symtab = False
+        for table in (".symtab", ".dynsym"):
+            section = elf.get_section_by_name(table)
+            if not isinstance(section, SymbolTableSection):
+                continue
+            has_symtab = has_symtab or table == ".symtab"
+            for sym in section.iter_symbols():
+                kind = sym["st_info"]["type"]
+                if kind not in ("STT_FUNC", "STT_GNU_IFUNC") or sym["st_shndx"] == "SHN_UNDEF":
                     continue
-                has_symtab = has_symtab or table == ".symtab"
-                for sym in section.iter_symbols():
-                    kind = sym["st_info"]["type"]
-                    if kind not in ("STT_FUNC", "STT_GNU_IFUNC") or sym["st_shndx"] == "SHN_UNDEF":
-                        continue
-                    value = int(sym["st_value"])
-                    if not sym.name or value == 0:
-                        continue
-                    functions.setdefault(
-                        (sym.name, value),
-                        Function(
-                            sym.name, value, int(sym["st_size"]), _file_offset(segments, value),
-                            str(sym["st_info"]["bind"]), table,
-                        ),
-                    )
-            has_dwarf = elf.get_section_by_name(".debug_info") is not None
-            machine = str(elf["e_machine"])
-    except OSError as exc:
-        raise ObjectError(f"{path}: cannot read: {exc.strerror}") from exc
-    except ELFError as exc:
-        raise ObjectError(f"{path}: malformed ELF: {exc}") from exc
+                value = int(sym["st_value"])
+                if not sym.name or value == 0:
+                    continue
+                functions.setdefault(
+                    (sym.name, value),
+                    Function(
+                        sym.name, value, int(sym["st_size"]), _file_offset(segments, value),
+                        str(sym["st_info"]["bind"]), table,
+                    ),
+                )
+        has_dwarf = elf.get_section_by_name(".debug_info") is not None
+        machine = str(elf["e_machine"])
     return ElfFunctions(path, machine, tuple(functions.values()), has_symtab, has_dwarf)
 
 

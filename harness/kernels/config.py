@@ -216,6 +216,28 @@ def _local_path(where: str, base: Path, key: str, value: Any) -> Path:
 
 def parse_kernels_yaml(text: str, path: Path = Path("kernels.yaml")) -> KernelsConfig:
     """Parse kernels.yaml text; raises ConfigError naming the file and the entry at fault."""
+    data = _load_top(text, path)
+    defaults = data.get("defaults") or {}
+    if not isinstance(defaults, dict):
+        raise ConfigError(f"{path}: 'defaults' must be a mapping")
+    _check_keys(f"{path}: defaults", defaults, DEFAULT_KEYS)
+    entries = data.get("kernels")
+    if not isinstance(entries, list) or not entries:
+        raise ConfigError(f"{path}: 'kernels' must be a non-empty list")
+    mirror = _str(str(path), "mirror", data.get("mirror") or "")
+    specs: list[KernelSpec] = []
+    seen: set[str] = set()
+    for index, entry in enumerate(entries):
+        specs.extend(_parse_entry(path, index, entry, defaults, seen))
+    baseline = _str(str(path), "baseline", data.get("baseline") or "")
+    if baseline and baseline not in seen:
+        raise ConfigError(f"{path}: baseline {baseline!r} is not a kernel id of this file")
+    rootfs = _parse_rootfs(path, data.get("rootfs") or {})
+    return KernelsConfig(path=path, kernels=tuple(specs), mirror=mirror, baseline=baseline, rootfs=rootfs)
+
+
+def _load_top(text: str, path: Path) -> dict[str, Any]:
+    """The top-level mapping of kernels.yaml text, its keys checked."""
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
@@ -226,104 +248,119 @@ def parse_kernels_yaml(text: str, path: Path = Path("kernels.yaml")) -> KernelsC
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping with a 'kernels' list at the top")
     _check_keys(str(path), data, TOP_KEYS)
-    defaults = data.get("defaults") or {}
-    if not isinstance(defaults, dict):
-        raise ConfigError(f"{path}: 'defaults' must be a mapping")
-    _check_keys(f"{path}: defaults", defaults, DEFAULT_KEYS)
-    entries = data.get("kernels")
-    if not isinstance(entries, list) or not entries:
-        raise ConfigError(f"{path}: 'kernels' must be a non-empty list")
-    mirror = _str(str(path), "mirror", data.get("mirror") or "")
-    default_arches = defaults.get("arches", ["x86_64"])
+    return data
 
+
+def _entry_id(path: Path, index: int, entry: Any, seen: set[str]) -> tuple[str, str]:
+    """(where, id) of one kernels[] entry: where names it in messages; the id is added to ``seen``."""
+    where = f"{path}: kernels[{index}]"
+    if not isinstance(entry, dict):
+        raise ConfigError(f"{where}: expected a mapping, got {type(entry).__name__}")
+    if "id" in entry:
+        where = f"{path}: kernel {str(entry['id'])!r}"
+    _check_keys(where, entry, KERNEL_KEYS)
+    if "id" not in entry:
+        raise ConfigError(f"{where}: missing 'id'")
+    if isinstance(entry["id"], float):
+        # YAML reads 5.10 as the number 5.1: refuse it rather than test a kernel called "5.1".
+        raise ConfigError(f"{where}: id {entry['id']!r} was read as a number: quote it (id: \"5.10\")")
+    kid = _str(where, "id", entry["id"])
+    if not _ID_RE.match(kid):
+        raise ConfigError(f"{where}: id {kid!r} must be letters, digits, '.', '_', '+' or '-'")
+    if kid in seen:
+        raise ConfigError(f"{where}: duplicate id {kid!r}")
+    seen.add(kid)
+    return where, kid
+
+
+def _vm_settings(where: str, merged: Mapping[str, Any]) -> dict[str, Any]:
+    """The VM settings every arch of an entry shares (memory, cpus, timeout, append)."""
+    try:
+        timeout = float(merged.get("timeout", 300))
+        cpus = int(merged.get("cpus", 1))
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"{where}: 'timeout' and 'cpus' must be numbers") from exc
+    if timeout <= 0 or cpus <= 0:
+        raise ConfigError(f"{where}: 'timeout' and 'cpus' must be positive")
+    append_raw = merged.get("append", [])
+    append = tuple(append_raw.split() if isinstance(append_raw, str) else append_raw)
+    return {
+        "memory": _str(where, "memory", merged.get("memory", "1G")),
+        "cpus": cpus,
+        "timeout": timeout,
+        "append": append,
+    }
+
+
+def _parse_entry(
+    path: Path, index: int, entry: Any, defaults: Mapping[str, Any], seen: set[str]
+) -> list[KernelSpec]:
+    """The KernelSpecs (one per arch) of one kernels[] entry."""
+    where, kid = _entry_id(path, index, entry, seen)
+    source = _str(where, "source", entry.get("source", "debian"))
+    if source not in SOURCES:
+        raise ConfigError(f"{where}: unknown source {source!r} (known: {', '.join(SOURCES)})")
+    common = _vm_settings(where, {**defaults, **entry})
     specs: list[KernelSpec] = []
-    seen: set[str] = set()
-    for index, entry in enumerate(entries):
-        where = f"{path}: kernels[{index}]"
-        if not isinstance(entry, dict):
-            raise ConfigError(f"{where}: expected a mapping, got {type(entry).__name__}")
-        if "id" in entry:
-            where = f"{path}: kernel {str(entry['id'])!r}"
-        _check_keys(where, entry, KERNEL_KEYS)
-        if "id" not in entry:
-            raise ConfigError(f"{where}: missing 'id'")
-        if isinstance(entry["id"], float):
-            # YAML reads 5.10 as the number 5.1: refuse it rather than test a kernel called "5.1".
-            raise ConfigError(f"{where}: id {entry['id']!r} was read as a number: quote it (id: \"5.10\")")
-        kid = _str(where, "id", entry["id"])
-        if not _ID_RE.match(kid):
-            raise ConfigError(f"{where}: id {kid!r} must be letters, digits, '.', '_', '+' or '-'")
-        if kid in seen:
-            raise ConfigError(f"{where}: duplicate id {kid!r}")
-        seen.add(kid)
-        source = _str(where, "source", entry.get("source", "debian"))
-        if source not in SOURCES:
-            raise ConfigError(f"{where}: unknown source {source!r} (known: {', '.join(SOURCES)})")
-        merged = {**defaults, **entry}
-        try:
-            timeout = float(merged.get("timeout", 300))
-            cpus = int(merged.get("cpus", 1))
-        except (TypeError, ValueError) as exc:
-            raise ConfigError(f"{where}: 'timeout' and 'cpus' must be numbers") from exc
-        if timeout <= 0 or cpus <= 0:
-            raise ConfigError(f"{where}: 'timeout' and 'cpus' must be positive")
-        append_raw = merged.get("append", [])
-        append = tuple(append_raw.split() if isinstance(append_raw, str) else append_raw)
-        common: dict[str, Any] = {
-            "memory": _str(where, "memory", merged.get("memory", "1G")),
-            "cpus": cpus,
-            "timeout": timeout,
-            "append": append,
-        }
-        for arch in _arches(where, entry, default_arches):
-            if source == "debian":
-                if "suite" not in entry:
-                    raise ConfigError(f"{where}: a debian kernel needs a 'suite'")
-                for key in ("image", "modules"):
-                    if key in entry:
-                        raise ConfigError(f"{where}: {key!r} is for local kernels")
-                specs.append(
-                    KernelSpec(
-                        id=kid,
-                        arch=arch,
-                        source=source,
-                        suite=_validate_suite(where, _str(where, "suite", entry["suite"])),
-                        package=_str(where, "package", entry.get("package", "")),
-                        flavour=_str(where, "flavour", entry.get("flavour", "")),
-                        mirror=_str(where, "mirror", entry.get("mirror", "")),
-                        **common,
-                    )
-                )
-            else:
-                if "image" not in entry:
-                    raise ConfigError(f"{where}: a local kernel needs an 'image'")
-                base = path.parent
-                specs.append(
-                    KernelSpec(
-                        id=kid,
-                        arch=arch,
-                        source=source,
-                        image=_local_path(where, base, "image", entry["image"]),
-                        modules=(
-                            _local_path(where, base, "modules", entry["modules"])
-                            if "modules" in entry
-                            else None
-                        ),
-                        **common,
-                    )
-                )
-    baseline = _str(str(path), "baseline", data.get("baseline") or "")
-    if baseline and baseline not in seen:
-        raise ConfigError(f"{path}: baseline {baseline!r} is not a kernel id of this file")
-    rootfs_raw = data.get("rootfs") or {}
+    for arch in _arches(where, entry, defaults.get("arches", ["x86_64"])):
+        if source == "debian":
+            specs.append(_debian_spec(where, kid, arch, entry, common))
+        else:
+            specs.append(_local_spec(where, kid, arch, source, entry, path.parent, common))
+    return specs
+
+
+def _debian_spec(
+    where: str, kid: str, arch: Arch, entry: Mapping[str, Any], common: dict[str, Any]
+) -> KernelSpec:
+    if "suite" not in entry:
+        raise ConfigError(f"{where}: a debian kernel needs a 'suite'")
+    for key in ("image", "modules"):
+        if key in entry:
+            raise ConfigError(f"{where}: {key!r} is for local kernels")
+    return KernelSpec(
+        id=kid,
+        arch=arch,
+        source="debian",
+        suite=_validate_suite(where, _str(where, "suite", entry["suite"])),
+        package=_str(where, "package", entry.get("package", "")),
+        flavour=_str(where, "flavour", entry.get("flavour", "")),
+        mirror=_str(where, "mirror", entry.get("mirror", "")),
+        **common,
+    )
+
+
+def _local_spec(
+    where: str,
+    kid: str,
+    arch: Arch,
+    source: str,
+    entry: Mapping[str, Any],
+    base: Path,
+    common: dict[str, Any],
+) -> KernelSpec:
+    if "image" not in entry:
+        raise ConfigError(f"{where}: a local kernel needs an 'image'")
+    return KernelSpec(
+        id=kid,
+        arch=arch,
+        source=source,
+        image=_local_path(where, base, "image", entry["image"]),
+        modules=(
+            _local_path(where, base, "modules", entry["modules"]) if "modules" in entry else None
+        ),
+        **common,
+    )
+
+
+def _parse_rootfs(path: Path, rootfs_raw: Any) -> RootfsSpec:
     if not isinstance(rootfs_raw, dict):
         raise ConfigError(f"{path}: 'rootfs' must be a mapping")
     _check_keys(f"{path}: rootfs", rootfs_raw, ROOTFS_KEYS)
-    rootfs = RootfsSpec(
+    return RootfsSpec(
         suite=_validate_suite(f"{path}: rootfs", _str(str(path), "suite", rootfs_raw.get("suite", "trixie"))),
         packages=tuple(rootfs_raw.get("packages", ())),
     )
-    return KernelsConfig(path=path, kernels=tuple(specs), mirror=mirror, baseline=baseline, rootfs=rootfs)
 
 
 def load_kernels_yaml(path: Path) -> KernelsConfig:

@@ -70,7 +70,7 @@ class FactsError(HarnessError):
 
 
 class BTFLike(Protocol):
-    """What the symbol checks need of a parsed BTF spec (harness.btf.reader.BTFSpec satisfies it)."""
+    """What the symbol checks need of a parsed BTF spec (harness.btf.spec.BTFSpec satisfies it)."""
 
     def func_names(self) -> frozenset[str]: ...
 
@@ -291,8 +291,8 @@ def _split_event(event: str) -> tuple[str, str]:
 
 
 def _default_btf_parser(data: bytes, name: str) -> BTFLike:
-    # Imported here: harness.btf.reader is only needed by fentry, lsm and tp_btf probes.
-    from harness.btf import reader as btf
+    # Imported here: harness.btf.spec is only needed by fentry, lsm and tp_btf probes.
+    from harness.btf import spec as btf
 
     spec: BTFLike = btf.parse_btf(data, name)
     return spec
@@ -303,7 +303,7 @@ class KernelFacts:
     """The facts of one booted (kernel, arch); every file is read and parsed on first use.
 
     Optional files may be missing: their properties are then None (``kallsyms`` alone is required).
-    Properties raise FactsError (or harness.btf.reader's BTFError) when a file is malformed.
+    Properties raise FactsError (or harness.errors.BTFError) when a file is malformed.
     """
 
     directory: Path
@@ -490,8 +490,8 @@ class KernelFacts:
         path = self.directory / BTF_FILE
         if self.btf_parser is not None:
             return self.btf_parser(path.read_bytes(), str(path))
-        # Imported here: harness.btf.reader is only needed by fentry, lsm and tp_btf probes.
-        from harness.btf import reader as btf
+        # Imported here: harness.btf.spec is only needed by fentry, lsm and tp_btf probes.
+        from harness.btf import spec as btf
 
         data = path.read_bytes()
 

@@ -187,7 +187,6 @@ def _fetch_debian(
     pkgs = resolve_image_packages(index, spec.flavour, spec.package)
     first = pkgs[0]
     entry = entry_path(root, "kernels", spec.arch.name, f"{first.name}_{first.version}")
-    total = sum(p.size for p in pkgs)
     names = " + ".join(p.name for p in pkgs)
     source = f"debian {spec.suite} {names} {first.version}"
     verified = (
@@ -195,54 +194,73 @@ def _fetch_debian(
     )
 
     def build(tmp: Path) -> Manifest:
-        debs = tmp / ".debs"
         tree = tmp / TREE
-        done_before = 0
-        for pkg in pkgs:
-
-            def step(done: int, _total: int, base: int = done_before) -> None:
-                if progress is not None:
-                    progress(base + done, total)
-
-            deb = debs / Path(pkg.filename).name
-            fetch_file(
-                package_url(where, pkg),
-                deb,
-                what=f"package {pkg.name} {pkg.version}",
-                sha256=pkg.sha256,
-                size=pkg.size,
-                progress=step,
-            )
-            done_before += pkg.size
-            run_dpkg_extract(deb, tree)
-            deb.unlink()
-        debs.rmdir()
-        layout = prepare_tree(tree)
-        if layout.modules is not None and not (tree / layout.modules / "modules.dep").exists():
-            run_depmod(tree, layout.release)
-        key = [layout.image] + ([layout.config] if layout.config else [])
-        files = digest_files(tree, key)
-        return Manifest(
-            source_digest=_combined_digest(pkgs),
-            files={f"{TREE}/{rel}": d for rel, d in files.items()},
-            meta={
-                "tree": TREE,
-                "release": layout.release,
-                "image": layout.image,
-                "modules": layout.modules,
-                "config": layout.config,
-                "digest": first.sha256,
-                "source": source,
-                "verified": verified,
-                "packages": [
-                    {"name": p.name, "version": p.version, "sha256": p.sha256, "size": p.size}
-                    for p in pkgs
-                ],
-            },
-        )
+        _fetch_packages(where, pkgs, tmp / ".debs", tree, progress)
+        return _debian_manifest(tree, pkgs, source, verified)
 
     manifest = ensure_entry(entry, build, _combined_digest(pkgs))
     return _build_from_manifest(spec, entry, manifest)
+
+
+def _fetch_packages(
+    where: str,
+    pkgs: tuple[DebPackage, ...],
+    debs: Path,
+    tree: Path,
+    progress: Callable[[int, int], None] | None,
+) -> None:
+    """Download each package into ``debs`` (progress counts bytes over all of them), extract it into
+    ``tree``, then delete it; ``debs`` is removed at the end."""
+    total = sum(p.size for p in pkgs)
+    done_before = 0
+    for pkg in pkgs:
+
+        def step(done: int, _total: int, base: int = done_before) -> None:
+            if progress is not None:
+                progress(base + done, total)
+
+        deb = debs / Path(pkg.filename).name
+        fetch_file(
+            package_url(where, pkg),
+            deb,
+            what=f"package {pkg.name} {pkg.version}",
+            sha256=pkg.sha256,
+            size=pkg.size,
+            progress=step,
+        )
+        done_before += pkg.size
+        run_dpkg_extract(deb, tree)
+        deb.unlink()
+    debs.rmdir()
+
+
+def _debian_manifest(
+    tree: Path, pkgs: tuple[DebPackage, ...], source: str, verified: str
+) -> Manifest:
+    """The cache manifest of an extracted Debian kernel tree (depmod run first when it was not)."""
+    layout = prepare_tree(tree)
+    if layout.modules is not None and not (tree / layout.modules / "modules.dep").exists():
+        run_depmod(tree, layout.release)
+    key = [layout.image] + ([layout.config] if layout.config else [])
+    files = digest_files(tree, key)
+    return Manifest(
+        source_digest=_combined_digest(pkgs),
+        files={f"{TREE}/{rel}": d for rel, d in files.items()},
+        meta={
+            "tree": TREE,
+            "release": layout.release,
+            "image": layout.image,
+            "modules": layout.modules,
+            "config": layout.config,
+            "digest": pkgs[0].sha256,
+            "source": source,
+            "verified": verified,
+            "packages": [
+                {"name": p.name, "version": p.version, "sha256": p.sha256, "size": p.size}
+                for p in pkgs
+            ],
+        },
+    )
 
 
 def _fetch_local(spec: KernelSpec, root: Path) -> KernelBuild:

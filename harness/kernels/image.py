@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import bz2
-import io
 import lzma
 import re
 import shutil
@@ -13,13 +12,10 @@ import zlib
 from pathlib import Path
 from typing import Any
 
-from elftools.common.exceptions import ELFError
-from elftools.elf.elffile import ELFFile
+from harness.btf.spec import parse_btf_header
+from harness.errors import BTFError, ObjectError
+from harness.programs.elf import open_elf
 
-from harness.errors import BTFError
-
-BTF_MAGIC = 0xEB9F
-BTF_HEADER = struct.Struct("<HBBIIIII")  # magic, version, flags, hdr_len, type_off/len, str_off/len
 DECOMPRESS_TIMEOUT = 120.0
 
 # Compressed payload magics, as the kernel's build (scripts/Makefile.lib) writes them.
@@ -173,25 +169,24 @@ def parse_image_release(data: bytes) -> str | None:
 
 def _valid_btf_at(data: bytes, pos: int) -> int:
     """The length of a plausible BTF blob starting at ``pos``, or 0."""
-    if pos + BTF_HEADER.size > len(data):
+    try:
+        h = parse_btf_header(data, offset=pos)
+    except BTFError:
         return 0
-    magic, version, flags, hdr_len, type_off, type_len, str_off, str_len = BTF_HEADER.unpack_from(
-        data, pos
-    )
-    if magic != BTF_MAGIC or version != 1 or flags != 0:
+    # Both tested arches are little-endian, and the kernel writes no header flags (nor, so far, a
+    # header longer than a few hundred bytes): anything else is a chance match of the magic.
+    if not h.little_endian or h.flags != 0 or h.hdr_len > 256:
         return 0
-    if hdr_len < BTF_HEADER.size or hdr_len > 256:
+    if h.type_len == 0 or h.str_len == 0 or h.type_off % 4:
         return 0
-    if type_len == 0 or str_len == 0 or type_off % 4:
+    if not (h.type_off + h.type_len <= h.str_off or h.str_off + h.str_len <= h.type_off):
         return 0
-    if not (type_off + type_len <= str_off or str_off + str_len <= type_off):
-        return 0
-    end = hdr_len + max(type_off + type_len, str_off + str_len)
+    end = h.hdr_len + max(h.type_off + h.type_len, h.str_off + h.str_len)
     if pos + end > len(data):
         return 0
-    strings = pos + hdr_len + str_off
+    strings = pos + h.hdr_len + h.str_off
     # The string section starts with the empty name and every name is NUL-terminated.
-    if data[strings] != 0 or data[strings + str_len - 1] != 0:
+    if data[strings] != 0 or data[strings + h.str_len - 1] != 0:
         return 0
     return int(end)
 
@@ -201,12 +196,13 @@ def find_btf(data: bytes, what: str = "image") -> bytes:
     valid BTF header (magic 0xeB9F, version 1) in a raw image. Raises BTFError when there is none."""
     if data.startswith(b"\x7fELF"):
         try:
-            section = ELFFile(io.BytesIO(data)).get_section_by_name(".BTF")
-        except ELFError as exc:
-            raise BTFError(f"{what}: malformed ELF: {exc}") from exc
-        if section is None:
+            with open_elf(data, what) as elf:
+                section = elf.get_section_by_name(".BTF")
+                blob = None if section is None else bytes(section.data())
+        except ObjectError as exc:
+            raise BTFError(str(exc)) from exc
+        if blob is None:
             raise BTFError(f"no BTF in {what}")
-        blob = bytes(section.data())
         if not _valid_btf_at(blob, 0):
             raise BTFError(f"{what}: .BTF section has no valid BTF header")
         return blob

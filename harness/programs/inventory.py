@@ -5,11 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from elftools.common.exceptions import ELFError
-from elftools.elf.elffile import ELFFile
 from elftools.elf.sections import SymbolTableSection
 
 from harness.errors import ObjectError
+from harness.programs.elf import open_elf
 from harness.report.results import Probe
 
 EM_BPF = 247
@@ -96,41 +95,32 @@ def parse_section(section: str) -> tuple[str, str] | None:
 
 def load_object(path: Path) -> BPFObject:
     """Read the programs of a BPF ELF object; raises ObjectError for anything else."""
-    try:
-        with path.open("rb") as fh:
-            try:
-                elf = ELFFile(fh)
-            except ELFError as exc:
-                raise ObjectError(f"{path}: not an ELF file ({exc})") from exc
-            if elf["e_machine"] not in ("EM_BPF", EM_BPF):
-                raise ObjectError(
-                    f"{path}: not a BPF object (ELF machine {elf['e_machine']}, expected EM_BPF)"
-                )
-            symtab = elf.get_section_by_name(".symtab")
-            if not isinstance(symtab, SymbolTableSection):
-                raise ObjectError(f"{path}: BPF object has no symbol table")
-            probes: list[Probe] = []
-            unknown: list[tuple[str, str]] = []
-            name = object_name(path)
-            for sym in symtab.iter_symbols():
-                if sym["st_info"]["type"] != "STT_FUNC" or sym["st_info"]["bind"] != "STB_GLOBAL":
-                    continue
-                shndx = sym["st_shndx"]
-                if not isinstance(shndx, int):
-                    continue
-                section = elf.get_section(shndx).name
-                if section in NON_PROGRAM_SECTIONS:
-                    continue
-                parsed = parse_section(section)
-                if parsed is None:
-                    unknown.append((sym.name, section))
-                    continue
-                kind, target = parsed
-                probes.append(Probe(name, sym.name, section, kind, target))
-    except OSError as exc:
-        raise ObjectError(f"{path}: cannot read: {exc.strerror}") from exc
-    except ELFError as exc:
-        raise ObjectError(f"{path}: malformed ELF: {exc}") from exc
+    with open_elf(path) as elf:
+        if elf["e_machine"] not in ("EM_BPF", EM_BPF):
+            raise ObjectError(
+                f"{path}: not a BPF object (ELF machine {elf['e_machine']}, expected EM_BPF)"
+            )
+        symtab = elf.get_section_by_name(".symtab")
+        if not isinstance(symtab, SymbolTableSection):
+            raise ObjectError(f"{path}: BPF object has no symbol table")
+        probes: list[Probe] = []
+        unknown: list[tuple[str, str]] = []
+        name = object_name(path)
+        for sym in symtab.iter_symbols():
+            if sym["st_info"]["type"] != "STT_FUNC" or sym["st_info"]["bind"] != "STB_GLOBAL":
+                continue
+            shndx = sym["st_shndx"]
+            if not isinstance(shndx, int):
+                continue
+            section = elf.get_section(shndx).name
+            if section in NON_PROGRAM_SECTIONS:
+                continue
+            parsed = parse_section(section)
+            if parsed is None:
+                unknown.append((sym.name, section))
+                continue
+            kind, target = parsed
+            probes.append(Probe(name, sym.name, section, kind, target))
     if not probes and not unknown:
         raise ObjectError(f"{path}: BPF object has no programs")
     probes.sort(key=lambda p: p.program)

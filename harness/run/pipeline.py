@@ -250,7 +250,7 @@ class MatrixRun:
                 objects.append(load_object(built.object))
             except ObjectError as exc:
                 errors[source.name] = str(exc)
-        from harness.btf.reader import load_object_core_relos
+        from harness.btf.bpf_object import load_object_core_relos
 
         relocated: set[tuple[str, str]] = set()
         for obj in objects:
@@ -676,7 +676,7 @@ class MatrixRun:
         return self._offline.get(spec.key, {})
 
     def _compute_offline(self) -> dict[str, dict[tuple[Probe, Check], CellResult]]:
-        from harness.btf.reader import load_object_core_relos
+        from harness.btf.bpf_object import load_object_core_relos
         from harness.checks import drift, symbols
         from harness.checks.uprobe import check_uprobe
 
