@@ -6,7 +6,6 @@ import argparse
 import importlib
 import json
 import os
-import re
 import sys
 import time
 from collections.abc import Mapping, Sequence
@@ -17,6 +16,7 @@ from tabulate import tabulate
 
 from harness.errors import ConfigError, HarnessError
 from harness.kernels.config import ARCHES, KernelsConfig, load_kernels_yaml
+from harness.kernels.version import version_key
 from harness.report.render import render_html, render_json, render_markdown, render_terminal
 from harness.report.results import (
     CHECK_ORDER,
@@ -252,12 +252,6 @@ def cmd_render(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     return 0
 
 
-def _natural(text: str) -> tuple[tuple[int, int | str], ...]:
-    """A sort key that puts 5.10 after 5.9 and 6.1 before 6.12."""
-    parts = re.findall(r"\d+|\D+", text)
-    return tuple((0, int(p)) if p.isdigit() else (1, p) for p in parts)
-
-
 def _arch_rank(arch: str) -> int:
     names = list(ARCHES)
     return names.index(arch) if arch in names else len(names)
@@ -270,7 +264,7 @@ def canonical_order(matrix: Matrix) -> Matrix:
     merged document the same whichever order that was.
     """
     def column_key(kernel: str, arch: str) -> tuple[Any, ...]:
-        return (_natural(kernel), _arch_rank(arch), arch)
+        return (version_key(kernel, unparsable_last=True), _arch_rank(arch), arch)
 
     def record_key(r: CellResult) -> tuple[Any, ...]:
         p = r.probe

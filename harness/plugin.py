@@ -391,7 +391,7 @@ def matrix_cell(request: pytest.FixtureRequest) -> Cell:
         except HarnessError as exc:
             result = CellResult(probe, spec.id, spec.arch.name, check, Outcome.ERROR, str(exc))
         else:
-            result = apply_expectations(raw, expectations)
+            result = apply_expectations(raw, expectations, run.kernel_run(spec).version)
     node = request.node
     node.user_properties.append((PROP_RESULTS, json.dumps([result.serialize()])))
     node.user_properties.append((PROP_KERNEL, json.dumps(run.kernel_run(spec).serialize())))

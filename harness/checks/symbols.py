@@ -15,6 +15,7 @@ from typing import Any
 from harness.errors import HarnessError
 from harness.kernels.config import ARCHES, Arch
 from harness.kernels.facts import CLONE_RE, KernelFacts, name_stem
+from harness.kernels.version import version_key
 from harness.programs.inventory import KERNEL_FUNCTION_KINDS, SYSCALL_KINDS, USER_KINDS
 from harness.report.results import CellResult, Check, Outcome, Probe
 
@@ -509,10 +510,6 @@ def _similarity(target: str, hook: str) -> float:
     return difflib.SequenceMatcher(None, target, name).ratio()
 
 
-def _version_key(kernel: str) -> tuple[int, ...]:
-    return tuple(int(p) for p in re.findall(r"\d+", kernel)[:3])
-
-
 def _hooks_of(facts: KernelFacts) -> set[str]:
     """Tracepoints as "cat:name" and LSM hooks as "lsm/hook" that a probe can attach to."""
     hooks = {e for e in facts.events or () if not e.startswith("ftrace:")}
@@ -564,7 +561,7 @@ def stable_alternatives(
         return sorted(kept, key=lambda x: (-x[0], -_similarity(target, x[1]), x[1]))
 
     found = [h for _, h in ranked(everywhere)][:MAX_ALTERNATIVES]
-    kernels = sorted({k for k, _ in facts_by_column}, key=_version_key)
+    kernels = sorted({k for k, _ in facts_by_column}, key=version_key)
     for _, hook in ranked(somewhere):
         if len(found) >= MAX_ALTERNATIVES:
             break

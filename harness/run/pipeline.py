@@ -17,6 +17,7 @@ from harness.checks import guest as guestlog
 from harness.checks.uprobe import GUEST_USER_DIR, build_user_samples, parse_uprobe_target
 from harness.errors import BuildError, HarnessError, LostVMError, ObjectError, VMError
 from harness.kernels.config import Arch, KernelsConfig, KernelSpec, host_arch
+from harness.kernels.version import version_key
 from harness.programs.build import build_source, find_sources, generate_vmlinux_h
 from harness.programs.inventory import USER_KINDS, BPFObject, load_object
 from harness.programs.sidecar import Sidecar, load_sidecar
@@ -24,6 +25,7 @@ from harness.report.results import CellResult, Check, KernelRun, Outcome, Probe
 from harness.vm.runner import Accelerator, Runner, VMRequest, VMResult, accelerator_for, scaled_timeout
 
 AGENT = Path(__file__).parents[1] / "vm" / "guest" / "agent.py"
+KERNEL_VERSION_PY = Path(__file__).parents[1] / "kernels" / "version.py"
 GUEST_CHECKS = (Check.LOAD, Check.CORE, Check.ATTACH, Check.FIRE)
 OFFLINE_CHECKS = (Check.SYMBOL, Check.PROTOTYPE, Check.LAYOUT, Check.TP_FORMAT, Check.UPROBE)
 FACTS_MARKER = "facts-done"  # written in the facts directory once every file of it is in place
@@ -98,14 +100,6 @@ def reported_seconds(value: object) -> float:
     if isinstance(value, (int, float)) and not isinstance(value, bool) and value >= 0:
         return float(value)
     return 0.0
-
-
-def version_key(kernel_id: str) -> tuple[int, ...]:
-    parts = []
-    for piece in kernel_id.replace("-", ".").split("."):
-        digits = "".join(c for c in piece if c.isdigit())
-        parts.append(int(digits) if digits else 0)
-    return tuple(parts)
 
 
 class MatrixRun:
@@ -612,6 +606,7 @@ class MatrixRun:
         for helper in AGENT.parent.glob("*.py"):
             if helper != AGENT and helper.name != "__init__.py":
                 shutil.copy2(helper, share / helper.name)
+        shutil.copy2(KERNEL_VERSION_PY, share / KERNEL_VERSION_PY.name)  # the agent's `import version`
         (share / "plan.json").write_text(json.dumps(plan))
 
     def _store_facts(self, source: Path, dest: Path, config: Path | None) -> None:
