@@ -13,7 +13,6 @@ from harness.checks.uprobe import (
     UprobeTarget,
     build_user_samples,
     check_uprobe,
-    clone_base,
     compile_argv,
     judge_target,
     load_elf_functions,
@@ -128,14 +127,6 @@ def test_parse_uprobe_target(text: str, expected: UprobeTarget) -> None:
 @pytest.mark.parametrize("text", ["", "/x", "/x:", ":f"])
 def test_parse_uprobe_target_without_target(text: str) -> None:
     assert parse_uprobe_target(text) is None
-
-
-def test_clone_base() -> None:
-    assert clone_base("lookup.part.0") == ("lookup", ".part.0")
-    assert clone_base("f.isra.0.cold") == ("f", ".isra.0.cold")
-    assert clone_base("f.constprop.3") == ("f", ".constprop.3")
-    assert clone_base("lookup") is None
-    assert clone_base("a.b") is None
 
 
 def test_out_of_line_function_passes_with_its_file_offset(tmp_path: Path) -> None:

@@ -22,6 +22,7 @@ from harness.btf.reader import (
     Typedef,
     essential_name,
 )
+from harness.programs.clones import strip_clone_suffix
 from harness.report.results import CellResult, Check, Outcome, Probe
 
 # Hooks whose target is a kernel function with a BTF FUNC of the same name.
@@ -29,16 +30,6 @@ FUNCTION_KINDS = frozenset({"kprobe", "kretprobe", "fentry", "fexit", "fmod_ret"
 LSM_KINDS = frozenset({"lsm", "lsm_cgroup"})
 # Hooks that see a tracepoint's raw arguments (typedef btf_trace_<name>, since 5.5).
 RAW_TP_KINDS = frozenset({"tp_btf", "raw_tp"})
-
-# GCC's clone suffixes (".isra.0", ".constprop.3", ".part.1", ".cold") and LTO's, which kallsyms shows but
-# BTF names without.
-_CLONE_SUFFIX = re.compile(r"\.(?:isra|constprop|part|cold|localalias|lto_priv|llvm)(?:\.\w*)*$")
-
-
-def strip_clone_suffix(name: str) -> str:
-    """``foo`` for ``foo.isra.0``, ``foo.constprop.0.isra.0``, ``foo.cold``; other names unchanged."""
-    return _CLONE_SUFFIX.sub("", name)
-
 
 # --- Prototypes ----------------------------------------------------------------------------------
 

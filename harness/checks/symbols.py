@@ -14,8 +14,9 @@ from typing import Any
 
 from harness.errors import HarnessError
 from harness.kernels.config import ARCHES, Arch
-from harness.kernels.facts import CLONE_RE, KernelFacts, name_stem
+from harness.kernels.facts import KernelFacts, name_stem
 from harness.kernels.version import version_key
+from harness.programs.clones import clone_kinds
 from harness.programs.inventory import KERNEL_FUNCTION_KINDS, SYSCALL_KINDS, USER_KINDS
 from harness.report.results import CellResult, Check, Outcome, Probe
 
@@ -62,13 +63,6 @@ def closest_functions(name: str, facts: KernelFacts, n: int = MAX_CLOSEST) -> li
 # --- clones -----------------------------------------------------------------------------------------
 
 
-def _clone_kinds(clone: str) -> set[str]:
-    match = CLONE_RE.match(clone)
-    if match is None:
-        return set()
-    return {part for part in match.group("suffix").split(".") if part and not part.isdigit()}
-
-
 def pick_clone_targets(clones: Sequence[str], traceable: frozenset[str]) -> list[str]:
     """The clones a probe should attach to instead of their (absent) original, best first.
 
@@ -78,10 +72,10 @@ def pick_clone_targets(clones: Sequence[str], traceable: frozenset[str]) -> list
     """
 
     def rank(clone: str) -> int:
-        kinds = _clone_kinds(clone)
+        kinds = clone_kinds(clone)
         return 1 if "part" in kinds else 0
 
-    usable = [c for c in clones if c in traceable and "cold" not in _clone_kinds(c)]
+    usable = [c for c in clones if c in traceable and "cold" not in clone_kinds(c)]
     return sorted(usable, key=lambda c: (rank(c), c))
 
 
@@ -184,14 +178,14 @@ def _function_verdict(name: str, kernel: str, arch: Arch, facts: KernelFacts) ->
         targets = pick_clone_targets(clones, traceable)
         if targets:
             details["target"] = targets[0]
-            what = "whole body" if "part" not in _clone_kinds(targets[0]) else "outlined part"
+            what = "whole body" if "part" not in clone_kinds(targets[0]) else "outlined part"
             reason = (
                 f"`{name}` not in kallsyms on {kernel}: GCC cloned it as {_q(clones)}; "
                 f"target `{targets[0]}` ({what}, arguments may differ)"
             )
             if len(targets) > 1:
                 reason += f", and also {_q(targets[1:])}"
-            if any("cold" in _clone_kinds(c) for c in clones):
+            if any("cold" in clone_kinds(c) for c in clones):
                 reason += "; not `.cold`, the unlikely path only"
         else:
             reason = f"`{name}` not in kallsyms on {kernel}: only clones {_q(clones)}, none traceable"

@@ -21,6 +21,7 @@ from filelock import FileLock
 
 from harness.errors import BuildError, ObjectError
 from harness.kernels.config import Arch
+from harness.programs.clones import is_clone_of
 from harness.programs.inventory import USER_KINDS
 from harness.report.results import CellResult, Check, Outcome, Probe
 
@@ -34,11 +35,6 @@ CC_TIMEOUT = 120.0
 COMPILERS = {"x86_64": "gcc", "arm64": "aarch64-linux-gnu-gcc"}
 DEFAULT_FLAGS = ("-O2",)
 BASE_FLAGS = ("-g",)  # DWARF is what tells an inlined function from a missing one
-
-# GCC's clone suffixes (gcc/ipa-*.cc): ipa-split's `.part.N` holds the body of a partly inlined
-# function, `.cold` its cold blocks, `.isra.N` and `.constprop.N` specialised copies with other
-# arguments.
-_CLONE = re.compile(r"^(?P<base>[^.]+)(?P<suffix>(?:\.(?:part|isra|constprop|cold|lto_priv)(?:\.\d+)?)+)$")
 
 # Tri-state answers (cilium/ebpf's feature checks): yes, no, or could not tell.
 YES, NO, UNKNOWN = "yes", "no", "unknown"
@@ -117,12 +113,6 @@ def parse_uprobe_target(target: str) -> UprobeTarget | None:
     return UprobeTarget(path, func, offset)
 
 
-def clone_base(name: str) -> tuple[str, str] | None:
-    """(base, suffix) of a GCC clone name such as ``lookup.part.0``, else None."""
-    m = _CLONE.match(name)
-    return (m["base"], m["suffix"]) if m else None
-
-
 # --- ELF ---------------------------------------------------------------------------------------------
 
 
@@ -154,12 +144,7 @@ class ElfFunctions:
 
     def twins(self, name: str) -> list[Function]:
         """GCC clones of ``name``: ``name.part.0``, ``name.cold``, ``name.isra.0``, ..."""
-        found = []
-        for f in self.functions:
-            parsed = clone_base(f.name)
-            if parsed and parsed[0] == name:
-                found.append(f)
-        return sorted(found, key=lambda f: f.name)
+        return sorted((f for f in self.functions if is_clone_of(f.name, name)), key=lambda f: f.name)
 
     def at_offset(self, offset: int) -> Function | None:
         """The function whose body holds file offset ``offset`` (the innermost, sized one first)."""
