@@ -9,9 +9,9 @@ import functools
 import re
 import time
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
 from typing import Any
 
+from harness.checks.verdict import Verdict
 from harness.errors import HarnessError
 from harness.kernels.config import ARCHES, Arch
 from harness.kernels.facts import KernelFacts, name_stem
@@ -33,13 +33,6 @@ MAX_CLOSEST = 3
 MAX_ALTERNATIVES = 5
 
 _GLOB_CHARS = re.compile(r"[*?\[]")
-
-
-@dataclass(frozen=True)
-class _Verdict:
-    outcome: Outcome
-    reason: str = ""
-    details: dict[str, Any] = field(default_factory=dict)
 
 
 def _q(names: Iterable[str]) -> str:
@@ -101,7 +94,7 @@ def _untraceable_evidence(name: str, facts: KernelFacts) -> list[str]:
     return evidence
 
 
-def _syscall_hint(name: str, arch: Arch, facts: KernelFacts) -> _Verdict | None:
+def _syscall_hint(name: str, arch: Arch, facts: KernelFacts) -> Verdict | None:
     """A kprobe on another arch's syscall wrapper, or on a pre-4.17 ``sys_*`` name."""
     for other in ARCHES.values():
         if other.name == arch.name or not name.startswith(other.syscall_prefix):
@@ -109,7 +102,7 @@ def _syscall_hint(name: str, arch: Arch, facts: KernelFacts) -> _Verdict | None:
         syscall = name[len(other.syscall_prefix):]
         own = arch.syscall_prefix + syscall
         if own in facts.symbols:
-            return _Verdict(
+            return Verdict(
                 Outcome.FAIL,
                 f"`{name}` is the {other.name} syscall wrapper; on {arch.name} it is `{own}` "
                 f"(or use ksyscall/{syscall})",
@@ -120,7 +113,7 @@ def _syscall_hint(name: str, arch: Arch, facts: KernelFacts) -> _Verdict | None:
         own = arch.syscall_prefix + syscall
         if own in facts.symbols:
             # 4.17 put pt_regs-based wrappers in front of every syscall (ARCH_HAS_SYSCALL_WRAPPER).
-            return _Verdict(
+            return Verdict(
                 Outcome.FAIL,
                 f"`{name}` is the pre-4.17 syscall name; on {arch.name} it is `{own}` "
                 f"(or use ksyscall/{syscall})",
@@ -129,11 +122,11 @@ def _syscall_hint(name: str, arch: Arch, facts: KernelFacts) -> _Verdict | None:
     return None
 
 
-def _function_verdict(name: str, kernel: str, arch: Arch, facts: KernelFacts) -> _Verdict:
+def _function_verdict(name: str, kernel: str, arch: Arch, facts: KernelFacts) -> Verdict:
     """Is kernel function ``name`` in kallsyms and traceable by ftrace?"""
     traceable = facts.traceable
     if traceable is None:
-        return _Verdict(
+        return Verdict(
             Outcome.ERROR,
             f"facts for {kernel} {arch.name} lack available_filter_functions: cannot tell traceability",
         )
@@ -158,7 +151,7 @@ def _function_verdict(name: str, kernel: str, arch: Arch, facts: KernelFacts) ->
                 notes.append(
                     f"GCC clones {_q(clones)} also exist: calls that go through them bypass `{name}`"
                 )
-            return _Verdict(Outcome.PASS, "; ".join(notes), details)
+            return Verdict(Outcome.PASS, "; ".join(notes), details)
         evidence = _untraceable_evidence(name, facts)
         details["evidence"] = evidence
         reason = (
@@ -169,7 +162,7 @@ def _function_verdict(name: str, kernel: str, arch: Arch, facts: KernelFacts) ->
         if targets:
             details["target"] = targets[0]
             reason += f"; its clone `{targets[0]}` is traceable"
-        return _Verdict(Outcome.FAIL, reason, details)
+        return Verdict(Outcome.FAIL, reason, details)
 
     hint = _syscall_hint(name, arch, facts)
     if hint is not None:
@@ -189,21 +182,21 @@ def _function_verdict(name: str, kernel: str, arch: Arch, facts: KernelFacts) ->
                 reason += "; not `.cold`, the unlikely path only"
         else:
             reason = f"`{name}` not in kallsyms on {kernel}: only clones {_q(clones)}, none traceable"
-        return _Verdict(Outcome.FAIL, reason, details)
+        return Verdict(Outcome.FAIL, reason, details)
     closest = closest_functions(name, facts)
     details["closest"] = closest
     reason = f"`{name}` not in kallsyms on {kernel}: removed, renamed or inlined"
     if closest:
         reason += f"; closest: {_q(closest)}"
-    return _Verdict(Outcome.FAIL, reason, details)
+    return Verdict(Outcome.FAIL, reason, details)
 
 
-def _btf_verdict(name: str, kind: str, kernel: str, facts: KernelFacts) -> _Verdict | None:
+def _btf_verdict(name: str, kind: str, kernel: str, facts: KernelFacts) -> Verdict | None:
     """The extra requirements of fentry/fexit/fmod_ret; None when they are met."""
     if not facts.has_btf:
-        return _Verdict(Outcome.FAIL, f"kernel has no BTF (CONFIG_DEBUG_INFO_BTF): {kind} needs it")
+        return Verdict(Outcome.FAIL, f"kernel has no BTF (CONFIG_DEBUG_INFO_BTF): {kind} needs it")
     if name not in facts.btf_func_names:
-        return _Verdict(
+        return Verdict(
             Outcome.FAIL,
             f"no BTF FUNC `{name}` on {kernel}: {kind} needs the function in BTF "
             "(static or inlined functions are often missing)",
@@ -213,14 +206,14 @@ def _btf_verdict(name: str, kind: str, kernel: str, facts: KernelFacts) -> _Verd
         # check_attach_modify_return(): ALLOW_ERROR_INJECTION functions or security_* only.
         listed = facts.error_injection
         if listed is None:
-            return _Verdict(
+            return Verdict(
                 Outcome.PASS,
                 f"could not tell whether `{name}` is on the error-injection list that fmod_ret "
                 "needs (kallsyms does not show it): the load check decides",
                 {"error_injection": None},
             )
         if name not in listed:
-            return _Verdict(
+            return Verdict(
                 Outcome.FAIL,
                 f"fmod_ret cannot modify `{name}` on {kernel}: not on the error-injection list "
                 "(ALLOW_ERROR_INJECTION) and not a security_* hook",
@@ -229,15 +222,15 @@ def _btf_verdict(name: str, kind: str, kernel: str, facts: KernelFacts) -> _Verd
     return None
 
 
-def _multi_verdict(pattern: str, kind: str, kernel: str, facts: KernelFacts) -> _Verdict:
+def _multi_verdict(pattern: str, kind: str, kernel: str, facts: KernelFacts) -> Verdict:
     config = facts.config
     if config is not None and config.get("CONFIG_FPROBE", "n") == "n":
-        return _Verdict(
+        return Verdict(
             Outcome.FAIL, f"{kind} needs CONFIG_FPROBE (5.18+), which {kernel} does not have"
         )
     traceable = facts.traceable
     if traceable is None:
-        return _Verdict(
+        return Verdict(
             Outcome.ERROR,
             f"facts for {kernel} lack available_filter_functions: cannot match `{pattern}`",
         )
@@ -249,16 +242,16 @@ def _multi_verdict(pattern: str, kind: str, kernel: str, facts: KernelFacts) -> 
         matches = sorted(fnmatch.filter(traceable, pattern))
     details: dict[str, Any] = {"matches": len(matches), "first": matches[:10]}
     if matches:
-        return _Verdict(Outcome.PASS, "", details)
+        return Verdict(Outcome.PASS, "", details)
     closest = closest_functions(literal or pattern, facts)
     details["closest"] = closest
     reason = f"no traceable function matches `{pattern}` on {kernel}"
     if closest:
         reason += f"; closest: {_q(closest)}"
-    return _Verdict(Outcome.FAIL, reason, details)
+    return Verdict(Outcome.FAIL, reason, details)
 
 
-def _syscall_verdict(syscall: str, kernel: str, arch: Arch, facts: KernelFacts) -> _Verdict:
+def _syscall_verdict(syscall: str, kernel: str, arch: Arch, facts: KernelFacts) -> Verdict:
     wrapper = arch.syscall_prefix + syscall
     verdict = _function_verdict(wrapper, kernel, arch, facts)
     verdict.details["wrapper"] = wrapper
@@ -273,29 +266,29 @@ def _syscall_verdict(syscall: str, kernel: str, arch: Arch, facts: KernelFacts) 
     )
     if closest:
         reason += f"; closest: {_q(closest)}"
-    return _Verdict(Outcome.FAIL, reason, verdict.details)
+    return Verdict(Outcome.FAIL, reason, verdict.details)
 
 
 # --- tracepoints ------------------------------------------------------------------------------------
 
 
-def _tracepoint_verdict(target: str, kernel: str, facts: KernelFacts) -> _Verdict:
+def _tracepoint_verdict(target: str, kernel: str, facts: KernelFacts) -> Verdict:
     cat, _, name = target.replace(":", "/", 1).partition("/")
     if not name:
-        return _Verdict(
+        return Verdict(
             Outcome.FAIL, f"tracepoint target `{target}` is not `category/name` (e.g. sched/sched_switch)"
         )
     events = facts.events
     if events is None:
         formats = facts.tracepoint_formats
         if formats is None:
-            return _Verdict(
+            return Verdict(
                 Outcome.ERROR,
                 f"facts for {kernel} lack available_events: cannot tell whether `{target}` exists",
             )
         events = frozenset(k.replace("/", ":", 1) for k in formats)
     if f"{cat}:{name}" in events:
-        return _Verdict(Outcome.PASS, "", {"event": f"{cat}:{name}"})
+        return Verdict(Outcome.PASS, "", {"event": f"{cat}:{name}"})
     same_cat = [e for e in events if e.startswith(cat + ":")]
     closest = _closest(f"{cat}:{name}", same_cat or events)
     reason = f"tracepoint `{cat}:{name}` not in available_events on {kernel}"
@@ -303,18 +296,18 @@ def _tracepoint_verdict(target: str, kernel: str, facts: KernelFacts) -> _Verdic
         reason += f" (no `{cat}` events at all)"
     if closest:
         reason += f"; closest: {_q(closest)}"
-    return _Verdict(Outcome.FAIL, reason, {"closest": closest})
+    return Verdict(Outcome.FAIL, reason, {"closest": closest})
 
 
-def _raw_tracepoint_verdict(target: str, kind: str, kernel: str, facts: KernelFacts) -> _Verdict:
+def _raw_tracepoint_verdict(target: str, kind: str, kernel: str, facts: KernelFacts) -> Verdict:
     if "/" in target or ":" in target:
         bare = target.replace(":", "/").rsplit("/", 1)[1]
-        return _Verdict(
+        return Verdict(
             Outcome.FAIL,
             f"{kind} takes the bare tracepoint name: `{kind}/{bare}`, not `{kind}/{target}`",
         )
     if facts.events is None:
-        return _Verdict(
+        return Verdict(
             Outcome.ERROR, f"facts for {kernel} lack available_events: cannot tell whether `{target}` exists"
         )
     cats = [c for c in facts.event_names.get(target, ()) if c not in NON_TRACEPOINT_CATEGORIES]
@@ -325,7 +318,7 @@ def _raw_tracepoint_verdict(target: str, kind: str, kernel: str, facts: KernelFa
     if not cats and not in_kallsyms:
         syscall_event = "syscalls" in facts.event_names.get(target, ())
         if syscall_event:
-            return _Verdict(
+            return Verdict(
                 Outcome.FAIL,
                 f"`syscalls:{target}` is a syscall trace event, not a tracepoint: {kind} attaches to "
                 f"`{'sys_enter' if target.startswith('sys_enter') else 'sys_exit'}` (raw_syscalls)",
@@ -337,32 +330,32 @@ def _raw_tracepoint_verdict(target: str, kind: str, kernel: str, facts: KernelFa
         reason = f"tracepoint `{target}` not on {kernel}"
         if closest:
             reason += f"; closest: {_q(closest)}"
-        return _Verdict(Outcome.FAIL, reason, details)
+        return Verdict(Outcome.FAIL, reason, details)
     if kind == "tp_btf":
         if not facts.has_btf:
-            return _Verdict(Outcome.FAIL, "kernel has no BTF (CONFIG_DEBUG_INFO_BTF): tp_btf needs it")
+            return Verdict(Outcome.FAIL, "kernel has no BTF (CONFIG_DEBUG_INFO_BTF): tp_btf needs it")
         btf = facts.btf
         typedef = f"btf_trace_{target}"
         if btf is None or not btf.by_name(typedef):
-            return _Verdict(
+            return Verdict(
                 Outcome.FAIL,
                 f"no BTF typedef `{typedef}` on {kernel}: tp_btf needs the tracepoint's BTF prototype",
                 details,
             )
         details["btf_typedef"] = typedef
-    return _Verdict(Outcome.PASS, "", details)
+    return Verdict(Outcome.PASS, "", details)
 
 
 # --- LSM --------------------------------------------------------------------------------------------
 
 
-def _lsm_verdict(hook: str, kind: str, kernel: str, facts: KernelFacts) -> _Verdict:
+def _lsm_verdict(hook: str, kind: str, kernel: str, facts: KernelFacts) -> Verdict:
     config = facts.config or {}
     if config.get("CONFIG_BPF_LSM") == "n":
-        return _Verdict(Outcome.FAIL, f"{kernel} is built without CONFIG_BPF_LSM (5.7+): no {kind} programs")
+        return Verdict(Outcome.FAIL, f"{kernel} is built without CONFIG_BPF_LSM (5.7+): no {kind} programs")
     func = f"bpf_lsm_{hook}"
     if not facts.has_btf:
-        return _Verdict(Outcome.FAIL, f"kernel has no BTF (CONFIG_DEBUG_INFO_BTF): {kind} needs it")
+        return Verdict(Outcome.FAIL, f"kernel has no BTF (CONFIG_DEBUG_INFO_BTF): {kind} needs it")
     in_btf = func in facts.btf_func_names
     in_kallsyms = func in facts.symbols
     details: dict[str, Any] = {"btf_func": in_btf, "kallsyms": in_kallsyms}
@@ -373,14 +366,14 @@ def _lsm_verdict(hook: str, kind: str, kernel: str, facts: KernelFacts) -> _Verd
         reason = f"no LSM hook `{hook}` on {kernel}: `{func}` is neither in BTF nor in kallsyms"
         if closest:
             reason += f"; closest: {_q(closest)}"
-        return _Verdict(Outcome.FAIL, reason, details)
+        return Verdict(Outcome.FAIL, reason, details)
     lsms = facts.lsms
     source = "active"
     if lsms is None:
         # Without securityfs the build's default order is the best evidence left.
         default = config.get("CONFIG_LSM")
         if default is None:
-            return _Verdict(
+            return Verdict(
                 Outcome.ERROR,
                 f"facts for {kernel} lack lsm and CONFIG_LSM: cannot tell whether bpf is active",
             )
@@ -389,22 +382,22 @@ def _lsm_verdict(hook: str, kind: str, kernel: str, facts: KernelFacts) -> _Verd
     details["lsms"] = list(lsms)
     if "bpf" not in lsms:
         needed = ",".join((*lsms, "bpf"))
-        return _Verdict(
+        return Verdict(
             Outcome.FAIL,
             f"bpf LSM not active on {kernel} ({source}: {','.join(lsms) or 'none'}): "
             f"boot with lsm={needed}",
             details,
         )
-    return _Verdict(Outcome.PASS, "", details)
+    return Verdict(Outcome.PASS, "", details)
 
 
 # --- the check --------------------------------------------------------------------------------------
 
 
-def _verdict(probe: Probe, kernel: str, arch: Arch, facts: KernelFacts) -> _Verdict:
+def _verdict(probe: Probe, kernel: str, arch: Arch, facts: KernelFacts) -> Verdict:
     kind, target = probe.kind, probe.target
     if kind in USER_KINDS:
-        return _Verdict(Outcome.SKIP, "user-space target: checked by the uprobe checks")
+        return Verdict(Outcome.SKIP, "user-space target: checked by the uprobe checks")
     if kind in MULTI_KINDS and _GLOB_CHARS.search(target):
         return _multi_verdict(target, kind, kernel, facts)
     if kind in KERNEL_FUNCTION_KINDS:
@@ -417,7 +410,7 @@ def _verdict(probe: Probe, kernel: str, arch: Arch, facts: KernelFacts) -> _Verd
             btf = _btf_verdict(target, kind, kernel, facts)
             if btf is not None:
                 reason = "; ".join(r for r in (btf.reason, verdict.reason) if r)
-                return _Verdict(btf.outcome, reason, {**verdict.details, **btf.details})
+                return Verdict(btf.outcome, reason, {**verdict.details, **btf.details})
             verdict.details["btf_func"] = True
         return verdict
     if kind in SYSCALL_KINDS:
@@ -428,7 +421,7 @@ def _verdict(probe: Probe, kernel: str, arch: Arch, facts: KernelFacts) -> _Verd
         return _raw_tracepoint_verdict(target, kind, kernel, facts)
     if kind in LSM_KINDS:
         return _lsm_verdict(target, kind, kernel, facts)
-    return _Verdict(Outcome.SKIP, f"no symbol check for hook kind `{kind}`")
+    return Verdict(Outcome.SKIP, f"no symbol check for hook kind `{kind}`")
 
 
 def check_symbol(probe: Probe, kernel: str, arch: Arch, facts: KernelFacts) -> CellResult:
@@ -440,7 +433,7 @@ def check_symbol(probe: Probe, kernel: str, arch: Arch, facts: KernelFacts) -> C
     try:
         verdict = _verdict(probe, kernel, arch, facts)
     except HarnessError as exc:
-        verdict = _Verdict(Outcome.ERROR, str(exc))
+        verdict = Verdict(Outcome.ERROR, str(exc))
     return CellResult(
         probe=probe,
         kernel=kernel,

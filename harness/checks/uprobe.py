@@ -8,7 +8,7 @@ import re
 import shutil
 import subprocess
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -19,6 +19,7 @@ from elftools.elf.relocation import RelocationSection
 from elftools.elf.sections import SymbolTableSection
 from filelock import FileLock
 
+from harness.checks.verdict import Verdict
 from harness.errors import BuildError, ObjectError
 from harness.kernels.config import Arch
 from harness.programs.clones import is_clone_of
@@ -468,13 +469,6 @@ def resolve_binary(
 # --- the check ---------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class _Verdict:
-    outcome: Outcome
-    reason: str
-    details: dict[str, Any] = field(default_factory=dict)
-
-
 def _q(names: list[str] | tuple[str, ...]) -> str:
     return ", ".join(f"`{n}`" for n in names)
 
@@ -502,7 +496,7 @@ def _twin_advice(name: str, twins: list[Function], where: str) -> str:
     )
 
 
-def judge_target(target: UprobeTarget, elf: ElfFunctions, inline: Inlining, where: str) -> _Verdict:
+def judge_target(target: UprobeTarget, elf: ElfFunctions, inline: Inlining, where: str) -> Verdict:
     """The UPROBE verdict of ``target`` in the binary ``elf`` (pure, given the ELF and DWARF facts)."""
     details: dict[str, Any] = {
         "binary": where,
@@ -513,7 +507,7 @@ def judge_target(target: UprobeTarget, elf: ElfFunctions, inline: Inlining, wher
     if target.raw:
         func = elf.at_offset(target.offset)
         if func is None:
-            return _Verdict(
+            return Verdict(
                 Outcome.FAIL,
                 f"offset {target.offset:#x} is in no function of {where}: the binary changed since the "
                 "offset was taken; attach by symbol name",
@@ -521,8 +515,8 @@ def judge_target(target: UprobeTarget, elf: ElfFunctions, inline: Inlining, wher
             )
         details.update(function=func.name, function_offset=func.offset)
         if func.offset == target.offset:
-            return _Verdict(Outcome.PASS, f"offset {target.offset:#x} is the start of `{func.name}`", details)
-        return _Verdict(
+            return Verdict(Outcome.PASS, f"offset {target.offset:#x} is the start of `{func.name}`", details)
+        return Verdict(
             Outcome.FAIL,
             f"offset {target.offset:#x} is `{func.name}`+{target.offset - func.offset:#x} in {where}, not a "
             "function's start: the binary changed since the offset was taken; attach by symbol name",
@@ -537,7 +531,7 @@ def judge_target(target: UprobeTarget, elf: ElfFunctions, inline: Inlining, wher
         func = min(found, key=lambda f: (f.table != ".symtab", f.value))
         details.update(offset=func.offset + target.offset, size=func.size, table=func.table)
         if target.offset and func.size and target.offset >= func.size:
-            return _Verdict(
+            return Verdict(
                 Outcome.FAIL,
                 f"`{name}`+{target.offset:#x} is past the end of `{name}` ({func.size} bytes) in {where}",
                 details,
@@ -552,38 +546,38 @@ def judge_target(target: UprobeTarget, elf: ElfFunctions, inline: Inlining, wher
         part = [t.name for t in twins if ".part." in t.name]
         if part:
             notes.append(f"its body is in `{part[0]}` (GCC partial inlining)")
-        return _Verdict(Outcome.PASS, "; ".join(notes), details)
+        return Verdict(Outcome.PASS, "; ".join(notes), details)
     if twins:
-        return _Verdict(Outcome.FAIL, _twin_advice(name, twins, where), details)
+        return Verdict(Outcome.FAIL, _twin_advice(name, twins, where), details)
     if inline.inlined_into and not inline.out_of_line:
         details["inlined_into"] = list(inline.inlined_into)
-        return _Verdict(
+        return Verdict(
             Outcome.FAIL,
             f"`{name}` is inlined into its callers in {where}: the probe never fires; attach to the "
             "caller at an offset, or build with __attribute__((noinline))",
             details,
         )
     if inline.known and inline.declared:
-        return _Verdict(
+        return Verdict(
             Outcome.FAIL,
             f"`{name}` has no symbol in {where} and no inlined copy either (removed as unused?)",
             details,
         )
     if not elf.has_symtab:
-        return _Verdict(
+        return Verdict(
             Outcome.FAIL,
             f"`{name}` is not in the dynamic symbols of {where}, which is stripped: a local function "
             "cannot be found by name; use its debug symbols' offset or an exported function",
             details,
         )
     if not inline.known:
-        return _Verdict(
+        return Verdict(
             Outcome.FAIL,
             f"`{name}` is not in the symbol table of {where}; without DWARF it could not be told "
             "whether it was inlined or never existed",
             details,
         )
-    return _Verdict(Outcome.FAIL, f"`{name}` is not a function of {where}", details)
+    return Verdict(Outcome.FAIL, f"`{name}` is not a function of {where}", details)
 
 
 def check_uprobe(probe: Probe, kernel: str, arch: Arch, root: Path, progs_dir: Path) -> CellResult | None:

@@ -17,6 +17,7 @@ from harness.checks import guest as guestlog
 from harness.checks.uprobe import GUEST_USER_DIR, build_user_samples, parse_uprobe_target
 from harness.errors import BuildError, HarnessError, LostVMError, ObjectError, VMError
 from harness.kernels.config import Arch, KernelsConfig, KernelSpec, host_arch
+from harness.kernels.facts import parse_config
 from harness.kernels.version import version_key
 from harness.programs.build import build_source, find_sources, generate_vmlinux_h
 from harness.programs.inventory import USER_KINDS, BPFObject, load_object
@@ -85,11 +86,9 @@ class GuestOutcome:
 def lsm_append(config_text: str | None) -> str:
     """``lsm=`` for the kernel command line: the kernel's own CONFIG_LSM with ``bpf`` added."""
     lsms: list[str] = list(DEFAULT_LSM)
-    if config_text:
-        for line in config_text.splitlines():
-            if line.startswith("CONFIG_LSM="):
-                lsms = [x for x in line.split("=", 1)[1].strip().strip('"').split(",") if x]
-                break
+    configured = parse_config(config_text).get("CONFIG_LSM") if config_text else None
+    if configured not in (None, "n"):  # "n": "# CONFIG_LSM is not set"
+        lsms = [x for x in str(configured).split(",") if x]
     if "bpf" not in lsms:
         lsms.append("bpf")
     return "lsm=" + ",".join(lsms)
