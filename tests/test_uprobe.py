@@ -239,14 +239,16 @@ def test_parse_recipes_and_compile_argv(tmp_path: Path) -> None:
 
 
 def test_check_uprobe_on_the_shipped_samples(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("BPF_MATRIX_CACHE", str(tmp_path))
+    # The cache root is handed in: the environment's is never consulted.
+    elsewhere = tmp_path / "elsewhere"
+    monkeypatch.setenv("BPF_MATRIX_CACHE", str(elsewhere))
     samples = build_user_samples(PROGS, X86, tmp_path)
     assert {"demo_O0", "demo_O2", "split_O2", "libdemo.so", "libdemo.v2.so", "libapp"} <= set(samples)
     assert build_user_samples(PROGS, X86, tmp_path) == samples  # cached: same paths, no rebuild
 
     def check(program: str, target: str) -> tuple[Outcome, str]:
         probe = Probe("uprobe_demo", program, f"uprobe/{target}", "uprobe", target)
-        res = check_uprobe(probe, "6.1", X86, Path("/"), PROGS)
+        res = check_uprobe(probe, "6.1", X86, Path("/"), PROGS, tmp_path)
         assert res is not None and res.check == Check.UPROBE
         return res.outcome, res.reason
 
@@ -258,10 +260,11 @@ def test_check_uprobe_on_the_shipped_samples(tmp_path: Path, monkeypatch: pytest
     assert outcome == Outcome.FAIL and "target `lookup.part.0`" in reason
     assert check("p", "/mnt/user/nothere:f")[0] == Outcome.FAIL
     kprobe = Probe("o", "p", "kprobe/vfs_read", "kprobe", "vfs_read")
-    assert check_uprobe(kprobe, "6.1", X86, Path("/"), PROGS) is None
+    assert check_uprobe(kprobe, "6.1", X86, Path("/"), PROGS, tmp_path) is None
     bare = Probe("o", "p", "uprobe", "uprobe", "")
-    res = check_uprobe(bare, "6.1", X86, Path("/"), PROGS)
+    res = check_uprobe(bare, "6.1", X86, Path("/"), PROGS, tmp_path)
     assert res is not None and res.outcome == Outcome.SKIP
+    assert not elsewhere.exists()
 
 
 def test_binaries_are_read_once_until_rebuilt(tmp_path: Path) -> None:

@@ -405,12 +405,6 @@ def _compile_recipes(recipes: list[Recipe], out_dir: Path, cc: str, cc_name: str
             raise BuildError(f"{recipe.source}: {recipe.output} does not build: {first.strip()}")
 
 
-def resolve_cache_dir() -> Path:
-    from harness.kernels.cache import resolve_cache_root
-
-    return resolve_cache_root(os.environ)
-
-
 # --- finding the binary ------------------------------------------------------------------------------
 
 
@@ -580,11 +574,13 @@ def judge_target(target: UprobeTarget, elf: ElfFunctions, inline: Inlining, wher
     return Verdict(Outcome.FAIL, f"`{name}` is not a function of {where}", details)
 
 
-def check_uprobe(probe: Probe, kernel: str, arch: Arch, root: Path, progs_dir: Path) -> CellResult | None:
+def check_uprobe(
+    probe: Probe, kernel: str, arch: Arch, root: Path, progs_dir: Path, cache_root: Path
+) -> CellResult | None:
     """The UPROBE check of ``probe`` against its target as the guest of (kernel, arch) sees it.
 
     ``root`` is that guest's root filesystem (the host's "/" for the host's arch). None when the
-    probe is not a user-space one.
+    probe is not a user-space one. The samples of bpf_progs/user/ are built under ``cache_root``.
     """
     if probe.kind not in USER_KINDS:
         return None
@@ -600,7 +596,7 @@ def check_uprobe(probe: Probe, kernel: str, arch: Arch, root: Path, progs_dir: P
     samples: dict[str, Path] | None = None
     if target.path.startswith(GUEST_USER_DIR + "/"):
         try:
-            samples = build_user_samples(progs_dir, arch, resolve_cache_dir())
+            samples = build_user_samples(progs_dir, arch, cache_root)
         except BuildError as exc:
             return result(Outcome.ERROR, str(exc))
     binary, why = resolve_binary(target, root, samples)

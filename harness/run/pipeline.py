@@ -16,6 +16,7 @@ from typing import Any
 from harness.checks import guest as guestlog
 from harness.checks.uprobe import GUEST_USER_DIR, build_user_samples, parse_uprobe_target
 from harness.errors import BuildError, HarnessError, LostVMError, ObjectError, VMError
+from harness.kernels.cache import resolve_cache_root
 from harness.kernels.config import Arch, KernelsConfig, KernelSpec, host_arch
 from harness.kernels.facts import parse_config
 from harness.kernels.version import version_key
@@ -125,7 +126,7 @@ class MatrixRun:
         self.progs_dir = progs_dir
         self.runner = runner
         self.accelerator = accelerator
-        self.cache_root = cache_root
+        self.cache_root = cache_root if cache_root is not None else resolve_cache_root()
         self.work_dir = work_dir or Path(tempfile.mkdtemp(prefix="bpf-matrix-"))
         self.retries = retries
         self._fetch = fetch
@@ -276,11 +277,7 @@ class MatrixRun:
         return found
 
     def _cache_dir(self) -> Path:
-        if self.cache_root is not None:
-            return self.cache_root
-        from harness.kernels.cache import resolve_cache_root
-
-        return resolve_cache_root(os.environ)
+        return self.cache_root
 
     def sidecar(self, object_name: str) -> Sidecar:
         """The sidecar of an object (parsed once); raises ConfigError for a malformed one."""
@@ -766,7 +763,7 @@ class MatrixRun:
                         cell[(probe, Check.LAYOUT)] = layout
                     if probe.kind in USER_KINDS and not self.input_error(spec.arch, probe):
                         root = self.guest_root(spec.arch)
-                        up = check_uprobe(probe, spec.id, spec.arch, root, self.progs_dir)
+                        up = check_uprobe(probe, spec.id, spec.arch, root, self.progs_dir, self.cache_root)
                         if up is not None:
                             cell[(probe, Check.UPROBE)] = up
         return out
