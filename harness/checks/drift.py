@@ -23,13 +23,8 @@ from harness.btf.reader import (
     essential_name,
 )
 from harness.programs.clones import strip_clone_suffix
+from harness.programs.hooks import Target, resolve_hook
 from harness.report.results import CellResult, Check, Outcome, Probe
-
-# Hooks whose target is a kernel function with a BTF FUNC of the same name.
-FUNCTION_KINDS = frozenset({"kprobe", "kretprobe", "fentry", "fexit", "fmod_ret"})
-LSM_KINDS = frozenset({"lsm", "lsm_cgroup"})
-# Hooks that see a tracepoint's raw arguments (typedef btf_trace_<name>, since 5.5).
-RAW_TP_KINDS = frozenset({"tp_btf", "raw_tp"})
 
 # --- Prototypes ----------------------------------------------------------------------------------
 
@@ -58,13 +53,14 @@ def _proto_of(spec: BTFSpec, btf_name: str, proto: FuncProto, drop_first: bool) 
 
 def resolve_btf_name(kind: str, target: str) -> str | None:
     """The BTF name that describes a hook's arguments, or None for hooks without one."""
-    if kind in FUNCTION_KINDS:
-        return strip_clone_suffix(target)
-    if kind in LSM_KINDS:
+    hook = resolve_hook(kind)
+    if hook is None or not hook.btf_prototype:
+        return None
+    if hook.target is Target.KERNEL_FUNCTION:
+        return strip_clone_suffix(target)  # a kernel function with a BTF FUNC of the same name
+    if hook.target is Target.LSM:
         return f"bpf_lsm_{target}"
-    if kind in RAW_TP_KINDS:
-        return f"btf_trace_{target}"
-    return None
+    return f"btf_trace_{target}"  # a tracepoint's raw arguments (typedef btf_trace_<name>, since 5.5)
 
 
 def resolve_prototype(spec: BTFSpec, kind: str, target: str) -> Prototype | None:
@@ -76,7 +72,8 @@ def resolve_prototype(spec: BTFSpec, kind: str, target: str) -> Prototype | None
     btf_name = resolve_btf_name(kind, target)
     if btf_name is None:
         return None
-    if kind in RAW_TP_KINDS:
+    hook = resolve_hook(kind)
+    if hook is not None and hook.target is Target.RAW_TRACEPOINT:
         for td in spec.by_name(btf_name, Kind.TYPEDEF):
             assert isinstance(td, Typedef)
             ptr = spec.type(td.type_id)
@@ -179,11 +176,6 @@ def _describe_first_change(base: Prototype, cur: Prototype, changes: list[dict[s
     return f"return type {base.return_type} -> {cur.return_type}"
 
 
-# Hooks whose context has no slot after the parameters: the return value of fexit, fmod_ret and lsm
-# programs follows the last parameter, so a parameter appended there moves it.
-_APPEND_SAFE_KINDS = frozenset({"kprobe", "kretprobe", "fentry", "tp_btf", "raw_tp"})
-
-
 def _compatible_change(
     kind: str, base: Prototype, changes: list[dict[str, Any]], baseline_kernel: str
 ) -> str | None:
@@ -192,7 +184,10 @@ def _compatible_change(
     if kinds == {"renamed"}:
         renames = ", ".join(f"{c['from']} -> {c['to']}" for c in changes)
         return f"params renamed since {baseline_kernel} (same types and positions): {renames}"
-    if kinds == {"added"} and kind in _APPEND_SAFE_KINDS:
+    hook = resolve_hook(kind)
+    # fexit, fmod_ret and lsm programs see the return value after the last parameter: an appended
+    # parameter moves it.
+    if kinds == {"added"} and hook is not None and hook.append_safe:
         if all(c["index"] >= len(base.params) for c in changes):
             added = ", ".join(_param_text((c["name"], c["type"])) for c in changes)
             return f"params appended since {baseline_kernel}: {added}"

@@ -17,12 +17,8 @@ from harness.kernels.config import ARCHES, Arch
 from harness.kernels.facts import KernelFacts, name_stem
 from harness.kernels.version import version_key
 from harness.programs.clones import clone_kinds
-from harness.programs.inventory import KERNEL_FUNCTION_KINDS, SYSCALL_KINDS, USER_KINDS
+from harness.programs.hooks import Target, resolve_hook
 from harness.report.results import CellResult, Check, Outcome, Probe
-
-BTF_KINDS = frozenset({"fentry", "fexit", "fmod_ret"})
-MULTI_KINDS = frozenset({"kprobe.multi", "kretprobe.multi"})
-LSM_KINDS = frozenset({"lsm", "lsm_cgroup"})
 
 # Trace events that are not tracepoints: raw_tp and tp_btf cannot attach to them. The syscalls:*
 # events are made by ftrace's syscall tracer on top of raw_syscalls:sys_enter/sys_exit.
@@ -394,32 +390,39 @@ def _lsm_verdict(hook: str, kind: str, kernel: str, facts: KernelFacts) -> Verdi
 # --- the check --------------------------------------------------------------------------------------
 
 
+def _function_hook_verdict(kind: str, multi: bool, trampoline: bool, target: str, kernel: str,
+                           arch: Arch, facts: KernelFacts) -> Verdict:
+    if multi:
+        found = _multi_verdict(target, kind, kernel, facts)
+        if found.outcome != Outcome.PASS:
+            return found
+    verdict = _function_verdict(target, kernel, arch, facts)
+    if verdict.outcome == Outcome.PASS and trampoline:
+        btf = _btf_verdict(target, kind, kernel, facts)
+        if btf is not None:
+            reason = "; ".join(r for r in (btf.reason, verdict.reason) if r)
+            return Verdict(btf.outcome, reason, {**verdict.details, **btf.details})
+        verdict.details["btf_func"] = True
+    return verdict
+
+
 def _verdict(probe: Probe, kernel: str, arch: Arch, facts: KernelFacts) -> Verdict:
     kind, target = probe.kind, probe.target
-    if kind in USER_KINDS:
+    hook = resolve_hook(kind)
+    where = hook.target if hook is not None else None
+    if where is Target.USER_BINARY:
         return Verdict(Outcome.SKIP, "user-space target: checked by the uprobe checks")
-    if kind in MULTI_KINDS and _GLOB_CHARS.search(target):
+    if hook is not None and hook.multi and _GLOB_CHARS.search(target):
         return _multi_verdict(target, kind, kernel, facts)
-    if kind in KERNEL_FUNCTION_KINDS:
-        if kind in MULTI_KINDS:
-            multi = _multi_verdict(target, kind, kernel, facts)
-            if multi.outcome != Outcome.PASS:
-                return multi
-        verdict = _function_verdict(target, kernel, arch, facts)
-        if verdict.outcome == Outcome.PASS and kind in BTF_KINDS:
-            btf = _btf_verdict(target, kind, kernel, facts)
-            if btf is not None:
-                reason = "; ".join(r for r in (btf.reason, verdict.reason) if r)
-                return Verdict(btf.outcome, reason, {**verdict.details, **btf.details})
-            verdict.details["btf_func"] = True
-        return verdict
-    if kind in SYSCALL_KINDS:
+    if hook is not None and where is Target.KERNEL_FUNCTION:
+        return _function_hook_verdict(kind, hook.multi, hook.trampoline, target, kernel, arch, facts)
+    if where is Target.SYSCALL:
         return _syscall_verdict(target, kernel, arch, facts)
-    if kind == "tracepoint":
+    if where is Target.TRACE_EVENT:
         return _tracepoint_verdict(target, kernel, facts)
-    if kind in ("raw_tp", "tp_btf"):
+    if where is Target.RAW_TRACEPOINT:
         return _raw_tracepoint_verdict(target, kind, kernel, facts)
-    if kind in LSM_KINDS:
+    if where is Target.LSM:
         return _lsm_verdict(target, kind, kernel, facts)
     return Verdict(Outcome.SKIP, f"no symbol check for hook kind `{kind}`")
 
@@ -527,9 +530,11 @@ def stable_alternatives(
         return []
     hooks_by_column = {col: _hooks_of(f) for col, f in facts_by_column.items()}
     own = {f"lsm/{probe.target}", probe.target.replace("/", ":", 1)}
+    probe_hook = resolve_hook(probe.kind)
+    lsm_probe = probe_hook is not None and probe_hook.target is Target.LSM
     for hooks in hooks_by_column.values():
         hooks -= own
-        if probe.kind in LSM_KINDS:
+        if lsm_probe:
             # Another LSM hook needs the same bpf LSM that the probe's own hook lacks.
             hooks -= {h for h in hooks if h.startswith("lsm/")}
     everywhere = set.intersection(*hooks_by_column.values())

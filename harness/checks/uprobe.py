@@ -23,7 +23,7 @@ from harness.checks.verdict import Verdict
 from harness.errors import BuildError, ObjectError
 from harness.kernels.config import Arch
 from harness.programs.clones import is_clone_of
-from harness.programs.inventory import USER_KINDS
+from harness.programs.hooks import USER_KINDS
 from harness.report.results import CellResult, Check, Outcome, Probe
 
 # Where the harness's shared directory is mounted in every guest, and where the user-space samples

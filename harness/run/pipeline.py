@@ -21,7 +21,8 @@ from harness.kernels.config import Arch, KernelsConfig, KernelSpec, host_arch
 from harness.kernels.facts import parse_config
 from harness.kernels.version import version_key
 from harness.programs.build import build_source, find_sources, generate_vmlinux_h
-from harness.programs.inventory import USER_KINDS, BPFObject, load_object
+from harness.programs.hooks import USER_KINDS
+from harness.programs.inventory import BPFObject, load_object
 from harness.programs.sidecar import Sidecar, load_sidecar
 from harness.report.results import CellResult, Check, KernelRun, Outcome, Probe
 from harness.vm.runner import Accelerator, Runner, VMRequest, VMResult, accelerator_for, scaled_timeout
