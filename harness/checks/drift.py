@@ -389,34 +389,25 @@ def _is_guarded(relo: CoreRelo, guards: set[tuple[str, str, tuple[str, ...]]]) -
     return any(("field", root, steps[:n]) in guards for n in range(1, len(steps) + 1))
 
 
-def check_layout(
-    probe: Probe,
-    kernel: str,
-    arch: str,
-    relos: list[CoreRelo],
-    spec: BTFSpec | None,
-    baseline_kernel: str,
-    baseline_spec: BTFSpec | None,
-) -> CellResult | None:
-    """Resolve the program's CO-RE relocations against the kernel's BTF.
+_Guards = set[tuple[str, str, tuple[str, ...]]]
 
-    FAIL when a field or type the program reads is missing and no field_exists / type_exists relocation
-    of the same program guards it. None when the program has no relocations; SKIP without BTF.
-    """
-    if not relos:
-        return None
 
-    def result(outcome: Outcome, reason: str, details: dict[str, Any] | None = None) -> CellResult:
-        return CellResult(probe, kernel, arch, Check.LAYOUT, outcome, reason, details or {})
-
-    if spec is None:
-        return result(Outcome.SKIP, "no BTF")
-    guards: set[tuple[str, str, tuple[str, ...]]] = set()
+def _guards_of(relos: list[CoreRelo]) -> _Guards:
+    """What the program's existence checks (field_exists, type_exists, ...) guard."""
+    guards: _Guards = set()
     for relo in relos:
         if relo.kind in _GUARD_KINDS:
             root, steps = _path_key(relo)
             guards.add((_GUARD_KINDS[relo.kind], root, steps if relo.kind.is_field or
                         relo.kind.is_enumval else ()))
+    return guards
+
+
+def _resolve_relos(
+    relos: list[CoreRelo], spec: BTFSpec, baseline_spec: BTFSpec | None
+) -> tuple[list[dict[str, Any]], list[str], list[str]]:
+    """(a row per relocation, unguarded failures, guarded absences) of ``relos`` against ``spec``."""
+    guards = _guards_of(relos)
     rows: list[dict[str, Any]] = []
     failing: list[str] = []
     guarded_missing: list[str] = []
@@ -441,13 +432,37 @@ def check_layout(
             "baseline_offset": base.offset if base is not None else None,
             "insn_off": relo.insn_off,
         })
-        if not res.ok:
+        if not res.ok and relo.kind not in _GUARD_KINDS:  # an existence check answering "no" is fine
             label = f"`{relo.path}` {res.status}"
-            if relo.kind in _GUARD_KINDS:
-                continue  # an existence check answering "no" is not a failure
             target = guarded_missing if guarded else failing
             if label not in target:
                 target.append(label)
+    return rows, failing, guarded_missing
+
+
+def check_layout(
+    probe: Probe,
+    kernel: str,
+    arch: str,
+    relos: list[CoreRelo],
+    spec: BTFSpec | None,
+    baseline_kernel: str,
+    baseline_spec: BTFSpec | None,
+) -> CellResult | None:
+    """Resolve the program's CO-RE relocations against the kernel's BTF.
+
+    FAIL when a field or type the program reads is missing and no field_exists / type_exists relocation
+    of the same program guards it. None when the program has no relocations; SKIP without BTF.
+    """
+    if not relos:
+        return None
+
+    def result(outcome: Outcome, reason: str, details: dict[str, Any] | None = None) -> CellResult:
+        return CellResult(probe, kernel, arch, Check.LAYOUT, outcome, reason, details or {})
+
+    if spec is None:
+        return result(Outcome.SKIP, "no BTF")
+    rows, failing, guarded_missing = _resolve_relos(relos, spec, baseline_spec)
     details: dict[str, Any] = {"relocations": rows, "baseline_kernel": baseline_kernel}
     if failing:
         reason = f"{failing[0]} on {kernel} ({_rows_kind(rows, failing[0])}, not guarded by an exists check)"

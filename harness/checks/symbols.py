@@ -118,6 +118,57 @@ def _syscall_hint(name: str, arch: Arch, facts: KernelFacts) -> Verdict | None:
     return None
 
 
+def _present_verdict(
+    name: str, kernel: str, facts: KernelFacts, traceable: frozenset[str], details: dict[str, Any]
+) -> Verdict:
+    """``name`` is in kallsyms (or a module): is ftrace able to trace it?"""
+    types = facts.symbols.get(name, "")
+    module = facts.module_symbols.get(name)
+    clones = facts.clones.get(name, ())
+    if name in traceable:
+        notes: list[str] = []
+        if module and not types:
+            notes.append(f"in module {module} (must be loaded)")
+        if len(types) > 1:
+            # 6.7 made kprobes by name fail with EADDRNOTAVAIL when several symbols match.
+            notes.append(f"{len(types)} symbols are named `{name}`: attaching by name is ambiguous")
+        if clones:
+            notes.append(f"GCC clones {_q(clones)} also exist: calls that go through them bypass `{name}`")
+        return Verdict(Outcome.PASS, "; ".join(notes), details)
+    evidence = _untraceable_evidence(name, facts)
+    details["evidence"] = evidence
+    reason = (
+        f"`{name}` is present but not traceable on {kernel}: not in available_filter_functions "
+        f"({'; '.join(evidence)})"
+    )
+    targets = pick_clone_targets(clones, traceable)
+    if targets:
+        details["target"] = targets[0]
+        reason += f"; its clone `{targets[0]}` is traceable"
+    return Verdict(Outcome.FAIL, reason, details)
+
+
+def _clones_only_verdict(
+    name: str, kernel: str, clones: Sequence[str], traceable: frozenset[str], details: dict[str, Any]
+) -> Verdict:
+    """``name`` is not in kallsyms, but GCC's clones of it are."""
+    targets = pick_clone_targets(clones, traceable)
+    if not targets:
+        reason = f"`{name}` not in kallsyms on {kernel}: only clones {_q(clones)}, none traceable"
+        return Verdict(Outcome.FAIL, reason, details)
+    details["target"] = targets[0]
+    what = "whole body" if "part" not in clone_kinds(targets[0]) else "outlined part"
+    reason = (
+        f"`{name}` not in kallsyms on {kernel}: GCC cloned it as {_q(clones)}; "
+        f"target `{targets[0]}` ({what}, arguments may differ)"
+    )
+    if len(targets) > 1:
+        reason += f", and also {_q(targets[1:])}"
+    if any("cold" in clone_kinds(c) for c in clones):
+        reason += "; not `.cold`, the unlikely path only"
+    return Verdict(Outcome.FAIL, reason, details)
+
+
 def _function_verdict(name: str, kernel: str, arch: Arch, facts: KernelFacts) -> Verdict:
     """Is kernel function ``name`` in kallsyms and traceable by ftrace?"""
     traceable = facts.traceable
@@ -134,51 +185,13 @@ def _function_verdict(name: str, kernel: str, arch: Arch, facts: KernelFacts) ->
         details["module"] = module
     if clones:
         details["clones"] = list(clones)
-
     if types or module:
-        if name in traceable:
-            notes: list[str] = []
-            if module and not types:
-                notes.append(f"in module {module} (must be loaded)")
-            if len(types) > 1:
-                # 6.7 made kprobes by name fail with EADDRNOTAVAIL when several symbols match.
-                notes.append(f"{len(types)} symbols are named `{name}`: attaching by name is ambiguous")
-            if clones:
-                notes.append(
-                    f"GCC clones {_q(clones)} also exist: calls that go through them bypass `{name}`"
-                )
-            return Verdict(Outcome.PASS, "; ".join(notes), details)
-        evidence = _untraceable_evidence(name, facts)
-        details["evidence"] = evidence
-        reason = (
-            f"`{name}` is present but not traceable on {kernel}: not in available_filter_functions "
-            f"({'; '.join(evidence)})"
-        )
-        targets = pick_clone_targets(clones, traceable)
-        if targets:
-            details["target"] = targets[0]
-            reason += f"; its clone `{targets[0]}` is traceable"
-        return Verdict(Outcome.FAIL, reason, details)
-
+        return _present_verdict(name, kernel, facts, traceable, details)
     hint = _syscall_hint(name, arch, facts)
     if hint is not None:
         return hint
     if clones:
-        targets = pick_clone_targets(clones, traceable)
-        if targets:
-            details["target"] = targets[0]
-            what = "whole body" if "part" not in clone_kinds(targets[0]) else "outlined part"
-            reason = (
-                f"`{name}` not in kallsyms on {kernel}: GCC cloned it as {_q(clones)}; "
-                f"target `{targets[0]}` ({what}, arguments may differ)"
-            )
-            if len(targets) > 1:
-                reason += f", and also {_q(targets[1:])}"
-            if any("cold" in clone_kinds(c) for c in clones):
-                reason += "; not `.cold`, the unlikely path only"
-        else:
-            reason = f"`{name}` not in kallsyms on {kernel}: only clones {_q(clones)}, none traceable"
-        return Verdict(Outcome.FAIL, reason, details)
+        return _clones_only_verdict(name, kernel, clones, traceable, details)
     closest = closest_functions(name, facts)
     details["closest"] = closest
     reason = f"`{name}` not in kallsyms on {kernel}: removed, renamed or inlined"

@@ -490,6 +490,77 @@ def _twin_advice(name: str, twins: list[Function], where: str) -> str:
     )
 
 
+def _offset_verdict(target: UprobeTarget, elf: ElfFunctions, where: str, details: dict[str, Any]) -> Verdict:
+    """A target given as a raw file offset: is it still a function's start?"""
+    func = elf.at_offset(target.offset)
+    if func is None:
+        return Verdict(
+            Outcome.FAIL,
+            f"offset {target.offset:#x} is in no function of {where}: the binary changed since the "
+            "offset was taken; attach by symbol name",
+            details,
+        )
+    details.update(function=func.name, function_offset=func.offset)
+    if func.offset == target.offset:
+        return Verdict(Outcome.PASS, f"offset {target.offset:#x} is the start of `{func.name}`", details)
+    return Verdict(
+        Outcome.FAIL,
+        f"offset {target.offset:#x} is `{func.name}`+{target.offset - func.offset:#x} in {where}, not a "
+        "function's start: the binary changed since the offset was taken; attach by symbol name",
+        details,
+    )
+
+
+def _found_verdict(
+    target: UprobeTarget, found: list[Function], twins: list[Function], inline: Inlining, where: str,
+    details: dict[str, Any],
+) -> Verdict:
+    """The target function has a symbol: is the offset inside it, and does every call reach it?"""
+    name = target.function
+    func = min(found, key=lambda f: (f.table != ".symtab", f.value))
+    details.update(offset=func.offset + target.offset, size=func.size, table=func.table)
+    if target.offset and func.size and target.offset >= func.size:
+        return Verdict(
+            Outcome.FAIL,
+            f"`{name}`+{target.offset:#x} is past the end of `{name}` ({func.size} bytes) in {where}",
+            details,
+        )
+    notes = [f"`{name}` at {func.offset + target.offset:#x}"]
+    if inline.inlined_into:
+        notes.append(f"also inlined into {_q(inline.inlined_into)}: calls from there do not hit the probe")
+    elif not inline.known:
+        notes.append("no DWARF: whether it is also inlined could not be told")
+    part = [t.name for t in twins if ".part." in t.name]
+    if part:
+        notes.append(f"its body is in `{part[0]}` (GCC partial inlining)")
+    return Verdict(Outcome.PASS, "; ".join(notes), details)
+
+
+def _missing_reason(
+    name: str, elf: ElfFunctions, inline: Inlining, where: str, details: dict[str, Any]
+) -> str:
+    """Why the target function, with neither a symbol nor clones, cannot be probed."""
+    if inline.inlined_into and not inline.out_of_line:
+        details["inlined_into"] = list(inline.inlined_into)
+        return (
+            f"`{name}` is inlined into its callers in {where}: the probe never fires; attach to the "
+            "caller at an offset, or build with __attribute__((noinline))"
+        )
+    if inline.known and inline.declared:
+        return f"`{name}` has no symbol in {where} and no inlined copy either (removed as unused?)"
+    if not elf.has_symtab:
+        return (
+            f"`{name}` is not in the dynamic symbols of {where}, which is stripped: a local function "
+            "cannot be found by name; use its debug symbols' offset or an exported function"
+        )
+    if not inline.known:
+        return (
+            f"`{name}` is not in the symbol table of {where}; without DWARF it could not be told "
+            "whether it was inlined or never existed"
+        )
+    return f"`{name}` is not a function of {where}"
+
+
 def judge_target(target: UprobeTarget, elf: ElfFunctions, inline: Inlining, where: str) -> Verdict:
     """The UPROBE verdict of ``target`` in the binary ``elf`` (pure, given the ELF and DWARF facts)."""
     details: dict[str, Any] = {
@@ -499,79 +570,18 @@ def judge_target(target: UprobeTarget, elf: ElfFunctions, inline: Inlining, wher
         "inlined": inline.inlined,
     }
     if target.raw:
-        func = elf.at_offset(target.offset)
-        if func is None:
-            return Verdict(
-                Outcome.FAIL,
-                f"offset {target.offset:#x} is in no function of {where}: the binary changed since the "
-                "offset was taken; attach by symbol name",
-                details,
-            )
-        details.update(function=func.name, function_offset=func.offset)
-        if func.offset == target.offset:
-            return Verdict(Outcome.PASS, f"offset {target.offset:#x} is the start of `{func.name}`", details)
-        return Verdict(
-            Outcome.FAIL,
-            f"offset {target.offset:#x} is `{func.name}`+{target.offset - func.offset:#x} in {where}, not a "
-            "function's start: the binary changed since the offset was taken; attach by symbol name",
-            details,
-        )
+        return _offset_verdict(target, elf, where, details)
     name = target.function
     found = elf.named(name)
     twins = elf.twins(name)
     if twins:
         details["clones"] = [t.name for t in twins]
     if found:
-        func = min(found, key=lambda f: (f.table != ".symtab", f.value))
-        details.update(offset=func.offset + target.offset, size=func.size, table=func.table)
-        if target.offset and func.size and target.offset >= func.size:
-            return Verdict(
-                Outcome.FAIL,
-                f"`{name}`+{target.offset:#x} is past the end of `{name}` ({func.size} bytes) in {where}",
-                details,
-            )
-        notes = [f"`{name}` at {func.offset + target.offset:#x}"]
-        if inline.inlined_into:
-            notes.append(
-                f"also inlined into {_q(inline.inlined_into)}: calls from there do not hit the probe"
-            )
-        elif not inline.known:
-            notes.append("no DWARF: whether it is also inlined could not be told")
-        part = [t.name for t in twins if ".part." in t.name]
-        if part:
-            notes.append(f"its body is in `{part[0]}` (GCC partial inlining)")
-        return Verdict(Outcome.PASS, "; ".join(notes), details)
+        return _found_verdict(target, found, twins, inline, where, details)
     if twins:
         return Verdict(Outcome.FAIL, _twin_advice(name, twins, where), details)
-    if inline.inlined_into and not inline.out_of_line:
-        details["inlined_into"] = list(inline.inlined_into)
-        return Verdict(
-            Outcome.FAIL,
-            f"`{name}` is inlined into its callers in {where}: the probe never fires; attach to the "
-            "caller at an offset, or build with __attribute__((noinline))",
-            details,
-        )
-    if inline.known and inline.declared:
-        return Verdict(
-            Outcome.FAIL,
-            f"`{name}` has no symbol in {where} and no inlined copy either (removed as unused?)",
-            details,
-        )
-    if not elf.has_symtab:
-        return Verdict(
-            Outcome.FAIL,
-            f"`{name}` is not in the dynamic symbols of {where}, which is stripped: a local function "
-            "cannot be found by name; use its debug symbols' offset or an exported function",
-            details,
-        )
-    if not inline.known:
-        return Verdict(
-            Outcome.FAIL,
-            f"`{name}` is not in the symbol table of {where}; without DWARF it could not be told "
-            "whether it was inlined or never existed",
-            details,
-        )
-    return Verdict(Outcome.FAIL, f"`{name}` is not a function of {where}", details)
+    reason = _missing_reason(name, elf, inline, where, details)
+    return Verdict(Outcome.FAIL, reason, details)
 
 
 def check_uprobe(
