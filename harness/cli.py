@@ -7,7 +7,6 @@ import functools
 import importlib
 import json
 import os
-import re
 import reprlib
 import sys
 from collections.abc import Mapping, Sequence
@@ -23,6 +22,7 @@ from tqdm import tqdm
 from harness.errors import ConfigError, HarnessError, ResultsError
 from harness.files import atomic_write
 from harness.kernels.config import ARCHES, KernelsConfig, load_kernels_yaml
+from harness.kernels.version import version_key
 from harness.report.render import render_html, render_json, render_markdown, render_terminal
 from harness.report.results import (
     CHECK_ORDER,
@@ -247,12 +247,6 @@ def cmd_render(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     return 0
 
 
-def _natural(text: str) -> tuple[tuple[int, int | str], ...]:
-    """A sort key that puts 5.10 after 5.9 and 6.1 before 6.12."""
-    parts = re.findall(r"\d+|\D+", text)
-    return tuple((0, int(p)) if p.isdigit() else (1, p) for p in parts)
-
-
 def _arch_rank(arch: str) -> int:
     names = list(ARCHES)
     return names.index(arch) if arch in names else len(names)
@@ -265,7 +259,7 @@ def canonical_order(matrix: Matrix) -> Matrix:
     merged document the same whichever order that was.
     """
     def column_key(kernel: str, arch: str) -> tuple[Any, ...]:
-        return (_natural(kernel), _arch_rank(arch), arch)
+        return (version_key(kernel, unparsable_last=True), _arch_rank(arch), arch)
 
     def record_key(r: CellResult) -> tuple[Any, ...]:
         p = r.probe

@@ -18,6 +18,7 @@ import pytest
 
 from harness.errors import HarnessError
 from harness.files import atomic_write
+from harness.kernels.cache import resolve_cache_root
 from harness.kernels.config import KernelsConfig, KernelSpec, load_kernels_yaml
 from harness.report.expectations import apply_expectations
 from harness.report.results import (
@@ -145,15 +146,12 @@ def pytest_configure(config: pytest.Config) -> None:
         config.stash[REPORTER_KEY] = reporter
         config.pluginmanager.register(reporter, "bpf-matrix-reporter")
     cache = config.getoption("--cache-dir-kernels")
-    if cache:
-        # Every part of the harness (and the workers it starts) finds the cache through this.
-        os.environ["BPF_MATRIX_CACHE"] = str(Path(cache).resolve())
     run = MatrixRun(
         kernels,
         progs_dir,
         runner,
         probe_accelerator(),
-        cache_root=Path(cache) if cache else None,
+        cache_root=resolve_cache_root(explicit=cache),
         work_dir=work_dir,
         retries=max(0, config.getoption("--vm-retries")),
         keep_dir=Path(keep) if (keep := config.getoption("--keep-guest-files")) else None,
@@ -392,7 +390,7 @@ def matrix_cell(request: pytest.FixtureRequest) -> Cell:
         except HarnessError as exc:
             result = CellResult(probe, spec.id, spec.arch.name, check, Outcome.ERROR, str(exc))
         else:
-            result = apply_expectations(raw, expectations)
+            result = apply_expectations(raw, expectations, run.kernel_run(spec).version)
     node = request.node
     node.user_properties.append((PROP_RESULTS, json.dumps([result.serialize()])))
     node.user_properties.append((PROP_KERNEL, json.dumps(run.kernel_run(spec).serialize())))

@@ -50,8 +50,8 @@ def test_imports_only_the_standard_library() -> None:
             modules |= {a.name.split(".")[0] for a in node.names}
         elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
             modules.add(node.module.split(".")[0])
-    # scenarios and protocol are the agent's own helpers, copied beside it into the share.
-    foreign = modules - set(sys.stdlib_module_names) - {"__future__", "scenarios", "protocol"}
+    # scenarios, protocol and version (harness/kernels/version.py) are copied beside it into the share.
+    foreign = modules - set(sys.stdlib_module_names) - {"__future__", "scenarios", "protocol", "version"}
     assert foreign == set()
 
 
@@ -180,12 +180,28 @@ def test_write_json_failure_leaves_the_old_file(tmp_path: Path) -> None:
         ("6.12-rc3", (6, 12)),
         ("4.19.0", (4, 19)),
         ("garbage", (0, 0)),
-        ("6", (0, 0)),
+        ("6", (6, 0)),
+        ("sid", (0, 0)),
         ("", (0, 0)),
     ],
 )
 def test_kernel_version(release: str, expected: tuple[int, int]) -> None:
     assert agent.kernel_version(release) == expected
+
+
+def test_kernel_version_reads_the_version_module_beside_it_in_the_share(tmp_path: Path) -> None:
+    shutil.copy2(AGENT, tmp_path / "agent.py")
+    shutil.copy2(AGENT.parent / "protocol.py", tmp_path / "protocol.py")  # always beside it in the share
+    code = (f"import sys; sys.path.insert(0, {str(tmp_path)!r}); import agent; "
+            "print(agent.kernel_version('6.12-rc3'))")
+    run = [sys.executable, "-I", "-S", "-c", code]
+    alone = subprocess.run(run, capture_output=True, text=True, timeout=60, check=False)
+    assert alone.returncode == 0, alone.stderr
+    assert alone.stdout.strip() == "(0, 0)"  # no version.py: every feature gate stays closed
+    shutil.copy2(AGENT.parents[2] / "kernels" / "version.py", tmp_path / "version.py")
+    beside = subprocess.run(run, capture_output=True, text=True, timeout=60, check=False)
+    assert beside.returncode == 0, beside.stderr
+    assert beside.stdout.strip() == "(6, 12)"
 
 
 def test_kernel_version_compares_for_feature_gates() -> None:

@@ -28,6 +28,17 @@ def test_resolve_cache_root(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> 
     assert resolve_cache_root({}) == tmp_path / ".cache" / "bpf-kernel-matrix"
 
 
+def test_resolve_cache_root_prefers_the_option_then_the_environment(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv("BPF_MATRIX_CACHE", str(tmp_path / "env"))
+    monkeypatch.chdir(tmp_path)
+    assert resolve_cache_root(explicit="opt") == tmp_path / "opt"  # --cache-dir-kernels, made absolute
+    assert resolve_cache_root({}, explicit=tmp_path / "opt") == tmp_path / "opt"
+    assert resolve_cache_root(explicit=None) == tmp_path / "env"
+    assert resolve_cache_root(explicit="") == tmp_path / "env"
+
+
 @pytest.mark.parametrize("value", ["../../etc", "..", ".", "/etc/passwd", "a/../../b", ".hidden", "x\0y"])
 def test_safe_name_is_one_plain_component(value: str) -> None:
     name = safe_name(value)

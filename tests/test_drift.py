@@ -24,9 +24,9 @@ from harness.checks.drift import (
     render_offsets_table,
     resolve_core_relo,
     resolve_prototype,
-    strip_clone_suffix,
 )
 from harness.kernels.cache import resolve_cache_root
+from harness.programs.clones import strip_clone_suffix
 from harness.report.results import CellResult, Check, Outcome, Probe
 from tests.conftest import CIRun
 

@@ -387,6 +387,7 @@ def test_the_boot_request(tmp_path: Path) -> None:
     assert boot.disks == [SCRATCH_DISK_BYTES]
     assert boot.timeout == 123.0
     assert "agent.py" in boot.files and "plan.json" in boot.files
+    assert "version.py" in boot.files and "scenarios.py" in boot.files  # the agent's sibling modules
     assert "objs/sleepy.bpf.o" in boot.files
     assert boot.plan["facts"] is True
     (entry,) = boot.plan["objects"]

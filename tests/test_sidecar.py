@@ -7,11 +7,18 @@ from pathlib import Path
 import pytest
 
 from harness.errors import ConfigError
+from harness.kernels.version import KernelVersion
 from harness.programs.sidecar import Expectation, Sidecar, load_sidecar, parse_expectations, parse_sidecar
-from harness.report.results import Probe
+from harness.report.results import Check, Outcome, Probe
 
 ROOT = Path(__file__).resolve().parent.parent
 SIDE = Path("bpf_progs/blk_account.yaml")
+
+
+def v(text: str) -> KernelVersion:
+    parsed = KernelVersion.parse(text)
+    assert parsed is not None
+    return parsed
 
 FULL = """
 description: a kprobe that is inlined away
@@ -43,11 +50,13 @@ def test_full_sidecar() -> None:
     assert side.trigger == "dd if=/dev/vda of=/dev/null bs=4k count=8 iflag=direct"
     assert side.program_triggers == {"kprobe_blk": "default", "tp_blk": ["/bin/sh", "-c", "sync"]}
     symbol, attach = side.expectations["kprobe_blk"]
-    assert symbol == Expectation(outcome="fail", check="symbol", since="5.17", reason="inlined")
+    assert symbol == Expectation(outcome=Outcome.FAIL, check=Check.SYMBOL, since=v("5.17"), reason="inlined")
     # `kernel`/`arch` stand for `kernels`/`arches`; the outcome defaults to fail, the check to all.
-    assert attach == Expectation(outcome="fail", check="attach", kernels=("6.1",), arches=("x86_64",))
+    assert attach == Expectation(
+        outcome=Outcome.FAIL, check=Check.ATTACH, kernels=("6.1",), arches=("x86_64",)
+    )
     assert side.expectations["*"] == (
-        Expectation(outcome="skip", check="fire", arches=("arm64",), reason="no scratch disk"),
+        Expectation(outcome=Outcome.SKIP, check=Check.FIRE, arches=("arm64",), reason="no scratch disk"),
     )
 
 
@@ -64,8 +73,8 @@ def test_triggers_for_programs_fall_back_to_the_object_trigger() -> None:
 
 def test_expectations_for_a_program_come_before_those_of_the_object() -> None:
     side = parse(FULL)
-    assert [e.check for e in side.expectations_for("kprobe_blk")] == ["symbol", "attach", "fire"]
-    assert [e.check for e in side.expectations_for("tp_blk")] == ["fire"]
+    assert [e.check for e in side.expectations_for("kprobe_blk")] == [Check.SYMBOL, Check.ATTACH, Check.FIRE]
+    assert [e.check for e in side.expectations_for("tp_blk")] == [Check.FIRE]
 
 
 def test_empty_sidecar_and_missing_sidecar(tmp_path: Path) -> None:
@@ -82,7 +91,8 @@ def test_load_sidecar_reads_yaml_or_yml(tmp_path: Path) -> None:
 def test_lists_and_ints_of_kernels() -> None:
     raw = [{"kernels": ["5.10", "6.1"], "arches": ["x86_64", "arm64"], "since": 6}]
     (exp,) = parse_expectations("f", raw)
-    assert exp.kernels == ("5.10", "6.1") and exp.arches == ("x86_64", "arm64") and exp.since == "6"
+    assert exp.kernels == ("5.10", "6.1") and exp.arches == ("x86_64", "arm64") and exp.since == v("6.0")
+    assert str(exp.since) == "6" and exp.outcome is Outcome.FAIL and exp.check is None
 
 
 @pytest.mark.parametrize(
@@ -110,6 +120,7 @@ def test_lists_and_ints_of_kernels() -> None:
         ),
         ("expect: [{kernels: {a: 1}}]", f"{SIDE}: expect[0]: 'kernels' must be a string or a list"),
         ("expect: [{before: [5]}]", f"{SIDE}: expect[0]: 'before' must be a string, not list"),
+        ("expect: [{since: sid}]", f"{SIDE}: expect[0]: 'since' is not a kernel version: 'sid'"),
         ("trigger: {sh: x}", f"{SIDE}: 'trigger' must be \"default\", a shell command or a list of strings"),
         ("programs: {p: {trigger: [ls, 1]}}", f"{SIDE}: program 'p': 'trigger' must be \"default\""),
     ],
@@ -135,11 +146,11 @@ def test_cannot_read_names_the_file(tmp_path: Path) -> None:
 
 
 def test_describe() -> None:
-    inlined = Expectation("fail", "attach", since="5.17", reason="inlined")
+    inlined = Expectation(Outcome.FAIL, Check.ATTACH, since=v("5.17"), reason="inlined")
     assert inlined.describe() == "attach fail since 5.17: inlined"
-    anywhere = Expectation("pass", kernels=("6.1",), arches=("arm64",))
+    anywhere = Expectation(Outcome.PASS, kernels=("6.1",), arches=("arm64",))
     assert anywhere.describe() == "every check pass on 6.1 on arm64"
-    assert Expectation("skip", "fire", before="6.4").describe() == "fire skip before 6.4"
+    assert Expectation(Outcome.SKIP, Check.FIRE, before=v("6.4")).describe() == "fire skip before 6.4"
 
 
 def test_corpus_sidecars_parse() -> None:

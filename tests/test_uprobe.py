@@ -13,7 +13,6 @@ from harness.checks.uprobe import (
     UprobeTarget,
     build_user_samples,
     check_uprobe,
-    clone_base,
     compile_argv,
     judge_target,
     load_elf_functions,
@@ -130,14 +129,6 @@ def test_parse_uprobe_target_without_target(text: str) -> None:
     assert parse_uprobe_target(text) is None
 
 
-def test_clone_base() -> None:
-    assert clone_base("lookup.part.0") == ("lookup", ".part.0")
-    assert clone_base("f.isra.0.cold") == ("f", ".isra.0.cold")
-    assert clone_base("f.constprop.3") == ("f", ".constprop.3")
-    assert clone_base("lookup") is None
-    assert clone_base("a.b") is None
-
-
 def test_out_of_line_function_passes_with_its_file_offset(tmp_path: Path) -> None:
     binary = gcc(tmp_path, "demo", DEMO, "-g", "-O0")
     outcome, reason, details = judge(binary, "/bin/x:compute")
@@ -248,14 +239,16 @@ def test_parse_recipes_and_compile_argv(tmp_path: Path) -> None:
 
 
 def test_check_uprobe_on_the_shipped_samples(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("BPF_MATRIX_CACHE", str(tmp_path))
+    # The cache root is handed in: the environment's is never consulted.
+    elsewhere = tmp_path / "elsewhere"
+    monkeypatch.setenv("BPF_MATRIX_CACHE", str(elsewhere))
     samples = build_user_samples(PROGS, X86, tmp_path)
     assert {"demo_O0", "demo_O2", "split_O2", "libdemo.so", "libdemo.v2.so", "libapp"} <= set(samples)
     assert build_user_samples(PROGS, X86, tmp_path) == samples  # cached: same paths, no rebuild
 
     def check(program: str, target: str) -> tuple[Outcome, str]:
         probe = Probe("uprobe_demo", program, f"uprobe/{target}", "uprobe", target)
-        res = check_uprobe(probe, "6.1", X86, Path("/"), PROGS)
+        res = check_uprobe(probe, "6.1", X86, Path("/"), PROGS, tmp_path)
         assert res is not None and res.check == Check.UPROBE
         return res.outcome, res.reason
 
@@ -267,10 +260,11 @@ def test_check_uprobe_on_the_shipped_samples(tmp_path: Path, monkeypatch: pytest
     assert outcome == Outcome.FAIL and "target `lookup.part.0`" in reason
     assert check("p", "/mnt/user/nothere:f")[0] == Outcome.FAIL
     kprobe = Probe("o", "p", "kprobe/vfs_read", "kprobe", "vfs_read")
-    assert check_uprobe(kprobe, "6.1", X86, Path("/"), PROGS) is None
+    assert check_uprobe(kprobe, "6.1", X86, Path("/"), PROGS, tmp_path) is None
     bare = Probe("o", "p", "uprobe", "uprobe", "")
-    res = check_uprobe(bare, "6.1", X86, Path("/"), PROGS)
+    res = check_uprobe(bare, "6.1", X86, Path("/"), PROGS, tmp_path)
     assert res is not None and res.outcome == Outcome.SKIP
+    assert not elsewhere.exists()
 
 
 def test_binaries_are_read_once_until_rebuilt(tmp_path: Path) -> None:

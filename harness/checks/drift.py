@@ -10,23 +10,9 @@ from typing import Any
 from harness.btf.core import CoreRelo, CoreReloKind, essential_name
 from harness.btf.spec import BTFSpec
 from harness.btf.types import Array, BTFType, Composite, Enum, FuncProto, Kind, Member, Pointer, Typedef
+from harness.programs.clones import strip_clone_suffix
+from harness.programs.hooks import Target, resolve_hook
 from harness.report.results import CellResult, Check, Outcome, Probe
-
-# Hooks whose target is a kernel function with a BTF FUNC of the same name.
-FUNCTION_KINDS = frozenset({"kprobe", "kretprobe", "fentry", "fexit", "fmod_ret"})
-LSM_KINDS = frozenset({"lsm", "lsm_cgroup"})
-# Hooks that see a tracepoint's raw arguments (typedef btf_trace_<name>, since 5.5).
-RAW_TP_KINDS = frozenset({"tp_btf", "raw_tp"})
-
-# GCC's clone suffixes (".isra.0", ".constprop.3", ".part.1", ".cold") and LTO's, which kallsyms shows but
-# BTF names without.
-_CLONE_SUFFIX = re.compile(r"\.(?:isra|constprop|part|cold|localalias|lto_priv|llvm)(?:\.\w*)*$")
-
-
-def strip_clone_suffix(name: str) -> str:
-    """``foo`` for ``foo.isra.0``, ``foo.constprop.0.isra.0``, ``foo.cold``; other names unchanged."""
-    return _CLONE_SUFFIX.sub("", name)
-
 
 # --- Prototypes ----------------------------------------------------------------------------------
 
@@ -55,13 +41,14 @@ def _proto_of(spec: BTFSpec, btf_name: str, proto: FuncProto, drop_first: bool) 
 
 def resolve_btf_name(kind: str, target: str) -> str | None:
     """The BTF name that describes a hook's arguments, or None for hooks without one."""
-    if kind in FUNCTION_KINDS:
-        return strip_clone_suffix(target)
-    if kind in LSM_KINDS:
+    hook = resolve_hook(kind)
+    if hook is None or not hook.btf_prototype:
+        return None
+    if hook.target is Target.KERNEL_FUNCTION:
+        return strip_clone_suffix(target)  # a kernel function with a BTF FUNC of the same name
+    if hook.target is Target.LSM:
         return f"bpf_lsm_{target}"
-    if kind in RAW_TP_KINDS:
-        return f"btf_trace_{target}"
-    return None
+    return f"btf_trace_{target}"  # a tracepoint's raw arguments (typedef btf_trace_<name>, since 5.5)
 
 
 def resolve_prototype(spec: BTFSpec, kind: str, target: str) -> Prototype | None:
@@ -73,7 +60,8 @@ def resolve_prototype(spec: BTFSpec, kind: str, target: str) -> Prototype | None
     btf_name = resolve_btf_name(kind, target)
     if btf_name is None:
         return None
-    if kind in RAW_TP_KINDS:
+    hook = resolve_hook(kind)
+    if hook is not None and hook.target is Target.RAW_TRACEPOINT:
         for td in spec.by_name(btf_name, Kind.TYPEDEF):
             assert isinstance(td, Typedef)
             ptr = spec.type(td.type_id)
@@ -176,11 +164,6 @@ def _describe_first_change(base: Prototype, cur: Prototype, changes: list[dict[s
     return f"return type {base.return_type} -> {cur.return_type}"
 
 
-# Hooks whose context has no slot after the parameters: the return value of fexit, fmod_ret and lsm
-# programs follows the last parameter, so a parameter appended there moves it.
-_APPEND_SAFE_KINDS = frozenset({"kprobe", "kretprobe", "fentry", "tp_btf", "raw_tp"})
-
-
 def _compatible_change(
     kind: str, base: Prototype, changes: list[dict[str, Any]], baseline_kernel: str
 ) -> str | None:
@@ -189,7 +172,10 @@ def _compatible_change(
     if kinds == {"renamed"}:
         renames = ", ".join(f"{c['from']} -> {c['to']}" for c in changes)
         return f"params renamed since {baseline_kernel} (same types and positions): {renames}"
-    if kinds == {"added"} and kind in _APPEND_SAFE_KINDS:
+    hook = resolve_hook(kind)
+    # fexit, fmod_ret and lsm programs see the return value after the last parameter: an appended
+    # parameter moves it.
+    if kinds == {"added"} and hook is not None and hook.append_safe:
         if all(c["index"] >= len(base.params) for c in changes):
             added = ", ".join(_param_text((c["name"], c["type"])) for c in changes)
             return f"params appended since {baseline_kernel}: {added}"
@@ -391,34 +377,25 @@ def _is_guarded(relo: CoreRelo, guards: set[tuple[str, str, tuple[str, ...]]]) -
     return any(("field", root, steps[:n]) in guards for n in range(1, len(steps) + 1))
 
 
-def check_layout(
-    probe: Probe,
-    kernel: str,
-    arch: str,
-    relos: list[CoreRelo],
-    spec: BTFSpec | None,
-    baseline_kernel: str,
-    baseline_spec: BTFSpec | None,
-) -> CellResult | None:
-    """Resolve the program's CO-RE relocations against the kernel's BTF.
+_Guards = set[tuple[str, str, tuple[str, ...]]]
 
-    FAIL when a field or type the program reads is missing and no field_exists / type_exists relocation
-    of the same program guards it. None when the program has no relocations; SKIP without BTF.
-    """
-    if not relos:
-        return None
 
-    def result(outcome: Outcome, reason: str, details: dict[str, Any] | None = None) -> CellResult:
-        return CellResult(probe, kernel, arch, Check.LAYOUT, outcome, reason, details or {})
-
-    if spec is None:
-        return result(Outcome.SKIP, "no BTF")
-    guards: set[tuple[str, str, tuple[str, ...]]] = set()
+def _guards_of(relos: list[CoreRelo]) -> _Guards:
+    """What the program's existence checks (field_exists, type_exists, ...) guard."""
+    guards: _Guards = set()
     for relo in relos:
         if relo.kind in _GUARD_KINDS:
             root, steps = _path_key(relo)
             guards.add((_GUARD_KINDS[relo.kind], root, steps if relo.kind.is_field or
                         relo.kind.is_enumval else ()))
+    return guards
+
+
+def _resolve_relos(
+    relos: list[CoreRelo], spec: BTFSpec, baseline_spec: BTFSpec | None
+) -> tuple[list[dict[str, Any]], list[str], list[str]]:
+    """(a row per relocation, unguarded failures, guarded absences) of ``relos`` against ``spec``."""
+    guards = _guards_of(relos)
     rows: list[dict[str, Any]] = []
     failing: list[str] = []
     guarded_missing: list[str] = []
@@ -443,13 +420,37 @@ def check_layout(
             "baseline_offset": base.offset if base is not None else None,
             "insn_off": relo.insn_off,
         })
-        if not res.ok:
+        if not res.ok and relo.kind not in _GUARD_KINDS:  # an existence check answering "no" is fine
             label = f"`{relo.path}` {res.status}"
-            if relo.kind in _GUARD_KINDS:
-                continue  # an existence check answering "no" is not a failure
             target = guarded_missing if guarded else failing
             if label not in target:
                 target.append(label)
+    return rows, failing, guarded_missing
+
+
+def check_layout(
+    probe: Probe,
+    kernel: str,
+    arch: str,
+    relos: list[CoreRelo],
+    spec: BTFSpec | None,
+    baseline_kernel: str,
+    baseline_spec: BTFSpec | None,
+) -> CellResult | None:
+    """Resolve the program's CO-RE relocations against the kernel's BTF.
+
+    FAIL when a field or type the program reads is missing and no field_exists / type_exists relocation
+    of the same program guards it. None when the program has no relocations; SKIP without BTF.
+    """
+    if not relos:
+        return None
+
+    def result(outcome: Outcome, reason: str, details: dict[str, Any] | None = None) -> CellResult:
+        return CellResult(probe, kernel, arch, Check.LAYOUT, outcome, reason, details or {})
+
+    if spec is None:
+        return result(Outcome.SKIP, "no BTF")
+    rows, failing, guarded_missing = _resolve_relos(relos, spec, baseline_spec)
     details: dict[str, Any] = {"relocations": rows, "baseline_kernel": baseline_kernel}
     if failing:
         reason = f"{failing[0]} on {kernel} ({_rows_kind(rows, failing[0])}, not guarded by an exists check)"

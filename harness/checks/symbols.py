@@ -9,18 +9,16 @@ import functools
 import re
 import time
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
 from typing import Any
 
+from harness.checks.verdict import Verdict
 from harness.errors import HarnessError
 from harness.kernels.config import ARCHES, Arch
-from harness.kernels.facts import CLONE_RE, KernelFacts, name_stem
-from harness.programs.inventory import KERNEL_FUNCTION_KINDS, SYSCALL_KINDS, USER_KINDS
+from harness.kernels.facts import KernelFacts, name_stem
+from harness.kernels.version import version_key
+from harness.programs.clones import clone_kinds
+from harness.programs.hooks import Target, resolve_hook
 from harness.report.results import CellResult, Check, Outcome, Probe
-
-BTF_KINDS = frozenset({"fentry", "fexit", "fmod_ret"})
-MULTI_KINDS = frozenset({"kprobe.multi", "kretprobe.multi"})
-LSM_KINDS = frozenset({"lsm", "lsm_cgroup"})
 
 # Trace events that are not tracepoints: raw_tp and tp_btf cannot attach to them. The syscalls:*
 # events are made by ftrace's syscall tracer on top of raw_syscalls:sys_enter/sys_exit.
@@ -31,13 +29,6 @@ MAX_CLOSEST = 3
 MAX_ALTERNATIVES = 5
 
 _GLOB_CHARS = re.compile(r"[*?\[]")
-
-
-@dataclass(frozen=True)
-class _Verdict:
-    outcome: Outcome
-    reason: str = ""
-    details: dict[str, Any] = field(default_factory=dict)
 
 
 def _q(names: Iterable[str]) -> str:
@@ -61,13 +52,6 @@ def closest_functions(name: str, facts: KernelFacts, n: int = MAX_CLOSEST) -> li
 # --- clones -----------------------------------------------------------------------------------------
 
 
-def _clone_kinds(clone: str) -> set[str]:
-    match = CLONE_RE.match(clone)
-    if match is None:
-        return set()
-    return {part for part in match.group("suffix").split(".") if part and not part.isdigit()}
-
-
 def pick_clone_targets(clones: Sequence[str], traceable: frozenset[str]) -> list[str]:
     """The clones a probe should attach to instead of their (absent) original, best first.
 
@@ -77,10 +61,10 @@ def pick_clone_targets(clones: Sequence[str], traceable: frozenset[str]) -> list
     """
 
     def rank(clone: str) -> int:
-        kinds = _clone_kinds(clone)
+        kinds = clone_kinds(clone)
         return 1 if "part" in kinds else 0
 
-    usable = [c for c in clones if c in traceable and "cold" not in _clone_kinds(c)]
+    usable = [c for c in clones if c in traceable and "cold" not in clone_kinds(c)]
     return sorted(usable, key=lambda c: (rank(c), c))
 
 
@@ -106,7 +90,7 @@ def _untraceable_evidence(name: str, facts: KernelFacts) -> list[str]:
     return evidence
 
 
-def _syscall_hint(name: str, arch: Arch, facts: KernelFacts) -> _Verdict | None:
+def _syscall_hint(name: str, arch: Arch, facts: KernelFacts) -> Verdict | None:
     """A kprobe on another arch's syscall wrapper, or on a pre-4.17 ``sys_*`` name."""
     for other in ARCHES.values():
         if other.name == arch.name or not name.startswith(other.syscall_prefix):
@@ -114,7 +98,7 @@ def _syscall_hint(name: str, arch: Arch, facts: KernelFacts) -> _Verdict | None:
         syscall = name[len(other.syscall_prefix):]
         own = arch.syscall_prefix + syscall
         if own in facts.symbols:
-            return _Verdict(
+            return Verdict(
                 Outcome.FAIL,
                 f"`{name}` is the {other.name} syscall wrapper; on {arch.name} it is `{own}` "
                 f"(or use ksyscall/{syscall})",
@@ -125,7 +109,7 @@ def _syscall_hint(name: str, arch: Arch, facts: KernelFacts) -> _Verdict | None:
         own = arch.syscall_prefix + syscall
         if own in facts.symbols:
             # 4.17 put pt_regs-based wrappers in front of every syscall (ARCH_HAS_SYSCALL_WRAPPER).
-            return _Verdict(
+            return Verdict(
                 Outcome.FAIL,
                 f"`{name}` is the pre-4.17 syscall name; on {arch.name} it is `{own}` "
                 f"(or use ksyscall/{syscall})",
@@ -134,11 +118,62 @@ def _syscall_hint(name: str, arch: Arch, facts: KernelFacts) -> _Verdict | None:
     return None
 
 
-def _function_verdict(name: str, kernel: str, arch: Arch, facts: KernelFacts) -> _Verdict:
+def _present_verdict(
+    name: str, kernel: str, facts: KernelFacts, traceable: frozenset[str], details: dict[str, Any]
+) -> Verdict:
+    """``name`` is in kallsyms (or a module): is ftrace able to trace it?"""
+    types = facts.symbols.get(name, "")
+    module = facts.module_symbols.get(name)
+    clones = facts.clones.get(name, ())
+    if name in traceable:
+        notes: list[str] = []
+        if module and not types:
+            notes.append(f"in module {module} (must be loaded)")
+        if len(types) > 1:
+            # 6.7 made kprobes by name fail with EADDRNOTAVAIL when several symbols match.
+            notes.append(f"{len(types)} symbols are named `{name}`: attaching by name is ambiguous")
+        if clones:
+            notes.append(f"GCC clones {_q(clones)} also exist: calls that go through them bypass `{name}`")
+        return Verdict(Outcome.PASS, "; ".join(notes), details)
+    evidence = _untraceable_evidence(name, facts)
+    details["evidence"] = evidence
+    reason = (
+        f"`{name}` is present but not traceable on {kernel}: not in available_filter_functions "
+        f"({'; '.join(evidence)})"
+    )
+    targets = pick_clone_targets(clones, traceable)
+    if targets:
+        details["target"] = targets[0]
+        reason += f"; its clone `{targets[0]}` is traceable"
+    return Verdict(Outcome.FAIL, reason, details)
+
+
+def _clones_only_verdict(
+    name: str, kernel: str, clones: Sequence[str], traceable: frozenset[str], details: dict[str, Any]
+) -> Verdict:
+    """``name`` is not in kallsyms, but GCC's clones of it are."""
+    targets = pick_clone_targets(clones, traceable)
+    if not targets:
+        reason = f"`{name}` not in kallsyms on {kernel}: only clones {_q(clones)}, none traceable"
+        return Verdict(Outcome.FAIL, reason, details)
+    details["target"] = targets[0]
+    what = "whole body" if "part" not in clone_kinds(targets[0]) else "outlined part"
+    reason = (
+        f"`{name}` not in kallsyms on {kernel}: GCC cloned it as {_q(clones)}; "
+        f"target `{targets[0]}` ({what}, arguments may differ)"
+    )
+    if len(targets) > 1:
+        reason += f", and also {_q(targets[1:])}"
+    if any("cold" in clone_kinds(c) for c in clones):
+        reason += "; not `.cold`, the unlikely path only"
+    return Verdict(Outcome.FAIL, reason, details)
+
+
+def _function_verdict(name: str, kernel: str, arch: Arch, facts: KernelFacts) -> Verdict:
     """Is kernel function ``name`` in kallsyms and traceable by ftrace?"""
     traceable = facts.traceable
     if traceable is None:
-        return _Verdict(
+        return Verdict(
             Outcome.ERROR,
             f"facts for {kernel} {arch.name} lack available_filter_functions: cannot tell traceability",
         )
@@ -150,65 +185,27 @@ def _function_verdict(name: str, kernel: str, arch: Arch, facts: KernelFacts) ->
         details["module"] = module
     if clones:
         details["clones"] = list(clones)
-
     if types or module:
-        if name in traceable:
-            notes: list[str] = []
-            if module and not types:
-                notes.append(f"in module {module} (must be loaded)")
-            if len(types) > 1:
-                # 6.7 made kprobes by name fail with EADDRNOTAVAIL when several symbols match.
-                notes.append(f"{len(types)} symbols are named `{name}`: attaching by name is ambiguous")
-            if clones:
-                notes.append(
-                    f"GCC clones {_q(clones)} also exist: calls that go through them bypass `{name}`"
-                )
-            return _Verdict(Outcome.PASS, "; ".join(notes), details)
-        evidence = _untraceable_evidence(name, facts)
-        details["evidence"] = evidence
-        reason = (
-            f"`{name}` is present but not traceable on {kernel}: not in available_filter_functions "
-            f"({'; '.join(evidence)})"
-        )
-        targets = pick_clone_targets(clones, traceable)
-        if targets:
-            details["target"] = targets[0]
-            reason += f"; its clone `{targets[0]}` is traceable"
-        return _Verdict(Outcome.FAIL, reason, details)
-
+        return _present_verdict(name, kernel, facts, traceable, details)
     hint = _syscall_hint(name, arch, facts)
     if hint is not None:
         return hint
     if clones:
-        targets = pick_clone_targets(clones, traceable)
-        if targets:
-            details["target"] = targets[0]
-            what = "whole body" if "part" not in _clone_kinds(targets[0]) else "outlined part"
-            reason = (
-                f"`{name}` not in kallsyms on {kernel}: GCC cloned it as {_q(clones)}; "
-                f"target `{targets[0]}` ({what}, arguments may differ)"
-            )
-            if len(targets) > 1:
-                reason += f", and also {_q(targets[1:])}"
-            if any("cold" in _clone_kinds(c) for c in clones):
-                reason += "; not `.cold`, the unlikely path only"
-        else:
-            reason = f"`{name}` not in kallsyms on {kernel}: only clones {_q(clones)}, none traceable"
-        return _Verdict(Outcome.FAIL, reason, details)
+        return _clones_only_verdict(name, kernel, clones, traceable, details)
     closest = closest_functions(name, facts)
     details["closest"] = closest
     reason = f"`{name}` not in kallsyms on {kernel}: removed, renamed or inlined"
     if closest:
         reason += f"; closest: {_q(closest)}"
-    return _Verdict(Outcome.FAIL, reason, details)
+    return Verdict(Outcome.FAIL, reason, details)
 
 
-def _btf_verdict(name: str, kind: str, kernel: str, facts: KernelFacts) -> _Verdict | None:
+def _btf_verdict(name: str, kind: str, kernel: str, facts: KernelFacts) -> Verdict | None:
     """The extra requirements of fentry/fexit/fmod_ret; None when they are met."""
     if not facts.has_btf:
-        return _Verdict(Outcome.FAIL, f"kernel has no BTF (CONFIG_DEBUG_INFO_BTF): {kind} needs it")
+        return Verdict(Outcome.FAIL, f"kernel has no BTF (CONFIG_DEBUG_INFO_BTF): {kind} needs it")
     if name not in facts.btf_func_names:
-        return _Verdict(
+        return Verdict(
             Outcome.FAIL,
             f"no BTF FUNC `{name}` on {kernel}: {kind} needs the function in BTF "
             "(static or inlined functions are often missing)",
@@ -218,14 +215,14 @@ def _btf_verdict(name: str, kind: str, kernel: str, facts: KernelFacts) -> _Verd
         # check_attach_modify_return(): ALLOW_ERROR_INJECTION functions or security_* only.
         listed = facts.error_injection
         if listed is None:
-            return _Verdict(
+            return Verdict(
                 Outcome.PASS,
                 f"could not tell whether `{name}` is on the error-injection list that fmod_ret "
                 "needs (kallsyms does not show it): the load check decides",
                 {"error_injection": None},
             )
         if name not in listed:
-            return _Verdict(
+            return Verdict(
                 Outcome.FAIL,
                 f"fmod_ret cannot modify `{name}` on {kernel}: not on the error-injection list "
                 "(ALLOW_ERROR_INJECTION) and not a security_* hook",
@@ -234,15 +231,15 @@ def _btf_verdict(name: str, kind: str, kernel: str, facts: KernelFacts) -> _Verd
     return None
 
 
-def _multi_verdict(pattern: str, kind: str, kernel: str, facts: KernelFacts) -> _Verdict:
+def _multi_verdict(pattern: str, kind: str, kernel: str, facts: KernelFacts) -> Verdict:
     config = facts.config
     if config is not None and config.get("CONFIG_FPROBE", "n") == "n":
-        return _Verdict(
+        return Verdict(
             Outcome.FAIL, f"{kind} needs CONFIG_FPROBE (5.18+), which {kernel} does not have"
         )
     traceable = facts.traceable
     if traceable is None:
-        return _Verdict(
+        return Verdict(
             Outcome.ERROR,
             f"facts for {kernel} lack available_filter_functions: cannot match `{pattern}`",
         )
@@ -254,16 +251,16 @@ def _multi_verdict(pattern: str, kind: str, kernel: str, facts: KernelFacts) -> 
         matches = sorted(fnmatch.filter(traceable, pattern))
     details: dict[str, Any] = {"matches": len(matches), "first": matches[:10]}
     if matches:
-        return _Verdict(Outcome.PASS, "", details)
+        return Verdict(Outcome.PASS, "", details)
     closest = closest_functions(literal or pattern, facts)
     details["closest"] = closest
     reason = f"no traceable function matches `{pattern}` on {kernel}"
     if closest:
         reason += f"; closest: {_q(closest)}"
-    return _Verdict(Outcome.FAIL, reason, details)
+    return Verdict(Outcome.FAIL, reason, details)
 
 
-def _syscall_verdict(syscall: str, kernel: str, arch: Arch, facts: KernelFacts) -> _Verdict:
+def _syscall_verdict(syscall: str, kernel: str, arch: Arch, facts: KernelFacts) -> Verdict:
     wrapper = arch.syscall_prefix + syscall
     verdict = _function_verdict(wrapper, kernel, arch, facts)
     verdict.details["wrapper"] = wrapper
@@ -278,29 +275,29 @@ def _syscall_verdict(syscall: str, kernel: str, arch: Arch, facts: KernelFacts) 
     )
     if closest:
         reason += f"; closest: {_q(closest)}"
-    return _Verdict(Outcome.FAIL, reason, verdict.details)
+    return Verdict(Outcome.FAIL, reason, verdict.details)
 
 
 # --- tracepoints ------------------------------------------------------------------------------------
 
 
-def _tracepoint_verdict(target: str, kernel: str, facts: KernelFacts) -> _Verdict:
+def _tracepoint_verdict(target: str, kernel: str, facts: KernelFacts) -> Verdict:
     cat, _, name = target.replace(":", "/", 1).partition("/")
     if not name:
-        return _Verdict(
+        return Verdict(
             Outcome.FAIL, f"tracepoint target `{target}` is not `category/name` (e.g. sched/sched_switch)"
         )
     events = facts.events
     if events is None:
         formats = facts.tracepoint_formats
         if formats is None:
-            return _Verdict(
+            return Verdict(
                 Outcome.ERROR,
                 f"facts for {kernel} lack available_events: cannot tell whether `{target}` exists",
             )
         events = frozenset(k.replace("/", ":", 1) for k in formats)
     if f"{cat}:{name}" in events:
-        return _Verdict(Outcome.PASS, "", {"event": f"{cat}:{name}"})
+        return Verdict(Outcome.PASS, "", {"event": f"{cat}:{name}"})
     same_cat = [e for e in events if e.startswith(cat + ":")]
     closest = _closest(f"{cat}:{name}", same_cat or events)
     reason = f"tracepoint `{cat}:{name}` not in available_events on {kernel}"
@@ -308,18 +305,18 @@ def _tracepoint_verdict(target: str, kernel: str, facts: KernelFacts) -> _Verdic
         reason += f" (no `{cat}` events at all)"
     if closest:
         reason += f"; closest: {_q(closest)}"
-    return _Verdict(Outcome.FAIL, reason, {"closest": closest})
+    return Verdict(Outcome.FAIL, reason, {"closest": closest})
 
 
-def _raw_tracepoint_verdict(target: str, kind: str, kernel: str, facts: KernelFacts) -> _Verdict:
+def _raw_tracepoint_verdict(target: str, kind: str, kernel: str, facts: KernelFacts) -> Verdict:
     if "/" in target or ":" in target:
         bare = target.replace(":", "/").rsplit("/", 1)[1]
-        return _Verdict(
+        return Verdict(
             Outcome.FAIL,
             f"{kind} takes the bare tracepoint name: `{kind}/{bare}`, not `{kind}/{target}`",
         )
     if facts.events is None:
-        return _Verdict(
+        return Verdict(
             Outcome.ERROR, f"facts for {kernel} lack available_events: cannot tell whether `{target}` exists"
         )
     cats = [c for c in facts.event_names.get(target, ()) if c not in NON_TRACEPOINT_CATEGORIES]
@@ -330,7 +327,7 @@ def _raw_tracepoint_verdict(target: str, kind: str, kernel: str, facts: KernelFa
     if not cats and not in_kallsyms:
         syscall_event = "syscalls" in facts.event_names.get(target, ())
         if syscall_event:
-            return _Verdict(
+            return Verdict(
                 Outcome.FAIL,
                 f"`syscalls:{target}` is a syscall trace event, not a tracepoint: {kind} attaches to "
                 f"`{'sys_enter' if target.startswith('sys_enter') else 'sys_exit'}` (raw_syscalls)",
@@ -342,32 +339,32 @@ def _raw_tracepoint_verdict(target: str, kind: str, kernel: str, facts: KernelFa
         reason = f"tracepoint `{target}` not on {kernel}"
         if closest:
             reason += f"; closest: {_q(closest)}"
-        return _Verdict(Outcome.FAIL, reason, details)
+        return Verdict(Outcome.FAIL, reason, details)
     if kind == "tp_btf":
         if not facts.has_btf:
-            return _Verdict(Outcome.FAIL, "kernel has no BTF (CONFIG_DEBUG_INFO_BTF): tp_btf needs it")
+            return Verdict(Outcome.FAIL, "kernel has no BTF (CONFIG_DEBUG_INFO_BTF): tp_btf needs it")
         btf = facts.btf
         typedef = f"btf_trace_{target}"
         if btf is None or not btf.by_name(typedef):
-            return _Verdict(
+            return Verdict(
                 Outcome.FAIL,
                 f"no BTF typedef `{typedef}` on {kernel}: tp_btf needs the tracepoint's BTF prototype",
                 details,
             )
         details["btf_typedef"] = typedef
-    return _Verdict(Outcome.PASS, "", details)
+    return Verdict(Outcome.PASS, "", details)
 
 
 # --- LSM --------------------------------------------------------------------------------------------
 
 
-def _lsm_verdict(hook: str, kind: str, kernel: str, facts: KernelFacts) -> _Verdict:
+def _lsm_verdict(hook: str, kind: str, kernel: str, facts: KernelFacts) -> Verdict:
     config = facts.config or {}
     if config.get("CONFIG_BPF_LSM") == "n":
-        return _Verdict(Outcome.FAIL, f"{kernel} is built without CONFIG_BPF_LSM (5.7+): no {kind} programs")
+        return Verdict(Outcome.FAIL, f"{kernel} is built without CONFIG_BPF_LSM (5.7+): no {kind} programs")
     func = f"bpf_lsm_{hook}"
     if not facts.has_btf:
-        return _Verdict(Outcome.FAIL, f"kernel has no BTF (CONFIG_DEBUG_INFO_BTF): {kind} needs it")
+        return Verdict(Outcome.FAIL, f"kernel has no BTF (CONFIG_DEBUG_INFO_BTF): {kind} needs it")
     in_btf = func in facts.btf_func_names
     in_kallsyms = func in facts.symbols
     details: dict[str, Any] = {"btf_func": in_btf, "kallsyms": in_kallsyms}
@@ -378,14 +375,14 @@ def _lsm_verdict(hook: str, kind: str, kernel: str, facts: KernelFacts) -> _Verd
         reason = f"no LSM hook `{hook}` on {kernel}: `{func}` is neither in BTF nor in kallsyms"
         if closest:
             reason += f"; closest: {_q(closest)}"
-        return _Verdict(Outcome.FAIL, reason, details)
+        return Verdict(Outcome.FAIL, reason, details)
     lsms = facts.lsms
     source = "active"
     if lsms is None:
         # Without securityfs the build's default order is the best evidence left.
         default = config.get("CONFIG_LSM")
         if default is None:
-            return _Verdict(
+            return Verdict(
                 Outcome.ERROR,
                 f"facts for {kernel} lack lsm and CONFIG_LSM: cannot tell whether bpf is active",
             )
@@ -394,46 +391,53 @@ def _lsm_verdict(hook: str, kind: str, kernel: str, facts: KernelFacts) -> _Verd
     details["lsms"] = list(lsms)
     if "bpf" not in lsms:
         needed = ",".join((*lsms, "bpf"))
-        return _Verdict(
+        return Verdict(
             Outcome.FAIL,
             f"bpf LSM not active on {kernel} ({source}: {','.join(lsms) or 'none'}): "
             f"boot with lsm={needed}",
             details,
         )
-    return _Verdict(Outcome.PASS, "", details)
+    return Verdict(Outcome.PASS, "", details)
 
 
 # --- the check --------------------------------------------------------------------------------------
 
 
-def _verdict(probe: Probe, kernel: str, arch: Arch, facts: KernelFacts) -> _Verdict:
+def _function_hook_verdict(kind: str, multi: bool, trampoline: bool, target: str, kernel: str,
+                           arch: Arch, facts: KernelFacts) -> Verdict:
+    if multi:
+        found = _multi_verdict(target, kind, kernel, facts)
+        if found.outcome != Outcome.PASS:
+            return found
+    verdict = _function_verdict(target, kernel, arch, facts)
+    if verdict.outcome == Outcome.PASS and trampoline:
+        btf = _btf_verdict(target, kind, kernel, facts)
+        if btf is not None:
+            reason = "; ".join(r for r in (btf.reason, verdict.reason) if r)
+            return Verdict(btf.outcome, reason, {**verdict.details, **btf.details})
+        verdict.details["btf_func"] = True
+    return verdict
+
+
+def _verdict(probe: Probe, kernel: str, arch: Arch, facts: KernelFacts) -> Verdict:
     kind, target = probe.kind, probe.target
-    if kind in USER_KINDS:
-        return _Verdict(Outcome.SKIP, "user-space target: checked by the uprobe checks")
-    if kind in MULTI_KINDS and _GLOB_CHARS.search(target):
+    hook = resolve_hook(kind)
+    where = hook.target if hook is not None else None
+    if where is Target.USER_BINARY:
+        return Verdict(Outcome.SKIP, "user-space target: checked by the uprobe checks")
+    if hook is not None and hook.multi and _GLOB_CHARS.search(target):
         return _multi_verdict(target, kind, kernel, facts)
-    if kind in KERNEL_FUNCTION_KINDS:
-        if kind in MULTI_KINDS:
-            multi = _multi_verdict(target, kind, kernel, facts)
-            if multi.outcome != Outcome.PASS:
-                return multi
-        verdict = _function_verdict(target, kernel, arch, facts)
-        if verdict.outcome == Outcome.PASS and kind in BTF_KINDS:
-            btf = _btf_verdict(target, kind, kernel, facts)
-            if btf is not None:
-                reason = "; ".join(r for r in (btf.reason, verdict.reason) if r)
-                return _Verdict(btf.outcome, reason, {**verdict.details, **btf.details})
-            verdict.details["btf_func"] = True
-        return verdict
-    if kind in SYSCALL_KINDS:
+    if hook is not None and where is Target.KERNEL_FUNCTION:
+        return _function_hook_verdict(kind, hook.multi, hook.trampoline, target, kernel, arch, facts)
+    if where is Target.SYSCALL:
         return _syscall_verdict(target, kernel, arch, facts)
-    if kind == "tracepoint":
+    if where is Target.TRACE_EVENT:
         return _tracepoint_verdict(target, kernel, facts)
-    if kind in ("raw_tp", "tp_btf"):
+    if where is Target.RAW_TRACEPOINT:
         return _raw_tracepoint_verdict(target, kind, kernel, facts)
-    if kind in LSM_KINDS:
+    if where is Target.LSM:
         return _lsm_verdict(target, kind, kernel, facts)
-    return _Verdict(Outcome.SKIP, f"no symbol check for hook kind `{kind}`")
+    return Verdict(Outcome.SKIP, f"no symbol check for hook kind `{kind}`")
 
 
 def check_symbol(probe: Probe, kernel: str, arch: Arch, facts: KernelFacts) -> CellResult:
@@ -445,7 +449,7 @@ def check_symbol(probe: Probe, kernel: str, arch: Arch, facts: KernelFacts) -> C
     try:
         verdict = _verdict(probe, kernel, arch, facts)
     except HarnessError as exc:
-        verdict = _Verdict(Outcome.ERROR, str(exc))
+        verdict = Verdict(Outcome.ERROR, str(exc))
     return CellResult(
         probe=probe,
         kernel=kernel,
@@ -509,10 +513,6 @@ def _similarity(target: str, hook: str) -> float:
     return difflib.SequenceMatcher(None, target, name).ratio()
 
 
-def _version_key(kernel: str) -> tuple[int, ...]:
-    return tuple(int(p) for p in re.findall(r"\d+", kernel)[:3])
-
-
 def _hooks_of(facts: KernelFacts) -> set[str]:
     """Tracepoints as "cat:name" and LSM hooks as "lsm/hook" that a probe can attach to."""
     hooks = {e for e in facts.events or () if not e.startswith("ftrace:")}
@@ -543,9 +543,11 @@ def stable_alternatives(
         return []
     hooks_by_column = {col: _hooks_of(f) for col, f in facts_by_column.items()}
     own = {f"lsm/{probe.target}", probe.target.replace("/", ":", 1)}
+    probe_hook = resolve_hook(probe.kind)
+    lsm_probe = probe_hook is not None and probe_hook.target is Target.LSM
     for hooks in hooks_by_column.values():
         hooks -= own
-        if probe.kind in LSM_KINDS:
+        if lsm_probe:
             # Another LSM hook needs the same bpf LSM that the probe's own hook lacks.
             hooks -= {h for h in hooks if h.startswith("lsm/")}
     everywhere = set.intersection(*hooks_by_column.values())
@@ -564,7 +566,7 @@ def stable_alternatives(
         return sorted(kept, key=lambda x: (-x[0], -_similarity(target, x[1]), x[1]))
 
     found = [h for _, h in ranked(everywhere)][:MAX_ALTERNATIVES]
-    kernels = sorted({k for k, _ in facts_by_column}, key=_version_key)
+    kernels = sorted({k for k, _ in facts_by_column}, key=version_key)
     for _, hook in ranked(somewhere):
         if len(found) >= MAX_ALTERNATIVES:
             break

@@ -8,7 +8,7 @@ import re
 import shutil
 import subprocess
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -19,10 +19,12 @@ from elftools.elf.relocation import RelocationSection
 from elftools.elf.sections import SymbolTableSection
 from filelock import FileLock
 
+from harness.checks.verdict import Verdict
 from harness.errors import BuildError, ObjectError
 from harness.kernels.config import Arch
+from harness.programs.clones import is_clone_of
 from harness.programs.elf import open_elf
-from harness.programs.inventory import USER_KINDS
+from harness.programs.hooks import USER_KINDS
 from harness.report.results import CellResult, Check, Outcome, Probe
 
 # Where the harness's shared directory is mounted in every guest, and where the user-space samples
@@ -35,11 +37,6 @@ CC_TIMEOUT = 120.0
 COMPILERS = {"x86_64": "gcc", "arm64": "aarch64-linux-gnu-gcc"}
 DEFAULT_FLAGS = ("-O2",)
 BASE_FLAGS = ("-g",)  # DWARF is what tells an inlined function from a missing one
-
-# GCC's clone suffixes (gcc/ipa-*.cc): ipa-split's `.part.N` holds the body of a partly inlined
-# function, `.cold` its cold blocks, `.isra.N` and `.constprop.N` specialised copies with other
-# arguments.
-_CLONE = re.compile(r"^(?P<base>[^.]+)(?P<suffix>(?:\.(?:part|isra|constprop|cold|lto_priv)(?:\.\d+)?)+)$")
 
 # Tri-state answers (cilium/ebpf's feature checks): yes, no, or could not tell.
 YES, NO, UNKNOWN = "yes", "no", "unknown"
@@ -118,12 +115,6 @@ def parse_uprobe_target(target: str) -> UprobeTarget | None:
     return UprobeTarget(path, func, offset)
 
 
-def clone_base(name: str) -> tuple[str, str] | None:
-    """(base, suffix) of a GCC clone name such as ``lookup.part.0``, else None."""
-    m = _CLONE.match(name)
-    return (m["base"], m["suffix"]) if m else None
-
-
 # --- ELF ---------------------------------------------------------------------------------------------
 
 
@@ -155,12 +146,7 @@ class ElfFunctions:
 
     def twins(self, name: str) -> list[Function]:
         """GCC clones of ``name``: ``name.part.0``, ``name.cold``, ``name.isra.0``, ..."""
-        found = []
-        for f in self.functions:
-            parsed = clone_base(f.name)
-            if parsed and parsed[0] == name:
-                found.append(f)
-        return sorted(found, key=lambda f: f.name)
+        return sorted((f for f in self.functions if is_clone_of(f.name, name)), key=lambda f: f.name)
 
     def at_offset(self, offset: int) -> Function | None:
         """The function whose body holds file offset ``offset`` (the innermost, sized one first)."""
@@ -411,12 +397,6 @@ def _compile_recipes(recipes: list[Recipe], out_dir: Path, cc: str, cc_name: str
             raise BuildError(f"{recipe.source}: {recipe.output} does not build: {first.strip()}")
 
 
-def resolve_cache_dir() -> Path:
-    from harness.kernels.cache import resolve_cache_root
-
-    return resolve_cache_root(os.environ)
-
-
 # --- finding the binary ------------------------------------------------------------------------------
 
 
@@ -475,13 +455,6 @@ def resolve_binary(
 # --- the check ---------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class _Verdict:
-    outcome: Outcome
-    reason: str
-    details: dict[str, Any] = field(default_factory=dict)
-
-
 def _q(names: list[str] | tuple[str, ...]) -> str:
     return ", ".join(f"`{n}`" for n in names)
 
@@ -509,7 +482,78 @@ def _twin_advice(name: str, twins: list[Function], where: str) -> str:
     )
 
 
-def judge_target(target: UprobeTarget, elf: ElfFunctions, inline: Inlining, where: str) -> _Verdict:
+def _offset_verdict(target: UprobeTarget, elf: ElfFunctions, where: str, details: dict[str, Any]) -> Verdict:
+    """A target given as a raw file offset: is it still a function's start?"""
+    func = elf.at_offset(target.offset)
+    if func is None:
+        return Verdict(
+            Outcome.FAIL,
+            f"offset {target.offset:#x} is in no function of {where}: the binary changed since the "
+            "offset was taken; attach by symbol name",
+            details,
+        )
+    details.update(function=func.name, function_offset=func.offset)
+    if func.offset == target.offset:
+        return Verdict(Outcome.PASS, f"offset {target.offset:#x} is the start of `{func.name}`", details)
+    return Verdict(
+        Outcome.FAIL,
+        f"offset {target.offset:#x} is `{func.name}`+{target.offset - func.offset:#x} in {where}, not a "
+        "function's start: the binary changed since the offset was taken; attach by symbol name",
+        details,
+    )
+
+
+def _found_verdict(
+    target: UprobeTarget, found: list[Function], twins: list[Function], inline: Inlining, where: str,
+    details: dict[str, Any],
+) -> Verdict:
+    """The target function has a symbol: is the offset inside it, and does every call reach it?"""
+    name = target.function
+    func = min(found, key=lambda f: (f.table != ".symtab", f.value))
+    details.update(offset=func.offset + target.offset, size=func.size, table=func.table)
+    if target.offset and func.size and target.offset >= func.size:
+        return Verdict(
+            Outcome.FAIL,
+            f"`{name}`+{target.offset:#x} is past the end of `{name}` ({func.size} bytes) in {where}",
+            details,
+        )
+    notes = [f"`{name}` at {func.offset + target.offset:#x}"]
+    if inline.inlined_into:
+        notes.append(f"also inlined into {_q(inline.inlined_into)}: calls from there do not hit the probe")
+    elif not inline.known:
+        notes.append("no DWARF: whether it is also inlined could not be told")
+    part = [t.name for t in twins if ".part." in t.name]
+    if part:
+        notes.append(f"its body is in `{part[0]}` (GCC partial inlining)")
+    return Verdict(Outcome.PASS, "; ".join(notes), details)
+
+
+def _missing_reason(
+    name: str, elf: ElfFunctions, inline: Inlining, where: str, details: dict[str, Any]
+) -> str:
+    """Why the target function, with neither a symbol nor clones, cannot be probed."""
+    if inline.inlined_into and not inline.out_of_line:
+        details["inlined_into"] = list(inline.inlined_into)
+        return (
+            f"`{name}` is inlined into its callers in {where}: the probe never fires; attach to the "
+            "caller at an offset, or build with __attribute__((noinline))"
+        )
+    if inline.known and inline.declared:
+        return f"`{name}` has no symbol in {where} and no inlined copy either (removed as unused?)"
+    if not elf.has_symtab:
+        return (
+            f"`{name}` is not in the dynamic symbols of {where}, which is stripped: a local function "
+            "cannot be found by name; use its debug symbols' offset or an exported function"
+        )
+    if not inline.known:
+        return (
+            f"`{name}` is not in the symbol table of {where}; without DWARF it could not be told "
+            "whether it was inlined or never existed"
+        )
+    return f"`{name}` is not a function of {where}"
+
+
+def judge_target(target: UprobeTarget, elf: ElfFunctions, inline: Inlining, where: str) -> Verdict:
     """The UPROBE verdict of ``target`` in the binary ``elf`` (pure, given the ELF and DWARF facts)."""
     details: dict[str, Any] = {
         "binary": where,
@@ -518,86 +562,27 @@ def judge_target(target: UprobeTarget, elf: ElfFunctions, inline: Inlining, wher
         "inlined": inline.inlined,
     }
     if target.raw:
-        func = elf.at_offset(target.offset)
-        if func is None:
-            return _Verdict(
-                Outcome.FAIL,
-                f"offset {target.offset:#x} is in no function of {where}: the binary changed since the "
-                "offset was taken; attach by symbol name",
-                details,
-            )
-        details.update(function=func.name, function_offset=func.offset)
-        if func.offset == target.offset:
-            return _Verdict(Outcome.PASS, f"offset {target.offset:#x} is the start of `{func.name}`", details)
-        return _Verdict(
-            Outcome.FAIL,
-            f"offset {target.offset:#x} is `{func.name}`+{target.offset - func.offset:#x} in {where}, not a "
-            "function's start: the binary changed since the offset was taken; attach by symbol name",
-            details,
-        )
+        return _offset_verdict(target, elf, where, details)
     name = target.function
     found = elf.named(name)
     twins = elf.twins(name)
     if twins:
         details["clones"] = [t.name for t in twins]
     if found:
-        func = min(found, key=lambda f: (f.table != ".symtab", f.value))
-        details.update(offset=func.offset + target.offset, size=func.size, table=func.table)
-        if target.offset and func.size and target.offset >= func.size:
-            return _Verdict(
-                Outcome.FAIL,
-                f"`{name}`+{target.offset:#x} is past the end of `{name}` ({func.size} bytes) in {where}",
-                details,
-            )
-        notes = [f"`{name}` at {func.offset + target.offset:#x}"]
-        if inline.inlined_into:
-            notes.append(
-                f"also inlined into {_q(inline.inlined_into)}: calls from there do not hit the probe"
-            )
-        elif not inline.known:
-            notes.append("no DWARF: whether it is also inlined could not be told")
-        part = [t.name for t in twins if ".part." in t.name]
-        if part:
-            notes.append(f"its body is in `{part[0]}` (GCC partial inlining)")
-        return _Verdict(Outcome.PASS, "; ".join(notes), details)
+        return _found_verdict(target, found, twins, inline, where, details)
     if twins:
-        return _Verdict(Outcome.FAIL, _twin_advice(name, twins, where), details)
-    if inline.inlined_into and not inline.out_of_line:
-        details["inlined_into"] = list(inline.inlined_into)
-        return _Verdict(
-            Outcome.FAIL,
-            f"`{name}` is inlined into its callers in {where}: the probe never fires; attach to the "
-            "caller at an offset, or build with __attribute__((noinline))",
-            details,
-        )
-    if inline.known and inline.declared:
-        return _Verdict(
-            Outcome.FAIL,
-            f"`{name}` has no symbol in {where} and no inlined copy either (removed as unused?)",
-            details,
-        )
-    if not elf.has_symtab:
-        return _Verdict(
-            Outcome.FAIL,
-            f"`{name}` is not in the dynamic symbols of {where}, which is stripped: a local function "
-            "cannot be found by name; use its debug symbols' offset or an exported function",
-            details,
-        )
-    if not inline.known:
-        return _Verdict(
-            Outcome.FAIL,
-            f"`{name}` is not in the symbol table of {where}; without DWARF it could not be told "
-            "whether it was inlined or never existed",
-            details,
-        )
-    return _Verdict(Outcome.FAIL, f"`{name}` is not a function of {where}", details)
+        return Verdict(Outcome.FAIL, _twin_advice(name, twins, where), details)
+    reason = _missing_reason(name, elf, inline, where, details)
+    return Verdict(Outcome.FAIL, reason, details)
 
 
-def check_uprobe(probe: Probe, kernel: str, arch: Arch, root: Path, progs_dir: Path) -> CellResult | None:
+def check_uprobe(
+    probe: Probe, kernel: str, arch: Arch, root: Path, progs_dir: Path, cache_root: Path
+) -> CellResult | None:
     """The UPROBE check of ``probe`` against its target as the guest of (kernel, arch) sees it.
 
     ``root`` is that guest's root filesystem (the host's "/" for the host's arch). None when the
-    probe is not a user-space one.
+    probe is not a user-space one. The samples of bpf_progs/user/ are built under ``cache_root``.
     """
     if probe.kind not in USER_KINDS:
         return None
@@ -613,7 +598,7 @@ def check_uprobe(probe: Probe, kernel: str, arch: Arch, root: Path, progs_dir: P
     samples: dict[str, Path] | None = None
     if target.path.startswith(GUEST_USER_DIR + "/"):
         try:
-            samples = build_user_samples(progs_dir, arch, resolve_cache_dir())
+            samples = build_user_samples(progs_dir, arch, cache_root)
         except BuildError as exc:
             return result(Outcome.ERROR, str(exc))
     binary, why = resolve_binary(target, root, samples)

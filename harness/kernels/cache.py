@@ -66,9 +66,15 @@ class EntryStatus:
     problems: tuple[str, ...] = ()
 
 
-def resolve_cache_root(env: Mapping[str, str]) -> Path:
-    """$BPF_MATRIX_CACHE, else ~/.cache/bpf-kernel-matrix (not created)."""
-    configured = env.get(CACHE_ENV, "")
+def resolve_cache_root(env: Mapping[str, str] | None = None, explicit: str | Path | None = None) -> Path:
+    """The one cache root of a run (not created): ``explicit`` (--cache-dir-kernels), else
+    $BPF_MATRIX_CACHE of ``env`` (os.environ by default), else ~/.cache/bpf-kernel-matrix.
+
+    Resolved once by whoever starts the run and handed to every stage that uses the cache.
+    """
+    if explicit:
+        return Path(explicit).expanduser().resolve()
+    configured = (os.environ if env is None else env).get(CACHE_ENV, "")
     if configured:
         return Path(configured).expanduser().absolute()
     return Path.home() / ".cache" / "bpf-kernel-matrix"

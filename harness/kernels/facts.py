@@ -15,6 +15,7 @@ from typing import Any, Protocol, TypeVar, cast
 
 from harness.errors import BTFError, HarnessError
 from harness.files import atomic_file
+from harness.programs.clones import parse_clone
 from harness.vm.guest.protocol import (  # the files the guest agent writes
     BTF_FILE,
     CONFIG_FILE,
@@ -30,12 +31,6 @@ from harness.vm.guest.protocol import (  # the files the guest agent writes
 _CORE_LINE = re.compile(r"^[0-9a-fA-F]+ (\S) ([^\t\n]+)$", re.M)
 _FIRST_WORD = re.compile(r"^(\S+)", re.M)
 _MODULE_LINE = re.compile(r"^[0-9a-fA-F]+ (\S) ([^\t\n]+)\t\[([^\]\n]+)\]$", re.M)
-
-# GCC's IPA clones (.isra/.constprop/.part, combinable: foo.constprop.0.isra.0), its split-off
-# unlikely paths (.cold, .cold.N before GCC 9), LTO privatised statics and clang's ThinLTO promotions.
-CLONE_RE = re.compile(
-    r"^(?P<base>[^.]+)(?P<suffix>(?:\.(?:isra|constprop|part|cold|lto_priv|llvm)(?:\.\d+)?)+)$"
-)
 
 # Marker symbols around text that ftrace or kprobes leave alone: (start, end, what it means).
 TEXT_REGIONS: tuple[tuple[str, str, str], ...] = (
@@ -236,10 +231,9 @@ def index_clones(symbols: Iterable[str]) -> dict[str, tuple[str, ...]]:
     """Base name -> its compiler clones among ``symbols`` (foo -> foo.isra.0, foo.cold), sorted."""
     index: dict[str, list[str]] = {}
     for sym in symbols:
-        if "." in sym:
-            match = CLONE_RE.match(sym)
-            if match:
-                index.setdefault(match.group("base"), []).append(sym)
+        parsed = parse_clone(sym)
+        if parsed:
+            index.setdefault(parsed[0], []).append(sym)
     return {k: tuple(sorted(v)) for k, v in index.items()}
 
 

@@ -9,52 +9,13 @@ from elftools.elf.sections import SymbolTableSection
 
 from harness.errors import ObjectError
 from harness.programs.elf import open_elf
+from harness.programs.hooks import SECTION_PREFIXES
 from harness.report.results import Probe
 
 EM_BPF = 247
 
-# libbpf's SEC() prefixes (libbpf/src/libbpf.c section_defs) mapped to the hook kind we report.
-# Longest prefixes first so that "kprobe.multi/" wins over "kprobe/".
-SECTION_KINDS: tuple[tuple[str, str], ...] = (
-    ("kprobe.multi/", "kprobe.multi"),
-    ("kretprobe.multi/", "kretprobe.multi"),
-    ("kprobe/", "kprobe"),
-    ("kretprobe/", "kretprobe"),
-    ("ksyscall/", "ksyscall"),
-    ("kretsyscall/", "kretsyscall"),
-    ("fentry.s/", "fentry"),
-    ("fentry/", "fentry"),
-    ("fexit.s/", "fexit"),
-    ("fexit/", "fexit"),
-    ("fmod_ret.s/", "fmod_ret"),
-    ("fmod_ret/", "fmod_ret"),
-    ("tp_btf/", "tp_btf"),
-    ("raw_tp.w/", "raw_tp"),
-    ("raw_tp/", "raw_tp"),
-    ("raw_tracepoint.w/", "raw_tp"),
-    ("raw_tracepoint/", "raw_tp"),
-    ("tracepoint/", "tracepoint"),
-    ("tp/", "tracepoint"),
-    ("lsm.s/", "lsm"),
-    ("lsm_cgroup/", "lsm_cgroup"),
-    ("lsm/", "lsm"),
-    ("uprobe.multi.s/", "uprobe.multi"),
-    ("uprobe.multi/", "uprobe.multi"),
-    ("uretprobe.multi.s/", "uretprobe.multi"),
-    ("uretprobe.multi/", "uretprobe.multi"),
-    ("uprobe.s/", "uprobe"),
-    ("uprobe/", "uprobe"),
-    ("uretprobe.s/", "uretprobe"),
-    ("uretprobe/", "uretprobe"),
-    ("usdt/", "usdt"),
-)
-
-KERNEL_FUNCTION_KINDS = frozenset(
-    {"kprobe", "kretprobe", "kprobe.multi", "kretprobe.multi", "fentry", "fexit", "fmod_ret"}
-)
-SYSCALL_KINDS = frozenset({"ksyscall", "kretsyscall"})
-TRACEPOINT_KINDS = frozenset({"tracepoint", "raw_tp", "tp_btf"})
-USER_KINDS = frozenset({"uprobe", "uretprobe", "uprobe.multi", "uretprobe.multi", "usdt"})
+# libbpf's SEC() prefixes mapped to the hook kind we report (the hook registry's).
+SECTION_KINDS = SECTION_PREFIXES
 
 # Sections that hold code but are not programs.
 NON_PROGRAM_SECTIONS = (".text",)

@@ -10,7 +10,8 @@ from typing import Any
 import yaml
 
 from harness.errors import ConfigError
-from harness.report.results import Probe
+from harness.kernels.version import KernelVersion
+from harness.report.results import Check, Outcome, Probe
 
 SIDE_KEYS = {"trigger", "programs", "expect", "description"}
 PROGRAM_KEYS = {"trigger", "expect", "description"}
@@ -20,26 +21,27 @@ PROGRAM_KEYS = {"trigger", "expect", "description"}
 class Expectation:
     """A known, accepted outcome: ``check`` of the program is ``outcome`` on the matching kernels/arches."""
 
-    outcome: str  # fail, skip, pass, error
-    check: str = "*"  # a check name or *
+    outcome: Outcome  # fail, skip, pass, error
+    check: Check | None = None  # None: every check ("*")
     kernels: tuple[str, ...] = ()  # kernel ids; empty means every kernel
     arches: tuple[str, ...] = ()  # empty means every arch
-    before: str = ""  # applies to kernels older than this version ("fails before 5.17")
-    since: str = ""  # applies to kernels at or after this version
+    before: KernelVersion | None = None  # applies to kernels older than this ("fails before 5.17")
+    since: KernelVersion | None = None  # applies to kernels at or after this version
     reason: str = ""
 
     def describe(self) -> str:
         where = []
         if self.kernels:
             where.append("on " + ", ".join(self.kernels))
-        if self.before:
+        if self.before is not None:
             where.append(f"before {self.before}")
-        if self.since:
+        if self.since is not None:
             where.append(f"since {self.since}")
         if self.arches:
             where.append("on " + ", ".join(self.arches))
         # "attach fail since 5.17": the check, the expected outcome, where (never "passs" or "skips").
-        text = " ".join([self.check if self.check != "*" else "every check", self.outcome, *where])
+        check = self.check.value if self.check is not None else "every check"
+        text = " ".join([check, self.outcome.value, *where])
         return f"{text}: {self.reason}" if self.reason else text
 
 
@@ -94,43 +96,49 @@ def _check_trigger(where: str, value: Any) -> Any:
     raise ConfigError(f"{where}: 'trigger' must be \"default\", a shell command or a list of strings (argv)")
 
 
+def _as_version(where: str, key: str, item: Mapping[str, Any]) -> KernelVersion | None:
+    if key not in item:
+        return None
+    text = _as_text(where, key, item[key])
+    version = KernelVersion.parse(text)
+    if version is None:
+        raise ConfigError(f"{where}: {key!r} is not a kernel version: {text!r} (e.g. \"5.17\")")
+    return version
+
+
+def _parse_expectation(w: str, item: Any) -> Expectation:
+    allowed = {"outcome", "check", "kernels", "kernel", "arches", "arch", "before", "since", "reason"}
+    if not isinstance(item, dict):
+        raise ConfigError(f"{w}: expected a mapping")
+    unknown = sorted(set(item) - allowed)
+    if unknown:
+        raise ConfigError(f"{w}: unknown key {', '.join(map(repr, unknown))}")
+    outcome = str(item.get("outcome", "fail"))
+    if outcome not in {o.value for o in Outcome} - {"xfail", "xpass"}:
+        raise ConfigError(f"{w}: unknown outcome {outcome!r} (pass, fail, skip or error)")
+    check = str(item.get("check", "*"))
+    kernels_key = "kernels" if "kernels" in item else "kernel"
+    arches_key = "arches" if "arches" in item else "arch"
+    if check != "*" and check not in {c.value for c in Check}:
+        raise ConfigError(f"{w}: unknown check {check!r} (known: {', '.join(c.value for c in Check)})")
+    return Expectation(
+        outcome=Outcome(outcome),
+        check=Check(check) if check != "*" else None,
+        kernels=_as_tuple(w, kernels_key, item.get(kernels_key)),
+        arches=_as_tuple(w, arches_key, item.get(arches_key)),
+        before=_as_version(w, "before", item),
+        since=_as_version(w, "since", item),
+        reason=str(item.get("reason", "")),
+    )
+
+
 def parse_expectations(where: str, raw: Any) -> tuple[Expectation, ...]:
     """Parse an ``expect:`` list; raises ConfigError naming the entry."""
-    from harness.report.results import Check, Outcome
-
     if raw is None:
         return ()
     if not isinstance(raw, list):
         raise ConfigError(f"{where}: 'expect' must be a list")
-    out = []
-    allowed = {"outcome", "check", "kernels", "kernel", "arches", "arch", "before", "since", "reason"}
-    for i, item in enumerate(raw):
-        w = f"{where}: expect[{i}]"
-        if not isinstance(item, dict):
-            raise ConfigError(f"{w}: expected a mapping")
-        unknown = sorted(set(item) - allowed)
-        if unknown:
-            raise ConfigError(f"{w}: unknown key {', '.join(map(repr, unknown))}")
-        outcome = str(item.get("outcome", "fail"))
-        if outcome not in {o.value for o in Outcome} - {"xfail", "xpass"}:
-            raise ConfigError(f"{w}: unknown outcome {outcome!r} (pass, fail, skip or error)")
-        check = str(item.get("check", "*"))
-        kernels_key = "kernels" if "kernels" in item else "kernel"
-        arches_key = "arches" if "arches" in item else "arch"
-        if check != "*" and check not in {c.value for c in Check}:
-            raise ConfigError(f"{w}: unknown check {check!r} (known: {', '.join(c.value for c in Check)})")
-        out.append(
-            Expectation(
-                outcome=outcome,
-                check=check,
-                kernels=_as_tuple(w, kernels_key, item.get(kernels_key)),
-                arches=_as_tuple(w, arches_key, item.get(arches_key)),
-                before=_as_text(w, "before", item["before"]) if "before" in item else "",
-                since=_as_text(w, "since", item["since"]) if "since" in item else "",
-                reason=str(item.get("reason", "")),
-            )
-        )
-    return tuple(out)
+    return tuple(_parse_expectation(f"{where}: expect[{i}]", item) for i, item in enumerate(raw))
 
 
 class _UniqueKeyLoader(yaml.SafeLoader):

@@ -16,15 +16,20 @@ from harness.checks import guest as guestlog
 from harness.checks.uprobe import GUEST_USER_DIR, build_user_samples, parse_uprobe_target
 from harness.errors import BuildError, HarnessError, LostVMError, ObjectError, VMError
 from harness.files import atomic_write
+from harness.kernels.cache import resolve_cache_root
 from harness.kernels.config import Arch, KernelsConfig, KernelSpec, host_arch
+from harness.kernels.facts import parse_config
+from harness.kernels.version import version_key
 from harness.programs.build import build_source, find_sources, generate_vmlinux_h
-from harness.programs.inventory import USER_KINDS, BPFObject, load_object
+from harness.programs.hooks import USER_KINDS
+from harness.programs.inventory import BPFObject, load_object
 from harness.programs.sidecar import Sidecar, load_sidecar
 from harness.report.results import CellResult, Check, KernelRun, Outcome, Probe
 from harness.vm.guest import protocol
 from harness.vm.runner import Accelerator, Runner, VMRequest, VMResult, accelerator_for, scaled_timeout
 
 AGENT = Path(__file__).parents[1] / "vm" / "guest" / "agent.py"
+KERNEL_VERSION_PY = Path(__file__).parents[1] / "kernels" / "version.py"
 GUEST_CHECKS = (Check.LOAD, Check.CORE, Check.ATTACH, Check.FIRE)
 OFFLINE_CHECKS = (Check.SYMBOL, Check.PROTOTYPE, Check.LAYOUT, Check.TP_FORMAT, Check.UPROBE)
 FACTS_MARKER = "facts-done"  # written in the facts directory once every file of it is in place
@@ -84,11 +89,9 @@ class GuestOutcome:
 def lsm_append(config_text: str | None) -> str:
     """``lsm=`` for the kernel command line: the kernel's own CONFIG_LSM with ``bpf`` added."""
     lsms: list[str] = list(DEFAULT_LSM)
-    if config_text:
-        for line in config_text.splitlines():
-            if line.startswith("CONFIG_LSM="):
-                lsms = [x for x in line.split("=", 1)[1].strip().strip('"').split(",") if x]
-                break
+    configured = parse_config(config_text).get("CONFIG_LSM") if config_text else None
+    if configured not in (None, "n"):  # "n": "# CONFIG_LSM is not set"
+        lsms = [x for x in str(configured).split(",") if x]
     if "bpf" not in lsms:
         lsms.append("bpf")
     return "lsm=" + ",".join(lsms)
@@ -99,14 +102,6 @@ def reported_seconds(value: object) -> float:
     if isinstance(value, (int, float)) and not isinstance(value, bool) and value >= 0:
         return float(value)
     return 0.0
-
-
-def version_key(kernel_id: str) -> tuple[int, ...]:
-    parts = []
-    for piece in kernel_id.replace("-", ".").split("."):
-        digits = "".join(c for c in piece if c.isdigit())
-        parts.append(int(digits) if digits else 0)
-    return tuple(parts)
 
 
 class MatrixRun:
@@ -133,7 +128,7 @@ class MatrixRun:
         self.progs_dir = progs_dir
         self.runner = runner
         self.accelerator = accelerator
-        self.cache_root = cache_root
+        self.cache_root = cache_root if cache_root is not None else resolve_cache_root()
         self.work_dir = work_dir or Path(tempfile.mkdtemp(prefix="bpf-matrix-"))
         self.retries = retries
         self._fetch = fetch
@@ -282,11 +277,7 @@ class MatrixRun:
         return found
 
     def _cache_dir(self) -> Path:
-        if self.cache_root is not None:
-            return self.cache_root
-        from harness.kernels.cache import resolve_cache_root
-
-        return resolve_cache_root(os.environ)
+        return self.cache_root
 
     def sidecar(self, object_name: str) -> Sidecar:
         """The sidecar of an object (parsed once); raises ConfigError for a malformed one."""
@@ -612,6 +603,7 @@ class MatrixRun:
         for helper in AGENT.parent.glob("*.py"):
             if helper != AGENT and helper.name != "__init__.py":
                 shutil.copy2(helper, share / helper.name)
+        shutil.copy2(KERNEL_VERSION_PY, share / KERNEL_VERSION_PY.name)  # the agent's `import version`
         protocol.write_plan(share, plan)
 
     def _store_facts(self, source: Path, dest: Path, config: Path | None) -> None:
@@ -764,7 +756,7 @@ class MatrixRun:
                         cell[(probe, Check.LAYOUT)] = layout
                     if probe.kind in USER_KINDS and not self.input_error(spec.arch, probe):
                         root = self.guest_root(spec.arch)
-                        up = check_uprobe(probe, spec.id, spec.arch, root, self.progs_dir)
+                        up = check_uprobe(probe, spec.id, spec.arch, root, self.progs_dir, self.cache_root)
                         if up is not None:
                             cell[(probe, Check.UPROBE)] = up
         return out

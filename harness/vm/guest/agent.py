@@ -338,17 +338,15 @@ class Libbpf:
 
 
 def kernel_version(release: str) -> tuple[int, int]:
-    """(major, minor) of a ``uname -r``; (0, 0) when it cannot be read."""
-    parts = release.split(".")
+    """(major, minor) of a ``uname -r`` ("6.12-rc3" is 6.12); (0, 0) when it cannot be read."""
     try:
-        digits = ""
-        for c in parts[1]:  # "12-rc3" is 12: only the leading digits
-            if not c.isdigit():
-                break
-            digits += c
-        return int(parts[0]), int(digits or 0)
-    except (IndexError, ValueError):
-        return (0, 0)
+        from version import KernelVersion  # type: ignore[import-not-found]  # copied beside the agent
+    except ImportError:
+        if not __package__:
+            return (0, 0)  # a lone agent: no feature gate opens
+        from ...kernels.version import KernelVersion  # the agent imported from its package (host tests)
+    parsed = KernelVersion.parse(release)
+    return parsed.major_minor if parsed is not None else (0, 0)
 
 
 # ---------------------------------------------------------------------------------------------------

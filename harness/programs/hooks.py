@@ -1,0 +1,102 @@
+"""The hook registry: every program kind the harness knows, its ELF sections and what checks its target."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from enum import Enum
+
+from harness.report.results import Check
+
+
+class Target(str, Enum):
+    """Where a hook's target lives, which is where the symbol check looks for it."""
+
+    KERNEL_FUNCTION = "kernel function"  # kallsyms, and available_filter_functions (ftrace)
+    SYSCALL = "syscall"  # the arch's syscall wrapper, in kallsyms and ftrace
+    TRACE_EVENT = "trace event"  # available_events, tracepoint formats
+    RAW_TRACEPOINT = "raw tracepoint"  # the tracepoint itself (kallsyms __tracepoint_*, BTF btf_trace_*)
+    LSM = "lsm"  # bpf_lsm_<hook> in BTF and kallsyms, and the active LSMs
+    USER_BINARY = "user binary"  # an ELF file in the guest (symbols, DWARF, USDT notes)
+
+
+@dataclass(frozen=True)
+class Hook:
+    """One program kind: its SEC() prefixes (libbpf.c section_defs) and how its target is found."""
+
+    name: str
+    prefixes: tuple[str, ...]
+    target: Target
+    trampoline: bool = False  # attached through a BPF trampoline: the target needs a BTF FUNC
+    multi: bool = False  # one link to many targets, a glob allowed (fprobe, 5.18+)
+    # The context holds nothing after the parameters (no return value there): a parameter appended at
+    # the end moves nothing the program reads.
+    append_safe: bool = False
+
+    @property
+    def btf_prototype(self) -> bool:
+        """Whether a BTF prototype describes the arguments the program sees (the prototype check)."""
+        if self.target is Target.KERNEL_FUNCTION:
+            return not self.multi
+        return self.target in (Target.LSM, Target.RAW_TRACEPOINT)
+
+    @property
+    def checks(self) -> frozenset[Check]:
+        """The offline checks that apply to a probe of this kind (the in-guest ones apply to all)."""
+        out = {Check.SYMBOL}
+        if self.btf_prototype:
+            out.add(Check.PROTOTYPE)
+        if self.target is Target.TRACE_EVENT:
+            out.add(Check.TP_FORMAT)
+        if self.target is Target.USER_BINARY:
+            out = {Check.UPROBE}
+        return frozenset(out)
+
+
+_F, _S, _E, _R, _L, _U = (
+    Target.KERNEL_FUNCTION, Target.SYSCALL, Target.TRACE_EVENT, Target.RAW_TRACEPOINT, Target.LSM,
+    Target.USER_BINARY,
+)
+HOOKS: Mapping[str, Hook] = {
+    h.name: h
+    for h in (
+        Hook("kprobe", ("kprobe/",), _F, append_safe=True),
+        Hook("kretprobe", ("kretprobe/",), _F, append_safe=True),
+        Hook("kprobe.multi", ("kprobe.multi/",), _F, multi=True),
+        Hook("kretprobe.multi", ("kretprobe.multi/",), _F, multi=True),
+        Hook("ksyscall", ("ksyscall/",), _S),
+        Hook("kretsyscall", ("kretsyscall/",), _S),
+        Hook("fentry", ("fentry.s/", "fentry/"), _F, trampoline=True, append_safe=True),
+        Hook("fexit", ("fexit.s/", "fexit/"), _F, trampoline=True),
+        Hook("fmod_ret", ("fmod_ret.s/", "fmod_ret/"), _F, trampoline=True),
+        Hook("tp_btf", ("tp_btf/",), _R, append_safe=True),
+        Hook("raw_tp", ("raw_tp.w/", "raw_tp/", "raw_tracepoint.w/", "raw_tracepoint/"), _R,
+             append_safe=True),
+        Hook("tracepoint", ("tracepoint/", "tp/"), _E),
+        Hook("lsm", ("lsm.s/", "lsm/"), _L, trampoline=True),
+        Hook("lsm_cgroup", ("lsm_cgroup/",), _L, trampoline=True),
+        Hook("uprobe.multi", ("uprobe.multi.s/", "uprobe.multi/"), _U, multi=True),
+        Hook("uretprobe.multi", ("uretprobe.multi.s/", "uretprobe.multi/"), _U, multi=True),
+        Hook("uprobe", ("uprobe.s/", "uprobe/"), _U),
+        Hook("uretprobe", ("uretprobe.s/", "uretprobe/"), _U),
+        Hook("usdt", ("usdt/",), _U),
+    )
+}
+
+# (section prefix, kind), longest prefix first so that a longer one always wins.
+SECTION_PREFIXES: tuple[tuple[str, str], ...] = tuple(
+    sorted(((p, h.name) for h in HOOKS.values() for p in h.prefixes), key=lambda pk: -len(pk[0]))
+)
+
+
+def resolve_hook(kind: str) -> Hook | None:
+    """The registry's entry for a probe kind, or None for a kind the harness does not know."""
+    return HOOKS.get(kind)
+
+
+def kinds_where(target: Target) -> frozenset[str]:
+    """The kinds whose target lives in ``target``."""
+    return frozenset(h.name for h in HOOKS.values() if h.target is target)
+
+
+USER_KINDS = kinds_where(Target.USER_BINARY)
