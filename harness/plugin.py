@@ -28,7 +28,9 @@ from harness.report.results import (
     Probe,
     merge_matrices,
 )
-from harness.run.pipeline import GUEST_CHECKS, OFFLINE_CHECKS, MatrixRun
+from harness.run.boot import GUEST_CHECKS
+from harness.run.coordinator import MatrixRun
+from harness.run.offline import OFFLINE_CHECKS
 from harness.vm.runner import Runner, VngRunner, probe_accelerator, stop_all_vms
 
 RUN_KEY = pytest.StashKey["MatrixRun"]()

@@ -1,4 +1,4 @@
-"""Tests of run.pipeline without a VM: a fake runner plays the guest agent, a fake fetch the kernels."""
+"""Tests of harness.run without a VM: a fake runner plays the guest agent, a fake fetch the kernels."""
 
 from __future__ import annotations
 
@@ -20,18 +20,11 @@ from harness.kernels.fetch import KernelBuild
 from harness.programs.build import LIBBPF_INCLUDE
 from harness.programs.inventory import load_object
 from harness.report.results import Check, Outcome, Probe
-from harness.run.pipeline import (
-    BUILD_PROGRAM,
-    DEFAULT_LSM,
-    FACTS_MARKER,
-    GUEST_CHECKS,
-    OFFLINE_CHECKS,
-    SCRATCH_DISK_BYTES,
-    MatrixRun,
-    lsm_append,
-    reported_seconds,
-    version_key,
-)
+from harness.run.boot import DEFAULT_LSM, GUEST_CHECKS, SCRATCH_DISK_BYTES, lsm_append, reported_seconds
+from harness.run.coordinator import MatrixRun
+from harness.run.facts import FACTS_MARKER
+from harness.run.offline import OFFLINE_CHECKS
+from harness.run.programs import BUILD_PROGRAM, version_key
 from harness.vm.runner import DONE_FILE, Accelerator, VMRequest, VMResult
 
 FACTS = Path(__file__).resolve().parent / "data" / "facts" / "6.1-x86_64"
@@ -391,7 +384,8 @@ def test_the_boot_request(tmp_path: Path) -> None:
     assert kernel.agent_seconds == 0.25
     assert (s.run.work_dir / f"{spec.key}.booted").read_text() == "ok"
     # The boot's own directory (share, scratch disk) is gone once its results are read.
-    assert sorted(p.name for p in s.run.work_dir.iterdir()) == [f"{spec.key}.booted"]
+    marker = f"{spec.key}.booted"
+    assert sorted(p.name for p in s.run.work_dir.iterdir()) == [marker, f"{marker}.lock"]
 
 
 def test_keep_guest_files_copies_each_boot_without_its_scratch_disk(tmp_path: Path) -> None:
@@ -405,7 +399,8 @@ def test_keep_guest_files_copies_each_boot_without_its_scratch_disk(tmp_path: Pa
     assert (share / "plan.json").exists() and (share / "objects.json").exists()
     assert not (boot / "scratch.img").exists()
     # The run's own directory is cleaned up as before.
-    assert sorted(p.name for p in s.run.work_dir.iterdir()) == [f"{s.spec('6.1').key}.booted"]
+    key = s.spec("6.1").key
+    assert sorted(p.name for p in s.run.work_dir.iterdir()) == [f"{key}.booted", f"{key}.booted.lock"]
 
 
 @pytest.mark.parametrize("value,expected", [(3.5, 3.5), (2, 2.0), (None, 0.0), ("3", 0.0), (True, 0.0),
