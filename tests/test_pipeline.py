@@ -646,3 +646,70 @@ def test_an_object_that_does_not_build_for_one_arch_shows_its_probes_there_as_er
         assert res.reason.startswith("x86only.bpf.c does not compile: ")
         assert "x86 registers only" in res.reason
     assert s.runner.count("6.1-arm64") == 0
+
+
+# ---------------------------------------------------------------- CO-RE relocations that cannot be read
+
+
+BAD_EXT = "sleepy.bpf.o:.BTF.ext: bad BTF.ext magic 0x0000 (expected 0xeb9f)"
+
+
+def test_unreadable_core_relocations_are_error_cells_with_the_cause(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from harness.errors import BTFError
+    from harness.run import programs
+
+    def malformed(path: Path) -> dict[str, Any]:
+        raise BTFError(f"{path.name}:.BTF.ext: bad BTF.ext magic 0x0000 (expected 0xeb9f)")
+
+    monkeypatch.setattr(programs, "load_object_core_relos", malformed)
+    s = make_run(tmp_path)
+    built = s.run.objects(ARCH)
+    assert built.relocation_errors == {"sleepy": f"CO-RE relocations unreadable: {BAD_EXT}"}
+    spec = s.spec("6.1")
+    for probe in probes_of(s):
+        # The cells exist (tests are generated for them) and say why they cannot be decided.
+        assert built.applies(probe, Check.LAYOUT) and built.applies(probe, Check.CORE)
+        layout = s.run.offline_result(spec, probe, Check.LAYOUT)
+        core = s.run.guest_result(spec, probe, Check.CORE)
+        for res in (layout, core):
+            assert (res.outcome, res.reason) == (Outcome.ERROR, f"CO-RE relocations unreadable: {BAD_EXT}")
+        # The other checks of the object are decided as usual.
+        assert s.run.guest_result(spec, probe, Check.LOAD).outcome is Outcome.PASS
+        assert s.run.offline_result(spec, probe, Check.SYMBOL).outcome is not Outcome.ERROR
+
+
+def test_readable_core_relocations_index_only_relocated_programs(tmp_path: Path) -> None:
+    s = make_run(tmp_path)
+    built = s.run.objects(ARCH)
+    assert built.relocation_errors == {} and "sleepy" in built.relocations
+    # SAMPLE reads no kernel struct: no program of it has relocations, so no layout or core cell.
+    assert built.relocated == frozenset()
+    assert not any(built.applies(p, c) for p in probes_of(s) for c in (Check.LAYOUT, Check.CORE))
+
+
+# ---------------------------------------------------------------- processes sharing a run directory
+
+
+def test_a_planned_kernel_takes_its_facts_from_the_process_that_booted_it(tmp_path: Path) -> None:
+    booter = make_run(tmp_path)
+    spec = booter.spec("6.1")
+    booter.run.guest_result(spec, probes_of(booter)[0], Check.LOAD)
+    other = make_run(tmp_path, cache=booter.cache, progs=booter.run.progs_dir)
+    other.run.work_dir = booter.run.work_dir
+    other.run.guest_planned = frozenset({spec.key})
+    assert other.run.facts(other.spec("6.1")).release == booter.run.facts(spec).release
+    assert other.runner.count() == 0
+
+
+def test_a_planned_kernel_whose_boot_failed_elsewhere_has_that_error(tmp_path: Path) -> None:
+    key = "6.1-" + ARCH.name
+    booter = make_run(tmp_path, retries=0, acts={key: [act_lost]})
+    booter.run.guest_result(booter.spec("6.1"), probes_of(booter)[0], Check.LOAD)
+    other = make_run(tmp_path, cache=booter.cache, progs=booter.run.progs_dir)
+    other.run.work_dir = booter.run.work_dir
+    other.run.guest_planned = frozenset({key})
+    with pytest.raises(HarnessError, match=f"no facts for {key}: guest did not finish within 300 s"):
+        other.run.facts(other.spec("6.1"))
+    assert other.runner.count() == 0
