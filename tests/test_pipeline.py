@@ -713,3 +713,27 @@ def test_a_planned_kernel_whose_boot_failed_elsewhere_has_that_error(tmp_path: P
     with pytest.raises(HarnessError, match=f"no facts for {key}: guest did not finish within 300 s"):
         other.run.facts(other.spec("6.1"))
     assert other.runner.count() == 0
+
+
+# ---------------------------------------------------------------- the VM request, without a VM
+
+
+def test_vm_request_is_built_from_the_job_alone(tmp_path: Path) -> None:
+    from harness.report.results import KernelRun
+    from harness.run.boot import BootJob, vm_request
+
+    spec = kernels(tmp_path).kernels[0]
+    where = tmp_path / "boot"
+    where.mkdir()
+    build = KernelBuild(
+        spec=spec, image=where / "vmlinuz", modules=where / "modules", release="6.1.0-27-amd64",
+        digest="0" * 64, source="fake", config=None, verified="", entry=where, facts_dir=where / "facts",
+    )
+    job = BootJob(spec, build, KernelRun(spec.id, ARCH.name), (), (), True, None, KVM, PACKAGE_CONFIG)
+    req = vm_request(job, where / "share", where / "scratch.img")
+    assert req.command == ["python3", "-S", "/mnt/agent.py", "/mnt"]
+    assert req.append[0] == "lsm=landlock,lockdown,yama,integrity,apparmor,bpf"
+    assert (req.image, req.modules, req.disks) == (build.image, build.modules, [where / "scratch.img"])
+    assert req.root is None and req.accelerator is KVM and req.share == where / "share"
+    # Nothing was written: the request is a value.
+    assert list(where.iterdir()) == []
