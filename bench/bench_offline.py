@@ -203,7 +203,7 @@ def run(columns: dict[tuple[str, str], Path]) -> tuple[float, float, list[CellRe
 def run_matrix(kernels_yaml: Path, progs: Path) -> int:
     """Time MatrixRun's offline checks (every probe x kernel x arch) twice, objects built beforehand."""
     from harness.kernels.config import load_kernels_yaml
-    from harness.run.pipeline import MatrixRun
+    from harness.run.coordinator import MatrixRun
     from harness.vm.runner import VngRunner, probe_accelerator
 
     config = load_kernels_yaml(kernels_yaml)
@@ -214,7 +214,7 @@ def run_matrix(kernels_yaml: Path, progs: Path) -> int:
         for arch in matrix.arches():
             matrix.objects(arch)
         start, cpu = time.perf_counter(), time.process_time()
-        cells = matrix._compute_offline()
+        cells = matrix.compute_offline()
         times.append((time.perf_counter() - start, time.process_time() - cpu))
         results = sum(len(c) for c in cells.values())
     print(f"matrix: {kernels_yaml} ({len(config.kernels)} kernel x arch entries), {progs}: {results} results")

@@ -1,4 +1,4 @@
-"""The pytest plugin: options, test generation over probe × kernel × arch × check, and the matrix reporter."""
+"""The pytest plugin: options, test generation over probe × kernel × arch × check, and the hooks."""
 
 from __future__ import annotations
 
@@ -9,7 +9,6 @@ import os
 import shutil
 import signal
 import tempfile
-from collections.abc import Generator
 from pathlib import Path
 from types import FrameType
 from typing import Any
@@ -17,20 +16,19 @@ from typing import Any
 import pytest
 
 from harness.errors import HarnessError
-from harness.files import atomic_write
 from harness.kernels.cache import resolve_cache_root
 from harness.kernels.config import KernelsConfig, KernelSpec, load_kernels_yaml
 from harness.report.expectations import apply_expectations
+from harness.report.reporter import PROP_KERNEL, PROP_RESULTS, MatrixReporter
 from harness.report.results import (
     CellResult,
     Check,
-    KernelRun,
-    Matrix,
     Outcome,
     Probe,
-    merge_matrices,
 )
-from harness.run.pipeline import GUEST_CHECKS, OFFLINE_CHECKS, MatrixRun
+from harness.run.boot import GUEST_CHECKS
+from harness.run.coordinator import MatrixRun
+from harness.run.offline import OFFLINE_CHECKS
 from harness.vm.runner import Runner, VngRunner, probe_accelerator, stop_all_vms
 
 RUN_KEY = pytest.StashKey["MatrixRun"]()
@@ -38,10 +36,7 @@ REPORTER_KEY = pytest.StashKey["MatrixReporter"]()
 OWNED_DIR_KEY = pytest.StashKey[Path]()
 COORDINATED_KEY = pytest.StashKey[bool]()
 REGROUPED_DIST_MODES = ("load", "loadscope", "loadfile", "worksteal")
-PROP_RESULTS = "bpf_matrix_results"
-PROP_KERNEL = "bpf_matrix_kernel"
 OFFLINE_GROUP = "offline"
-EXIT_HARNESS_ERROR = 3  # pytest's "internal error": some cell could not be decided
 # Testing hook: "module:factory" naming a callable that returns the Runner to boot with instead of vng.
 RUNNER_ENV = "BPF_MATRIX_RUNNER"
 # Memory a worker needs beyond its guest: the harness, qemu's own overhead, page cache for 9p.
@@ -142,7 +137,7 @@ def pytest_configure(config: pytest.Config) -> None:
     else:
         work_dir = Path(tempfile.mkdtemp(prefix="bpf-matrix-run-"))
         config.stash[OWNED_DIR_KEY] = work_dir
-        reporter = MatrixReporter(config)
+        reporter = MatrixReporter(config, [(k.id, k.arch.name) for k in kernels.kernels])
         config.stash[REPORTER_KEY] = reporter
         config.pluginmanager.register(reporter, "bpf-matrix-reporter")
     cache = config.getoption("--cache-dir-kernels")
@@ -401,86 +396,3 @@ def matrix_cell(request: pytest.FixtureRequest) -> Cell:
             msg += f"\n--- console tail ---\n{tail}"
         raise InfrastructureError(msg)
     return Cell([result])
-
-
-class MatrixReporter:
-    """Collects every cell's results on the controlling process and writes the matrix once at the end."""
-
-    def __init__(self, config: pytest.Config) -> None:
-        self.config = config
-        self.records: dict[tuple[Probe, str, str, Check], CellResult] = {}
-        self.kernels: dict[tuple[str, str], KernelRun] = {}
-        self.written: list[Path] = []
-
-    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
-        for name, value in report.user_properties:
-            if name == PROP_RESULTS:
-                for data in json.loads(str(value)):
-                    res = CellResult.deserialize(data)
-                    self.records[(res.probe, res.kernel, res.arch, res.check)] = res
-            elif name == PROP_KERNEL:
-                run = KernelRun.deserialize(json.loads(str(value)))
-                key = (run.kernel, run.arch)
-                known = self.kernels.get(key)
-                if known is None or (run.booted and not known.booted) or (run.error and not known.booted):
-                    self.kernels[key] = run
-
-    def matrix(self) -> Matrix:
-        run: MatrixRun | None = self.config.stash.get(RUN_KEY, None)
-        order = [(k.id, k.arch.name) for k in run.config.kernels] if run else []
-        kernels = [self.kernels[c] for c in order if c in self.kernels]
-        kernels += [k for c, k in self.kernels.items() if c not in order]
-        return merge_matrices([Matrix(tuple(self.records.values()), tuple(kernels))])
-
-    @pytest.hookimpl(tryfirst=True)
-    def pytest_sessionfinish(self, session: pytest.Session) -> None:
-        if not self.records:
-            return
-        self.written = list(self.write(self.matrix()))
-        # Exit 1 says "a probe is incompatible"; exit 3 says "the harness could not tell" (a VM or
-        # download failed), so that CI and users never take an infrastructure failure for a verdict.
-        if session.exitstatus in (pytest.ExitCode.OK, pytest.ExitCode.TESTS_FAILED) and any(
-            r.outcome == Outcome.ERROR for r in self.records.values()
-        ):
-            session.exitstatus = EXIT_HARNESS_ERROR
-
-    def counts(self) -> str:
-        """"3 incompatible, 2 expected failures, 1 harness/VM error" for the summary line."""
-        outcomes = [r.outcome for r in self.records.values()]
-        parts = [
-            (outcomes.count(Outcome.FAIL) + outcomes.count(Outcome.XPASS), "incompatible or changed"),
-            (outcomes.count(Outcome.XFAIL), "expected failures"),
-            (outcomes.count(Outcome.ERROR), "harness/VM errors"),
-            (outcomes.count(Outcome.PASS), "passed"),
-        ]
-        return ", ".join(f"{n} {what}" for n, what in parts if n)
-
-    @pytest.hookimpl(trylast=True)
-    def pytest_terminal_summary(self, terminalreporter: Any) -> None:
-        if not self.records:
-            return
-        from harness.report.render import render_terminal
-
-        terminalreporter.write_sep("=", "eBPF kernel compatibility matrix")
-        terminalreporter.write_line(render_terminal(self.matrix()))
-        terminalreporter.write_line(f"checks: {self.counts()}")
-        for path in self.written:
-            terminalreporter.write_line(f"matrix written to {path}")
-
-    def write(self, matrix: Matrix) -> Generator[Path, None, None]:
-        from harness.report.render import render_html, render_json, render_markdown
-
-        outputs = [
-            (self.config.getoption("--matrix-json"), render_json),
-            (self.config.getoption("--matrix-markdown"), render_markdown),
-            (self.config.getoption("--matrix-html"), render_html),
-        ]
-        for raw, render in outputs:
-            if not raw:
-                continue
-            path = Path(raw)
-            if not path.is_absolute():
-                path = Path(str(self.config.invocation_params.dir)) / path
-            path.parent.mkdir(parents=True, exist_ok=True)
-            atomic_write(path, render(matrix))
-            yield path

@@ -1,4 +1,4 @@
-"""Tests of run.pipeline without a VM: a fake runner plays the guest agent, a fake fetch the kernels."""
+"""Tests of harness.run without a VM: a fake runner plays the guest agent, a fake fetch the kernels."""
 
 from __future__ import annotations
 
@@ -17,21 +17,15 @@ from tools import needs
 from harness.errors import FetchError, HarnessError, LostVMError, VMError
 from harness.kernels.config import KernelsConfig, KernelSpec, host_arch, parse_kernels_yaml
 from harness.kernels.fetch import KernelBuild
+from harness.kernels.version import version_key
 from harness.programs.build import LIBBPF_INCLUDE
 from harness.programs.inventory import load_object
 from harness.report.results import Check, Outcome, Probe
-from harness.run.pipeline import (
-    BUILD_PROGRAM,
-    DEFAULT_LSM,
-    FACTS_MARKER,
-    GUEST_CHECKS,
-    OFFLINE_CHECKS,
-    SCRATCH_DISK_BYTES,
-    MatrixRun,
-    lsm_append,
-    reported_seconds,
-    version_key,
-)
+from harness.run.boot import DEFAULT_LSM, GUEST_CHECKS, SCRATCH_DISK_BYTES, lsm_append, reported_seconds
+from harness.run.coordinator import MatrixRun
+from harness.run.facts import FACTS_MARKER
+from harness.run.offline import OFFLINE_CHECKS
+from harness.run.programs import BUILD_PROGRAM
 from harness.vm.guest import protocol
 from harness.vm.runner import Accelerator, VMRequest, VMResult
 
@@ -399,7 +393,8 @@ def test_the_boot_request(tmp_path: Path) -> None:
     assert kernel.agent_seconds == 0.25
     assert (s.run.work_dir / f"{spec.key}.booted").read_text() == "ok"
     # The boot's own directory (share, scratch disk) is gone once its results are read.
-    assert sorted(p.name for p in s.run.work_dir.iterdir()) == [f"{spec.key}.booted"]
+    marker = f"{spec.key}.booted"
+    assert sorted(p.name for p in s.run.work_dir.iterdir()) == [marker, f"{marker}.lock"]
 
 
 def test_keep_guest_files_copies_each_boot_without_its_scratch_disk(tmp_path: Path) -> None:
@@ -413,7 +408,8 @@ def test_keep_guest_files_copies_each_boot_without_its_scratch_disk(tmp_path: Pa
     assert (share / "plan.json").exists() and (share / "objects.json").exists()
     assert not (boot / "scratch.img").exists()
     # The run's own directory is cleaned up as before.
-    assert sorted(p.name for p in s.run.work_dir.iterdir()) == [f"{s.spec('6.1').key}.booted"]
+    key = s.spec("6.1").key
+    assert sorted(p.name for p in s.run.work_dir.iterdir()) == [f"{key}.booted", f"{key}.booted.lock"]
 
 
 @pytest.mark.parametrize("value,expected", [(3.5, 3.5), (2, 2.0), (None, 0.0), ("3", 0.0), (True, 0.0),
@@ -659,3 +655,94 @@ def test_an_object_that_does_not_build_for_one_arch_shows_its_probes_there_as_er
         assert res.reason.startswith("x86only.bpf.c does not compile: ")
         assert "x86 registers only" in res.reason
     assert s.runner.count("6.1-arm64") == 0
+
+
+# ---------------------------------------------------------------- CO-RE relocations that cannot be read
+
+
+BAD_EXT = "sleepy.bpf.o:.BTF.ext: bad BTF.ext magic 0x0000 (expected 0xeb9f)"
+
+
+def test_unreadable_core_relocations_are_error_cells_with_the_cause(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from harness.errors import BTFError
+    from harness.run import programs
+
+    def malformed(path: Path) -> dict[str, Any]:
+        raise BTFError(f"{path.name}:.BTF.ext: bad BTF.ext magic 0x0000 (expected 0xeb9f)")
+
+    monkeypatch.setattr(programs, "load_object_core_relos", malformed)
+    s = make_run(tmp_path)
+    built = s.run.objects(ARCH)
+    assert built.relocation_errors == {"sleepy": f"CO-RE relocations unreadable: {BAD_EXT}"}
+    spec = s.spec("6.1")
+    for probe in probes_of(s):
+        # The cells exist (tests are generated for them) and say why they cannot be decided.
+        assert built.applies(probe, Check.LAYOUT) and built.applies(probe, Check.CORE)
+        layout = s.run.offline_result(spec, probe, Check.LAYOUT)
+        core = s.run.guest_result(spec, probe, Check.CORE)
+        for res in (layout, core):
+            assert (res.outcome, res.reason) == (Outcome.ERROR, f"CO-RE relocations unreadable: {BAD_EXT}")
+        # The other checks of the object are decided as usual.
+        assert s.run.guest_result(spec, probe, Check.LOAD).outcome is Outcome.PASS
+        assert s.run.offline_result(spec, probe, Check.SYMBOL).outcome is not Outcome.ERROR
+
+
+def test_readable_core_relocations_index_only_relocated_programs(tmp_path: Path) -> None:
+    s = make_run(tmp_path)
+    built = s.run.objects(ARCH)
+    assert built.relocation_errors == {} and "sleepy" in built.relocations
+    # SAMPLE reads no kernel struct: no program of it has relocations, so no layout or core cell.
+    assert built.relocated == frozenset()
+    assert not any(built.applies(p, c) for p in probes_of(s) for c in (Check.LAYOUT, Check.CORE))
+
+
+# ---------------------------------------------------------------- processes sharing a run directory
+
+
+def test_a_planned_kernel_takes_its_facts_from_the_process_that_booted_it(tmp_path: Path) -> None:
+    booter = make_run(tmp_path)
+    spec = booter.spec("6.1")
+    booter.run.guest_result(spec, probes_of(booter)[0], Check.LOAD)
+    other = make_run(tmp_path, cache=booter.cache, progs=booter.run.progs_dir)
+    other.run.work_dir = booter.run.work_dir
+    other.run.guest_planned = frozenset({spec.key})
+    assert other.run.facts(other.spec("6.1")).release == booter.run.facts(spec).release
+    assert other.runner.count() == 0
+
+
+def test_a_planned_kernel_whose_boot_failed_elsewhere_has_that_error(tmp_path: Path) -> None:
+    key = "6.1-" + ARCH.name
+    booter = make_run(tmp_path, retries=0, acts={key: [act_lost]})
+    booter.run.guest_result(booter.spec("6.1"), probes_of(booter)[0], Check.LOAD)
+    other = make_run(tmp_path, cache=booter.cache, progs=booter.run.progs_dir)
+    other.run.work_dir = booter.run.work_dir
+    other.run.guest_planned = frozenset({key})
+    with pytest.raises(HarnessError, match=f"no facts for {key}: guest did not finish within 300 s"):
+        other.run.facts(other.spec("6.1"))
+    assert other.runner.count() == 0
+
+
+# ---------------------------------------------------------------- the VM request, without a VM
+
+
+def test_vm_request_is_built_from_the_job_alone(tmp_path: Path) -> None:
+    from harness.report.results import KernelRun
+    from harness.run.boot import BootJob, vm_request
+
+    spec = kernels(tmp_path).kernels[0]
+    where = tmp_path / "boot"
+    where.mkdir()
+    build = KernelBuild(
+        spec=spec, image=where / "vmlinuz", modules=where / "modules", release="6.1.0-27-amd64",
+        digest="0" * 64, source="fake", config=None, verified="", entry=where, facts_dir=where / "facts",
+    )
+    job = BootJob(spec, build, KernelRun(spec.id, ARCH.name), (), (), True, None, KVM, PACKAGE_CONFIG)
+    req = vm_request(job, where / "share", where / "scratch.img")
+    assert req.command == ["python3", "-S", "/mnt/agent.py", "/mnt"]
+    assert req.append[0] == "lsm=landlock,lockdown,yama,integrity,apparmor,bpf"
+    assert (req.image, req.modules, req.disks) == (build.image, build.modules, [where / "scratch.img"])
+    assert req.root is None and req.accelerator is KVM and req.share == where / "share"
+    # Nothing was written: the request is a value.
+    assert list(where.iterdir()) == []

@@ -24,7 +24,7 @@ from harness.errors import LostVMError
 from harness.kernels.config import parse_kernels_yaml
 from harness.kernels.fetch import KernelBuild
 from harness.programs.inventory import load_object
-from harness.run.pipeline import MatrixRun
+from harness.run.coordinator import MatrixRun
 from harness.vm.guest import protocol
 from harness.vm.runner import (
     Accelerator,
@@ -626,7 +626,8 @@ def test_parallel_runs_never_share_a_share_dir(
     assert not any(s.exists() for s in shares)
     assert sorted(p.name for p in (tmp_path / "tmp").iterdir()) == sorted(r.work_dir.name for r in runs)
     for r in runs:
-        assert [p.name for p in r.work_dir.iterdir()] == [f"{spec.key}.booted"]
+        marker = f"{spec.key}.booted"
+        assert sorted(p.name for p in r.work_dir.iterdir()) == [marker, f"{marker}.lock"]
 
 
 def test_matrix_group_from_node_ids() -> None:

@@ -1,1 +1,1 @@
-"""Run: the coordinator of one matrix run and its steps."""
+"""Run: one matrix run as steps (programs, boot, facts, offline checks, cells) and the coordinator."""

@@ -1,0 +1,209 @@
+"""The boot step of a run: one VM per (kernel, arch), retried when lost, and what its guest reported."""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from harness.checks import guest as guestlog
+from harness.errors import LostVMError, VMError
+from harness.kernels.config import KernelSpec
+from harness.kernels.facts import parse_config
+from harness.kernels.fetch import KernelBuild
+from harness.programs.inventory import BPFObject
+from harness.report.results import CellResult, Check, KernelRun, Outcome, Probe
+from harness.run.facts import store_facts
+from harness.run.share import AGENT
+from harness.vm.guest.protocol import FACTS_DIR, read_objects, read_scenarios
+from harness.vm.runner import Accelerator, VMRequest, VMResult, scaled_timeout
+
+GUEST_CHECKS = (Check.LOAD, Check.CORE, Check.ATTACH, Check.FIRE)
+SCRATCH_DISK_BYTES = 4 << 20  # a virtio disk so that block-layer probes have I/O to see
+# LSMs of Debian's CONFIG_LSM; `bpf` is appended when missing so that lsm/ programs can attach.
+DEFAULT_LSM = ("lockdown", "capability", "landlock", "yama", "apparmor", "bpf")
+
+
+@dataclass
+class GuestOutcome:
+    """What one boot of one (kernel, arch) gave: results per probe and check, and the kernel's record."""
+
+    kernel: KernelRun
+    results: dict[tuple[Probe, Check], CellResult] = field(default_factory=dict)
+    error: str = ""
+    console_tail: str = ""
+
+
+@dataclass(frozen=True)
+class BootJob:
+    """One boot to make: the kernel, what the guest loads, and how it runs."""
+
+    spec: KernelSpec
+    build: KernelBuild
+    base: KernelRun  # what is known of the kernel before the boot
+    objects: Sequence[BPFObject]
+    probes: Sequence[Probe]
+    want_facts: bool
+    root: Path | None  # the guest's root filesystem; None for the host's own
+    accelerator: Accelerator
+    config_text: str | None  # the package's kernel config
+
+
+@dataclass(frozen=True)
+class BootSteps:
+    """How a boot is made: the VM runner, the share's contents, and where boot directories live."""
+
+    run_vm: Callable[[VMRequest], VMResult]
+    prepare: Callable[[Path, BootJob], None]  # fills a fresh share for the job
+    work_dir: Path
+    retries: int
+    keep_dir: Path | None = None  # where each boot's directory is copied before it is removed
+
+
+def lsm_append(config_text: str | None) -> str:
+    """``lsm=`` for the kernel command line: the kernel's own CONFIG_LSM with ``bpf`` added."""
+    lsms: list[str] = list(DEFAULT_LSM)
+    configured = parse_config(config_text).get("CONFIG_LSM") if config_text else None
+    if configured not in (None, "n"):  # "n": "# CONFIG_LSM is not set"
+        lsms = [x for x in str(configured).split(",") if x]
+    if "bpf" not in lsms:
+        lsms.append("bpf")
+    return "lsm=" + ",".join(lsms)
+
+
+def reported_seconds(value: object) -> float:
+    """A duration the guest reported, or 0.0 when it reported none (or nonsense)."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and value >= 0:
+        return float(value)
+    return 0.0
+
+
+def vm_request(job: BootJob, share: Path, disk: Path) -> VMRequest:
+    """The VM that runs the guest agent on ``share`` for ``job`` (pure)."""
+    spec, build = job.spec, job.build
+    return VMRequest(
+        image=Path(build.image),
+        arch=spec.arch,
+        share=share,
+        command=["python3", "-S", f"/mnt/{AGENT.name}", "/mnt"],  # -S: no site-packages to scan
+        accelerator=job.accelerator,
+        root=job.root,
+        memory=spec.memory,
+        cpus=spec.cpus,
+        append=[lsm_append(job.config_text), *spec.append],
+        disks=[disk],
+        modules=Path(build.modules) if build.modules else None,
+        timeout=scaled_timeout(spec.timeout, spec.arch, job.accelerator),
+    )
+
+
+def failed(base: KernelRun, error: str, tail: str = "", accel: Accelerator | None = None) -> GuestOutcome:
+    """The outcome of a (kernel, arch) that could not be booted, or whose guest failed."""
+    kernel = KernelRun(
+        base.kernel, base.arch, version=base.version, source=base.source, digest=base.digest,
+        accelerator=accel.name if accel else "", error=error, notes=base.notes,
+    )
+    return GuestOutcome(kernel, error=error, console_tail=tail)
+
+
+def boot(job: BootJob, steps: BootSteps) -> GuestOutcome:
+    """Boot ``job`` until its guest finishes, at most ``steps.retries`` more times when the VM is lost
+    or the agent fails, and read its results (stores the facts the guest collected)."""
+    last_error, tail = "", ""
+    for attempt in range(steps.retries + 1):
+        work = Path(tempfile.mkdtemp(prefix=f"{job.spec.key}-", dir=steps.work_dir))
+        try:
+            found = _attempt(job, steps, work, attempt)
+        finally:
+            keep_guest_files(work, steps.keep_dir)
+            shutil.rmtree(work, ignore_errors=True)
+        if isinstance(found, GuestOutcome):
+            return found
+        last_error, tail = found
+    return failed(job.base, last_error, tail, job.accelerator)
+
+
+def _attempt(job: BootJob, steps: BootSteps, work: Path, attempt: int) -> GuestOutcome | tuple[str, str]:
+    """One boot in ``work``: the outcome, or (error, console tail) of a lost VM or failed agent."""
+    share = work / "share"
+    share.mkdir()
+    steps.prepare(share, job)
+    disk = work / "scratch.img"
+    with disk.open("wb") as fh:
+        fh.truncate(SCRATCH_DISK_BYTES)
+    req = vm_request(job, share, disk)
+    start = time.monotonic()
+    try:
+        result = steps.run_vm(req)
+    except LostVMError as exc:
+        return str(exc), exc.console_tail
+    except VMError as exc:
+        return str(exc), ""
+    done = result.done
+    if not done.get("ok"):
+        why = f"guest agent failed: {done.get('error', 'no reason given')}"
+        return why, str(done.get("traceback", ""))[-3000:]
+    if job.want_facts:
+        store_facts(share / FACTS_DIR, Path(job.build.facts_dir), job.build.config)
+    kernel = booted_kernel(job, done, time.monotonic() - start, attempt)
+    return read_outcome(job, share, done, kernel)
+
+
+def booted_kernel(job: BootJob, done: Mapping[str, Any], seconds: float, attempt: int) -> KernelRun:
+    """The record of a kernel whose guest finished, from the agent's done.json (pure)."""
+    spec, build, accel = job.spec, job.build, job.accelerator
+    notes = (
+        build.verified,
+        f"accelerator {accel.name}: {accel.reason}",
+        f"booted with {lsm_append(job.config_text)} so that lsm/ programs can attach",
+        f"libbpf {done.get('libbpf', '?')} in the guest",
+        f"attempt {attempt + 1}" if attempt else "",
+    )
+    return KernelRun(
+        spec.id, spec.arch.name,
+        version=str(done.get("release", build.release)),
+        source=build.source, digest=build.digest,
+        accelerator=accel.name, booted=True,
+        boot_seconds=seconds,
+        agent_seconds=reported_seconds(done.get("seconds")),
+        lsm=str(done.get("lsm") or ""),
+        notes=tuple(n for n in notes if n),
+    )
+
+
+def read_outcome(job: BootJob, share: Path, done: Mapping[str, Any], kernel: KernelRun) -> GuestOutcome:
+    """The in-guest results of every probe of ``job`` from the records the agent left in ``share``."""
+    spec = job.spec
+    outcome = GuestOutcome(kernel)
+    records = read_objects(share)
+    ctx = guestlog.GuestContext(spec.id, spec.arch.name, bool(done.get("stats_enabled", True)))
+    if done.get("loader_error"):
+        for probe in job.probes:
+            for check in GUEST_CHECKS:
+                outcome.results[(probe, check)] = CellResult(
+                    probe, spec.id, spec.arch.name, check, Outcome.ERROR,
+                    f"loader unavailable in the guest: {done['loader_error']}",
+                )
+        return outcome
+    for res in guestlog.check_guest_objects(job.probes, records, ctx):
+        outcome.results[(res.probe, res.check)] = res
+    from harness.checks.scenarios import check_scenarios
+
+    for res in check_scenarios(job.probes, read_scenarios(share), ctx):
+        outcome.results[(res.probe, res.check)] = res
+    return outcome
+
+
+def keep_guest_files(work: Path, keep_dir: Path | None) -> None:
+    """Copy a boot's directory (share, scratch disk left out) to keep_dir, when asked to."""
+    if keep_dir is None:
+        return
+    try:
+        keep_dir.mkdir(parents=True, exist_ok=True)
+        shutil.copytree(work, keep_dir / work.name, ignore=shutil.ignore_patterns("scratch.img"))
+    except OSError:
+        pass  # a debugging aid must not turn a result into an error

@@ -1,0 +1,165 @@
+"""The programs step of a run: bpf_progs/ built per arch, their probes and their CO-RE relocation index."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from harness.btf.bpf_object import load_object_core_relos
+from harness.btf.core import CoreRelo
+from harness.errors import HarnessError, ObjectError
+from harness.kernels.config import Arch, KernelsConfig, KernelSpec
+from harness.kernels.fetch import KernelBuild
+from harness.kernels.version import version_key
+from harness.programs.build import build_source, find_sources, generate_vmlinux_h
+from harness.programs.hooks import USER_KINDS
+from harness.programs.inventory import BPFObject, load_object
+from harness.report.results import Check, Probe
+
+# Pseudo-program of a source that produced no object: its row carries the build error.
+BUILD_PROGRAM = "(build)"
+# Hook kind of a program whose section names a type the harness cannot check (socket, xdp, ...).
+UNKNOWN_KIND = "unknown"
+
+
+@dataclass(frozen=True)
+class ArchObjects:
+    """The programs of bpf_progs/ built for one arch: objects, their probes, and what failed."""
+
+    arch: str
+    objects: tuple[BPFObject, ...]
+    errors: Mapping[str, str]  # object name -> one-line build or inventory error
+    vmlinux_h: str = ""  # where the vmlinux.h came from
+    relocated: frozenset[tuple[str, str]] = frozenset()  # (object, program) with CO-RE relocations
+    # object name -> program -> its CO-RE relocations (subprograms' included)
+    relocations: Mapping[str, Mapping[str, Sequence[CoreRelo]]] = field(default_factory=dict)
+    # object name -> why its CO-RE relocations could not be read (its layout and core cells are ERROR)
+    relocation_errors: Mapping[str, str] = field(default_factory=dict)
+
+    def applies(self, probe: Probe, check: Check) -> bool:
+        """Whether ``check`` says anything about ``probe``: tests are generated only where it does."""
+        from harness.checks.drift import resolve_btf_name
+
+        if probe.program == BUILD_PROGRAM:
+            return check in (Check.SYMBOL, Check.LOAD)
+        if check in (Check.LAYOUT, Check.CORE):
+            return (probe.object, probe.program) in self.relocated or probe.object in self.relocation_errors
+        if check == Check.PROTOTYPE:
+            return resolve_btf_name(probe.kind, probe.target) is not None
+        if check == Check.TP_FORMAT:
+            return probe.kind == "tracepoint"
+        if check == Check.UPROBE:
+            return probe.kind in USER_KINDS
+        return True
+
+    def probes(self) -> list[Probe]:
+        found = [p for o in self.objects for p in o.probes]
+        found += [Probe(o.name, prog, sec, UNKNOWN_KIND, "") for o in self.objects for prog, sec in o.unknown]
+        found += [Probe(name, BUILD_PROGRAM, "", "build", "") for name in sorted(self.errors)]
+        return found
+
+    def relocation_error(self, probe: Probe, check: Check) -> str:
+        """Why a layout or core cell of ``probe`` cannot be decided (empty when it can)."""
+        if check not in (Check.LAYOUT, Check.CORE) or probe.object not in self.relocation_errors:
+            return ""
+        return self.relocation_errors[probe.object]
+
+
+def build_objects(
+    progs_dir: Path, arch: Arch, build_dir: Path, vmlinux_btf: Callable[[], Path]
+) -> ArchObjects:
+    """bpf_progs/ built for ``arch`` into build_dir (cached on disk), inventoried and indexed.
+
+    ``vmlinux_btf`` gives the BTF to generate vmlinux.h from when bpf_progs/ has none (raises
+    HarnessError): every source to compile is then an error with its message.
+    """
+    sources = find_sources(progs_dir)
+    vmlinux_h: Path | None = None
+    where = ""
+    errors: dict[str, str] = {}
+    if any(not s.prebuilt for s in sources):
+        if (progs_dir / "vmlinux.h").exists():
+            where = str(progs_dir / "vmlinux.h")
+        else:
+            try:
+                btf = vmlinux_btf()
+                vmlinux_h = generate_vmlinux_h(btf, build_dir)
+                where = str(btf)
+            except HarnessError as exc:
+                for s in sources:
+                    if not s.prebuilt:
+                        errors[s.name] = str(exc)
+    objects: list[BPFObject] = []
+    for source in sources:
+        if source.name in errors:
+            continue
+        built = build_source(source, arch, vmlinux_h, build_dir)
+        if built.object is None:
+            errors[source.name] = f"{source.path.name} does not compile: {built.error}"
+            continue
+        try:
+            objects.append(load_object(built.object))
+        except ObjectError as exc:
+            errors[source.name] = str(exc)
+    relocations, relocation_errors = index_relocations(objects)
+    relocated = frozenset(
+        (name, prog) for name, progs in relocations.items() for prog, items in progs.items() if items
+    )
+    return ArchObjects(arch.name, tuple(objects), errors, where, relocated, relocations, relocation_errors)
+
+
+def index_relocations(
+    objects: Iterable[BPFObject],
+) -> tuple[dict[str, dict[str, list[CoreRelo]]], dict[str, str]]:
+    """The CO-RE relocations of each object by program, and why those of an object could not be read."""
+    relocations: dict[str, dict[str, list[CoreRelo]]] = {}
+    errors: dict[str, str] = {}
+    for obj in objects:
+        try:
+            relocations[obj.name] = load_object_core_relos(obj.path)
+        except HarnessError as exc:
+            errors[obj.name] = f"CO-RE relocations unreadable: {exc}"
+    return relocations, errors
+
+
+def probes_with_builds(
+    arch: Arch, arches: Sequence[Arch], objects: Callable[[Arch], ArchObjects]
+) -> list[tuple[Probe, ArchObjects]]:
+    """Every probe of ``arch``, each with the build that says which checks apply to it.
+
+    An object that did not build for ``arch`` shows the probes it has on another arch of the run
+    (their cells on ``arch`` are ERROR with the build error); built nowhere, it is a "(build)" row.
+    """
+    built = objects(arch)
+    found = [(p, built) for p in built.probes() if p.program != BUILD_PROGRAM]
+    for name in sorted(built.errors):
+        borrowed: list[tuple[Probe, ArchObjects]] = []
+        for other in arches:
+            other_built = objects(other) if other != arch else built
+            for obj in other_built.objects:
+                if obj.name == name and not borrowed:
+                    borrowed = [(p, other_built) for p in obj.probes]
+        found += borrowed or [(Probe(name, BUILD_PROGRAM, "", "build", ""), built)]
+    return found
+
+
+def vmlinux_btf_for_arch(
+    config: KernelsConfig, arch: Arch, fetch: Callable[[KernelSpec], KernelBuild]
+) -> Path:
+    """A vmlinux BTF of ``arch`` for vmlinux.h: cached facts, else extracted from a kernel image.
+
+    The newest kernel of the arch is tried first: programs are usually written against it, and
+    CO-RE adapts them to older kernels. Raises HarnessError when no kernel of the arch has one.
+    """
+    from harness.run.facts import vmlinux_btf
+
+    errors: list[str] = []
+    # From the whole file, not the selection: a shard must build the objects a full run builds.
+    universe = [s for s in config.universe or config.kernels if s.arch == arch]
+    for spec in sorted(universe, key=lambda s: version_key(s.id), reverse=True):
+        try:
+            return vmlinux_btf(fetch(spec))
+        except HarnessError as exc:
+            errors.append(f"{spec.key}: {exc}")
+    raise HarnessError(f"no vmlinux BTF for {arch.name} to generate vmlinux.h: {'; '.join(errors)}")
