@@ -432,7 +432,8 @@ class MatrixReporter:
         order = [(k.id, k.arch.name) for k in run.config.kernels] if run else []
         kernels = [self.kernels[c] for c in order if c in self.kernels]
         kernels += [k for c, k in self.kernels.items() if c not in order]
-        return merge_matrices([Matrix(tuple(self.records.values()), tuple(kernels))])
+        baseline = (run.config.baseline_id or None) if run else None
+        return merge_matrices([Matrix(tuple(self.records.values()), tuple(kernels), baseline)])
 
     @pytest.hookimpl(tryfirst=True)
     def pytest_sessionfinish(self, session: pytest.Session) -> None:
