@@ -8,7 +8,7 @@ import os
 import shutil
 import subprocess
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -242,7 +242,9 @@ def _fetch_debian(
         )
 
     manifest = ensure_entry(entry, build, _combined_digest(pkgs))
-    return _build_from_manifest(spec, entry, manifest)
+    found = _build_from_manifest(spec, entry, manifest)
+    # A stale suite index used offline: the kernel's notes say so beside how it was verified.
+    return replace(found, verified=f"{found.verified}; {index.note}") if index.note else found
 
 
 def _fetch_local(spec: KernelSpec, root: Path) -> KernelBuild:
