@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import functools
 import importlib
 import json
@@ -26,14 +27,13 @@ from harness.kernels.version import version_key
 from harness.report.render import render_html, render_json, render_markdown, render_terminal
 from harness.report.results import (
     CHECK_ORDER,
-    SCHEMA_NAME,
-    SCHEMA_VERSION,
     CellResult,
     Check,
     KernelRun,
     Matrix,
+    MergeConflictError,
     merge_matrices,
-    parse_matrix_json,
+    migrate_document,
 )
 
 PROG = "bpf-matrix"
@@ -106,13 +106,17 @@ def load_matrix(path: Path) -> Matrix:
         raise InputError(f"{path}: not JSON: {exc.msg} at line {exc.lineno}") from exc
     if not isinstance(data, dict):
         raise InputError(f"{path}: not a results document (expected a JSON object)")
-    if data.get("schema") == SCHEMA_NAME and data.get("version") == SCHEMA_VERSION:
-        # Otherwise parse_matrix_json names the wrong schema or version, which matters more.
-        check_results_document(str(path), data)
     try:
-        return parse_matrix_json(text, str(path))
+        # An older version is read as the current one; a wrong schema or version is named first,
+        # which matters more than what the schema would find.
+        current = migrate_document(data)
     except ResultsError as exc:
-        raise InputError(str(exc)) from exc
+        raise InputError(f"{path}: {exc}") from exc
+    check_results_document(str(path), current)
+    try:
+        return Matrix.deserialize(current)
+    except ResultsError as exc:
+        raise InputError(f"{path}: {exc}") from exc
 
 
 def _load_kernels(path: Path) -> KernelsConfig:
@@ -267,7 +271,8 @@ def canonical_order(matrix: Matrix) -> Matrix:
                 column_key(r.kernel, r.arch), CHECK_ORDER.index(r.check))
 
     kernels = sorted(matrix.kernels, key=lambda k: column_key(k.kernel, k.arch))
-    return Matrix(records=tuple(sorted(matrix.records, key=record_key)), kernels=tuple(kernels))
+    records = tuple(sorted(matrix.records, key=record_key))
+    return dataclasses.replace(matrix, records=records, kernels=tuple(kernels))
 
 
 def order_like_config(matrix: Matrix, config: KernelsConfig) -> Matrix:
@@ -287,21 +292,48 @@ def order_like_config(matrix: Matrix, config: KernelsConfig) -> Matrix:
             run = KernelRun(kernel=spec.id, arch=spec.arch.name, source=spec.describe(), error=error)
         ordered.append(run)
     ordered.extend(runs.values())
-    return Matrix(records=matrix.records, kernels=tuple(ordered))
+    return dataclasses.replace(matrix, kernels=tuple(ordered))
+
+
+def merge_shards(paths: Sequence[Path], err: TextIO) -> Matrix:
+    """Read and merge shards; raises InputError when they disagree (one line per differing cell).
+
+    Shards that record no baseline (version 1) merge with any; a warning says which were assumed.
+    """
+    shards = [load_matrix(path) for path in paths]
+    try:
+        merged = merge_matrices(shards, [str(p) for p in paths])
+    except MergeConflictError as exc:
+        for line in exc.conflicts:
+            err.write(f"{PROG}: error: conflict: {line}\n")
+        if exc.conflicts:
+            raise InputError(
+                f"{len(exc.conflicts)} cell(s) differ between shards in outcome or reason "
+                "(same object, program, kernel, arch and check); nothing written"
+            ) from exc
+        raise InputError(str(exc)) from exc
+    for path, shard in zip(paths, shards):
+        if shard.baseline is None and merged.baseline is not None:
+            err.write(f"{PROG}: warning: {path} records no baseline; merged as diffed against "
+                      f"{merged.baseline}\n")
+    return merged
 
 
 def cmd_merge(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
-    shards = [load_matrix(path) for path in args.shards]
-    merged = canonical_order(merge_matrices(shards))
+    merged = canonical_order(merge_shards(args.shards, err))
     if args.kernels is not None:
-        merged = order_like_config(merged, _load_kernels(args.kernels))
+        config = _load_kernels(args.kernels)
+        if merged.baseline is not None and config.baseline_id != merged.baseline:
+            raise InputError(f"{args.kernels}: baseline {config.baseline_id!r}, but the shards were "
+                             f"diffed against {merged.baseline!r}")
+        merged = order_like_config(merged, config)
     _write(args.output, render_json(merged), out)
     if args.markdown is not None:
         _write(args.markdown, render_markdown(merged), out)
     if args.html is not None:
         _write(args.html, render_html(merged, title=args.title), out)
     err.write(
-        f"{PROG}: merged {len(shards)} shards: {len(merged.records)} records, "
+        f"{PROG}: merged {len(args.shards)} shards: {len(merged.records)} records, "
         f"{len(merged.columns())} kernels -> {args.output}\n"
     )
     return 0

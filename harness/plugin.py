@@ -137,7 +137,9 @@ def pytest_configure(config: pytest.Config) -> None:
     else:
         work_dir = Path(tempfile.mkdtemp(prefix="bpf-matrix-run-"))
         config.stash[OWNED_DIR_KEY] = work_dir
-        reporter = MatrixReporter(config, [(k.id, k.arch.name) for k in kernels.kernels])
+        reporter = MatrixReporter(
+            config, [(k.id, k.arch.name) for k in kernels.kernels], kernels.baseline_id or None
+        )
         config.stash[REPORTER_KEY] = reporter
         config.pluginmanager.register(reporter, "bpf-matrix-reporter")
     cache = config.getoption("--cache-dir-kernels")

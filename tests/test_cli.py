@@ -218,6 +218,18 @@ def test_render_each_format(tmp_path: Path, fmt: str) -> None:
         assert text == SAMPLE.read_text()
 
 
+def test_render_reads_a_version_1_document_as_baseline_unknown(tmp_path: Path) -> None:
+    old = tmp_path / "old.json"
+    data = {**json.loads(SAMPLE.read_text()), "version": 1}
+    del data["baseline"]
+    old.write_text(json.dumps(data))
+    code, out, err = run("render", str(old), "--format", "json")
+    assert (code, err) == (0, "")
+    data = json.loads(out)
+    assert (data["version"], data["baseline"]) == (2, None)
+    assert data["records"] == json.loads(SAMPLE.read_text())["records"]
+
+
 def test_render_to_stdout_ascii() -> None:
     code, out, _ = run("render", str(SAMPLE), "--ascii")
     assert code == 0
@@ -244,7 +256,8 @@ def _bad_record(**changes: Any) -> str:
         ("{not json", "not JSON"),
         ("[1, 2]", "not a results document"),
         (b"\xff\xfe\x00garbage", "not a text file"),
-        (_doc(version=2), "results version 2 is not supported (expected 1)"),
+        (_doc(version=3), "results version 3 is not supported (expected one of 1, 2)"),
+        (_doc(baseline=5.1), ": baseline: 5.1 is not of type 'string', 'null'"),
         (_doc(schema="something/else"), "not a bpf-kernel-matrix/results document"),
         (_doc(records={"a": 1}), ": records: {'a': 1} is not of type 'array'"),
         (_doc(records=[1]), ": records[0]: 1 is not of type 'object'"),
@@ -284,7 +297,9 @@ def test_bad_input_as_a_process_has_no_traceback(tmp_path: Path) -> None:
         capture_output=True, text=True, timeout=60, check=False,
     )
     assert proc.returncode == 2
-    assert proc.stderr == f"bpf-matrix: error: {path}: results version 99 is not supported (expected 1)\n"
+    assert proc.stderr == (
+        f"bpf-matrix: error: {path}: results version 99 is not supported (expected one of 1, 2)\n"
+    )
 
 
 def test_usage_error_exits_2() -> None:
@@ -353,17 +368,84 @@ def test_merge_orders_columns_like_kernels_yaml_and_flags_missing_shards(
     assert "kernel 5.10/x86_64: no results for this kernel (shard missing)" in render_terminal(result)
 
 
-def test_merge_later_shard_wins(tmp_path: Path) -> None:
-    first = _shard(tmp_path, "a.json", "arm64")
-    data = json.loads(first.read_text())
+def _with_prototype(path: Path, dest: Path, outcome: str, reason: str) -> Path:
+    """A copy of the shard at ``path`` whose prototype verdicts on 6.1 are ``outcome``."""
+    data = json.loads(path.read_text())
     for r in data["records"]:
-        if r["program"] == "handle_exec" and r["outcome"] == "error":
-            r["outcome"], r["reason"] = "pass", ""
-    second = tmp_path / "b.json"
-    second.write_text(json.dumps(data))
+        if r["check"] == "prototype" and r["kernel"] == "6.1":
+            r["outcome"], r["reason"] = outcome, reason
+    dest.write_text(json.dumps(data))
+    return dest
+
+
+def test_merge_refuses_cells_that_differ_between_shards(tmp_path: Path) -> None:
+    # Four prototype verdicts in two shards: FAIL in one, PASS in the other (a rerun after a fix).
+    whole = tmp_path / "whole.json"
+    whole.write_text(SAMPLE.read_text())
+    failed = _with_prototype(whole, tmp_path / "failed.json", "fail", "args 0-2 shift by one")
+    passed = _with_prototype(whole, tmp_path / "passed.json", "pass", "")
     merged = tmp_path / "m.json"
-    assert run("merge", str(first), str(second), "-o", str(merged))[0] == 0
-    assert "error" not in {r.outcome.value for r in parse_matrix_json(merged.read_text()).records}
+    for order in ((failed, passed), (passed, failed)):
+        code, out, err = run("merge", *map(str, order), "-o", str(merged))
+        assert code == cli.EXIT_BAD_INPUT == 2 and out == ""
+        lines = err.splitlines()
+        conflicts = [ln for ln in lines if ln.startswith("bpf-matrix: error: conflict: ")]
+        assert len(conflicts) == 4 and len(lines) == 5, err
+        assert all(" 6.1/" in ln and " prototype: " in ln for ln in conflicts)
+        assert all("fail (args 0-2 shift by one) in " in ln and "pass in " in ln for ln in conflicts)
+        assert lines[-1].startswith("bpf-matrix: error: 4 cell(s) differ between shards")
+        assert "Traceback" not in err
+        assert not merged.exists()
+
+
+def test_merge_keeps_identical_duplicates_once(tmp_path: Path) -> None:
+    a = _shard(tmp_path, "a.json", "arm64")
+    data = json.loads(a.read_text())
+    for r in data["records"]:
+        r["duration"] += 1.5  # the same verdicts, timed again
+    again = tmp_path / "again.json"
+    again.write_text(json.dumps(data))
+    merged = tmp_path / "m.json"
+    code, _, err = run("merge", str(a), str(again), "-o", str(merged))
+    assert code == 0, err
+    assert _canonical(parse_matrix_json(merged.read_text())) == _canonical(parse_matrix_json(a.read_text()))
+
+
+def test_merge_refuses_shards_with_different_baselines(tmp_path: Path) -> None:
+    a = _shard(tmp_path, "a.json", "x86_64")
+    b = tmp_path / "b.json"
+    arm64 = json.loads(_shard(tmp_path, "b0.json", "arm64").read_text())
+    b.write_text(json.dumps({**arm64, "baseline": "6.1"}))
+    merged = tmp_path / "m.json"
+    code, _, err = run("merge", str(a), str(b), "-o", str(merged))
+    assert_one_line_error(code, err, "different baselines", f"{a} against 5.10", f"{b} against 6.1")
+    assert not merged.exists()
+
+
+def test_merge_records_the_baseline_and_takes_version_1_shards(tmp_path: Path) -> None:
+    a = _shard(tmp_path, "a.json", "x86_64")
+    old = tmp_path / "old.json"
+    data = json.loads(_shard(tmp_path, "b.json", "arm64").read_text())
+    del data["baseline"]
+    old.write_text(json.dumps({**data, "version": 1}))
+    merged = tmp_path / "m.json"
+    code, _, err = run("merge", str(old), str(a), "-o", str(merged))
+    assert code == 0, err
+    assert f"warning: {old} records no baseline; merged as diffed against 5.10" in err
+    document = json.loads(merged.read_text())
+    assert (document["version"], document["baseline"]) == (2, "5.10")
+    whole = parse_matrix_json(SAMPLE.read_text())
+    assert _canonical(parse_matrix_json(merged.read_text())) == _canonical(whole)
+    # Version 1 alone: the baseline stays unknown rather than guessed.
+    code, _, err = run("merge", str(old), "-o", str(merged))
+    assert code == 0 and "warning" not in err
+    assert json.loads(merged.read_text())["baseline"] is None
+
+
+def test_merge_refuses_a_kernels_yaml_with_another_baseline(tmp_path: Path, kernels: Path) -> None:
+    kernels.write_text(KERNELS_YAML.replace('baseline: "5.10"', 'baseline: "6.1"'))
+    code, _, err = run("merge", str(SAMPLE), "-o", str(tmp_path / "m.json"), "--kernels", str(kernels))
+    assert_one_line_error(code, err, "baseline '6.1', but the shards were diffed against '5.10'")
 
 
 def test_merge_bad_shard(tmp_path: Path) -> None:

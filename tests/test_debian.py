@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import hashlib
 import http.server
+import json
 import lzma
 import os
 import subprocess
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -15,6 +17,7 @@ import pytest
 from tools import require
 
 from harness.errors import ConfigError, FetchError, IntegrityError
+from harness.kernels import debian
 from harness.kernels.debian import (
     SuiteIndex,
     fetch_file,
@@ -313,11 +316,8 @@ def make_suite(root: Path, suite: str, packages: str, arch: str = "amd64") -> st
     return release
 
 
-@pytest.fixture(scope="module")
-def signing_key(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    """A throwaway GnuPG home with one signing key, and a keyring file of its public key."""
-    require("gpg", "gpgv", why="to sign a fake archive")
-    home = tmp_path_factory.mktemp("gnupg")
+def make_signing_key(home: Path) -> Path:
+    """Make ``home`` a GnuPG home with one signing key; return a keyring file of its public key."""
     home.chmod(0o700)
     env = {**os.environ, "GNUPGHOME": str(home)}
     subprocess.run(
@@ -328,7 +328,15 @@ def signing_key(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     keyring = home / "archive.gpg"
     out = subprocess.run(["gpg", "--batch", "--export"], env=env, check=True, capture_output=True, timeout=60)
     keyring.write_bytes(out.stdout)
-    return home, keyring
+    return keyring
+
+
+@pytest.fixture(scope="module")
+def signing_key(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """A throwaway GnuPG home with one signing key, and a keyring file of its public key."""
+    require("gpg", "gpgv", why="to sign a fake archive")
+    home = tmp_path_factory.mktemp("gnupg")
+    return home, make_signing_key(home)
 
 
 def clearsign(home: Path, release: Path, dest: Path) -> None:
@@ -388,19 +396,164 @@ def test_fetch_suite_index_bad_signature(
         fetch_suite_index(url(archive), "bookworm", "amd64", tmp_path / "idx", keyring=keyring)
 
 
-def test_fetch_suite_index_unsigned_says_so(archive: Archive, tmp_path: Path) -> None:
+def test_fetch_suite_index_unsigned_says_so(
+    archive: Archive, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     release = make_suite(archive.root, "sid", SID)
     (archive.root / "dists" / "sid" / "InRelease").write_text(release)
-    index = fetch_suite_index(url(archive), "sid", "amd64", tmp_path / "idx", keyring=tmp_path / "none.gpg")
-    assert index.verified == "Release NOT signature-checked: no keyring"
+    monkeypatch.setenv("BPF_MATRIX_KEYRING", "none")
+    index = fetch_suite_index(url(archive), "sid", "amd64", tmp_path / "idx")
+    assert index.verified == "Release NOT signature-checked: no keyring (BPF_MATRIX_KEYRING=none)"
     assert len(resolve_image_packages(index)) == 3
 
 
-def test_fetch_suite_index_packages_digest_mismatch(archive: Archive, tmp_path: Path) -> None:
+def test_fetch_suite_index_packages_digest_mismatch(
+    archive: Archive, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     make_suite(archive.root, "bookworm", BOOKWORM)
     (archive.root / "dists/bookworm/main/binary-amd64/Packages.xz").write_bytes(lzma.compress(b"x"))
+    monkeypatch.setenv("BPF_MATRIX_KEYRING", "none")
     with pytest.raises(IntegrityError, match=r"Packages\.xz"):
-        fetch_suite_index(url(archive), "bookworm", "amd64", tmp_path / "idx", keyring=tmp_path / "none")
+        fetch_suite_index(url(archive), "bookworm", "amd64", tmp_path / "idx")
+
+
+# ---------------------------------------------------------------- keyrings
+
+
+def test_configured_keyring_that_is_missing_is_an_error_not_unchecked(
+    archive: Archive, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    release = make_suite(archive.root, "bookworm", BOOKWORM)
+    (archive.root / "dists" / "bookworm" / "InRelease").write_text("junk\n" + release)
+    typo = tmp_path / "archive-keyrnig.gpg"
+    monkeypatch.setenv("BPF_MATRIX_KEYRING", str(typo))
+    with pytest.raises(ConfigError) as info:
+        fetch_suite_index(url(archive), "bookworm", "amd64", tmp_path / "idx")
+    message = str(info.value)
+    assert message.startswith(f"BPF_MATRIX_KEYRING={typo}: no such file")
+    assert "NOT signature-checked" not in message
+    assert archive.log == []  # nothing fetched, nothing cached
+    # Unreadable (a directory here) is as bad as missing; so is a keyring passed by path.
+    monkeypatch.setenv("BPF_MATRIX_KEYRING", str(tmp_path))
+    with pytest.raises(ConfigError, match=rf"^BPF_MATRIX_KEYRING={tmp_path}: cannot read"):
+        fetch_suite_index(url(archive), "bookworm", "amd64", tmp_path / "idx")
+    with pytest.raises(ConfigError, match=rf"^keyring {typo}: no such file"):
+        fetch_suite_index(url(archive), "bookworm", "amd64", tmp_path / "idx", keyring=typo)
+
+
+def test_missing_default_keyring_is_an_error_with_the_package_to_install(
+    archive: Archive, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    release = make_suite(archive.root, "bookworm", BOOKWORM)
+    (archive.root / "dists" / "bookworm" / "InRelease").write_text(release)
+    monkeypatch.delenv("BPF_MATRIX_KEYRING", raising=False)
+    monkeypatch.setattr(debian, "KEYRING", tmp_path / "debian-archive-keyring.gpg")
+    with pytest.raises(ConfigError, match=r"no such file.*install debian-archive-keyring"):
+        fetch_suite_index(url(archive), "bookworm", "amd64", tmp_path / "idx")
+    assert archive.log == []
+
+
+def test_unsigned_inrelease_is_reported_as_not_signed(
+    archive: Archive, tmp_path: Path, signing_key: tuple[Path, Path]
+) -> None:
+    _, keyring = signing_key
+    release = make_suite(archive.root, "bookworm", BOOKWORM)
+    (archive.root / "dists" / "bookworm" / "InRelease").write_text(release)
+    with pytest.raises(IntegrityError, match=r"signature check failed: .*/InRelease is not signed"):
+        fetch_suite_index(url(archive), "bookworm", "amd64", tmp_path / "idx", keyring=keyring)
+    # A junk detached signature: gpgv finds no signature in it, and says so rather than its usage hint.
+    (archive.root / "dists" / "bookworm" / "InRelease").unlink()
+    (archive.root / "dists" / "bookworm" / "Release.gpg").write_text("junk\n")
+    with pytest.raises(IntegrityError, match=r"Release\.gpg: signature check failed: not signed"):
+        fetch_suite_index(url(archive), "bookworm", "amd64", tmp_path / "idx", keyring=keyring)
+
+
+# ---------------------------------------------------------------- offline with a stale index
+
+
+def _age_index(cache: Path, hours: float) -> None:
+    """Make the cached index look as if it had been verified ``hours`` ago."""
+    (stamp,) = cache.glob("*/*/*/verified.json")
+    meta = json.loads(stamp.read_text())
+    meta["time"] = time.time() - hours * 3600
+    stamp.write_text(json.dumps(meta))
+
+
+def _refuse_connections(server: Archive) -> None:
+    """The mirror goes away: its port now refuses connections."""
+    server.shutdown()
+    server.server_close()
+
+
+def test_stale_verified_index_is_used_when_the_mirror_refuses_connections(
+    archive: Archive, tmp_path: Path, signing_key: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    home, keyring = signing_key
+    make_suite(archive.root, "bookworm", BOOKWORM)
+    dist = archive.root / "dists" / "bookworm"
+    clearsign(home, dist / "Release", dist / "InRelease")
+    mirror, cache = url(archive), tmp_path / "idx"
+    fresh = fetch_suite_index(mirror, "bookworm", "amd64", cache, keyring=keyring)
+    _age_index(cache, 7)
+    _refuse_connections(archive)
+    waits: list[float] = []
+    monkeypatch.setattr("harness.kernels.debian.time.sleep", waits.append)
+    monkeypatch.delenv("BPF_MATRIX_REFRESH", raising=False)
+
+    offline = fetch_suite_index(mirror, "bookworm", "amd64", cache, keyring=keyring)
+    assert waits == [1.0, 2.0, 4.0]  # the mirror was tried before the cache was settled for
+    assert offline.packages == fresh.packages and offline.verified == fresh.verified
+    assert fresh.note == ""
+    assert offline.note.startswith("suite index from ")
+    assert ", 7 h old: mirror unreachable (" in offline.note
+    assert "Connection refused)" in offline.note
+
+    # Asked for a refresh, staleness is an error again.
+    with pytest.raises(FetchError, match="unreachable after 4 tries"):
+        fetch_suite_index(mirror, "bookworm", "amd64", cache, keyring=keyring, refresh=True)
+    monkeypatch.setenv("BPF_MATRIX_REFRESH", "1")
+    with pytest.raises(FetchError, match="unreachable after 4 tries"):
+        fetch_suite_index(mirror, "bookworm", "amd64", cache, keyring=keyring)
+
+
+def test_stale_index_not_signature_checked_or_corrupt_is_never_used_offline(
+    archive: Archive, tmp_path: Path, signing_key: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    home, keyring = signing_key
+    release = make_suite(archive.root, "bookworm", BOOKWORM)
+    (archive.root / "dists" / "bookworm" / "InRelease").write_text(release)
+    monkeypatch.setattr("harness.kernels.debian.time.sleep", lambda _: None)
+    monkeypatch.setenv("BPF_MATRIX_KEYRING", "none")
+    unchecked = tmp_path / "unchecked"
+    fetch_suite_index(url(archive), "bookworm", "amd64", unchecked)
+    dist = archive.root / "dists" / "bookworm"
+    clearsign(home, dist / "Release", dist / "InRelease")
+    corrupt = tmp_path / "corrupt"
+    fetch_suite_index(url(archive), "bookworm", "amd64", corrupt, keyring=keyring)
+    (packages_xz,) = corrupt.glob("*/*/*/Packages.xz")
+    packages_xz.write_bytes(packages_xz.read_bytes() + b"\0")
+    _age_index(unchecked, 7)
+    _age_index(corrupt, 7)
+    _refuse_connections(archive)
+    with pytest.raises(FetchError, match="unreachable"):
+        fetch_suite_index(url(archive), "bookworm", "amd64", unchecked)
+    with pytest.raises(FetchError, match="unreachable"):
+        fetch_suite_index(url(archive), "bookworm", "amd64", corrupt, keyring=keyring)
+
+
+def test_stale_index_is_not_used_when_the_mirror_answers_with_a_bad_signature(
+    archive: Archive, tmp_path: Path, signing_key: tuple[Path, Path]
+) -> None:
+    home, keyring = signing_key
+    make_suite(archive.root, "bookworm", BOOKWORM)
+    dist = archive.root / "dists" / "bookworm"
+    clearsign(home, dist / "Release", dist / "InRelease")
+    fetch_suite_index(url(archive), "bookworm", "amd64", tmp_path / "idx", keyring=keyring)
+    _age_index(tmp_path / "idx", 7)
+    tampered = (dist / "InRelease").read_text().replace("Origin: Debian", "Origin: Evil")
+    (dist / "InRelease").write_text(tampered)
+    with pytest.raises(IntegrityError, match="signature check failed"):
+        fetch_suite_index(url(archive), "bookworm", "amd64", tmp_path / "idx", keyring=keyring)
 
 
 def test_release_without_entry() -> None:

@@ -497,7 +497,7 @@ def test_two_processes_fetching_one_kernel_download_it_once(
     server.log = []
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
-    monkeypatch.setenv("BPF_MATRIX_KEYRING", str(tmp_path / "no-keyring.gpg"))
+    monkeypatch.setenv("BPF_MATRIX_KEYRING", "none")
     try:
         test_fetch.bookworm(server, tmp_path)
         spec = KernelSpec(id="6.1", arch=ARCHES["x86_64"], source="debian", suite="bookworm")
@@ -525,3 +525,47 @@ def test_two_processes_fetching_one_kernel_download_it_once(
         server.shutdown()
         server.server_close()
         thread.join(5)
+
+
+@needs("dpkg-deb", "gpg", "gpgv")
+def test_offline_kernel_fetch_uses_the_stale_verified_index_and_says_so(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import test_debian
+    import test_fetch
+
+    server = test_fetch.Archive(("127.0.0.1", 0), test_fetch.Handler)
+    server.root = tmp_path / "mirror"
+    server.root.mkdir()
+    server.log = []
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    (tmp_path / "gnupg").mkdir()
+    keyring = test_debian.make_signing_key(tmp_path / "gnupg")
+    monkeypatch.setenv("BPF_MATRIX_KEYRING", str(keyring))
+    monkeypatch.delenv("BPF_MATRIX_REFRESH", raising=False)
+    monkeypatch.setattr("harness.kernels.debian.time.sleep", lambda _: None)
+    spec = KernelSpec(id="6.1", arch=ARCHES["x86_64"], source="debian", suite="bookworm")
+    cache, mirror_url = tmp_path / "cache", test_fetch.mirror_of(server)
+    try:
+        test_fetch.bookworm(server, tmp_path)
+        dist = server.root / "dists" / "bookworm"
+        (dist / "InRelease").rename(dist / "Release")
+        test_debian.clearsign(tmp_path / "gnupg", dist / "Release", dist / "InRelease")
+        online = fetch_kernel(spec, cache, mirror_url)
+        assert online.verified.startswith("Release signature verified (gpgv")
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(5)
+    # Seven hours later, with no network: the kernel and the index it came from are in the cache.
+    (stamp,) = (cache / "index").glob("*/*/*/verified.json")
+    meta = json.loads(stamp.read_text())
+    stamp.write_text(json.dumps({**meta, "time": meta["time"] - 7 * 3600}))
+    offline = fetch_kernel(spec, cache, mirror_url)
+    assert offline.image == online.image and offline.digest == online.digest
+    assert offline.verified.startswith(online.verified + "; suite index from ")
+    assert ", 7 h old: mirror unreachable (" in offline.verified
+    monkeypatch.setenv("BPF_MATRIX_REFRESH", "1")
+    with pytest.raises(FetchError, match="unreachable after 4 tries"):
+        fetch_kernel(spec, cache, mirror_url)

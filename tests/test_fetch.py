@@ -55,7 +55,7 @@ def archive(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Archive
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     # The fake archive is unsigned: point the keyring away from the machine's.
-    monkeypatch.setenv("BPF_MATRIX_KEYRING", str(tmp_path / "no-keyring.gpg"))
+    monkeypatch.setenv("BPF_MATRIX_KEYRING", "none")
     yield server
     server.shutdown()
     server.server_close()

@@ -235,7 +235,7 @@ def test_real_output_validates_against_schema() -> None:
         lambda d: d["records"][0]["details"].update(run_cnt=-1),
         lambda d: d["kernels"][0].update(accelerator="hvf"),
         lambda d: d["kernels"][0].update(arch="riscv64"),
-        lambda d: d.update(version=2),
+        lambda d: d.update(version=3),
         lambda d: d.update(extra=True),
     ],
 )

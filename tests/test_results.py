@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -15,6 +16,7 @@ from harness.report.results import (
     Check,
     KernelRun,
     Matrix,
+    MergeConflictError,
     Outcome,
     Probe,
     merge_matrices,
@@ -123,6 +125,7 @@ def sample_matrix() -> Matrix:
             rec(FENTRY, "5.10", "x86_64", Check.LOAD, Outcome.ERROR, "VM lost"),
         ),
         kernels=(KernelRun("5.10", "x86_64"), KernelRun("6.1", "x86_64")),
+        baseline="5.10",
     )
 
 
@@ -164,6 +167,18 @@ def test_matrix_round_trip() -> None:
     back = parse_matrix_json(text)
     assert back == m
     assert json.loads(text)["schema"] == SCHEMA_NAME and json.loads(text)["version"] == SCHEMA_VERSION
+    assert json.loads(text)["baseline"] == "5.10"
+
+
+def test_version_1_document_is_migrated_with_an_unknown_baseline() -> None:
+    current = sample_matrix().serialize()
+    old = {k: v for k, v in current.items() if k != "baseline"} | {"version": 1}
+    m = parse_matrix_json(json.dumps(old), "old.json")
+    assert m.baseline is None
+    assert m.records == sample_matrix().records and m.kernels == sample_matrix().kernels
+    # Written again, it is a current document that says the baseline is not known.
+    again = m.serialize()
+    assert again["version"] == SCHEMA_VERSION == 2 and again["baseline"] is None
 
 
 def test_sample_matrix_file_round_trips() -> None:
@@ -184,7 +199,7 @@ def test_sample_matrix_file_round_trips() -> None:
         ),
         (
             json.dumps({"schema": SCHEMA_NAME, "version": 99, "records": []}),
-            r"^run\.json: results version 99 is not supported \(expected 1\)$",
+            r"^run\.json: results version 99 is not supported \(expected one of 1, 2\)$",
         ),
         (
             json.dumps({"schema": SCHEMA_NAME, "version": 1}),
@@ -214,26 +229,63 @@ def test_parse_matrix_json_errors_name_the_file(text: str, expected: str) -> Non
 # ---------------------------------------------------------------- merging
 
 
-def test_merge_later_shard_wins() -> None:
-    first = Matrix(
-        records=(
-            rec(UNLINK, "6.1", "x86_64", Check.LOAD, Outcome.ERROR, "VM lost"),
-            rec(UNLINK, "6.1", "x86_64", Check.SYMBOL, Outcome.PASS),
-        ),
-        kernels=(KernelRun("6.1", "x86_64", error="lost"),),
+def test_merge_refuses_a_cell_that_differs_between_shards_in_either_order() -> None:
+    fail = rec(UNLINK, "6.1", "x86_64", Check.PROTOTYPE, Outcome.FAIL, "args 0-2 shift by one")
+    passed = rec(UNLINK, "6.1", "x86_64", Check.PROTOTYPE, Outcome.PASS)
+    other = rec(UNLINK, "6.1", "x86_64", Check.PROTOTYPE, Outcome.FAIL, "another reason")
+    first = Matrix((fail, rec(UNLINK, "6.1", "x86_64", Check.SYMBOL, Outcome.PASS)))
+    for shards, names in (([first, Matrix((passed,))], ["a.json", "b.json"]),
+                          ([Matrix((passed,)), first], ["b.json", "a.json"])):
+        with pytest.raises(MergeConflictError) as info:
+            merge_matrices(shards, names)
+        assert len(info.value.conflicts) == 1
+        line = info.value.conflicts[0]
+        assert line.startswith("vfs_unlink:kprobe_vfs_unlink 6.1/x86_64 prototype: ")
+        assert "fail (args 0-2 shift by one) in a.json" in line and "pass in b.json" in line
+    # Another reason for the same outcome is a conflict too.
+    with pytest.raises(MergeConflictError, match="another reason"):
+        merge_matrices([first, Matrix((other,))])
+
+
+def test_merge_keeps_an_identical_cell_once_whatever_its_timings() -> None:
+    slow = dataclasses.replace(
+        rec(UNLINK, "6.1", "x86_64", Check.LOAD, Outcome.PASS), duration=2.0, details={"insns": 9}
     )
-    second = Matrix(
-        records=(rec(UNLINK, "6.1", "x86_64", Check.LOAD, Outcome.PASS),),
-        kernels=(KernelRun("6.1", "x86_64", booted=True),),
-    )
-    merged = merge_matrices([first, second])
-    assert len(merged.records) == 2
-    assert [r.outcome for r in merged.cell(UNLINK, "6.1", "x86_64")] == [Outcome.PASS, Outcome.PASS]
-    assert merged.kernels == (KernelRun("6.1", "x86_64", booted=True),)
-    # The other order: the first shard's records win back.
-    again = merge_matrices([second, first])
-    assert again.summary(UNLINK, "6.1", "x86_64") is Outcome.ERROR
-    assert again.kernels == (KernelRun("6.1", "x86_64", error="lost"),)
+    fast = dataclasses.replace(slow, duration=0.5)
+    one = merge_matrices([Matrix((slow,)), Matrix((fast,))])
+    other = merge_matrices([Matrix((fast,)), Matrix((slow,))])
+    assert len(one.records) == 1 and one == other  # the same copy, whichever shard came first
+
+
+def test_merge_later_kernel_entry_wins() -> None:
+    first = Matrix(records=(), kernels=(KernelRun("6.1", "x86_64", error="lost"),))
+    second = Matrix(records=(), kernels=(KernelRun("6.1", "x86_64", booted=True),))
+    assert merge_matrices([first, second]).kernels == (KernelRun("6.1", "x86_64", booted=True),)
+
+
+@pytest.mark.parametrize(
+    ("baselines", "merged"),
+    [
+        (["5.10", "5.10"], "5.10"),
+        ([None, "5.10"], "5.10"),  # a version 1 shard (baseline unknown) agrees with any
+        (["5.10", None, None], "5.10"),
+        ([None, None], None),
+    ],
+)
+def test_merge_keeps_the_one_baseline(baselines: list[str | None], merged: str | None) -> None:
+    shards = [
+        Matrix((rec(UNLINK, f"k{i}", "x86_64", Check.LOAD, Outcome.PASS),), baseline=b)
+        for i, b in enumerate(baselines)
+    ]
+    assert merge_matrices(shards).baseline == merged
+
+
+def test_merge_refuses_shards_diffed_against_different_baselines() -> None:
+    a = Matrix((rec(UNLINK, "6.1", "x86_64", Check.LOAD, Outcome.PASS),), baseline="5.10")
+    b = Matrix((rec(UNLINK, "6.6", "x86_64", Check.LOAD, Outcome.PASS),), baseline="6.1")
+    with pytest.raises(MergeConflictError, match=r"different baselines: a\.json against 5\.10, "
+                       r"b\.json against 6\.1$"):
+        merge_matrices([a, Matrix(()), b], ["a.json", "old.json", "b.json"])
 
 
 def test_two_shards_equal_one_document() -> None:

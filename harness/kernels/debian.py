@@ -31,7 +31,9 @@ log = logging.getLogger(__name__)
 
 MIRROR_ENV = "BPF_MATRIX_MIRROR"
 KEYRING_ENV = "BPF_MATRIX_KEYRING"  # another keyring to check Release files with
+NO_KEYRING = "none"  # $BPF_MATRIX_KEYRING=none: Release signatures deliberately not checked
 KEYRING = Path("/usr/share/keyrings/debian-archive-keyring.gpg")
+REFRESH_ENV = "BPF_MATRIX_REFRESH"  # 1: a suite index past INDEX_MAX_AGE must be fetched again
 APT_DIR = Path("/etc/apt")
 
 INDEX_MAX_AGE = 6 * 3600.0  # seconds a verified suite index is reused before it is fetched again
@@ -65,6 +67,7 @@ class SuiteIndex:
     arch: str  # Debian's name: amd64, arm64
     packages: Mapping[str, tuple[DebPackage, ...]]  # by name, highest version first
     verified: str  # how the Release file was checked, e.g. "Release signature verified (gpgv)"
+    note: str = ""  # set when a stale cached index was used because the mirror was unreachable
 
     def highest(self, name: str) -> DebPackage | None:
         """The highest version of ``name``, or None when the suite does not have it."""
@@ -251,11 +254,62 @@ def run_gpgv(signed: Path, out: Path, keyring: Path = KEYRING, detached: Path | 
     except (OSError, subprocess.TimeoutExpired) as exc:
         raise IntegrityError(f"{signed}: gpgv could not run: {exc}") from exc
     if proc.returncode != 0:
+        if any(m in proc.stderr for m in _UNSIGNED_MARKS):
+            raise IntegrityError(
+                f"{detached or signed}: signature check failed: not signed (gpgv found no OpenPGP "
+                f"signature in it)"
+            )
         lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
         raise IntegrityError(
             f"{signed}: signature check failed (gpgv exit {proc.returncode}): "
             f"{lines[-1] if lines else 'no output'}"
         )
+
+
+# What gpgv says of a file that holds no signature at all (its last line is then only a usage hint).
+_UNSIGNED_MARKS = ("no valid OpenPGP data found", "no signature found")
+_CLEARSIGNED = b"-----BEGIN PGP SIGNED MESSAGE-----"
+
+
+def _is_clearsigned(path: Path) -> bool:
+    with path.open("rb") as f:
+        return f.read(len(_CLEARSIGNED) + 8).lstrip().startswith(_CLEARSIGNED)
+
+
+def resolve_keyring(env: Mapping[str, str], default: Path | None = None) -> Path | None:
+    """The keyring to check Release signatures with: $BPF_MATRIX_KEYRING, else ``default`` (Debian's
+    archive keyring); None when $BPF_MATRIX_KEYRING is "none" (signatures deliberately not checked).
+
+    Raises ConfigError naming the variable and the path when the keyring is missing or unreadable, or
+    when gpgv is not installed: a typo must never turn verification off.
+    """
+    value = env.get(KEYRING_ENV, "")
+    if value == NO_KEYRING:
+        return None
+    if value:
+        keyring = Path(value)
+        check_keyring(keyring, f"{KEYRING_ENV}={value}", f"point {KEYRING_ENV} at a keyring file, "
+                      f"or set it to {NO_KEYRING!r} to skip signature checks")
+        return keyring
+    keyring = default or KEYRING
+    check_keyring(keyring, f"Debian archive keyring {keyring}", "install debian-archive-keyring "
+                  f"(setup.sh does) or set {KEYRING_ENV} to a keyring file")
+    return keyring
+
+
+def check_keyring(keyring: Path, what: str, hint: str) -> None:
+    """Raise ConfigError unless ``keyring`` is a readable file and gpgv is installed."""
+    try:
+        with keyring.open("rb") as f:
+            f.read(1)
+    except FileNotFoundError:
+        raise ConfigError(f"{what}: no such file; Release signatures cannot be checked: {hint}") from None
+    except OSError as exc:
+        raise ConfigError(
+            f"{what}: cannot read ({exc.strerror}); Release signatures cannot be checked: {hint}"
+        ) from exc
+    if shutil.which("gpgv") is None:
+        raise ConfigError(f"gpgv is not installed (package gpgv; setup.sh installs it): needed with {what}")
 
 
 def parse_release_sha256(text: str, name: str) -> tuple[str, int]:
@@ -334,16 +388,18 @@ def _index_dir(cache_dir: Path, mirror: str, suite: str, arch: str) -> Path:
 
 
 def fetch_release(
-    mirror: str, suite: str, dest: Path, keyring: Path = KEYRING, session: requests.Session | None = None
+    mirror: str, suite: str, dest: Path, keyring: Path | None = KEYRING,
+    session: requests.Session | None = None,
 ) -> tuple[str, str]:
     """Download a suite's InRelease (or Release + Release.gpg) into ``dest`` and verify it with gpgv
-    when the keyring and gpgv exist. Returns (Release text, what was verified).
+    against ``keyring`` (None: not checked, as $BPF_MATRIX_KEYRING=none asks). Returns (Release text,
+    what was verified).
 
-    Raises IntegrityError on a bad signature, FetchError when the mirror has no such suite.
+    Raises IntegrityError on a bad or missing signature, FetchError when the mirror has no such suite.
     """
     dest.mkdir(parents=True, exist_ok=True)
     base = f"{mirror}/dists/{suite}"
-    can_verify = keyring.is_file() and shutil.which("gpgv") is not None
+    unchecked = f"Release NOT signature-checked: no keyring ({KEYRING_ENV}={NO_KEYRING})"
     inrelease = dest / "InRelease"
     try:
         fetch_file(f"{base}/InRelease", inrelease, what=f"suite {suite}", session=session)
@@ -352,14 +408,19 @@ def fetch_release(
             raise
         release = dest / "Release"
         fetch_file(f"{base}/Release", release, what=f"suite {suite}", session=session)
-        if not can_verify:
-            return release.read_text(), "Release NOT signature-checked: no keyring"
+        if keyring is None:
+            return release.read_text(), unchecked
         sig = dest / "Release.gpg"
         fetch_file(f"{base}/Release.gpg", sig, what=f"suite {suite}", session=session)
         run_gpgv(release, release, keyring, detached=sig)
         return release.read_text(), f"Release signature verified (gpgv, {keyring.name})"
-    if not can_verify:
-        return parse_inrelease_payload(inrelease.read_text()), "Release NOT signature-checked: no keyring"
+    if keyring is None:
+        return parse_inrelease_payload(inrelease.read_text()), unchecked
+    if not _is_clearsigned(inrelease):
+        raise IntegrityError(
+            f"suite {suite}: signature check failed: {base}/InRelease is not signed "
+            "(no OpenPGP clear-signed message)"
+        )
     out = dest / "Release.verified"
     out.unlink(missing_ok=True)
     run_gpgv(inrelease, out, keyring)
@@ -374,22 +435,48 @@ def fetch_suite_index(
     *,
     keyring: Path | None = None,
     max_age: float = INDEX_MAX_AGE,
+    refresh: bool | None = None,
     wanted: Callable[[str], bool] | None = is_kernel_package,
     session: requests.Session | None = None,
 ) -> SuiteIndex:
     """The verified Packages index of ``suite``/``arch`` (main), reused from ``cache_dir`` when it
-    was verified less than ``max_age`` seconds ago. ``keyring`` defaults to $BPF_MATRIX_KEYRING, else
-    Debian's archive keyring.
+    was verified less than ``max_age`` seconds ago. ``keyring`` defaults to resolve_keyring()'s.
 
-    Raises FetchError (mirror, HTTP), IntegrityError (signature or digest mismatch).
+    An older index is fetched again; when the mirror cannot be reached, the cached one is used (if
+    its signature was verified and its files still match) and ``note`` says so, unless ``refresh``
+    (default: $BPF_MATRIX_REFRESH=1) insists on a fresh one.
+
+    Raises ConfigError (keyring), FetchError (mirror, HTTP), IntegrityError (signature or digest).
     """
     if keyring is None:
-        keyring = Path(os.environ.get(KEYRING_ENV) or KEYRING)
+        keyring = resolve_keyring(os.environ)
+    else:
+        check_keyring(keyring, f"keyring {keyring}", f"give an existing keyring file or unset {KEYRING_ENV}")
+    if refresh is None:
+        refresh = os.environ.get(REFRESH_ENV, "").strip().lower() in ("1", "yes", "true")
     where = _index_dir(cache_dir, mirror, suite, arch)
     where.parent.mkdir(parents=True, exist_ok=True)
     # Several workers may want the same suite at once: one fetches, the others reuse its result.
     with FileLock(str(where.with_name(where.name + ".lock"))):
-        return _fetch_suite_index_locked(mirror, suite, arch, where, keyring, max_age, wanted, session)
+        return _fetch_suite_index_locked(
+            mirror, suite, arch, where, keyring, _IndexPolicy(max_age, refresh), wanted, session
+        )
+
+
+@dataclass(frozen=True)
+class _IndexPolicy:
+    max_age: float  # seconds a verified index is reused without asking the mirror
+    refresh: bool  # an older one must be fetched again: no falling back to it
+
+
+@dataclass(frozen=True)
+class _CachedIndex:
+    verified: str  # how its Release was checked when it was fetched
+    time: float  # when it was fetched and verified (epoch seconds)
+
+    @property
+    def signed(self) -> bool:
+        return self.verified.startswith("Release signature verified")
 
 
 def _fetch_suite_index_locked(
@@ -397,46 +484,86 @@ def _fetch_suite_index_locked(
     suite: str,
     arch: str,
     where: Path,
-    keyring: Path,
-    max_age: float,
+    keyring: Path | None,
+    policy: _IndexPolicy,
     wanted: Callable[[str], bool] | None,
     session: requests.Session | None,
 ) -> SuiteIndex:
     name = f"main/binary-{arch}/Packages.xz"
-    verified = _reusable_index(where, mirror, suite, arch, name, max_age)
-    if not verified:
-        verified = _refresh_index(mirror, suite, where, name, keyring, session)
+    cached = _cached_index(where, mirror, suite, arch, name)
+    # A cached index that was not signature-checked is only good for a run that checks nothing.
+    usable = cached is not None and (cached.signed or keyring is None)
+    note = ""
+    if cached is not None and usable and time.time() - cached.time < policy.max_age:
+        verified = cached.verified
+    else:
+        try:
+            verified = _refresh_index(mirror, suite, where, name, keyring, session)
+        except FetchError as exc:
+            # Offline with a verified index in the cache: use it, and say how old it is.
+            if policy.refresh or cached is None or not cached.signed or not _unreachable(exc):
+                raise
+            if _cached_index(where, mirror, suite, arch, name) != cached:
+                raise
+            verified, note = cached.verified, _stale_note(cached, exc)
+            log.warning("suite %s/%s: %s", suite, arch, note)
     packages = _load_index_packages(where, suite, name, wanted)
-    return SuiteIndex(mirror=mirror, suite=suite, arch=arch, packages=packages, verified=verified)
+    return SuiteIndex(
+        mirror=mirror, suite=suite, arch=arch, packages=packages, verified=verified, note=note
+    )
 
 
-def _reusable_index(where: Path, mirror: str, suite: str, arch: str, name: str, max_age: float) -> str:
-    """How the cached index was verified, when it is recent, from ``mirror`` and matches its
-    Release; else ""."""
+def _unreachable(exc: FetchError) -> bool:
+    """Whether a fetch failed for a network reason (refused, timed out, cut, 5xx after the tries)."""
+    cause = exc.__cause__
+    return (
+        not isinstance(exc, IntegrityError)
+        and isinstance(cause, requests.RequestException)
+        and _retryable(cause)
+    )
+
+
+def _stale_note(cached: _CachedIndex, exc: FetchError) -> str:
+    when = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(cached.time))
+    hours = (time.time() - cached.time) / 3600
+    return (
+        f"suite index from {when}, {hours:.0f} h old: mirror unreachable ({_root_cause(exc.__cause__)}); "
+        f"used the copy verified then (set {REFRESH_ENV}=1 to insist on a fresh one)"
+    )
+
+
+def _cached_index(where: Path, mirror: str, suite: str, arch: str, name: str) -> _CachedIndex | None:
+    """How and when the cached index was verified, when it is from ``mirror`` and its Packages.xz
+    matches its Release; else None."""
     stamp = where / "verified.json"
     packages_xz = where / "Packages.xz"
     release_text = ""
     try:
         meta: dict[str, Any] = json.loads(stamp.read_text())
-        if time.time() - float(meta["time"]) < max_age and meta["mirror"] == mirror:
-            release_text = (where / "Release.text").read_text()
-            expected, _ = parse_release_sha256(release_text, name)
-            if file_sha256(packages_xz) != expected:
-                raise IntegrityError(f"cached {packages_xz} does not match its Release")
-            return str(meta["verified"])
+        if meta["mirror"] != mirror:
+            return None
+        release_text = (where / "Release.text").read_text()
+        expected, _ = parse_release_sha256(release_text, name)
+        if file_sha256(packages_xz) != expected:
+            raise IntegrityError(f"cached {packages_xz} does not match its Release")
+        return _CachedIndex(verified=str(meta["verified"]), time=float(meta["time"]))
     except (OSError, ValueError, KeyError, TypeError, IntegrityError) as exc:
         if release_text or stamp.exists():
             log.info("suite %s/%s: cached index not reused: %s", suite, arch, exc)
-    return ""
+    return None
 
 
 def _refresh_index(
-    mirror: str, suite: str, where: Path, name: str, keyring: Path, session: requests.Session | None
+    mirror: str, suite: str, where: Path, name: str, keyring: Path | None,
+    session: requests.Session | None,
 ) -> str:
-    """Fetch and verify the suite's Release, then the Packages.xz it lists; returns how it was verified."""
+    """Fetch and verify the suite's Release, then the Packages.xz it lists; returns how it was verified.
+
+    Every file is replaced whole, and Packages.xz only once it matches the new Release: until
+    Release.text and the stamp are written last, the cached index stays as it was or fails its check.
+    """
     stamp = where / "verified.json"
     where.mkdir(parents=True, exist_ok=True)
-    stamp.unlink(missing_ok=True)
     release_text, verified = fetch_release(mirror, suite, where, keyring, session)
     expected, size = parse_release_sha256(release_text, name)
     fetch_file(

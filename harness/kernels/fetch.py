@@ -8,7 +8,7 @@ import os
 import shutil
 import subprocess
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -199,7 +199,9 @@ def _fetch_debian(
         return _debian_manifest(tree, pkgs, source, verified)
 
     manifest = ensure_entry(entry, build, _combined_digest(pkgs))
-    return _build_from_manifest(spec, entry, manifest)
+    found = _build_from_manifest(spec, entry, manifest)
+    # A stale suite index used offline: the kernel's notes say so beside how it was verified.
+    return replace(found, verified=f"{found.verified}; {index.note}") if index.note else found
 
 
 def _fetch_packages(

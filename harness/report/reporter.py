@@ -20,9 +20,12 @@ EXIT_HARNESS_ERROR = 3  # pytest's "internal error": some cell could not be deci
 class MatrixReporter:
     """Collects every cell's results on the controlling process and writes the matrix once at the end."""
 
-    def __init__(self, config: pytest.Config, order: Sequence[tuple[str, str]]) -> None:
+    def __init__(
+        self, config: pytest.Config, order: Sequence[tuple[str, str]], baseline: str | None = None
+    ) -> None:
         self.config = config
         self.order = list(order)  # (kernel, arch) columns in kernels.yaml order
+        self.baseline = baseline  # the kernels.yaml baseline id the drift checks diffed against
         self.records: dict[tuple[Probe, str, str, Check], CellResult] = {}
         self.kernels: dict[tuple[str, str], KernelRun] = {}
         self.written: list[Path] = []
@@ -44,7 +47,7 @@ class MatrixReporter:
         order = self.order
         kernels = [self.kernels[c] for c in order if c in self.kernels]
         kernels += [k for c, k in self.kernels.items() if c not in order]
-        return merge_matrices([Matrix(tuple(self.records.values()), tuple(kernels))])
+        return merge_matrices([Matrix(tuple(self.records.values()), tuple(kernels), self.baseline)])
 
     @pytest.hookimpl(tryfirst=True)
     def pytest_sessionfinish(self, session: pytest.Session) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
@@ -12,7 +12,9 @@ from typing import Any
 from harness.errors import ResultsError
 
 SCHEMA_NAME = "bpf-kernel-matrix/results"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+# Version 1 did not record the baseline; it is read as version 2 with "baseline": null (unknown).
+READABLE_VERSIONS = (1, 2)
 
 
 class Outcome(str, Enum):
@@ -181,6 +183,7 @@ class Matrix:
 
     records: tuple[CellResult, ...]
     kernels: tuple[KernelRun, ...] = ()
+    baseline: str | None = None  # the kernels.yaml id prototypes were diffed against; None: unknown
 
     def columns(self) -> list[tuple[str, str]]:
         """(kernel, arch) pairs in kernels.yaml order, then any seen only in records."""
@@ -216,19 +219,19 @@ class Matrix:
         return {
             "schema": SCHEMA_NAME,
             "version": SCHEMA_VERSION,
+            "baseline": self.baseline,
             "kernels": [k.serialize() for k in self.kernels],
             "records": [r.serialize() for r in self.records],
         }
 
     @classmethod
     def deserialize(cls, data: Mapping[str, Any]) -> Matrix:
-        """Build a Matrix from a results document; raises ResultsError naming what is wrong."""
-        if data.get("schema") != SCHEMA_NAME:
-            raise ResultsError(f"not a {SCHEMA_NAME} document (schema={data.get('schema')!r})")
-        if data.get("version") != SCHEMA_VERSION:
-            raise ResultsError(
-                f"results version {data.get('version')!r} is not supported (expected {SCHEMA_VERSION})"
-            )
+        """Build a Matrix from a results document of any readable version (an older one is
+        migrated first); raises ResultsError naming what is wrong."""
+        data = migrate_document(data)
+        baseline = data.get("baseline")
+        if baseline is not None and not isinstance(baseline, str):
+            raise ResultsError(f"malformed baseline: {baseline!r} (expected a kernel id or null)")
         try:
             records = tuple(CellResult.deserialize(r) for r in data["records"])
             kernels = tuple(KernelRun.deserialize(k) for k in data.get("kernels", []))
@@ -236,7 +239,26 @@ class Matrix:
             raise ResultsError(f"malformed results record: {exc}") from exc
         except ValueError as exc:  # an unknown check or outcome
             raise ResultsError(str(exc)) from exc
-        return cls(records=records, kernels=kernels)
+        return cls(records=records, kernels=kernels, baseline=baseline or None)
+
+
+def migrate_document(data: Mapping[str, Any]) -> dict[str, Any]:
+    """A results document of a readable version in the current version's shape (pure).
+
+    Version 1 did not record the baseline: it becomes ``"baseline": null``, which reads as unknown.
+    Raises ResultsError for another schema or an unsupported version.
+    """
+    if data.get("schema") != SCHEMA_NAME:
+        raise ResultsError(f"not a {SCHEMA_NAME} document (schema={data.get('schema')!r})")
+    version = data.get("version")
+    if version not in READABLE_VERSIONS or isinstance(version, bool):
+        raise ResultsError(
+            f"results version {version!r} is not supported (expected one of "
+            f"{', '.join(map(str, READABLE_VERSIONS))})"
+        )
+    if version == 1:
+        return {**data, "version": SCHEMA_VERSION, "baseline": None}
+    return dict(data)
 
 
 def parse_matrix_json(text: str, name: str = "results") -> Matrix:
@@ -253,13 +275,81 @@ def parse_matrix_json(text: str, name: str = "results") -> Matrix:
         raise ResultsError(f"{name}: {exc}") from exc
 
 
-def merge_matrices(matrices: Iterable[Matrix]) -> Matrix:
-    """Merge shards: records and kernels of each, the later shard winning for the same key."""
-    records: dict[tuple[Probe, str, str, Check], CellResult] = {}
+class MergeConflictError(ResultsError):
+    """Shards that disagree: the same cell with another outcome or reason, or other baselines."""
+
+    def __init__(self, message: str, conflicts: Sequence[str] = ()) -> None:
+        super().__init__(message)
+        self.conflicts = tuple(conflicts)
+
+
+CellKey = tuple[Probe, str, str, Check]
+
+
+def _verdict(r: CellResult) -> tuple[Outcome, str]:
+    """What two copies of one cell must agree on; durations and details may differ between runs."""
+    return (r.outcome, r.reason)
+
+
+def _describe(r: CellResult) -> str:
+    return f"{r.outcome.value} ({r.reason})" if r.reason else r.outcome.value
+
+
+def merge_baseline(baselines: Sequence[tuple[str, str | None]]) -> str | None:
+    """The one baseline of shards given as (name, baseline); None when no shard records one.
+
+    A shard without a baseline (a version 1 document, or a run without one) agrees with any;
+    two shards with different baselines raise MergeConflictError naming both.
+    """
+    known: dict[str, str] = {}
+    for name, baseline in baselines:
+        if baseline is not None:
+            known.setdefault(baseline, name)
+    if len(known) > 1:
+        listed = ", ".join(f"{name} against {base}" for base, name in known.items())
+        raise MergeConflictError(f"shards were diffed against different baselines: {listed}")
+    return next(iter(known), None)
+
+
+def merge_matrices(matrices: Iterable[Matrix], names: Sequence[str] = ()) -> Matrix:
+    """Merge shards (named by ``names``, else by position): the records and kernels of each.
+
+    A cell in several shards must have the same outcome and reason in each; it is kept once (the
+    copy that sorts first, so the result does not depend on the shards' order). Raises
+    MergeConflictError listing every cell that differs, one line each, or naming other baselines.
+    """
+    shards = list(matrices)
+    label = [names[i] if i < len(names) else f"shard {i + 1}" for i in range(len(shards))]
+    baseline = merge_baseline([(label[i], m.baseline) for i, m in enumerate(shards)])
+    records: dict[CellKey, tuple[CellResult, str]] = {}
     kernels: dict[tuple[str, str], KernelRun] = {}
-    for m in matrices:
+    conflicts: dict[CellKey, str] = {}
+    for name, m in zip(label, shards):
         for k in m.kernels:
             kernels[(k.kernel, k.arch)] = k
         for r in m.records:
-            records[(r.probe, r.kernel, r.arch, r.check)] = r
-    return Matrix(records=tuple(records.values()), kernels=tuple(kernels.values()))
+            key = (r.probe, r.kernel, r.arch, r.check)
+            seen = records.get(key)
+            if seen is None:
+                records[key] = (r, name)
+            elif _verdict(seen[0]) != _verdict(r):
+                conflicts.setdefault(key, (
+                    f"{r.probe.id} {r.kernel}/{r.arch} {r.check.value}: "
+                    f"{_describe(seen[0])} in {seen[1]}, {_describe(r)} in {name}"
+                ))
+            elif _sort_key(r) < _sort_key(seen[0]):
+                records[key] = (r, seen[1])
+    if conflicts:
+        lines = list(conflicts.values())
+        raise MergeConflictError(
+            f"{len(lines)} {'cell differs' if len(lines) == 1 else 'cells differ'} between shards "
+            "(same object, program, kernel, arch and check):\n" + "\n".join(lines),
+            lines,
+        )
+    return Matrix(
+        records=tuple(r for r, _ in records.values()), kernels=tuple(kernels.values()), baseline=baseline
+    )
+
+
+def _sort_key(r: CellResult) -> str:
+    return json.dumps(r.serialize(), sort_keys=True)
