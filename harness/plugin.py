@@ -19,6 +19,7 @@ import pytest
 from harness.errors import HarnessError
 from harness.files import atomic_write
 from harness.kernels.config import KernelsConfig, KernelSpec, load_kernels_yaml
+from harness.kernels.fetch import verify_local_images
 from harness.report.expectations import apply_expectations
 from harness.report.results import (
     CellResult,
@@ -124,6 +125,9 @@ def pytest_configure(config: pytest.Config) -> None:
         return
     try:
         kernels = _load_config(config)
+        if not _is_worker(config):
+            # Before anything boots: a local image that is not a kernel would run a VM to its timeout.
+            verify_local_images(kernels, Path(c) if (c := config.getoption("--cache-dir-kernels")) else None)
     except HarnessError as exc:
         raise pytest.UsageError(str(exc)) from None
     progs = config.getoption("--bpf-progs")

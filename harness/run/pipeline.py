@@ -17,7 +17,7 @@ from harness.checks.uprobe import GUEST_USER_DIR, build_user_samples, parse_upro
 from harness.errors import BuildError, HarnessError, LostVMError, ObjectError, VMError
 from harness.files import atomic_write
 from harness.kernels.config import Arch, KernelsConfig, KernelSpec, host_arch
-from harness.programs.build import build_source, find_sources, generate_vmlinux_h
+from harness.programs.build import build_source, find_sources, generate_vmlinux_h, render_no_vmlinux_btf
 from harness.programs.inventory import USER_KINDS, BPFObject, load_object
 from harness.programs.sidecar import Sidecar, load_sidecar
 from harness.report.results import CellResult, Check, KernelRun, Outcome, Probe
@@ -191,6 +191,8 @@ class MatrixRun:
         The newest kernel of the arch is tried first: programs are usually written against it, and
         CO-RE adapts them to older kernels.
         """
+        from harness.kernels.fetch import render_kernel_error
+
         errors: list[str] = []
         # From the whole file, not the selection: a shard must build the objects a full run builds.
         universe = [s for s in self.config.universe or self.config.kernels if s.arch == arch]
@@ -198,7 +200,7 @@ class MatrixRun:
             try:
                 build = self.fetch(spec)
             except HarnessError as exc:
-                errors.append(f"{spec.key}: {exc}")
+                errors.append(render_kernel_error(spec, exc))
                 continue
             facts_btf = Path(build.facts_dir) / "vmlinux.btf"
             if facts_btf.exists():
@@ -211,11 +213,11 @@ class MatrixRun:
 
                 data = extract_btf(Path(build.image))
             except HarnessError as exc:
-                errors.append(f"{spec.key}: {exc}")
+                errors.append(render_kernel_error(spec, exc))
                 continue
             atomic_write(extracted, data)
             return extracted
-        raise HarnessError(f"no vmlinux BTF for {arch.name} to generate vmlinux.h: {'; '.join(errors)}")
+        raise HarnessError(render_no_vmlinux_btf(arch.name, errors))
 
     def objects(self, arch: Arch) -> ArchObjects:
         """bpf_progs/ built for ``arch`` (once per process; the build itself is cached on disk)."""
