@@ -18,6 +18,7 @@ import pytest
 from harness.errors import HarnessError
 from harness.kernels.cache import resolve_cache_root
 from harness.kernels.config import KernelsConfig, KernelSpec, load_kernels_yaml
+from harness.kernels.fetch import verify_local_images
 from harness.report.expectations import apply_expectations
 from harness.report.reporter import PROP_KERNEL, PROP_RESULTS, MatrixReporter
 from harness.report.results import (
@@ -120,6 +121,9 @@ def pytest_configure(config: pytest.Config) -> None:
         return
     try:
         kernels = _load_config(config)
+        if not _is_worker(config):
+            # Before anything boots: a local image that is not a kernel would run a VM to its timeout.
+            verify_local_images(kernels, Path(c) if (c := config.getoption("--cache-dir-kernels")) else None)
     except HarnessError as exc:
         raise pytest.UsageError(str(exc)) from None
     progs = config.getoption("--bpf-progs")

@@ -319,3 +319,16 @@ def test_compiled_with_debug_info(tmp_path: Path) -> None:
     with built.object.open("rb") as fh:
         names = {s.name for s in ELFFile(fh).iter_sections()}
     assert {".BTF", ".BTF.ext"} <= names
+
+
+def test_no_vmlinux_btf_names_each_kernels_cause_first() -> None:
+    from harness.programs.build import render_no_vmlinux_btf
+
+    causes = [
+        "kernel '6.1' (x86_64): local image /x/bzImage does not exist",
+        "kernel '5.10' (x86_64): no BTF in /y",
+    ]
+    assert render_no_vmlinux_btf("x86_64", causes) == (
+        "kernel '6.1' (x86_64): local image /x/bzImage does not exist; kernel '5.10' (x86_64): no BTF in /y "
+        "(so no vmlinux BTF for x86_64 to generate vmlinux.h)"
+    )

@@ -391,7 +391,29 @@ def test_select_unknown_key_names_it_and_the_known_ones() -> None:
     assert "6.12-arm64" in msg and "5.10-x86_64" in msg
 
 
-def test_unquoted_version_id_is_refused(tmp_path: Path) -> None:
-    # YAML reads 5.10 as the float 5.1: the entry would silently name another kernel.
-    with pytest.raises(ConfigError, match=r"id 5\.1 was read as a number: quote it"):
-        parse_kernels_yaml("kernels:\n  - id: 5.10\n    suite: bullseye\n", tmp_path / "kernels.yaml")
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        # YAML reads 5.10 as the float 5.1: the entry would silently name another kernel.
+        ("kernels:\n  - id: 5.10\n    suite: bullseye\n",
+         "kernel '5.10': id 5.10 was read as a number (5.1): quote it (id: \"5.10\")"),
+        # The hint quotes what was written, not always "5.10".
+        ("kernels:\n  - {id: 6.1, suite: bookworm}\n",
+         "kernel '6.1': id 6.1 was read as a number: quote it (id: \"6.1\")"),
+        ("kernels:\n  - {id: 6.10, suite: trixie}\n",
+         "kernel '6.10': id 6.10 was read as a number (6.1): quote it (id: \"6.10\")"),
+        # The baseline gets the same hint (it used to say "baseline '5.1' is not a kernel id").
+        ("baseline: 5.10\nkernels: [{id: '5.10', suite: bullseye}]\n",
+         "baseline 5.10 was read as a number (5.1): quote it (baseline: \"5.10\")"),
+        ("baseline: 6.1\nkernels: [{id: '6.1', suite: bookworm}]\n",
+         "baseline 6.1 was read as a number: quote it (baseline: \"6.1\")"),
+    ],
+    ids=["id-5.10", "id-6.1", "id-6.10", "baseline-5.10", "baseline-6.1"],
+)
+def test_unquoted_version_is_refused_quoting_what_was_written(text: str, message: str) -> None:
+    assert error_of(text) == f"{PATH}: {message}"
+
+
+def test_numbers_elsewhere_keep_the_text_they_were_written_as() -> None:
+    cfg = parse("kernels: [{id: '6.1', suite: bookworm, package: 5.10, memory: 2.50}]\n")
+    assert (cfg.kernels[0].package, cfg.kernels[0].memory) == ("5.10", "2.50")

@@ -292,11 +292,11 @@ def host_programs() -> dict[int, str]:
 def test_matrix_run_makes_no_bpf_load_on_the_host(tmp_path: Path) -> None:
     """The whole host side of a run (build, inventory, facts, offline checks) against a fake VM: strace
     shows no bpf(2) call that loads a program, a map or BTF, and the host's programs are unchanged."""
-    from test_plugin import KERNELS, VMLINUX_H, Project
+    from test_plugin import KERNELS, VMLINUX_H, Project, fake_kernel_image
 
     (tmp_path / "images").mkdir()
     for k in ("5.10", "6.1"):
-        (tmp_path / "images" / f"vmlinuz-{k}.0-fake").write_bytes(b"MZ fake kernel " + k.encode())
+        (tmp_path / "images" / f"vmlinuz-{k}.0-fake").write_bytes(fake_kernel_image(k))
     progs = tmp_path / "progs"
     progs.mkdir()
     (progs / "vmlinux.h").write_text(VMLINUX_H)
@@ -569,3 +569,84 @@ def test_offline_kernel_fetch_uses_the_stale_verified_index_and_says_so(
     monkeypatch.setenv("BPF_MATRIX_REFRESH", "1")
     with pytest.raises(FetchError, match="unreachable after 4 tries"):
         fetch_kernel(spec, cache, mirror_url)
+
+
+# ---------------------------------------------------------------- kernel images and vmlinux.h
+
+
+def test_local_image_that_is_not_a_kernel_is_a_usage_error_before_any_boot(tmp_path: Path) -> None:
+    """A random file beside a real kernel used to be booted to the VM's timeout, twice (the retry):
+    it is refused at configure time, one usage line naming the kernels.yaml entry, nothing booted."""
+    from test_plugin import KERNELS, VMLINUX_H, Project, fake_kernel_image
+
+    images = tmp_path / "images"
+    images.mkdir()
+    (images / "vmlinuz-6.1.0-fake").write_bytes(fake_kernel_image("6.1"))
+    (images / "vmlinuz-5.10.0-fake").write_bytes(os.urandom(1 << 20))
+    progs = tmp_path / "progs"
+    progs.mkdir()
+    (progs / "vmlinux.h").write_text(VMLINUX_H)
+    (progs / "probe.bpf.c").write_text(
+        '#include "vmlinux.h"\n#include <bpf/bpf_helpers.h>\nchar LICENSE[] SEC("license") = "GPL";\n'
+        'SEC("kprobe/vfs_unlink")\nint on_unlink(void *ctx) { return 0; }\n'
+    )
+    (tmp_path / "kernels.yaml").write_text(KERNELS)
+    out = Project(tmp_path, {}).run()
+    assert out.returncode == 4, out.stdout[-3000:] + out.stderr[-3000:]
+    errors = [ln for ln in out.stderr.splitlines() if ln.startswith("ERROR:")]
+    assert errors == [
+        f"ERROR: {tmp_path / 'kernels.yaml'}: kernel '5.10' (x86_64): local image "
+        f"{images / 'vmlinuz-5.10.0-fake'} is not a kernel: no compressed kernel payload found"
+    ], out.stderr
+    assert "Traceback" not in out.stderr + out.stdout
+    assert out.boots == [] and out.matrix is None
+
+
+def _vmlinux_h_errors(tmp_path: Path, kernels_yaml: str, fetch: Callable[..., KernelBuild] | None) -> str:
+    """The build error of a program when every kernel fails to give a vmlinux BTF (no VM is run)."""
+    from test_pipeline import ARCH, KVM, SAMPLE, FakeRunner
+
+    progs = tmp_path / "bpf_progs"
+    progs.mkdir()
+    (progs / "sleepy.bpf.c").write_text(SAMPLE)  # no vmlinux.h: it is generated from a kernel's BTF
+    config = parse_kernels_yaml(kernels_yaml.replace("ARCH", ARCH.name), tmp_path / "kernels.yaml")
+    from harness.run.coordinator import MatrixRun
+
+    runner = FakeRunner()
+    work = tmp_path / "work"
+    work.mkdir()
+    run = MatrixRun(config, progs, runner, KVM, cache_root=tmp_path / "cache", work_dir=work, fetch=fetch)
+    errors = run.objects(ARCH).errors
+    assert runner.count() == 0 and list(errors) == ["sleepy"]
+    return errors["sleepy"]
+
+
+def test_missing_local_image_is_named_first_in_the_build_error(tmp_path: Path) -> None:
+    """The (build) row used to read "no vmlinux BTF for x86_64 to generate vmlinux.h: ..." and bury
+    the missing image after it."""
+    from test_pipeline import ARCH
+
+    image = tmp_path / "x" / "bzImage"
+    yaml_text = f"kernels:\n  - {{id: '6.1', source: local, image: {image}, arches: [ARCH]}}\n"
+    msg = _vmlinux_h_errors(tmp_path, yaml_text, None)
+    assert msg == (
+        f"kernel '6.1' ({ARCH.name}): local image {image} does not exist "
+        f"(so no vmlinux BTF for {ARCH.name} to generate vmlinux.h)"
+    )
+
+
+def test_download_error_is_named_first_in_the_build_error(tmp_path: Path) -> None:
+    from test_pipeline import ARCH, FakeFetch
+
+    fetch = FakeFetch(tmp_path / "cache")
+    fetch.fail[f"6.12-{ARCH.name}"] = "mirror http://127.0.0.1:9/ unreachable: Connection refused"
+    fetch.fail[f"6.1-{ARCH.name}"] = "bookworm: Release signature does not verify"
+    yaml_text = "defaults: {arches: [ARCH]}\nkernels:\n  - {id: '6.1', suite: bookworm}\n" \
+        "  - {id: '6.12', suite: trixie}\n"
+    msg = _vmlinux_h_errors(tmp_path, yaml_text, fetch)
+    # The newest kernel is tried first.
+    assert msg == (
+        f"kernel '6.12' ({ARCH.name}): mirror http://127.0.0.1:9/ unreachable: Connection refused; "
+        f"kernel '6.1' ({ARCH.name}): bookworm: Release signature does not verify "
+        f"(so no vmlinux BTF for {ARCH.name} to generate vmlinux.h)"
+    )

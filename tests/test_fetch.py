@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import http.server
 import lzma
@@ -17,10 +18,10 @@ from pathlib import Path
 import pytest
 from tools import needs
 
-from harness.errors import ConfigError, IntegrityError
+from harness.errors import ConfigError, FetchError, IntegrityError
 from harness.kernels.cache import resolve_cache_root
-from harness.kernels.config import ARCHES, KernelSpec
-from harness.kernels.fetch import fetch_kernel, prepare_tree
+from harness.kernels.config import ARCHES, KernelSpec, parse_kernels_yaml
+from harness.kernels.fetch import fetch_kernel, prepare_tree, render_kernel_error, verify_local_images
 
 pytestmark = needs("dpkg-deb")
 
@@ -119,13 +120,14 @@ def meta(name: str, version: str, target: str) -> str:
     )
 
 
-IMAGE = b"MZ fake bzImage " + os.urandom(4096)
+# A stand-in the harness takes for a kernel: one gzip stream holding the kernel's banner.
+IMAGE = gzip.compress(b"Linux version 6.1.0-27-amd64 (test) #1 SMP\n" + os.urandom(4096))
 
 
-def bookworm(server: Archive, work: Path) -> str:
+def bookworm(server: Archive, work: Path, image: bytes = IMAGE) -> str:
     rel = "6.1.0-27-amd64"
     deb = build_deb(work, f"linux-image-{rel}-unsigned", "6.1.115-1", {
-        f"boot/vmlinuz-{rel}": IMAGE,
+        f"boot/vmlinuz-{rel}": image,
         f"boot/config-{rel}": b"CONFIG_DEBUG_INFO_BTF=y\n",
         f"lib/modules/{rel}/kernel/fs/9p/9p.ko": b"ko",
         f"lib/modules/{rel}/modules.order": b"kernel/fs/9p/9p.ko\n",
@@ -261,8 +263,71 @@ def test_local_kernel(tmp_path: Path) -> None:
 
 def test_local_kernel_missing_image(tmp_path: Path) -> None:
     s = KernelSpec(id="mine", arch=ARCHES["x86_64"], source="local", image=tmp_path / "nope")
-    with pytest.raises(ConfigError, match=r"kernel 'mine': local image .*nope does not exist"):
+    with pytest.raises(ConfigError, match=r"kernel 'mine' \(x86_64\): local image .*nope does not exist"):
         fetch_kernel(s, tmp_path / "cache")
+
+
+def test_package_whose_image_is_not_a_kernel_is_refused_before_it_is_cached(
+    archive: Archive, tmp_path: Path
+) -> None:
+    bookworm(archive, tmp_path, image=os.urandom(1 << 16))
+    with pytest.raises(FetchError) as info:
+        fetch_kernel(spec("bookworm"), tmp_path / "cache", mirror_of(archive))
+    assert str(info.value) == (
+        "debian bookworm linux-image-6.1.0-27-amd64-unsigned 6.1.115-1: boot/vmlinuz-6.1.0-27-amd64 "
+        "is not a kernel: no compressed kernel payload found"
+    )
+    kernels = tmp_path / "cache" / "kernels" / "x86_64"
+    assert [p.name for p in kernels.iterdir() if not p.name.endswith(".lock")] == []
+
+
+TWO_LOCAL = """\
+kernels:
+  - {id: "6.1", source: local, image: images/vmlinuz-6.1.0, arches: [x86_64, arm64]}
+  - {id: junk, source: local, image: images/random.bin}
+  - {id: gone, source: local, image: images/nope}
+"""
+
+
+def test_local_image_that_is_not_a_kernel_is_refused_naming_the_entry(tmp_path: Path) -> None:
+    (tmp_path / "images").mkdir()
+    (tmp_path / "images" / "vmlinuz-6.1.0").write_bytes(IMAGE)
+    (tmp_path / "images" / "random.bin").write_bytes(os.urandom(1 << 20))
+    config = parse_kernels_yaml(TWO_LOCAL, tmp_path / "kernels.yaml")
+    with pytest.raises(ConfigError) as info:
+        verify_local_images(config, tmp_path / "cache")
+    assert str(info.value) == (
+        f"{tmp_path / 'kernels.yaml'}: kernel 'junk' (x86_64): local image "
+        f"{tmp_path / 'images' / 'random.bin'} is not a kernel: no compressed kernel payload found"
+    )
+
+
+def test_verified_local_images_are_remembered_and_a_missing_one_is_left_to_fetch(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import harness.kernels.image as image_module
+
+    (tmp_path / "images").mkdir()
+    (tmp_path / "images" / "vmlinuz-6.1.0").write_bytes(IMAGE)
+    config = parse_kernels_yaml(TWO_LOCAL, tmp_path / "kernels.yaml").select(["6.1", "gone"])
+    checks: list[str] = []
+    real = image_module.check_kernel_image
+    monkeypatch.setattr(image_module, "check_kernel_image", lambda d, w: checks.append(w) or real(d, w))
+    verify_local_images(config, tmp_path / "cache")
+    verify_local_images(config, tmp_path / "cache")
+    # One image for two arches, decompressed once, then known by its digest.
+    assert checks == [str(tmp_path / "images" / "vmlinuz-6.1.0")]
+    gone = next(k for k in config.kernels if k.id == "gone")
+    with pytest.raises(ConfigError, match=r"^kernel 'gone' \(x86_64\): local image .*nope does not exist$"):
+        fetch_kernel(gone, tmp_path / "cache")
+
+
+def test_render_kernel_error_names_the_kernel_first_and_once() -> None:
+    s = KernelSpec(id="6.1", arch=ARCHES["arm64"], source="debian", suite="bookworm")
+    unreachable = FetchError("mirror unreachable")
+    assert render_kernel_error(s, unreachable) == "kernel '6.1' (arm64): mirror unreachable"
+    named = ConfigError("kernel '6.1' (arm64): local image /x does not exist")
+    assert render_kernel_error(s, named) == str(named)
 
 
 def test_prepare_tree_rejects_two_images(tmp_path: Path) -> None:

@@ -16,7 +16,14 @@ from tools import needs, require
 from harness.errors import BTFError, ObjectError
 from harness.kernels.cache import resolve_cache_root
 from harness.kernels.config import ARCHES, KernelSpec
-from harness.kernels.image import decompress, decompress_image, extract_btf, find_btf, parse_image_release
+from harness.kernels.image import (
+    check_kernel_image,
+    decompress,
+    decompress_image,
+    extract_btf,
+    find_btf,
+    parse_image_release,
+)
 
 
 def make_btf(names: tuple[str, ...] = ("int", "long")) -> bytes:
@@ -232,3 +239,59 @@ def test_random_bytes_after_a_gzip_magic_are_always_corrupt(tmp_path: Path) -> N
         image.write_bytes(b"\x1f\x8b\x08" + os.urandom(2000))
         with pytest.raises(BTFError, match="corrupt gzip stream"):
             extract_btf(image)
+
+
+# ---------------------------------------------------------------- is it a kernel at all
+
+BANNER = b"Linux version 6.1.0-27-amd64 (debian-kernel@lists.debian.org) (gcc-12) #1 SMP\n"
+
+
+def _zboot(payload: bytes) -> bytes:
+    head = bytearray(64)
+    head[0:2] = b"MZ"
+    head[4:8] = b"zimg"
+    struct.pack_into("<II", head, 8, 512, len(payload))
+    head[24:28] = b"gzip"
+    return bytes(head) + bytes(512 - 64) + payload
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: bzimage(gzip.compress(raw_image() + BANNER)),
+        lambda: bzimage(lzma.compress(raw_image() + BANNER, format=lzma.FORMAT_XZ)),
+        lambda: gzip.compress(raw_image() + BANNER),
+        lambda: raw_image() + BANNER,
+        lambda: _zboot(gzip.compress(raw_image() + BANNER)),
+    ],
+    ids=["bzImage-gzip", "bzImage-xz", "gzip-Image", "Image", "zboot"],
+)
+def test_kernel_stand_ins_are_kernels(make: Callable[[], bytes]) -> None:
+    checked = check_kernel_image(make(), "/x/vmlinuz")
+    assert (checked.kernel, checked.reason) == (True, "")
+
+
+@pytest.mark.parametrize(
+    ("make", "reason"),
+    [
+        (lambda: os.urandom(1 << 20), "no compressed kernel payload found"),
+        (lambda: b"\x1f\x8b\x08" + os.urandom(2000), "corrupt gzip stream"),
+        (lambda: bzimage(gzip.compress(os.urandom(1 << 17))), "bytes hold no 'Linux version' banner"),
+        (lambda: gzip.compress(b"\x7fELF" + os.urandom(1 << 17)), "hold no 'Linux version' banner"),
+    ],
+    ids=["random", "corrupt-gzip", "bzImage-without-banner", "elf-that-is-no-kernel"],
+)
+def test_files_that_are_not_kernels_are_refused_with_why(make: Callable[[], bytes], reason: str) -> None:
+    checked = check_kernel_image(make(), "/x/vmlinuz")
+    assert checked.kernel is False
+    # The reason is the image's own: the caller names the file once.
+    assert reason in checked.reason and not checked.reason.startswith("/x/vmlinuz"), checked.reason
+
+
+def test_without_the_decompressor_it_cannot_be_told(monkeypatch: pytest.MonkeyPatch) -> None:
+    import harness.kernels.image as image_module
+
+    monkeypatch.setattr(image_module.shutil, "which", lambda name: None)
+    checked = check_kernel_image(bzimage(b"\x02\x21\x4c\x18" + os.urandom(1 << 12)), "/x/vmlinuz")
+    assert checked.kernel is None
+    assert checked.reason == "lz4-compressed, and the lz4 command is not installed"

@@ -108,6 +108,11 @@ class KernelSpec:
         """The (kernel, arch) pair as one string, used in test ids and cache paths."""
         return f"{self.id}-{self.arch.name}"
 
+    @property
+    def label(self) -> str:
+        """The (kernel, arch) pair as messages name it: ``kernel '6.1' (x86_64)``."""
+        return f"kernel {self.id!r} ({self.arch.name})"
+
     def describe(self) -> str:
         if self.source == "debian":
             what = self.package or f"linux-image-{self.flavour or self.arch.debian}"
@@ -173,9 +178,45 @@ def _check_keys(where: str, data: Mapping[str, Any], allowed: set[str]) -> None:
         )
 
 
+class _WrittenFloat(float):
+    """A YAML float that keeps the text it was written as: 5.10 reads as 5.1, and a hint to quote
+    it must say "5.10"."""
+
+    written: str
+
+
+class _Loader(yaml.SafeLoader):
+    """The safe loader, with floats that remember how they were written."""
+
+
+def _construct_float(loader: yaml.SafeLoader, node: yaml.ScalarNode) -> float:
+    value = _WrittenFloat(loader.construct_yaml_float(node))
+    value.written = str(node.value)
+    return value
+
+
+_Loader.add_constructor("tag:yaml.org,2002:float", _construct_float)
+
+
+def _written(value: Any) -> str:
+    """``value`` as the user wrote it in the file (a float's own text, not Python's repr)."""
+    return value.written if isinstance(value, _WrittenFloat) else str(value)
+
+
+def _not_a_number(where: str, key: str, value: Any) -> None:
+    """Refuse a kernel id written unquoted as a number: YAML reads 5.10 as 5.1, and 6.1 as a float
+    that would only by chance name the kernel meant."""
+    if isinstance(value, float):
+        written = _written(value)
+        read = "" if written == str(value) else f" ({value!r})"
+        raise ConfigError(
+            f"{where}: {key} {written} was read as a number{read}: quote it ({key}: \"{written}\")"
+        )
+
+
 def _str(where: str, key: str, value: Any) -> str:
     if isinstance(value, (int, float)) and not isinstance(value, bool):
-        return str(value)
+        return _written(value)
     if not isinstance(value, str):
         raise ConfigError(f"{where}: {key!r} must be a string, not {type(value).__name__}")
     return value
@@ -229,6 +270,7 @@ def parse_kernels_yaml(text: str, path: Path = Path("kernels.yaml")) -> KernelsC
     seen: set[str] = set()
     for index, entry in enumerate(entries):
         specs.extend(_parse_entry(path, index, entry, defaults, seen))
+    _not_a_number(str(path), "baseline", data.get("baseline"))
     baseline = _str(str(path), "baseline", data.get("baseline") or "")
     if baseline and baseline not in seen:
         raise ConfigError(f"{path}: baseline {baseline!r} is not a kernel id of this file")
@@ -239,7 +281,7 @@ def parse_kernels_yaml(text: str, path: Path = Path("kernels.yaml")) -> KernelsC
 def _load_top(text: str, path: Path) -> dict[str, Any]:
     """The top-level mapping of kernels.yaml text, its keys checked."""
     try:
-        data = yaml.safe_load(text)
+        data = yaml.load(text, Loader=_Loader)  # _Loader is a SafeLoader
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"{path}:{mark.line + 1}" if mark is not None else str(path)
@@ -257,13 +299,12 @@ def _entry_id(path: Path, index: int, entry: Any, seen: set[str]) -> tuple[str, 
     if not isinstance(entry, dict):
         raise ConfigError(f"{where}: expected a mapping, got {type(entry).__name__}")
     if "id" in entry:
-        where = f"{path}: kernel {str(entry['id'])!r}"
+        where = f"{path}: kernel {_written(entry['id'])!r}"
     _check_keys(where, entry, KERNEL_KEYS)
     if "id" not in entry:
         raise ConfigError(f"{where}: missing 'id'")
-    if isinstance(entry["id"], float):
-        # YAML reads 5.10 as the number 5.1: refuse it rather than test a kernel called "5.1".
-        raise ConfigError(f"{where}: id {entry['id']!r} was read as a number: quote it (id: \"5.10\")")
+    # Refused rather than testing a kernel called "5.1" when 5.10 was meant.
+    _not_a_number(where, "id", entry["id"])
     kid = _str(where, "id", entry["id"])
     if not _ID_RE.match(kid):
         raise ConfigError(f"{where}: id {kid!r} must be letters, digits, '.', '_', '+' or '-'")

@@ -15,13 +15,14 @@ from typing import Any
 from harness.errors import ConfigError, FetchError
 from harness.kernels.cache import (
     Manifest,
+    check_entry,
     digest_files,
     ensure_entry,
     entry_path,
     file_sha256,
     resolve_cache_root,
 )
-from harness.kernels.config import KernelSpec
+from harness.kernels.config import KernelsConfig, KernelSpec
 from harness.kernels.debian import (
     DebPackage,
     apt_source_files,
@@ -241,6 +242,11 @@ def _debian_manifest(
 ) -> Manifest:
     """The cache manifest of an extracted Debian kernel tree (depmod run first when it was not)."""
     layout = prepare_tree(tree)
+    from harness.kernels.image import check_kernel_image
+
+    checked = check_kernel_image((tree / layout.image).read_bytes(), layout.image)
+    if checked.kernel is False:
+        raise FetchError(f"{source}: {layout.image} is not a kernel: {checked.reason}")
     if layout.modules is not None and not (tree / layout.modules / "modules.dep").exists():
         run_depmod(tree, layout.release)
     key = [layout.image] + ([layout.config] if layout.config else [])
@@ -268,13 +274,13 @@ def _debian_manifest(
 def _fetch_local(spec: KernelSpec, root: Path) -> KernelBuild:
     image = spec.image
     if image is None or not image.is_file():
-        raise ConfigError(f"kernel {spec.id!r}: local image {image} does not exist")
+        raise ConfigError(f"{spec.label}: local image {image} does not exist")
     if spec.modules is not None and not spec.modules.is_dir():
-        raise ConfigError(f"kernel {spec.id!r}: local modules {spec.modules} is not a directory")
+        raise ConfigError(f"{spec.label}: local modules {spec.modules} is not a directory")
     try:
         digest = file_sha256(image)
     except OSError as exc:
-        raise ConfigError(f"kernel {spec.id!r}: cannot read {image}: {exc.strerror}") from exc
+        raise ConfigError(f"{spec.label}: cannot read {image}: {exc.strerror}") from exc
     release = spec.modules.name if spec.modules is not None else ""
     if not release:
         from harness.kernels.image import parse_image_release
@@ -312,6 +318,52 @@ def _fetch_local(spec: KernelSpec, root: Path) -> KernelBuild:
     )
 
 
+def _verify_local_image(where: str, spec: KernelSpec, image: Path, root: Path) -> None:
+    """Refuse ``image`` unless it is a kernel; a verified image is remembered by its digest."""
+    from harness.kernels.image import check_kernel_image
+
+    try:
+        data = image.read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"{where}: {spec.label}: cannot read {image}: {exc.strerror}") from exc
+    digest = hashlib.sha256(data).hexdigest()
+    verified = entry_path(root, "verified-images", digest)
+    if check_entry(verified, digest).ok:
+        return
+    checked = check_kernel_image(data, str(image))
+    if checked.kernel is False:
+        raise ConfigError(f"{where}: {spec.label}: local image {image} is not a kernel: {checked.reason}")
+    if checked.kernel is None:
+        log.warning("%s: cannot tell whether %s is a kernel: %s", spec.label, image, checked.reason)
+        return
+    ensure_entry(verified, lambda tmp: Manifest(source_digest=digest, meta={"kernel": True}), digest)
+
+
+def verify_local_images(config: KernelsConfig, cache_root: Path | None = None) -> None:
+    """Refuse, before anything boots, a local image of ``config`` that is not a kernel.
+
+    Such a file would otherwise be booted and waited for to the VM's timeout, once per try. Each
+    image is decompressed once: a verified one is remembered in the cache by its digest. A missing
+    image is left to fetch_kernel (that kernel alone is then not available). Raises ConfigError
+    naming the file and the entry.
+    """
+    root = cache_root if cache_root is not None else resolve_cache_root(os.environ)
+    seen: set[Path] = set()
+    for spec in config.kernels:
+        image = spec.image
+        if spec.source != "local" or image is None or image in seen or not image.is_file():
+            continue
+        seen.add(image)
+        _verify_local_image(str(config.path), spec, image, root)
+
+
+def render_kernel_error(spec: KernelSpec, exc: Exception) -> str:
+    """``exc`` as one line that names ``spec``'s kernel first, and once (fetch_kernel's own errors
+    already name it)."""
+    text = str(exc)
+    return text if text.startswith(spec.label) else f"{spec.label}: {text}"
+
+
 def fetch_kernel(
     spec: KernelSpec,
     cache_root: Path | None = None,
@@ -328,5 +380,5 @@ def fetch_kernel(
     if spec.source == "local":
         return _fetch_local(spec, root)
     if spec.source != "debian":
-        raise ConfigError(f"kernel {spec.id!r}: unknown source {spec.source!r}")
+        raise ConfigError(f"{spec.label}: unknown source {spec.source!r}")
     return _fetch_debian(spec, root, mirror, progress)

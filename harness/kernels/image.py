@@ -9,6 +9,7 @@ import shutil
 import struct
 import subprocess
 import zlib
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +28,22 @@ MAGICS: tuple[tuple[str, bytes], ...] = (
     ("lz4", b"\x02\x21\x4c\x18"),  # lz4 legacy frame (lz4 -l)
     ("bzip2", b"BZh"),
 )
+
+# init/version.c: every kernel holds its banner ("Linux version <release> (<builder>) ...") as is.
+LINUX_BANNER = b"Linux version "
+
+
+class ToolMissingError(BTFError):
+    """A stream needs a decompressor that is not installed: nothing can be told of what it holds."""
+
+
+@dataclass(frozen=True)
+class KernelImageCheck:
+    """Whether a boot image holds a kernel: True, False (``reason`` says why not), or None when it
+    could not be told (``reason`` says why)."""
+
+    kernel: bool | None
+    reason: str = ""
 
 
 def _run_filter(argv: list[str], data: bytes, what: str) -> bytes:
@@ -79,7 +96,7 @@ def decompress(kind: str, payload: bytes, what: str = "payload") -> bytes:
     if tool is None:
         raise BTFError(f"{what}: unknown compression {kind!r}")
     if shutil.which(tool) is None:
-        raise BTFError(f"{what}: {kind}-compressed, and the {tool} command is not installed")
+        raise ToolMissingError(f"{what}: {kind}-compressed, and the {tool} command is not installed")
     argv = [tool, "-d", "-c", "-q"]
     try:
         return _run_filter(argv, payload, what)
@@ -107,9 +124,13 @@ def _scan_payloads(data: bytes, what: str) -> bytes:
             count += 1
             pos = data.find(magic, pos + 1)
     largest = b""
+    missing: ToolMissingError | None = None
     for pos, kind in sorted(hits):
         try:
             out = decompress(kind, data[pos:], what)
+        except ToolMissingError as exc:
+            missing = missing or exc
+            continue
         except BTFError:
             continue
         if out.startswith(b"\x7fELF") or out[0x38:0x3C] == b"ARM\x64" or b"\x9f\xeb\x01\x00" in out:
@@ -117,6 +138,8 @@ def _scan_payloads(data: bytes, what: str) -> bytes:
         if len(out) > len(largest):
             largest = out
     if len(largest) < 1 << 16:
+        if missing is not None:
+            raise missing
         raise BTFError(f"{what}: no compressed kernel payload found")
     return largest
 
@@ -165,6 +188,21 @@ def parse_image_release(data: bytes) -> str | None:
                 return words[0]
     m = re.search(rb"Linux version (\S{3,}) ", data)
     return m.group(1).decode("ascii", "replace") if m else None
+
+
+def check_kernel_image(data: bytes, what: str = "image") -> KernelImageCheck:
+    """Whether ``data`` is a kernel boot image: it decompresses (see decompress_image) to bytes that
+    hold the kernel's banner. Checked before a boot, so that a file that is not a kernel is refused
+    at once instead of running a VM to its timeout."""
+    try:
+        kernel = decompress_image(data, what)
+    except ToolMissingError as exc:
+        return KernelImageCheck(None, str(exc).removeprefix(f"{what}: "))
+    except BTFError as exc:
+        return KernelImageCheck(False, str(exc).removeprefix(f"{what}: "))
+    if LINUX_BANNER not in kernel:
+        return KernelImageCheck(False, f"its {len(kernel)} uncompressed bytes hold no 'Linux version' banner")
+    return KernelImageCheck(True)
 
 
 def _valid_btf_at(data: bytes, pos: int) -> int:

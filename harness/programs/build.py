@@ -84,6 +84,13 @@ def _digest_inputs(src: Path, extra: list[Path], salt: str) -> str:
     return h.hexdigest()[:24]
 
 
+def render_no_vmlinux_btf(arch: str, causes: list[str]) -> str:
+    """Why no vmlinux.h could be generated for ``arch``: each kernel's own error first (the local
+    image that does not exist, the download that failed), then what it prevented."""
+    first = "; ".join(causes) or f"no kernel for {arch}"
+    return f"{first} (so no vmlinux BTF for {arch} to generate vmlinux.h)"
+
+
 def generate_vmlinux_h(btf: Path, out_dir: Path) -> Path:
     """``bpftool btf dump file BTF format c`` into out_dir/vmlinux.h (cached by the BTF's digest).
 

@@ -152,6 +152,8 @@ def vmlinux_btf_for_arch(
     The newest kernel of the arch is tried first: programs are usually written against it, and
     CO-RE adapts them to older kernels. Raises HarnessError when no kernel of the arch has one.
     """
+    from harness.kernels.fetch import render_kernel_error
+    from harness.programs.build import render_no_vmlinux_btf
     from harness.run.facts import vmlinux_btf
 
     errors: list[str] = []
@@ -161,5 +163,5 @@ def vmlinux_btf_for_arch(
         try:
             return vmlinux_btf(fetch(spec))
         except HarnessError as exc:
-            errors.append(f"{spec.key}: {exc}")
-    raise HarnessError(f"no vmlinux BTF for {arch.name} to generate vmlinux.h: {'; '.join(errors)}")
+            errors.append(render_kernel_error(spec, exc))
+    raise HarnessError(render_no_vmlinux_btf(arch.name, errors))
