@@ -287,6 +287,8 @@ def test_generate_vmlinux_h_bad_btf(tmp_path: Path) -> None:
     with pytest.raises(BuildError, match=f"^bpftool btf dump {re.escape(str(btf))} failed: "):
         generate_vmlinux_h(btf, tmp_path / "out")
     assert not list((tmp_path / "out").rglob("vmlinux.h"))
+    # Not even an empty vmlinux-<digest>/ is left: only the lock beside where it would be.
+    assert [p.suffix for p in (tmp_path / "out").iterdir()] == [".lock"]
 
 
 def test_generate_vmlinux_h_without_bpftool(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

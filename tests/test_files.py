@@ -98,3 +98,51 @@ def test_the_content_is_fsynced_before_the_rename(
 def test_a_missing_directory_raises_oserror(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError):
         atomic_write(tmp_path / "no" / "such" / "dir" / "f", b"x")
+
+
+def test_atomic_directory_appears_whole_and_replaces_the_old_one(tmp_path: Path) -> None:
+    target = tmp_path / "entry"
+    target.mkdir()
+    (target / "old").write_bytes(b"old")
+    with files.atomic_directory(target) as tmp:
+        assert tmp.parent == tmp_path and not target.joinpath("new").exists()
+        (tmp / "new").write_bytes(b"new")
+        assert (target / "old").exists()  # the old one stays until the block ends
+    assert sorted(p.name for p in target.iterdir()) == ["new"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["entry"]
+    umask = os.umask(0)
+    os.umask(umask)
+    assert stat.S_IMODE(target.stat().st_mode) == 0o777 & ~umask
+
+
+@pytest.mark.parametrize("error", [RuntimeError("compiler crashed"), KeyboardInterrupt()])
+def test_atomic_directory_failure_keeps_the_old_one_and_leaves_no_temp(
+    tmp_path: Path, error: BaseException
+) -> None:
+    target = tmp_path / "entry"
+    target.mkdir()
+    (target / "old").write_bytes(b"old")
+    with pytest.raises(type(error)), files.atomic_directory(target) as tmp:
+        (tmp / "half").write_bytes(b"half")
+        raise error
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["entry"]
+    assert sorted(p.name for p in target.iterdir()) == ["old"]
+
+
+def test_atomic_directory_without_replace_keeps_what_another_built_meanwhile(tmp_path: Path) -> None:
+    target = tmp_path / "entry"
+    with files.atomic_directory(target, replace=False) as tmp:
+        (tmp / "mine").write_bytes(b"mine")
+        target.mkdir()
+        (target / "theirs").write_bytes(b"theirs")
+    assert sorted(p.name for p in target.iterdir()) == ["theirs"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["entry"]
+
+
+def test_remove_stale_temps_clears_killed_builders_temps_only(tmp_path: Path) -> None:
+    target = tmp_path / "entry"
+    for name in (".entry.tmp-0123", "entry.tmp4242", ".other.tmp-0123", "entry.lock"):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "junk").write_bytes(b"x")
+    files.remove_stale_temps(target)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".other.tmp-0123", "entry.lock"]

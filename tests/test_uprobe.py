@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import os
+import signal
 import subprocess
+import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 from tools import needs
 
+from harness.checks import uprobe
 from harness.checks.uprobe import (
     Inlining,
     UprobeTarget,
@@ -22,6 +27,7 @@ from harness.checks.uprobe import (
     resolve_binary,
     resolve_in_root,
 )
+from harness.errors import BuildError
 from harness.kernels.config import ARCHES
 from harness.report.results import Check, Outcome, Probe
 
@@ -278,3 +284,79 @@ def test_binaries_are_read_once_until_rebuilt(tmp_path: Path) -> None:
     assert load_elf_functions(binary) is not first
     assert not load_elf_functions(binary).named("compute")
     assert load_inlining(binary, "compute").inlined_into == ("main",)
+
+
+# --- a failed or interrupted sample build leaves nothing in the cache -------------------------------
+
+
+def _sample_progs(tmp_path: Path, bad: bool = True) -> Path:
+    """A bpf_progs/ whose user/ has a good sample, and one that does not compile when ``bad``."""
+    progs = tmp_path / "progs"
+    (progs / "user").mkdir(parents=True)
+    (progs / "user" / "good.c").write_text("int main(void) { return 0; }\n")
+    (progs / "user" / "other.c").write_text("int main(void) { return 0; }\n")
+    if bad:
+        (progs / "user" / "bad.c").write_text("int main(void) { return undeclared; }\n")
+    return progs
+
+
+def _cache_leftovers(cache: Path) -> list[str]:
+    return sorted(str(p.relative_to(cache)) for p in cache.rglob("*") if "tmp" in p.name)
+
+
+def test_sample_that_does_not_compile_leaves_nothing_in_the_cache(tmp_path: Path) -> None:
+    cache = tmp_path / "cache"
+    with pytest.raises(BuildError, match=r"bad\.c: bad does not build: .*undeclared"):
+        build_user_samples(_sample_progs(tmp_path), X86, cache)
+    assert _cache_leftovers(cache) == []
+    arch_dir = cache / "user-bin" / X86.name
+    assert [p.suffix for p in arch_dir.iterdir()] == [".lock"]  # no entry, complete or not
+
+
+def test_interrupted_sample_build_leaves_nothing_in_the_cache(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cache = tmp_path / "cache"
+    real_run = subprocess.run
+
+    def interrupted(argv: list[str], **kwargs: Any) -> subprocess.CompletedProcess[bytes]:
+        out = Path(argv[argv.index("-o") + 1])
+        if out.name == "other":  # after good: a built sample is in the temp
+            out.write_bytes(b"\x7fELF half a binary")
+            raise KeyboardInterrupt
+        return real_run(argv, **kwargs)
+
+    monkeypatch.setattr(uprobe.subprocess, "run", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        build_user_samples(_sample_progs(tmp_path, bad=False), X86, cache)
+    assert _cache_leftovers(cache) == []
+
+
+KILLED_BUILDER = """
+import os, signal, sys
+from pathlib import Path
+import harness.checks.uprobe as uprobe
+from harness.kernels.config import ARCHES
+
+def killed(argv, **kwargs):
+    out = Path(argv[argv.index("-o") + 1])
+    out.write_bytes(b"half a binary")
+    os.kill(os.getpid(), signal.SIGKILL)  # no finally, no handler: as the OOM killer or kill -9
+
+uprobe.subprocess.run = killed
+uprobe.build_user_samples(Path(sys.argv[1]), ARCHES["x86_64"], Path(sys.argv[2]))
+"""
+
+
+def test_builder_killed_mid_build_leaves_a_temp_the_next_build_clears(tmp_path: Path) -> None:
+    cache = tmp_path / "cache"
+    progs = _sample_progs(tmp_path, bad=False)
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parent.parent)}
+    proc = subprocess.run(
+        [sys.executable, "-c", KILLED_BUILDER, str(progs), str(cache)], env=env, timeout=60, check=False
+    )
+    assert proc.returncode == -signal.SIGKILL
+    assert len(_cache_leftovers(cache)) == 1  # what a killed builder leaves behind
+    samples = build_user_samples(progs, X86, cache)
+    assert _cache_leftovers(cache) == []
+    assert subprocess.run([str(samples["good"])], timeout=10, check=False).returncode == 0

@@ -21,6 +21,7 @@ from filelock import FileLock
 
 from harness.checks.verdict import Verdict
 from harness.errors import BuildError, ObjectError
+from harness.files import atomic_directory, remove_stale_temps
 from harness.kernels.config import Arch
 from harness.programs.clones import is_clone_of
 from harness.programs.elf import open_elf
@@ -369,17 +370,11 @@ def build_user_samples(progs_dir: Path, arch: Arch, cache_root: Path) -> dict[st
         entry.parent.mkdir(parents=True, exist_ok=True)
         with FileLock(str(entry) + ".lock"):
             if not done.exists():
-                tmp = entry.with_name(f"{entry.name}.tmp{os.getpid()}")
-                shutil.rmtree(tmp, ignore_errors=True)
-                tmp.mkdir()
-                try:
+                # A builder killed here left its temp; a failed or interrupted one leaves nothing.
+                remove_stale_temps(entry)
+                with atomic_directory(entry) as tmp:
                     _compile_recipes(recipes, tmp, cc, cc_name)
                     (tmp / ".done").write_text("ok\n")
-                    shutil.rmtree(entry, ignore_errors=True)
-                    tmp.rename(entry)
-                finally:
-                    # A failed or interrupted build leaves nothing: an entry is complete or absent.
-                    shutil.rmtree(tmp, ignore_errors=True)
     return {r.output: entry / r.output for r in recipes}
 
 

@@ -8,7 +8,6 @@ import logging
 import os
 import re
 import shutil
-import tempfile
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -18,6 +17,7 @@ from typing import Any
 from filelock import FileLock, Timeout
 
 from harness.errors import CacheError, ConfigError, FetchError, IntegrityError
+from harness.files import atomic_directory, atomic_write, remove_stale_temps
 
 log = logging.getLogger(__name__)
 
@@ -137,8 +137,37 @@ def load_manifest(entry: Path) -> Manifest:
         raise IntegrityError(f"cache entry {entry}: bad manifest {path.name}: {exc}") from exc
 
 
+def file_sizes(entry: Path, relpaths: list[str]) -> dict[str, int]:
+    """The size of each file of ``entry`` named in ``relpaths``; raises OSError when one is missing."""
+    return {rel: (entry / rel).stat().st_size for rel in relpaths}
+
+
+def check_files(entry: Path, manifest: Manifest, digests: bool = True) -> list[str]:
+    """What is wrong with the files of ``entry`` against ``manifest``: a file missing, of another size
+    than its ``meta["sizes"]`` (when recorded: a stat, cheap enough for every use) or, when
+    ``digests``, of another sha256 (reads every byte). Empty when nothing is."""
+    sizes = manifest.meta.get("sizes")
+    sizes = sizes if isinstance(sizes, dict) else {}
+    problems: list[str] = []
+    for rel, expected in manifest.files.items():
+        target = entry / rel
+        try:
+            target.resolve().relative_to(entry.resolve())
+            size = target.stat().st_size
+        except (OSError, ValueError):
+            problems.append(f"{rel}: missing")
+            continue
+        if rel in sizes and size != sizes[rel]:
+            what = "truncated" if size < sizes[rel] else "grown"
+            problems.append(f"{rel}: {what} to {size} bytes, manifest {sizes[rel]}")
+        elif digests and file_sha256(target) != expected:
+            problems.append(f"{rel}: sha256 mismatch")
+    return problems
+
+
 def write_manifest(entry: Path, manifest: Manifest) -> None:
-    (entry / MANIFEST).write_text(json.dumps(manifest.serialize(), indent=1, sort_keys=True) + "\n")
+    """Write ``manifest`` into ``entry``, atomically (a reader sees the old one or the new one)."""
+    atomic_write(entry / MANIFEST, json.dumps(manifest.serialize(), indent=1, sort_keys=True) + "\n")
 
 
 def check_entry(entry: Path, source_digest: str | None = None) -> EntryStatus:
@@ -207,11 +236,9 @@ def ensure_entry(
             log.warning("cache entry %s is invalid (%s); rebuilding", entry, "; ".join(status.problems))
             remove_entry(entry)
         # Leftovers of a builder that died: nobody else builds this entry while we hold the lock.
-        for stale in entry.parent.glob(f".{entry.name}.tmp-*"):
-            remove_entry(stale)
-        tmp = Path(tempfile.mkdtemp(dir=entry.parent, prefix=f".{entry.name}.tmp-"))
-        try:
-            started = time.monotonic()
+        remove_stale_temps(entry)
+        started = time.monotonic()
+        with atomic_directory(entry) as tmp:
             manifest = build(tmp)
             write_manifest(tmp, manifest)
             built = check_entry(tmp, source_digest)
@@ -219,11 +246,7 @@ def ensure_entry(
                 raise IntegrityError(
                     f"cache entry {entry}: fresh build fails its check: {'; '.join(built.problems)}"
                 )
-            os.rename(tmp, entry)
-            log.info("cache entry %s built in %.1f s", entry, time.monotonic() - started)
-        except BaseException:
-            remove_entry(tmp)
-            raise
+        log.info("cache entry %s built in %.1f s", entry, time.monotonic() - started)
         return manifest
     finally:
         lock.release()

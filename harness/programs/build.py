@@ -12,7 +12,7 @@ from pathlib import Path
 from filelock import FileLock
 
 from harness.errors import BuildError, ConfigError
-from harness.files import atomic_write
+from harness.files import atomic_directory, remove_stale_temps
 from harness.kernels.config import Arch
 
 COMPILE_TIMEOUT = 120.0
@@ -104,7 +104,7 @@ def generate_vmlinux_h(btf: Path, out_dir: Path) -> Path:
     bpftool = shutil.which("bpftool") or ("/usr/sbin/bpftool" if Path("/usr/sbin/bpftool").exists() else "")
     if not bpftool:
         raise BuildError("bpftool not found: needed to generate vmlinux.h (run ./setup.sh)")
-    target_dir.mkdir(parents=True, exist_ok=True)
+    out_dir.mkdir(parents=True, exist_ok=True)
     with FileLock(str(target_dir) + ".lock"):
         if header.exists():
             return header
@@ -119,7 +119,10 @@ def generate_vmlinux_h(btf: Path, out_dir: Path) -> Path:
             raise BuildError(f"bpftool btf dump {btf} timed out") from exc
         if proc.returncode != 0:
             raise BuildError(f"bpftool btf dump {btf} failed: {proc.stderr.decode(errors='replace').strip()}")
-        atomic_write(header, proc.stdout)
+        # A failed dump leaves no directory; one killed while writing leaves a temp the next clears.
+        remove_stale_temps(target_dir)
+        with atomic_directory(target_dir) as tmp:
+            (tmp / header.name).write_bytes(proc.stdout)
     return header
 
 

@@ -17,7 +17,7 @@ from harness.kernels.facts import parse_config
 from harness.kernels.fetch import KernelBuild
 from harness.programs.inventory import BPFObject
 from harness.report.results import CellResult, Check, KernelRun, Outcome, Probe
-from harness.run.facts import store_facts
+from harness.run.facts import facts_note, store_facts
 from harness.run.share import AGENT
 from harness.vm.guest.protocol import FACTS_DIR, read_objects, read_scenarios
 from harness.vm.runner import Accelerator, VMRequest, VMResult, scaled_timeout
@@ -158,6 +158,7 @@ def booted_kernel(job: BootJob, done: Mapping[str, Any], seconds: float, attempt
     spec, build, accel = job.spec, job.build, job.accelerator
     notes = (
         build.verified,
+        facts_note(build) if job.want_facts else "",
         f"accelerator {accel.name}: {accel.reason}",
         f"booted with {lsm_append(job.config_text)} so that lsm/ programs can attach",
         f"libbpf {done.get('libbpf', '?')} in the guest",
