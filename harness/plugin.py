@@ -20,7 +20,7 @@ from harness.kernels.cache import resolve_cache_root
 from harness.kernels.config import KernelsConfig, KernelSpec, load_kernels_yaml
 from harness.kernels.fetch import verify_local_images
 from harness.report.expectations import apply_expectations
-from harness.report.reporter import PROP_KERNEL, PROP_RESULTS, MatrixReporter
+from harness.report.reporter import PROP_KERNEL, PROP_RESULTS, MatrixReporter, output_error, output_paths
 from harness.report.results import (
     CellResult,
     Check,
@@ -28,6 +28,7 @@ from harness.report.results import (
     Probe,
 )
 from harness.run.boot import GUEST_CHECKS
+from harness.run.coordination import register_worker, worker_pids
 from harness.run.coordinator import MatrixRun
 from harness.run.offline import OFFLINE_CHECKS
 from harness.vm.runner import Runner, VngRunner, probe_accelerator, stop_all_vms
@@ -115,6 +116,67 @@ def _raise_interrupt(signum: int, frame: FrameType | None) -> None:
     raise KeyboardInterrupt(f"signal {signum}")
 
 
+def _raise_interrupt_once(signum: int, frame: FrameType | None) -> None:
+    # A worker hears Ctrl-C from the terminal and SIGTERM from its controller: the second signal
+    # must not break off the cleanup the first one started (stopping the VM, removing the share).
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+class Interrupts:
+    """Stops the run's VMs on an interrupt, and on the controller signals its workers to stop theirs
+    (pytest-xdist kills a worker that is slow to exit, which would leave its VM running)."""
+
+    def __init__(self, work_dir: Path, controller: bool) -> None:
+        self.work_dir = work_dir
+        self.controller = controller
+
+    def stop(self) -> None:
+        if self.controller:
+            for pid in worker_pids(self.work_dir):
+                if _parent_of(pid) == os.getpid():
+                    try:
+                        os.kill(pid, signal.SIGTERM)
+                    except (ProcessLookupError, PermissionError):
+                        pass
+        stop_all_vms()
+
+    def on_sigterm(self, signum: int, frame: FrameType | None) -> None:
+        self.stop()
+        _raise_interrupt(signum, frame)
+
+    def pytest_keyboard_interrupt(self) -> None:
+        self.stop()
+
+
+def _parent_of(pid: int) -> int | None:
+    try:
+        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def _work_dir(config: pytest.Config) -> tuple[Path, bool]:
+    """The run directory of this process, and whether it is shared with the run's other processes."""
+    if _is_worker(config):
+        work_dir = Path(config.workerinput.get("bpf_matrix_dir", "/nonexistent"))  # type: ignore[attr-defined]
+        if work_dir.is_dir():
+            return work_dir, True
+        # A worker on another host (pytest-xdist --tx ssh=...): it cannot see the controller's
+        # boot markers, so it boots for whatever facts it lacks instead of waiting for them.
+    work_dir = Path(tempfile.mkdtemp(prefix="bpf-matrix-run-"))
+    config.stash[OWNED_DIR_KEY] = work_dir
+    return work_dir, not _is_worker(config)
+
+
+def _check_outputs(config: pytest.Config) -> None:
+    """Refuse report paths that cannot be written before anything is booted; raises UsageError."""
+    for option, path in output_paths(config):
+        if why := output_error(path):
+            raise pytest.UsageError(f"{option} {path}: {why}")
+
+
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "bpf_check(name): the matrix check a test asserts")
     if not _wants_matrix(config):
@@ -126,26 +188,12 @@ def pytest_configure(config: pytest.Config) -> None:
             verify_local_images(kernels, Path(c) if (c := config.getoption("--cache-dir-kernels")) else None)
     except HarnessError as exc:
         raise pytest.UsageError(str(exc)) from None
+    if not _is_worker(config):
+        _check_outputs(config)
     progs = config.getoption("--bpf-progs")
     progs_dir = Path(progs) if progs else _rootdir(config) / "bpf_progs"
     runner = _make_runner()
-    coordinated = True
-    if _is_worker(config):
-        work_dir = Path(config.workerinput.get("bpf_matrix_dir", "/nonexistent"))  # type: ignore[attr-defined]
-        if not work_dir.is_dir():
-            # A worker on another host (pytest-xdist --tx ssh=...): it cannot see the controller's
-            # boot markers, so it boots for whatever facts it lacks instead of waiting for them.
-            work_dir = Path(tempfile.mkdtemp(prefix="bpf-matrix-run-"))
-            config.stash[OWNED_DIR_KEY] = work_dir
-            coordinated = False
-    else:
-        work_dir = Path(tempfile.mkdtemp(prefix="bpf-matrix-run-"))
-        config.stash[OWNED_DIR_KEY] = work_dir
-        reporter = MatrixReporter(
-            config, [(k.id, k.arch.name) for k in kernels.kernels], kernels.baseline_id or None
-        )
-        config.stash[REPORTER_KEY] = reporter
-        config.pluginmanager.register(reporter, "bpf-matrix-reporter")
+    work_dir, coordinated = _work_dir(config)
     cache = config.getoption("--cache-dir-kernels")
     run = MatrixRun(
         kernels,
@@ -159,8 +207,30 @@ def pytest_configure(config: pytest.Config) -> None:
     )
     config.stash[RUN_KEY] = run
     config.stash[COORDINATED_KEY] = coordinated
+    _start(config, run, kernels)
 
-    signal.signal(signal.SIGTERM, _raise_interrupt)
+
+def _start(config: pytest.Config, run: MatrixRun, kernels: KernelsConfig) -> None:
+    """Check bpf_progs/ and its sidecars (once, on the controlling process), register the reporter and
+    the interrupt handling; raises UsageError."""
+    interrupts = Interrupts(run.work_dir, controller=not _is_worker(config))
+    if _is_worker(config):
+        if config.stash.get(OWNED_DIR_KEY, None) is None:
+            register_worker(run.work_dir, os.getpid())
+        signal.signal(signal.SIGINT, _raise_interrupt_once)
+        signal.signal(signal.SIGTERM, _raise_interrupt_once)
+    else:
+        try:
+            run.check_inputs()
+        except HarnessError as exc:
+            raise pytest.UsageError(str(exc)) from None
+        reporter = MatrixReporter(
+            config, [(k.id, k.arch.name) for k in kernels.kernels], kernels.baseline_id or None
+        )
+        config.stash[REPORTER_KEY] = reporter
+        config.pluginmanager.register(reporter, "bpf-matrix-reporter")
+        signal.signal(signal.SIGTERM, interrupts.on_sigterm)
+    config.pluginmanager.register(interrupts, "bpf-matrix-interrupts")
     atexit.register(stop_all_vms)
 
 

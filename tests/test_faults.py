@@ -650,3 +650,82 @@ def test_download_error_is_named_first_in_the_build_error(tmp_path: Path) -> Non
         f"kernel '6.1' ({ARCH.name}): bookworm: Release signature does not verify "
         f"(so no vmlinux BTF for {ARCH.name} to generate vmlinux.h)"
     )
+
+
+# ---------------------------------------------------------------- signals while a guest works
+
+STAND_IN_ENV = "STAND_IN_VNG"
+# What the stand-in does in place of a guest: keeps working (a long sleep) until it is stopped. The
+# runner starts it in its own process group, as it starts vng; the sleep is its child in that group.
+STAND_IN_VNG = """\
+#!/bin/sh
+here=$(dirname "$0")
+"$here/guest-work" 3600 &
+echo $! > "$here/started"
+wait
+"""
+
+
+def stand_in_runner() -> VngRunner:
+    """BPF_MATRIX_RUNNER factory: the real VngRunner, running the stand-in vng that $STAND_IN_VNG names."""
+    return VngRunner(vng=os.environ[STAND_IN_ENV])
+
+
+@needs("clang", "/usr/include/bpf/bpf_helpers.h", why="clang builds the test program")
+@pytest.mark.parametrize(
+    "selection", [(), ("-k", "test_load"), ("-n", "2")], ids=["every-check", "test_load", "xdist"]
+)
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_signal_stops_a_working_guest_at_once(
+    tmp_path: Path, signum: int, selection: tuple[str, ...]
+) -> None:
+    """With every check selected and the facts cached, the VM runs in a thread while the offline checks
+    are computed: an interrupt there stops the VM at once instead of waiting for the guest."""
+    from test_plugin import GOOD_C, KERNELS, VMLINUX_H, Project, fake_kernel_image
+
+    (tmp_path / "images").mkdir()
+    for k in ("5.10", "6.1"):
+        (tmp_path / "images" / f"vmlinuz-{k}.0-fake").write_bytes(fake_kernel_image(k))
+    progs = tmp_path / "progs"
+    progs.mkdir()
+    (progs / "vmlinux.h").write_text(VMLINUX_H)
+    (progs / "good.bpf.c").write_text(GOOD_C)
+    (tmp_path / "kernels.yaml").write_text(KERNELS)
+    project = Project(tmp_path, {})
+    cached = project.run()  # the fake runner's boots cache every kernel's facts
+    assert cached.returncode == 0, cached.stdout[-3000:]
+    stand_in = tmp_path / "stand-in"
+    stand_in.mkdir()
+    shutil.copy(shutil.which("sleep") or "/bin/sleep", stand_in / "guest-work")
+    (stand_in / "vng").write_text(STAND_IN_VNG)
+    (stand_in / "vng").chmod(0o755)
+    stand_in_env = {"BPF_MATRIX_RUNNER": "test_faults:stand_in_runner", STAND_IN_ENV: str(stand_in / "vng")}
+    argv, env = project.command(*selection, env=stand_in_env)
+    proc = subprocess.Popen(argv, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        started = stand_in / "started"
+        wait_for(lambda: started.exists() or proc.poll() is not None, 120, "the stand-in guest")
+        assert proc.poll() is None, proc.communicate()[0].decode()[-3000:]
+        wait_for(lambda: bool(processes_mentioning(str(stand_in / "guest-work"))), 10, "the guest's work")
+        # Under pytest-xdist the workers must also exit (about 2 s idle, more on a loaded 2-core machine
+        # running this suite): a deadline of its own, still far below a guest's timeout.
+        deadline = 10.0 if "-n" in selection else 5.0
+        proc.send_signal(signum)
+        start = time.monotonic()
+        try:
+            out, _ = proc.communicate(timeout=deadline)
+        except subprocess.TimeoutExpired:
+            name = signal.Signals(signum).name
+            raise AssertionError(f"pytest still running {deadline:.0f} s after {name}") from None
+        assert time.monotonic() - start < deadline
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        for pid in processes_mentioning(str(stand_in)):
+            os.kill(pid, signal.SIGKILL)
+    text = out.decode(errors="replace")
+    assert proc.returncode == 2, text[-3000:]  # pytest: interrupted
+    assert "KeyboardInterrupt" in text
+    assert processes_mentioning(str(stand_in)) == {}
+    assert [p for p in (tmp_path / "tmp").iterdir() if not p.name.startswith("pytest-of-")] == []

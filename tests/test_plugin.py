@@ -256,26 +256,24 @@ class Project:
     def progs(self) -> Path:
         return self.root / "progs"
 
-    def run(
-        self, *args: str, kernels: str | None = None, wrapper: tuple[str, ...] = (),
-        env: dict[str, str] | None = None,
-    ) -> Outcome:
-        kernels_file = self.root / "kernels.yaml"
-        if kernels is not None:
-            kernels_file.write_text(kernels)
+    @property
+    def out_json(self) -> Path:
+        return self.root / "out" / "matrix.json"
+
+    def command(
+        self, *args: str, wrapper: tuple[str, ...] = (), env: dict[str, str] | None = None
+    ) -> tuple[list[str], dict[str, str]]:
+        """The argv and environment of `pytest matrix/` on this project with the fake runner."""
         log = self.root / "boots.jsonl"
-        log.unlink(missing_ok=True)
         script = self.root / "script.json"
         script.write_text(json.dumps({
             "log": str(log),
             "facts": {f"vmlinuz-{k}.0-fake": str(FACTS / f"{k}-x86_64") for k in ("5.10", "6.1")},
             "acts": {f"vmlinuz-{k}.0-fake": v for k, v in self.acts.items()},
         }))
-        out_json = self.root / "out" / "matrix.json"
-        out_json.unlink(missing_ok=True)
         tmp = self.root / "tmp"
         tmp.mkdir(exist_ok=True)
-        env = {
+        full_env = {
             **os.environ,
             "PYTHONPATH": os.pathsep.join([str(REPO / "tests"), os.environ.get("PYTHONPATH", "")]),
             "BPF_MATRIX_RUNNER": "test_plugin:FakeRunner",
@@ -286,10 +284,28 @@ class Project:
         }
         argv = [
             *wrapper, sys.executable, "-m", "pytest", "matrix/", "-p", "no:cacheprovider", "-q", "-rfE",
-            "--kernels", str(kernels_file), "--bpf-progs", str(self.progs),
-            "--cache-dir-kernels", str(self.root / "cache"), "--matrix-json", str(out_json), *args,
+            "--kernels", str(self.root / "kernels.yaml"), "--bpf-progs", str(self.progs),
+            "--cache-dir-kernels", str(self.root / "cache"), "--matrix-json", str(self.out_json), *args,
         ]
-        proc = subprocess.run(argv, cwd=REPO, env=env, capture_output=True, text=True, timeout=RUN_TIMEOUT)
+        return argv, full_env
+
+    def run(
+        self, *args: str, kernels: str | None = None, wrapper: tuple[str, ...] = (),
+        env: dict[str, str] | None = None, keep_json: bool = False,
+    ) -> Outcome:
+        kernels_file = self.root / "kernels.yaml"
+        if kernels is not None:
+            kernels_file.write_text(kernels)
+        log = self.root / "boots.jsonl"
+        log.unlink(missing_ok=True)
+        out_json = self.out_json
+        if not keep_json:
+            out_json.unlink(missing_ok=True)
+        tmp = self.root / "tmp"
+        argv, full_env = self.command(*args, wrapper=wrapper, env=env)
+        proc = subprocess.run(
+            argv, cwd=REPO, env=full_env, capture_output=True, text=True, timeout=RUN_TIMEOUT
+        )
         boots = [json.loads(x) for x in log.read_text().splitlines()] if log.exists() else []
         matrix = json.loads(out_json.read_text()) if out_json.exists() else None
         # Nothing of the run is left in its temp dir: the run directory and every share are gone
@@ -646,3 +662,135 @@ def test_matrix_group_from_node_ids() -> None:
     assert matrix_group("matrix/test_matrix.py::test_symbol[kp-6.1-x86_64]", keys) == "offline"
     assert matrix_group("tests/test_x.py::test_other[1-x86_64]", keys) is None
     assert matrix_group("matrix/test_matrix.py::test_load", keys) is None
+
+
+# ---------------------------------------------------------------- inputs refused before booting
+
+
+def usage_line(out: Outcome) -> str:
+    """The one ERROR line of a usage error (exit 4), with no traceback and nothing booted or written."""
+    assert out.returncode == 4, (out.stdout[-2000:], out.stderr[-2000:])
+    errors = [ln for ln in out.stderr.splitlines() if ln.startswith("ERROR:")]
+    assert len(errors) == 1, out.stderr
+    assert "Traceback" not in out.stderr + out.stdout
+    assert out.boots == [] and out.matrix is None
+    return errors[0]
+
+
+@pytest.mark.parametrize("where", ["missing", "empty"])
+def test_bpf_progs_missing_or_empty_is_a_usage_error(project: Project, where: str) -> None:
+    progs = project.root / where
+    if where == "empty":
+        progs.mkdir()
+    line = usage_line(project.run("--bpf-progs", str(progs)))
+    if where == "missing":
+        assert line == f"ERROR: {progs}: BPF programs directory does not exist"
+    else:
+        assert line == f"ERROR: {progs}: no *.bpf.c or *.bpf.o files"
+
+
+SIDECAR_ERRORS = [
+    ("good.yaml", "description: x\nprogramz:\n  tp_openat: {}\n", "good.yaml:2: unknown key 'programz'"),
+    ("good.yaml", "programs:\n  tp_openat: {}\n  kp_unlnk:\n    expect: [{check: load}]\n",
+     "good.yaml:3: program 'kp_unlnk' is not in object 'good' (its programs: kp_unlink, tp_openat)"),
+    ("good.yaml", "programs:\n  nope: {trigger: \"true\"}\n", "good.yaml:2: program 'nope' is not in object"),
+    ("orphan.yaml", "trigger: \"true\"\n",
+     "orphan.yaml: a sidecar without its object: no orphan.bpf.c or orphan.bpf.o beside it"),
+]
+
+
+@pytest.mark.parametrize(
+    ("name", "text", "message"), SIDECAR_ERRORS, ids=["key", "expect", "trigger", "orphan"]
+)
+def test_sidecar_errors_are_one_usage_line_naming_the_file(
+    project: Project, name: str, text: str, message: str
+) -> None:
+    (project.progs / name).write_text(text)
+    line = usage_line(project.run())
+    assert line.startswith("ERROR: ") and str(project.progs / message.split(":", 1)[0]) in line, line
+    assert message in line, line
+
+
+def test_a_good_sidecar_passes_the_check(project: Project) -> None:
+    (project.progs / "good.yml").write_text(
+        "programs:\n"
+        "  kp_unlink:\n    expect: [{check: load, kernel: \"6.1\", reason: known}]\n"
+        "  tp_openat:\n    expect: [{check: load, kernel: \"6.1\", reason: known}]\n"
+    )
+    project.acts = {"6.1": ["reject"]}
+    out = project.run("-k", "test_load")
+    assert out.returncode == 0, out.stdout[-3000:]
+    assert "2 xfailed" in out.summary()
+
+
+@pytest.mark.parametrize("option", ["--matrix-json", "--matrix-markdown", "--matrix-html"])
+@pytest.mark.parametrize("fault", ["directory", "parent-is-a-file", "read-only"])
+def test_report_paths_that_cannot_be_written_are_refused_before_booting(
+    project: Project, option: str, fault: str
+) -> None:
+    if fault == "read-only" and os.geteuid() == 0:
+        pytest.skip("root writes to a read-only directory")
+    if fault == "directory":
+        target = project.root / "reports"
+        target.mkdir()
+        why = "is a directory"
+    elif fault == "parent-is-a-file":
+        (project.root / "afile").write_text("")
+        target = project.root / "afile" / "sub" / "report"
+        why = f"{project.root / 'afile'} is not a directory"
+    else:
+        locked = project.root / "locked"
+        locked.mkdir(mode=0o555)
+        target = locked / "report"
+        why = f"directory {locked} is not writable"
+    line = usage_line(project.run(option, str(target)))
+    assert line == f"ERROR: {option} {target}: {why}"
+
+
+ENOSPC_PLUGIN = """\
+import errno, os
+from pathlib import Path
+import harness.report.reporter as reporter
+
+_write = reporter.atomic_write
+
+def atomic_write(path, data):
+    if Path(path).name == os.environ["ENOSPC_FOR"]:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
+    _write(path, data)
+
+reporter.atomic_write = atomic_write
+"""
+
+
+def test_a_report_that_cannot_be_written_keeps_its_previous_file_and_the_others_are_written(
+    project: Project,
+) -> None:
+    first = project.run()
+    assert first.returncode == 0, first.stdout[-3000:]
+    before = project.out_json.read_bytes()
+    plugin_dir = project.root / "plugins"
+    plugin_dir.mkdir()
+    (plugin_dir / "enospc_on_write.py").write_text(ENOSPC_PLUGIN)
+    md, html = project.root / "out" / "matrix.md", project.root / "out" / "matrix.html"
+    project.acts = {"6.1": ["reject"]}  # this run's matrix differs from the previous one
+    out = project.run(
+        "-p", "enospc_on_write", "--matrix-markdown", str(md), "--matrix-html", str(html), keep_json=True,
+        env={
+            "ENOSPC_FOR": "matrix.json",
+            "PYTHONPATH": os.pathsep.join(
+                [str(plugin_dir), str(REPO / "tests"), os.environ.get("PYTHONPATH", "")]
+            ),
+        },
+    )
+    assert out.returncode == 6, (out.stdout[-3000:], out.stderr[-2000:])
+    assert "Traceback" not in out.stdout + out.stderr
+    lines = out.stdout.splitlines()
+    error = f"ERROR: --matrix-json {project.out_json} not written: No space left on device"
+    assert lines.count(error) == 1, out.stdout[-3000:]
+    table = next(i for i, ln in enumerate(lines) if "eBPF kernel compatibility matrix" in ln)
+    assert table < lines.index(error)
+    assert project.out_json.read_bytes() == before
+    assert md.is_file() and html.is_file() and "kp_unlink" in md.read_text()
+    assert f"matrix written to {md}" in out.stdout
+    assert not [p for p in project.out_json.parent.iterdir() if p.name.endswith(".tmp")]

@@ -100,7 +100,7 @@ def test_lists_and_ints_of_kernels() -> None:
     [
         ("trigger: [unclosed", f"{SIDE}:1: not valid YAML"),
         ("- a list", f"{SIDE}: expected a mapping"),
-        ("triggers: default", f"{SIDE}: unknown key 'triggers'"),
+        ("triggers: default", f"{SIDE}:1: unknown key 'triggers'"),
         ("programs: [a, b]", f"{SIDE}: 'programs' must be a mapping of program name to settings"),
         ("programs: {p: default}", f"{SIDE}: program 'p': expected a mapping"),
         ("programs: {p: {expected: []}}", f"{SIDE}: program 'p': unknown key 'expected'"),
@@ -173,3 +173,21 @@ def test_a_program_given_twice_is_refused(tmp_path: Path) -> None:
     text = "programs:\n  p:\n    trigger: a\n  p:\n    trigger: b\n"
     with pytest.raises(ConfigError, match=r"x\.yaml:4: not valid YAML: 'p' is given twice"):
         parse_sidecar(text, tmp_path / "x.yaml")
+
+
+def test_load_sidecars_checks_each_against_its_object(tmp_path: Path) -> None:
+    from harness.programs.sidecar import load_sidecars
+
+    (tmp_path / "a.yaml").write_text("programs:\n  one: {trigger: default}\n")
+    (tmp_path / "b.yml").write_text("trigger: \"true\"\n")
+    found = load_sidecars(tmp_path, {"a": {"one", "two"}, "b": None, "c": {"x"}})
+    assert sorted(found) == ["a", "b"] and found["a"].program_lines == {"one": 2}
+    with pytest.raises(ConfigError, match=r"a\.yaml:2: program 'one' is not in object 'a' \(its programs"):
+        load_sidecars(tmp_path, {"a": {"two"}, "b": None})
+    with pytest.raises(ConfigError, match=r"b\.yml: a sidecar without its object: no b\.bpf\.c or b\.bpf\.o"):
+        load_sidecars(tmp_path, {"a": {"one"}})
+
+
+def test_unknown_key_names_its_line() -> None:
+    with pytest.raises(ConfigError, match=r"blk_account\.yaml:3: unknown key 'programz' \(known: "):
+        parse("description: x\ntrigger: default\nprogramz:\n  p: {}\n")

@@ -278,3 +278,18 @@ def test_lost_vm_keeps_the_panic_line_and_at_most_forty_lines(tmp_path: Path,
     assert len(tail) == CONSOLE_TAIL_LINES
     assert tail[:2] == ["Kernel panic - not syncing: sysrq triggered crash", "..."]
     assert tail[-1] == "[    7.2] frame 59"
+
+
+def test_kill_group_reaps_its_leader_instead_of_waiting_out_the_grace() -> None:
+    """A stopped vng that is still our child is a zombie until reaped, and killpg still finds its
+    group: the stop must reap it, not wait for the whole grace (seen as 3 s on every interrupt)."""
+    import subprocess
+    import time
+
+    from harness.vm.runner import kill_group
+
+    proc = subprocess.Popen(["sh", "-c", "sleep 60 & wait"], start_new_session=True)
+    start = time.monotonic()
+    kill_group(proc.pid, grace=10.0, reap=proc.poll)
+    assert time.monotonic() - start < 5
+    assert proc.poll() is not None

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -53,6 +53,7 @@ class Sidecar:
     trigger: Any = None  # for every program: "default", a shell command or an argv list
     program_triggers: Mapping[str, Any] = field(default_factory=dict)
     expectations: Mapping[str, tuple[Expectation, ...]] = field(default_factory=dict)  # program or "*"
+    program_lines: Mapping[str, int] = field(default_factory=dict)  # program -> its line under programs:
 
     def triggers_for(self, probes: Iterable[Probe]) -> dict[str, Any]:
         out: dict[str, Any] = {}
@@ -156,6 +157,27 @@ class _UniqueKeyLoader(yaml.SafeLoader):
         return super().construct_mapping(node, deep=deep)
 
 
+def _key_lines(text: str) -> dict[tuple[str, ...], int]:
+    """The 1-based line of each top-level key, (key,), and of each program, ("programs", name)."""
+    try:
+        root = yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.YAMLError:
+        return {}
+    lines: dict[tuple[str, ...], int] = {}
+    if not isinstance(root, yaml.MappingNode):
+        return lines
+    for key, value in root.value:
+        lines[(str(key.value),)] = key.start_mark.line + 1
+        if key.value == "programs" and isinstance(value, yaml.MappingNode):
+            for name, _ in value.value:
+                lines[("programs", str(name.value))] = name.start_mark.line + 1
+    return lines
+
+
+def _at(path: Path, line: int | None) -> str:
+    return f"{path}:{line}" if line else str(path)
+
+
 def parse_sidecar(text: str, path: Path) -> Sidecar:
     """Parse a sidecar's YAML; raises ConfigError naming the file and the entry."""
     try:
@@ -169,9 +191,13 @@ def parse_sidecar(text: str, path: Path) -> Sidecar:
         return Sidecar(path)
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping")
-    unknown = sorted(set(data) - SIDE_KEYS)
+    lines = _key_lines(text)
+    unknown = sorted(set(data) - SIDE_KEYS, key=str)
     if unknown:
-        raise ConfigError(f"{path}: unknown key {', '.join(map(repr, unknown))}")
+        raise ConfigError(
+            f"{_at(path, lines.get((str(unknown[0]),)))}: unknown key {', '.join(map(repr, unknown))} "
+            f"(known: {', '.join(sorted(SIDE_KEYS))})"
+        )
     programs = data.get("programs") or {}
     if not isinstance(programs, dict):
         raise ConfigError(f"{path}: 'programs' must be a mapping of program name to settings")
@@ -191,7 +217,8 @@ def parse_sidecar(text: str, path: Path) -> Sidecar:
         if "expect" in settings:
             expectations[str(name)] = parse_expectations(where, settings["expect"])
     trigger = _check_trigger(str(path), data["trigger"]) if data.get("trigger") is not None else None
-    return Sidecar(path, trigger, triggers, expectations)
+    program_lines = {str(n): lines[("programs", str(n))] for n in programs if ("programs", str(n)) in lines}
+    return Sidecar(path, trigger, triggers, expectations, program_lines)
 
 
 def load_sidecar(directory: Path, object_name: str) -> Sidecar:
@@ -204,3 +231,40 @@ def load_sidecar(directory: Path, object_name: str) -> Sidecar:
             except OSError as exc:
                 raise ConfigError(f"{path}: cannot read: {exc.strerror}") from exc
     return Sidecar()
+
+
+def check_sidecar_programs(sidecar: Sidecar, object_name: str, programs: Collection[str]) -> None:
+    """Refuse a sidecar whose ``programs:`` names a program its object does not have (a typo would
+    leave the expectations and triggers it gives unused); raises ConfigError naming the file and line."""
+    if sidecar.path is None:
+        return
+    named = set(sidecar.program_lines) | set(sidecar.program_triggers) | (set(sidecar.expectations) - {"*"})
+    for name in sorted(named - set(programs)):
+        where = _at(sidecar.path, sidecar.program_lines.get(name))
+        have = ", ".join(sorted(programs)) or "none"
+        raise ConfigError(
+            f"{where}: program {name!r} is not in object {object_name!r} (its programs: {have})"
+        )
+
+
+def load_sidecars(directory: Path, objects: Mapping[str, Collection[str] | None]) -> dict[str, Sidecar]:
+    """Every sidecar of ``directory``, by object name, each checked against the programs of its object
+    (None: not known, as for an object that built on no arch).
+
+    Raises ConfigError for a malformed sidecar, one with no object (``<name>.bpf.c`` or ``.bpf.o``)
+    beside it, and one naming a program its object does not have.
+    """
+    found: dict[str, Sidecar] = {}
+    for path in sorted([*directory.glob("*.yaml"), *directory.glob("*.yml")]):
+        name = path.name.rsplit(".", 1)[0]
+        if name not in objects:
+            raise ConfigError(
+                f"{path}: a sidecar without its object: no {name}.bpf.c or {name}.bpf.o beside it"
+            )
+        if name in found:
+            continue  # load_sidecar reads the .yaml one
+        found[name] = sidecar = load_sidecar(directory, name)
+        programs = objects[name]
+        if programs is not None:
+            check_sidecar_programs(sidecar, name, programs)
+    return found

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Generator, Sequence
+import os
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +16,37 @@ from harness.report.results import CellResult, Check, KernelRun, Matrix, Outcome
 PROP_RESULTS = "bpf_matrix_results"  # user property of a matrix test: its results, serialized
 PROP_KERNEL = "bpf_matrix_kernel"  # user property of a matrix test: its kernel's record, serialized
 EXIT_HARNESS_ERROR = 3  # pytest's "internal error": some cell could not be decided
+EXIT_REPORT_UNWRITTEN = 6  # past pytest's own codes (0-5): a report could not be written
+REPORT_OPTIONS = ("--matrix-json", "--matrix-markdown", "--matrix-html")
+
+
+def output_paths(config: pytest.Config) -> list[tuple[str, Path]]:
+    """(option, absolute path) of every report the run writes, relative paths from the invocation dir."""
+    found = []
+    for option in REPORT_OPTIONS:
+        raw = config.getoption(option)
+        if raw:
+            path = Path(raw)
+            if not path.is_absolute():
+                path = Path(str(config.invocation_params.dir)) / path
+            found.append((option, path))
+    return found
+
+
+def output_error(path: Path) -> str:
+    """Why a report cannot be written at ``path`` ('' when it can), without creating anything."""
+    if path.is_dir():
+        return "is a directory"
+    parent = path.parent
+    while not parent.exists():
+        if parent.is_symlink():
+            return f"{parent} is a dangling symbolic link"
+        parent = parent.parent
+    if not parent.is_dir():
+        return f"{parent} is not a directory"
+    if not os.access(parent, os.W_OK | os.X_OK):
+        return f"directory {parent} is not writable"
+    return ""
 
 
 class MatrixReporter:
@@ -29,6 +61,7 @@ class MatrixReporter:
         self.records: dict[tuple[Probe, str, str, Check], CellResult] = {}
         self.kernels: dict[tuple[str, str], KernelRun] = {}
         self.written: list[Path] = []
+        self.unwritten: list[str] = []  # one line per report that could not be written
 
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
         for name, value in report.user_properties:
@@ -53,13 +86,15 @@ class MatrixReporter:
     def pytest_sessionfinish(self, session: pytest.Session) -> None:
         if not self.records:
             return
-        self.written = list(self.write(self.matrix()))
+        self.write(self.matrix())
         # Exit 1 says "a probe is incompatible"; exit 3 says "the harness could not tell" (a VM or
         # download failed), so that CI and users never take an infrastructure failure for a verdict.
-        if session.exitstatus in (pytest.ExitCode.OK, pytest.ExitCode.TESTS_FAILED) and any(
-            r.outcome == Outcome.ERROR for r in self.records.values()
-        ):
+        decided = (pytest.ExitCode.OK, pytest.ExitCode.TESTS_FAILED)
+        if session.exitstatus in decided and any(r.outcome == Outcome.ERROR for r in self.records.values()):
             session.exitstatus = EXIT_HARNESS_ERROR
+        # A report left as the previous run wrote it must not be read as this run's.
+        if self.unwritten and session.exitstatus in (*decided, EXIT_HARNESS_ERROR):
+            session.exitstatus = EXIT_REPORT_UNWRITTEN
 
     def counts(self) -> str:
         """"3 incompatible, 2 expected failures, 1 harness/VM error" for the summary line."""
@@ -83,21 +118,23 @@ class MatrixReporter:
         terminalreporter.write_line(f"checks: {self.counts()}")
         for path in self.written:
             terminalreporter.write_line(f"matrix written to {path}")
+        for line in self.unwritten:
+            terminalreporter.write_line(line, red=True, bold=True)
 
-    def write(self, matrix: Matrix) -> Generator[Path, None, None]:
+    def write(self, matrix: Matrix) -> None:
+        """Write every report atomically; one that cannot be written leaves its previous file as it
+        was and is noted in ``unwritten``, and the others are still written."""
         from harness.report.render import render_html, render_json, render_markdown
 
-        outputs = [
-            (self.config.getoption("--matrix-json"), render_json),
-            (self.config.getoption("--matrix-markdown"), render_markdown),
-            (self.config.getoption("--matrix-html"), render_html),
-        ]
-        for raw, render in outputs:
-            if not raw:
-                continue
-            path = Path(raw)
-            if not path.is_absolute():
-                path = Path(str(self.config.invocation_params.dir)) / path
-            path.parent.mkdir(parents=True, exist_ok=True)
-            atomic_write(path, render(matrix))
-            yield path
+        renderers: dict[str, Callable[[Matrix], str]] = {
+            "--matrix-json": render_json, "--matrix-markdown": render_markdown, "--matrix-html": render_html,
+        }
+        for option, path in output_paths(self.config):
+            try:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                atomic_write(path, renderers[option](matrix))
+            except OSError as exc:
+                why = exc.strerror or str(exc)
+                self.unwritten.append(f"ERROR: {option} {path} not written: {why}")
+            else:
+                self.written.append(path)

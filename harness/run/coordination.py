@@ -21,6 +21,7 @@ from harness.vm.runner import Accelerator, scaled_timeout
 # How long a waiter sleeps when the lock was free and there was no outcome yet: the boot it waits
 # for is queued behind another (kernel, arch) group on its worker and has not taken the lock.
 UNCLAIMED_WAIT = 0.5
+WORKER_PREFIX = "worker-"  # a run directory's file per pytest-xdist worker, named by its pid
 
 
 class BootMarkers:
@@ -78,3 +79,18 @@ def boot_wait(
     this covers a whole boot with its retries for every kernel."""
     per_boot = max(scaled_timeout(s.timeout, s.arch, accelerator) for s in specs)
     return per_boot * (retries + 1) * max(1, len(planned))
+
+
+def register_worker(work_dir: Path, pid: int) -> None:
+    """Leave ``pid`` in the run directory: the controller signals its workers when it is interrupted."""
+    (work_dir / f"{WORKER_PREFIX}{pid}").write_text(f"{pid}\n")
+
+
+def worker_pids(work_dir: Path) -> list[int]:
+    """The pids that registered as workers of the run in ``work_dir``."""
+    found = []
+    for path in work_dir.glob(f"{WORKER_PREFIX}*"):
+        suffix = path.name[len(WORKER_PREFIX):]
+        if suffix.isdigit():
+            found.append(int(suffix))
+    return sorted(found)

@@ -6,6 +6,7 @@ import tempfile
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import TypeVar
 
 from harness.checks.uprobe import build_user_samples
 from harness.errors import BuildError, HarnessError
@@ -13,8 +14,9 @@ from harness.kernels.cache import resolve_cache_root
 from harness.kernels.config import Arch, KernelsConfig, KernelSpec, host_arch
 from harness.kernels.facts import KernelFacts
 from harness.kernels.fetch import KernelBuild
+from harness.programs.build import find_sources
 from harness.programs.inventory import BPFObject
-from harness.programs.sidecar import Sidecar, load_sidecar
+from harness.programs.sidecar import Sidecar, load_sidecar, load_sidecars
 from harness.report.results import CellResult, Check, KernelRun, Probe
 from harness.run import cells
 from harness.run.boot import BootJob, BootSteps, GuestOutcome, boot, failed
@@ -30,8 +32,9 @@ from harness.run.programs import (
     vmlinux_btf_for_arch,
 )
 from harness.run.share import prepare_share
-from harness.vm.runner import Accelerator, Runner, VMRequest, VMResult, accelerator_for
+from harness.vm.runner import Accelerator, Runner, VMRequest, VMResult, accelerator_for, stop_all_vms
 
+T = TypeVar("T")
 Fetch = Callable[..., KernelBuild]  # fetch_kernel's shape: (spec, cache_root=, mirror=)
 
 
@@ -129,6 +132,11 @@ class MatrixRun:
         if object_name not in self._sidecars:
             self._sidecars[object_name] = load_sidecar(self.progs_dir, object_name)
         return self._sidecars[object_name]
+
+    def check_inputs(self) -> None:
+        """Refuse bpf_progs/ before a boot: raises ConfigError when it holds no program, or a sidecar is
+        malformed, has no object beside it or names a program its object has on no arch of the run."""
+        self._sidecars.update(checked_sidecars(self.progs_dir, self.arches(), self.objects))
 
     def guest_root(self, arch: Arch) -> Path:
         """The root filesystem guests of ``arch`` boot on: the host's own for its arch, else one built
@@ -245,13 +253,8 @@ class MatrixRun:
             or not facts_cached(self.config, self.arches(), self.facts_dir)
         ):
             return self.runner.run(req)
-        with ThreadPoolExecutor(1, thread_name_prefix="vm") as pool:
-            vm = pool.submit(self.runner.run, req)
-            try:
-                self._offline = self.compute_offline()
-            except Exception:  # computed again, and reported, by the offline tests
-                self._offline = None
-            return vm.result()
+        result, self._offline = run_vm_meanwhile(self.runner, req, self.compute_offline)
+        return result
 
     # --- results -----------------------------------------------------------------------------------
 
@@ -284,3 +287,39 @@ class MatrixRun:
         user = UserSpace(self.progs_dir, self.cache_root, self.guest_root, self.input_error)
         return compute_offline(self.config.kernels, self.arches(), self.objects, known, baselines, user)
 
+
+
+def run_vm_meanwhile(runner: Runner, req: VMRequest, meanwhile: Callable[[], T]) -> tuple[VMResult, T | None]:
+    """Run one VM in a thread while ``meanwhile`` runs in this one: the VM's result and what
+    ``meanwhile`` gave (None when it raised: the offline tests compute it again, and report it)."""
+    pool = ThreadPoolExecutor(1, thread_name_prefix="vm")
+    join = True
+    try:
+        vm = pool.submit(runner.run, req)
+        try:
+            found: T | None = meanwhile()
+        except Exception:
+            found = None
+        return vm.result(), found
+    except (KeyboardInterrupt, SystemExit):
+        # Ctrl-C or SIGTERM: the guest is not waited for. Its VM is stopped first, which ends the
+        # runner's wait in the pool's thread; joining that thread before would wait for the guest
+        # (up to its timeout).
+        stop_all_vms()
+        join = False
+        raise
+    finally:
+        pool.shutdown(wait=join, cancel_futures=not join)
+
+
+def checked_sidecars(
+    progs_dir: Path, arches: Sequence[Arch], objects: Callable[[Arch], ArchObjects]
+) -> dict[str, Sidecar]:
+    """The sidecars of ``progs_dir``, each checked against the programs its object has on any arch;
+    raises ConfigError (see MatrixRun.check_inputs)."""
+    programs: dict[str, set[str] | None] = {s.name: None for s in find_sources(progs_dir)}
+    for arch in arches:
+        for obj in objects(arch).objects:
+            names = {p.program for p in obj.probes} | {prog for prog, _ in obj.unknown}
+            programs[obj.name] = (programs.get(obj.name) or set()) | names
+    return load_sidecars(progs_dir, programs)

@@ -10,7 +10,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
@@ -185,14 +185,20 @@ def live_vms() -> list[int]:
         return sorted(_LIVE)
 
 
-def kill_group(pgid: int, grace: float = 5.0) -> None:
-    """SIGTERM a VM's process group, then SIGKILL what is left after ``grace`` seconds."""
+def kill_group(pgid: int, grace: float = 5.0, reap: Callable[[], object] | None = None) -> None:
+    """SIGTERM a VM's process group, then SIGKILL what is left after ``grace`` seconds.
+
+    ``reap`` (the leader's Popen.poll) collects the leader once it exits: a group whose leader is an
+    unreaped zombie still exists for killpg, which would make every stop last the whole grace.
+    """
     try:
         os.killpg(pgid, signal.SIGTERM)
     except ProcessLookupError:
         return
     deadline = time.monotonic() + grace
     while time.monotonic() < deadline:
+        if reap is not None:
+            reap()
         try:
             os.killpg(pgid, 0)
         except ProcessLookupError:
@@ -220,8 +226,9 @@ def read_done(share: Path) -> protocol.DoneRecord | None:
 class VngRunner:
     """Runs vng as a subprocess in its own process group, with a timeout and a console log."""
 
-    def __init__(self, console_log: Path | None = None) -> None:
+    def __init__(self, console_log: Path | None = None, vng: str | None = None) -> None:
         self.console_log = console_log
+        self.vng = vng  # the vng to run; None finds it (find_vng)
 
     def run(self, req: VMRequest) -> VMResult:
         """Boot, wait for the guest to finish, and return its completion record.
@@ -230,7 +237,7 @@ class VngRunner:
         panicked, hung past the timeout, or qemu died. vng's own exit status is not trusted: it exits
         255 now and then although the guest ran to the end (seen with Debian 5.10, 6.12 and 7.3).
         """
-        argv = build_vng_argv(req, find_vng())
+        argv = build_vng_argv(req, self.vng or find_vng())
         log_path = self.console_log or (req.share / "console.log")
         start = time.monotonic()
         timed_out = False
@@ -253,7 +260,7 @@ class VngRunner:
             except subprocess.TimeoutExpired:
                 timed_out = True
             finally:
-                kill_group(proc.pid, grace=3.0)
+                kill_group(proc.pid, grace=3.0, reap=proc.poll)
                 proc.wait()
                 with _LIVE_LOCK:
                     _LIVE.discard(proc.pid)
