@@ -207,7 +207,9 @@ done
 if ! command -v bpftool >/dev/null 2>&1 && [ ! -x /usr/sbin/bpftool ]; then
   complain required "bpftool is missing (package bpftool; on Ubuntu linux-tools-generic)"
 fi
-if ! /sbin/ldconfig -p 2>/dev/null | grep -q 'libbpf\.so\.1 '; then
+# grep reads the whole list (no -q): with pipefail, ldconfig killed by SIGPIPE after an early match
+# would make a present libbpf look missing.
+if ! /sbin/ldconfig -p 2>/dev/null | grep 'libbpf\.so\.1 ' >/dev/null; then
   complain required "libbpf.so.1 is missing (package libbpf1): the guest agent loads with it"
 fi
 if command -v clang >/dev/null 2>&1; then
