@@ -38,10 +38,9 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from harness.kernels.config import (  # noqa: E402
+    GuestSpec,
     KernelsConfig,
     KernelSpec,
-    RootfsSpec,
-    host_arch,
     load_kernels_yaml,
 )
 from harness.kernels.fetch import fetch_kernel  # noqa: E402
@@ -122,11 +121,11 @@ def bare_argv(req: VMRequest) -> list[str]:
     return [*argv, "--memory", req.memory, "--cpus", str(req.cpus), "--exec", "true"]
 
 
-def bare_boot(spec: KernelSpec, mirror: str, rootfs: RootfsSpec, harness_flags: bool) -> float:
+def bare_boot(spec: KernelSpec, mirror: str, guest: GuestSpec, harness_flags: bool) -> float:
     """Wall time of `vng --run <kernel> --exec true`: bare, or with the harness's vng flags."""
     build = fetch_kernel(spec, mirror=mirror)
     accel = accelerator_for(spec.arch, probe_accelerator())
-    root = None if spec.arch == host_arch() else fetch_rootfs(spec.arch, rootfs, mirror=mirror)
+    root = None if guest.host else fetch_rootfs(spec.arch, guest, mirror=mirror)
     with tempfile.TemporaryDirectory() as tmp:
         req = VMRequest(
             image=Path(build.image), arch=spec.arch, share=Path(tmp), command=["true"], accelerator=accel,
@@ -217,8 +216,8 @@ def main() -> int:
         samples: list[tuple[float, ...]] = []
         sampler = MemorySampler()
         for _ in range(max(1, args.repeat)):
-            floor = bare_boot(spec, config.mirror, config.rootfs, harness_flags=False)
-            same_vm = bare_boot(spec, config.mirror, config.rootfs, harness_flags=True)
+            floor = bare_boot(spec, config.mirror, spec.guest, harness_flags=False)
+            same_vm = bare_boot(spec, config.mirror, spec.guest, harness_flags=True)
             drop_facts(spec, config.mirror)
             sampler = MemorySampler()
             cold, rc_cold, _, _, agent_cold = pytest_matrix(

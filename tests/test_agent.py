@@ -14,6 +14,7 @@ import subprocess
 import sys
 import threading
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -484,3 +485,60 @@ def test_default_workload_runs_and_leaves_nothing_behind(monkeypatch: pytest.Mon
     agent.default_workload("/nonexistent")
     assert calls == ["block_io"]
     assert not Path(f"/tmp/bpfmatrix-{os.getpid()}").exists()
+
+
+# ---------------------------------------------------------------- the guest's userland
+
+
+class _Fn:
+    """A ctypes function stand-in: returns ``value`` and takes a restype."""
+
+    def __init__(self, value: object) -> None:
+        self.value = value
+        self.restype: object = None
+
+    def __call__(self) -> object:
+        return self.value
+
+
+def test_libbpf_version_from_its_string_else_major_minor_else_unknown() -> None:
+    new = SimpleNamespace(libbpf_version_string=_Fn(b"v1.5"))
+    assert agent.libbpf_version(new) == "1.5"  # type: ignore[arg-type]
+    numbers = SimpleNamespace(libbpf_major_version=_Fn(1), libbpf_minor_version=_Fn(1))
+    assert agent.libbpf_version(numbers) == "1.1"  # type: ignore[arg-type]
+    assert agent.libbpf_version(SimpleNamespace()) == "unknown"  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("script", "expected"),
+    [
+        # bpftool 7.x: -j version is JSON.
+        ('[ "$1" = -j ] && echo \'{"version":"7.5.0","libbpf_version":"1.5"}\'', "7.5.0"),
+        # An old one prints text only.
+        ('[ "$1" = --version ] && echo "/usr/sbin/bpftool v5.10.0"; exit 0', "5.10.0"),
+        ("exit 1", ""),
+    ],
+)
+def test_bpftool_version(tmp_path: Path, script: str, expected: str) -> None:
+    tool = tmp_path / "bpftool"
+    tool.write_text(f"#!/bin/sh\n{script}\n")
+    tool.chmod(0o755)
+    assert agent.bpftool_version((str(tmp_path / "none"), str(tool))) == expected
+    assert agent.bpftool_version((str(tmp_path / "none"),)) == ""
+
+
+def test_the_userland_is_reported_with_the_objects(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(agent, "bpftool_version", lambda: "7.5.0")
+    monkeypatch.setattr(agent, "os_release", lambda: "Debian GNU/Linux 13 (trixie)")
+    lib = SimpleNamespace(libbpf_version_string=_Fn(b"1.5.0"))
+    monkeypatch.setattr(agent, "open_libbpf", lambda: (lib, "libbpf.so.1"))
+    done: dict[str, Any] = {}
+    agent.report_userland(done)  # type: ignore[arg-type]
+    assert done == {"os_release": "Debian GNU/Linux 13 (trixie)", "bpftool": "7.5.0", "libbpf": "1.5.0"}
+
+    def missing() -> Any:
+        raise RuntimeError("libbpf not found in the guest")
+
+    monkeypatch.setattr(agent, "open_libbpf", missing)
+    agent.report_userland(done)  # type: ignore[arg-type]
+    assert done["libbpf"] == ""

@@ -11,6 +11,7 @@ import pytest
 from harness.errors import ConfigError
 from harness.kernels.config import (
     ARCHES,
+    GuestSpec,
     KernelsConfig,
     load_kernels_yaml,
     parse_kernels_yaml,
@@ -53,7 +54,8 @@ def test_minimal_debian_kernel_gets_the_defaults() -> None:
     assert spec.describe() == "debian bookworm linux-image-amd64 (x86_64)"
     # No baseline given: the first kernel listed is the one others are diffed against.
     assert cfg.baseline == "" and cfg.baseline_id == "6.1"
-    assert cfg.rootfs.suite == "trixie"
+    assert cfg.guest == GuestSpec(suite="trixie", packages=(), root="debian")
+    assert spec.guest == cfg.guest
     assert cfg.path == PATH
 
 
@@ -134,11 +136,11 @@ def test_local_kernel_paths_are_relative_to_the_file(tmp_path: Path) -> None:
     assert absolute.modules is None
 
 
-def test_baseline_and_rootfs() -> None:
+def test_baseline_and_guest() -> None:
     cfg = parse(
         """
         baseline: "6.1"
-        rootfs:
+        guest:
           suite: bookworm
           packages: [strace, bpftrace]
         kernels:
@@ -147,8 +149,46 @@ def test_baseline_and_rootfs() -> None:
         """
     )
     assert cfg.baseline == "6.1" and cfg.baseline_id == "6.1"
-    assert cfg.rootfs.suite == "bookworm"
-    assert cfg.rootfs.packages == ("strace", "bpftrace")
+    assert cfg.guest.suite == "bookworm"
+    assert cfg.guest.packages == ("strace", "bpftrace")
+    assert all(k.guest == cfg.guest for k in cfg.kernels)
+
+
+def test_guest_per_entry_override_keeps_the_file_defaults() -> None:
+    cfg = parse(
+        """
+        guest: {suite: trixie, packages: [strace]}
+        kernels:
+          - {id: "6.1", suite: bookworm, arches: [x86_64, arm64], guest: {suite: bookworm}}
+          - {id: "6.12", suite: trixie, guest: {root: host}}
+          - {id: "7.2", suite: sid}
+        """
+    )
+    old_x86, old_arm, host, new = cfg.kernels
+    assert old_x86.guest == old_arm.guest == GuestSpec("bookworm", ("strace",), "debian")
+    assert host.guest == GuestSpec("trixie", ("strace",), "host") and host.guest.host
+    assert new.guest == cfg.guest == GuestSpec("trixie", ("strace",), "debian")
+    assert (old_x86.guest.describe(), host.guest.describe()) == ("debian bookworm", "host")
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("guest: {suite: jessie}\n", "guest: unknown Debian suite 'jessie'"),
+        ("guest: {root: chroot}\n", "guest: unknown root 'chroot' (known: debian, host)"),
+        ("guest: {flavour: x}\n", "guest: unknown key 'flavour'"),
+        ("guest: trixie\n", "guest: must be a mapping"),
+        ("guest: {packages: strace}\n", "guest: 'packages' must be a list"),
+        ("rootfs: {suite: trixie}\n", "'rootfs' is now 'guest'"),
+    ],
+)
+def test_guest_refused(text: str, message: str) -> None:
+    assert message in error_of(text + "kernels: [{id: a, suite: sid}]\n")
+
+
+def test_guest_refused_in_an_entry() -> None:
+    msg = error_of("kernels: [{id: a, suite: sid, guest: {suite: potato}}]\n")
+    assert msg.startswith(f"{PATH}: kernel 'a': guest: unknown Debian suite 'potato'")
 
 
 def test_repository_kernels_files_parse() -> None:
@@ -274,9 +314,9 @@ def test_unknown_suite(suite: str) -> None:
     assert msg.startswith(f"{PATH}: kernel 'a': unknown Debian suite '{suite}'")
 
 
-def test_unknown_rootfs_suite() -> None:
-    msg = error_of("rootfs: {suite: jessie}\nkernels: [{id: a, suite: sid}]\n")
-    assert msg.startswith(f"{PATH}: rootfs: unknown Debian suite 'jessie'")
+def test_unknown_guest_suite() -> None:
+    msg = error_of("guest: {suite: jessie}\nkernels: [{id: a, suite: sid}]\n")
+    assert msg.startswith(f"{PATH}: guest: unknown Debian suite 'jessie'")
 
 
 def test_unknown_source() -> None:
@@ -373,7 +413,7 @@ def test_select_by_id_keeps_every_arch_in_file_order() -> None:
     chosen = cfg.select(["6.12", "6.1"])
     assert [k.key for k in chosen.kernels] == ["6.1-x86_64", "6.1-arm64", "6.12-x86_64", "6.12-arm64"]
     # Selection keeps the file's settings.
-    assert chosen.path == cfg.path and chosen.baseline == "5.10" and chosen.rootfs == cfg.rootfs
+    assert chosen.path == cfg.path and chosen.baseline == "5.10" and chosen.guest == cfg.guest
 
 
 def test_select_by_id_arch_key() -> None:

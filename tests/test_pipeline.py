@@ -15,7 +15,7 @@ import pytest
 from tools import needs
 
 from harness.errors import FetchError, HarnessError, LostVMError, VMError
-from harness.kernels.config import KernelsConfig, KernelSpec, host_arch, parse_kernels_yaml
+from harness.kernels.config import ARCHES, GuestSpec, KernelsConfig, KernelSpec, host_arch, parse_kernels_yaml
 from harness.kernels.fetch import KernelBuild
 from harness.kernels.version import version_key
 from harness.programs.build import LIBBPF_INCLUDE
@@ -104,6 +104,7 @@ class Boot:
     append: list[str]
     timeout: float
     command: list[str]
+    root: Path | None = None
 
 
 def fired(run_cnt: int, trigger: protocol.Trigger = "default") -> protocol.ProgramRecord:
@@ -135,7 +136,8 @@ def act_ok(req: VMRequest, plan: protocol.Plan) -> VMResult:
         programs = {p.program: fired(4) for p in obj.probes}
         records.append(protocol.ObjectRecord(object=entry["name"], programs=programs, load_log=""))
     protocol.write_objects(share, records)
-    done = done_record(lsm="lockdown,capability,bpf", libbpf="1.1.0", stats_enabled=True, seconds=0.25)
+    done = done_record(lsm="lockdown,capability,bpf", libbpf="1.1.0", stats_enabled=True, seconds=0.25,
+                       bpftool="7.1.0", os_release="Debian GNU/Linux 12 (bookworm)")
     protocol.write_done(share, done)
     return VMResult(done, "console", 0.5, 0, req.accelerator)
 
@@ -188,6 +190,7 @@ class FakeRunner:
                 append=list(req.append),
                 timeout=req.timeout,
                 command=list(req.command),
+                root=req.root,
             )
         )
         acts = self.acts.get(key, [act_ok])
@@ -227,6 +230,7 @@ def kernels(tmp_path: Path) -> KernelsConfig:
     text = textwrap.dedent(
         f"""
         baseline: "6.1"
+        guest: {{root: host}}  # the fake runner boots nothing: no guest root filesystem to build
         defaults:
           arches: [{ARCH.name}]
           timeout: 123
@@ -361,6 +365,51 @@ def test_offline_first_boots_for_facts_only_then_objects(tmp_path: Path) -> None
     assert s.runner.count() == 2
 
 
+def test_every_arch_boots_a_root_built_from_the_guest_suite(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Without ``root: host``, the host's own arch boots a built root filesystem too, one per
+    (arch, suite, packages), and the kernel's record names the suite."""
+    import harness.kernels.rootfs as rootfs
+
+    built: list[tuple[str, GuestSpec]] = []
+
+    def fake_fetch_rootfs(arch: Any, guest: GuestSpec, cache_root: Path, mirror: str) -> Path:
+        built.append((arch.name, guest))
+        return tmp_path / f"root-{arch.name}-{guest.suite}"
+
+    monkeypatch.setattr(rootfs, "fetch_rootfs", fake_fetch_rootfs)
+    s = make_run(tmp_path)
+    s.run.config = parse_kernels_yaml(
+        f"guest: {{suite: trixie}}\nkernels:\n  - {{id: '6.1', suite: bookworm, arch: {ARCH.name}}}\n"
+        f"  - {{id: '6.12', suite: trixie, arch: {ARCH.name}, guest: {{suite: bookworm}}}}\n",
+        tmp_path / "k.yaml",
+    )
+    for spec in s.run.config.kernels:
+        s.run.guest_result(spec, probes_of(s)[0], Check.LOAD)
+    assert [b.root for b in s.runner.boots] == [
+        tmp_path / f"root-{ARCH.name}-trixie", tmp_path / f"root-{ARCH.name}-bookworm"
+    ]
+    assert [g.suite for _, g in built] == ["trixie", "bookworm"]
+    assert [s.run.kernel_run(k).guest for k in s.run.config.kernels] == ["debian trixie", "debian bookworm"]
+    s.run.guest_result(s.run.config.kernels[0], probes_of(s)[0], Check.FIRE)
+    assert len(built) == 2  # built (or found in the cache) once per process
+
+
+def test_the_host_root_is_refused_for_another_arch(tmp_path: Path) -> None:
+    s = make_run(tmp_path)
+    other = next(a for a in ARCHES.values() if a != ARCH)
+    s.run.config = parse_kernels_yaml(
+        f"guest: {{root: host}}\nkernels:\n  - {{id: '6.1', suite: bookworm, arch: {other.name}}}\n",
+        tmp_path / "k.yaml",
+    )
+    spec = s.run.config.kernels[0]
+    res = s.run.guest_result(spec, probes_of(s)[0], Check.LOAD)
+    assert res.outcome is Outcome.ERROR
+    assert f"guest root 'host' is the host's own {ARCH.name} root" in res.reason
+    assert s.runner.count() == 0
+
+
 def test_failed_facts_boot_is_not_repeated_for_the_objects(tmp_path: Path) -> None:
     key = "6.1-" + ARCH.name
     s = make_run(tmp_path, retries=0, acts={key: [act_lost, act_ok]})
@@ -389,7 +438,9 @@ def test_the_boot_request(tmp_path: Path) -> None:
     kernel = s.run.kernel_run(spec)
     assert kernel.booted and kernel.version == "6.1.0-27-amd64" and kernel.accelerator == "kvm"
     assert kernel.lsm == "lockdown,capability,bpf"
-    assert "libbpf 1.1.0 in the guest" in kernel.notes
+    assert (kernel.guest, kernel.libbpf, kernel.bpftool) == ("host", "1.1.0", "7.1.0")
+    assert "guest userland: Debian GNU/Linux 12 (bookworm)" in kernel.notes
+    assert boot.root is None  # guest: {root: host}
     assert kernel.agent_seconds == 0.25
     assert (s.run.work_dir / f"{spec.key}.booted").read_text() == "ok"
     # The boot's own directory (share, scratch disk) is gone once its results are read.

@@ -13,7 +13,7 @@ from tools import require
 
 from harness.errors import ConfigError, FetchError
 from harness.kernels.cache import resolve_cache_root
-from harness.kernels.config import ARCHES, RootfsSpec
+from harness.kernels.config import ARCHES, GuestSpec
 from harness.kernels.rootfs import (
     DEFAULT_PACKAGES,
     complete_rootfs,
@@ -56,7 +56,7 @@ def fake_mmdebstrap(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 
 def test_resolve_packages_sorted_with_extras() -> None:
-    pkgs = resolve_packages(RootfsSpec(packages=("strace", "bash")))
+    pkgs = resolve_packages(GuestSpec(packages=("strace", "bash")))
     assert pkgs == tuple(sorted(set(DEFAULT_PACKAGES) | {"strace"}))
     assert {"python3", "bpftool", "busybox-static", "libbpf1", "base-passwd"} <= set(pkgs)
 
@@ -64,7 +64,7 @@ def test_resolve_packages_sorted_with_extras() -> None:
 @pytest.mark.parametrize("bad", ["../x", "a b", "Foo", "", "x;rm"])
 def test_resolve_packages_rejects_non_package_names(bad: str) -> None:
     with pytest.raises(ConfigError, match="not a Debian package name"):
-        resolve_packages(RootfsSpec(packages=(bad,)))
+        resolve_packages(GuestSpec(packages=(bad,)))
 
 
 def test_inside_keeps_absolute_links_and_dotdot_in_root(tmp_path: Path) -> None:
@@ -119,25 +119,25 @@ def test_fetch_rootfs_builds_once_per_package_list(tmp_path: Path, fake_mmdebstr
     cache = tmp_path / "cache"
     arm64 = ARCHES["arm64"]
     mirror = "http://127.0.0.1:9/debian"
-    first = fetch_rootfs(arm64, RootfsSpec(suite="trixie"), cache, mirror)
-    again = fetch_rootfs(arm64, RootfsSpec(suite="trixie"), cache, mirror)
+    first = fetch_rootfs(arm64, GuestSpec(suite="trixie"), cache, mirror)
+    again = fetch_rootfs(arm64, GuestSpec(suite="trixie"), cache, mirror)
     assert first == again
     assert first.is_relative_to(cache)
     runs = fake_mmdebstrap.read_text().splitlines()
     assert len(runs) == 1
     argv = runs[0].split()
-    include = ",".join(resolve_packages(RootfsSpec()))
+    include = ",".join(resolve_packages(GuestSpec()))
     assert argv[:3] == ["--variant=extract", "--arch=arm64", f"--include={include}"]
     assert argv[3] == "trixie" and argv[5] == mirror
     assert (first / "etc" / "passwd").is_file()
 
-    other = fetch_rootfs(arm64, RootfsSpec(suite="trixie", packages=("strace",)), cache, mirror)
+    other = fetch_rootfs(arm64, GuestSpec(suite="trixie", packages=("strace",)), cache, mirror)
     assert other != first
     assert len(fake_mmdebstrap.read_text().splitlines()) == 2
 
     # A damaged key file is noticed and the tree is built again.
     (first / "usr" / "bin" / "busybox").write_text("changed")
-    assert fetch_rootfs(arm64, RootfsSpec(suite="trixie"), cache, mirror) == first
+    assert fetch_rootfs(arm64, GuestSpec(suite="trixie"), cache, mirror) == first
     assert len(fake_mmdebstrap.read_text().splitlines()) == 3
     assert (first / "usr" / "bin" / "busybox").read_text() == "busybox\n"
 
@@ -149,7 +149,7 @@ def test_mmdebstrap_failure_is_reported(
     with pytest.raises(FetchError, match=r"rootfs trixie/arm64: mmdebstrap exit 1: E: Unable to locate"):
         run_mmdebstrap(ARCHES["arm64"], "trixie", ("nosuch",), tmp_path / "d", "http://127.0.0.1:9/d")
     with pytest.raises(FetchError):
-        fetch_rootfs(ARCHES["arm64"], RootfsSpec(), tmp_path / "cache", "http://127.0.0.1:9/d")
+        fetch_rootfs(ARCHES["arm64"], GuestSpec(), tmp_path / "cache", "http://127.0.0.1:9/d")
     leftovers = list((tmp_path / "cache").rglob("*"))
     assert all(p.name.endswith(".lock") or p.is_dir() for p in leftovers)
     assert not [p for p in leftovers if p.name.startswith(".")]
@@ -161,7 +161,7 @@ def test_real_arm64_trixie_rootfs(tmp_path: Path) -> None:
     # The machine's own cache: the matrix runs of the other integration tests reuse what this fetches.
     cache = resolve_cache_root(os.environ)
     started = time.monotonic()
-    root = fetch_rootfs(ARCHES["arm64"], RootfsSpec(suite="trixie"), cache)
+    root = fetch_rootfs(ARCHES["arm64"], GuestSpec(suite="trixie"), cache)
     elapsed = time.monotonic() - started
     for rel in ("usr/bin/python3", "usr/sbin/bpftool", "usr/bin/busybox", "etc/passwd", "etc/group"):
         assert inside(root, rel).is_file(), rel

@@ -60,13 +60,17 @@ SOURCES = ("debian", "local")
 
 _ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,63}$")
 
-TOP_KEYS = {"mirror", "baseline", "defaults", "kernels", "rootfs"}
+TOP_KEYS = {"mirror", "baseline", "defaults", "kernels", "guest"}
 DEFAULT_KEYS = {"memory", "cpus", "timeout", "append", "arches"}
 KERNEL_KEYS = {
     "id", "source", "suite", "arch", "arches", "package", "flavour", "image", "modules",
-    "memory", "cpus", "timeout", "append", "mirror", "version",
+    "memory", "cpus", "timeout", "append", "mirror", "version", "guest",
 }
-ROOTFS_KEYS = {"suite", "packages"}
+GUEST_KEYS = {"suite", "packages", "root"}
+# Where a guest's userland (the loader: libbpf, bpftool, python3) comes from. "debian": a root
+# filesystem built from the guest suite for the guest's arch; "host": the host's own root over 9p
+# (the host's arch only, and the host's libbpf: a cell then also differs by the machine it ran on).
+GUEST_ROOTS = ("debian", "host")
 
 
 def resolve_arch(name: str) -> Arch:
@@ -86,6 +90,24 @@ def host_arch() -> Arch:
 
 
 @dataclass(frozen=True)
+class GuestSpec:
+    """The guest userland a kernel boots into: a root filesystem of one Debian suite (the same on
+    every arch, so that a cell differs by kernel and arch only), or the host's own root."""
+
+    suite: str = "trixie"
+    packages: tuple[str, ...] = ()
+    root: str = "debian"  # one of GUEST_ROOTS
+
+    @property
+    def host(self) -> bool:
+        return self.root == "host"
+
+    def describe(self) -> str:
+        """The userland as results name it: ``debian trixie`` or ``host``."""
+        return "host" if self.host else f"debian {self.suite}"
+
+
+@dataclass(frozen=True)
 class KernelSpec:
     """One (kernel, arch) entry to test, resolved from kernels.yaml."""
 
@@ -102,6 +124,7 @@ class KernelSpec:
     cpus: int = 1
     timeout: float = 300.0  # seconds for one boot on x86_64 under KVM-less emulation
     append: tuple[str, ...] = ()
+    guest: GuestSpec = field(default_factory=GuestSpec)
 
     @property
     def key(self) -> str:
@@ -120,12 +143,6 @@ class KernelSpec:
         return f"local {self.image} ({self.arch.name})"
 
 
-@dataclass(frozen=True)
-class RootfsSpec:
-    """The Debian suite and packages of guest root filesystems for foreign architectures."""
-
-    suite: str = "trixie"
-    packages: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -136,7 +153,7 @@ class KernelsConfig:
     kernels: tuple[KernelSpec, ...]
     mirror: str = ""
     baseline: str = ""  # the kernel id others are diffed against; default the first listed
-    rootfs: RootfsSpec = field(default_factory=RootfsSpec)
+    guest: GuestSpec = field(default_factory=GuestSpec)  # the file's default; entries may override it
     # Every entry of the file, also when ``kernels`` is a selection (a shard): the baseline may be
     # outside the shard, and a shard must diff against the same kernel as a run over the whole file.
     universe: tuple[KernelSpec, ...] = ()
@@ -159,7 +176,7 @@ class KernelsConfig:
             )
         chosen = tuple(k for k in self.kernels if k.key in keys or k.id in keys)
         return KernelsConfig(
-            self.path, chosen, self.mirror, self.baseline_id, self.rootfs, self.universe or self.kernels
+            self.path, chosen, self.mirror, self.baseline_id, self.guest, self.universe or self.kernels
         )
 
     def baseline_spec(self, arch: str) -> KernelSpec | None:
@@ -266,16 +283,16 @@ def parse_kernels_yaml(text: str, path: Path = Path("kernels.yaml")) -> KernelsC
     if not isinstance(entries, list) or not entries:
         raise ConfigError(f"{path}: 'kernels' must be a non-empty list")
     mirror = _str(str(path), "mirror", data.get("mirror") or "")
+    guest = parse_guest(f"{path}: guest", data.get("guest"), GuestSpec())
     specs: list[KernelSpec] = []
     seen: set[str] = set()
     for index, entry in enumerate(entries):
-        specs.extend(_parse_entry(path, index, entry, defaults, seen))
+        specs.extend(_parse_entry(path, index, entry, defaults, seen, guest))
     _not_a_number(str(path), "baseline", data.get("baseline"))
     baseline = _str(str(path), "baseline", data.get("baseline") or "")
     if baseline and baseline not in seen:
         raise ConfigError(f"{path}: baseline {baseline!r} is not a kernel id of this file")
-    rootfs = _parse_rootfs(path, data.get("rootfs") or {})
-    return KernelsConfig(path=path, kernels=tuple(specs), mirror=mirror, baseline=baseline, rootfs=rootfs)
+    return KernelsConfig(path=path, kernels=tuple(specs), mirror=mirror, baseline=baseline, guest=guest)
 
 
 def _load_top(text: str, path: Path) -> dict[str, Any]:
@@ -289,6 +306,8 @@ def _load_top(text: str, path: Path) -> dict[str, Any]:
         raise ConfigError(f"{where}: not valid YAML: {problem}") from exc
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping with a 'kernels' list at the top")
+    if "rootfs" in data:
+        raise ConfigError(f"{path}: 'rootfs' is now 'guest' (guest: {{suite: ..., packages: [...]}})")
     _check_keys(str(path), data, TOP_KEYS)
     return data
 
@@ -334,7 +353,7 @@ def _vm_settings(where: str, merged: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def _parse_entry(
-    path: Path, index: int, entry: Any, defaults: Mapping[str, Any], seen: set[str]
+    path: Path, index: int, entry: Any, defaults: Mapping[str, Any], seen: set[str], guest: GuestSpec
 ) -> list[KernelSpec]:
     """The KernelSpecs (one per arch) of one kernels[] entry."""
     where, kid = _entry_id(path, index, entry, seen)
@@ -342,6 +361,7 @@ def _parse_entry(
     if source not in SOURCES:
         raise ConfigError(f"{where}: unknown source {source!r} (known: {', '.join(SOURCES)})")
     common = _vm_settings(where, {**defaults, **entry})
+    common["guest"] = parse_guest(f"{where}: guest", entry.get("guest"), guest)
     specs: list[KernelSpec] = []
     for arch in _arches(where, entry, defaults.get("arches", ["x86_64"])):
         if source == "debian":
@@ -394,14 +414,23 @@ def _local_spec(
     )
 
 
-def _parse_rootfs(path: Path, rootfs_raw: Any) -> RootfsSpec:
-    if not isinstance(rootfs_raw, dict):
-        raise ConfigError(f"{path}: 'rootfs' must be a mapping")
-    _check_keys(f"{path}: rootfs", rootfs_raw, ROOTFS_KEYS)
-    return RootfsSpec(
-        suite=_validate_suite(f"{path}: rootfs", _str(str(path), "suite", rootfs_raw.get("suite", "trixie"))),
-        packages=tuple(rootfs_raw.get("packages", ())),
-    )
+def parse_guest(where: str, raw: Any, base: GuestSpec) -> GuestSpec:
+    """A ``guest:`` mapping over ``base`` (the file's default, or the built-in one): keys it gives
+    replace base's. Raises ConfigError for an unknown key, suite or root."""
+    if raw is None:
+        return base
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{where}: must be a mapping (e.g. {{suite: trixie}})")
+    _check_keys(where, raw, GUEST_KEYS)
+    suite = _validate_suite(where, _str(where, "suite", raw.get("suite", base.suite)))
+    root = _str(where, "root", raw.get("root", base.root))
+    if root not in GUEST_ROOTS:
+        raise ConfigError(f"{where}: unknown root {root!r} (known: {', '.join(GUEST_ROOTS)})")
+    packages_raw = raw.get("packages", base.packages)
+    if not isinstance(packages_raw, (list, tuple)):
+        raise ConfigError(f"{where}: 'packages' must be a list of Debian package names")
+    packages = tuple(_str(where, "packages", p) for p in packages_raw)
+    return GuestSpec(suite=suite, packages=packages, root=root)
 
 
 def load_kernels_yaml(path: Path) -> KernelsConfig:

@@ -1,4 +1,5 @@
-"""Guest root filesystems for foreign architectures: unpacked by mmdebstrap, completed, cached."""
+"""Guest root filesystems, one per (arch, Debian suite, package list): unpacked by mmdebstrap, completed,
+cached. Every arch, the host's included, boots one, so that all guests load with the same userland."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from pathlib import Path, PurePosixPath
 
 from harness.errors import ConfigError, FetchError
 from harness.kernels.cache import Manifest, digest_files, ensure_entry, entry_path, resolve_cache_root
-from harness.kernels.config import Arch, RootfsSpec
+from harness.kernels.config import Arch, GuestSpec
 from harness.kernels.debian import apt_source_files, resolve_mirror
 
 log = logging.getLogger(__name__)
@@ -60,7 +61,7 @@ LAYOUT_VERSION = 2
 KEY_FILES: tuple[str, ...] = ("bin/busybox", "bin/bash", "usr/bin/python3", "usr/sbin/bpftool")
 
 
-def resolve_packages(spec: RootfsSpec) -> tuple[str, ...]:
+def resolve_packages(spec: GuestSpec) -> tuple[str, ...]:
     """The sorted, de-duplicated package list: the defaults plus ``spec.packages``.
 
     Raises ConfigError for a name that is not a Debian package name.
@@ -70,7 +71,7 @@ def resolve_packages(spec: RootfsSpec) -> tuple[str, ...]:
         if not name or not name[0].isalnum() or any(
             not (c.isalnum() or c in "+-.") or c.isupper() for c in name
         ):
-            raise ConfigError(f"kernels.yaml: rootfs package {name!r} is not a Debian package name")
+            raise ConfigError(f"kernels.yaml: guest package {name!r} is not a Debian package name")
         names.add(name)
     return tuple(sorted(names))
 
@@ -165,10 +166,11 @@ def complete_rootfs(root: Path) -> None:
 
 
 def fetch_rootfs(
-    arch: Arch, spec: RootfsSpec, cache_root: Path | None = None, mirror: str = ""
+    arch: Arch, spec: GuestSpec, cache_root: Path | None = None, mirror: str = ""
 ) -> Path:
     """A guest root filesystem of ``spec.suite`` for ``arch`` with the default packages plus
-    ``spec.packages``, built once per (arch, suite, package list) and cached.
+    ``spec.packages``, built once per (arch, suite, package list) and cached. The host's arch gets
+    one too: booting the host's own root would load with whatever libbpf the host has.
 
     Raises ConfigError (no mirror, bad package name), FetchError (mmdebstrap failed).
     """

@@ -116,6 +116,8 @@ def kernel_tooltip(kernel: str, arch: str, run: KernelRun | None) -> str:
             lines.append("not booted")
         if run.lsm:
             lines.append(f"lsm: {run.lsm}")
+        if run.guest:
+            lines.append(f"guest: {run.guest}, libbpf {run.libbpf or '?'}, bpftool {run.bpftool or '?'}")
         if run.error:
             lines.append(f"error: {run.error}")
         lines.extend(run.notes)

@@ -154,6 +154,9 @@ class KernelRun:
     boot_seconds: float = 0.0
     agent_seconds: float = 0.0  # the part of the boot the guest agent ran (facts, loads, triggers)
     lsm: str = ""  # the active LSMs in the guest
+    guest: str = ""  # the guest userland kernels.yaml chose: "debian trixie", or "host"
+    libbpf: str = ""  # the libbpf version the guest loaded with (the loader of every in-guest check)
+    bpftool: str = ""  # the guest's bpftool version
     error: str = ""  # set when the kernel could not be fetched or booted
     notes: tuple[str, ...] = ()
 

@@ -161,7 +161,7 @@ def booted_kernel(job: BootJob, done: Mapping[str, Any], seconds: float, attempt
         facts_note(build) if job.want_facts else "",
         f"accelerator {accel.name}: {accel.reason}",
         f"booted with {lsm_append(job.config_text)} so that lsm/ programs can attach",
-        f"libbpf {done.get('libbpf', '?')} in the guest",
+        f"guest userland: {done['os_release']}" if done.get("os_release") else "",
         f"attempt {attempt + 1}" if attempt else "",
     )
     return KernelRun(
@@ -172,6 +172,9 @@ def booted_kernel(job: BootJob, done: Mapping[str, Any], seconds: float, attempt
         boot_seconds=seconds,
         agent_seconds=reported_seconds(done.get("seconds")),
         lsm=str(done.get("lsm") or ""),
+        guest=spec.guest.describe(),
+        libbpf=str(done.get("libbpf") or ""),
+        bpftool=str(done.get("bpftool") or ""),
         notes=tuple(n for n in notes if n),
     )
 

@@ -44,17 +44,18 @@ def found_or_skip(
 
 
 def input_error(
-    arch: Arch,
+    spec: KernelSpec,
     probe: Probe,
     built: ArchObjects,
     user_samples: Callable[[Arch], object],
-    guest_root: Callable[[Arch], object],
+    guest_root: Callable[[KernelSpec], object],
 ) -> str:
-    """Why the harness could not produce what ``probe`` needs on ``arch`` (empty when it could).
+    """Why the harness could not produce what ``probe`` needs on ``spec`` (empty when it could).
 
     Nothing is known of such a probe's compatibility there: every check of it is an ERROR, never
     a FAIL (a uprobe on a sample that did not build cannot attach, through no fault of its own).
     """
+    arch = spec.arch
     if probe.program == BUILD_PROGRAM:
         return built.errors.get(probe.object, "build failed")
     if probe.object in built.errors:
@@ -68,7 +69,7 @@ def input_error(
         except BuildError as exc:
             return f"the user-space samples did not build for {arch.name}: {exc}"
     try:
-        guest_root(arch)
+        guest_root(spec)
     except HarnessError as exc:
         return f"no {arch.name} root filesystem: {exc}"
     return ""

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import TypeVar
 
 from harness.checks.uprobe import build_user_samples
-from harness.errors import BuildError, HarnessError
+from harness.errors import BuildError, ConfigError, HarnessError
 from harness.kernels.cache import resolve_cache_root
 from harness.kernels.config import Arch, KernelsConfig, KernelSpec, host_arch
 from harness.kernels.facts import KernelFacts
@@ -138,17 +138,25 @@ class MatrixRun:
         malformed, has no object beside it or names a program its object has on no arch of the run."""
         self._sidecars.update(checked_sidecars(self.progs_dir, self.arches(), self.objects))
 
-    def guest_root(self, arch: Arch) -> Path:
-        """The root filesystem guests of ``arch`` boot on: the host's own for its arch, else one built
-        from Debian packages (raises HarnessError when it cannot be built; tried once per process)."""
-        if arch == host_arch():
+    def guest_root(self, spec: KernelSpec) -> Path:
+        """The root filesystem ``spec``'s guest boots on: one built from its guest suite for its arch
+        (tried once per process), or the host's own "/" when kernels.yaml asks for ``root: host``.
+
+        Raises HarnessError when it cannot be built, ConfigError for the host's root on another arch.
+        """
+        guest, arch = spec.guest, spec.arch
+        if guest.host:
+            if arch != host_arch():
+                raise ConfigError(
+                    f"{spec.label}: guest root 'host' is the host's own {host_arch().name} root: "
+                    f"{arch.name} guests need a built one (remove root: host)"
+                )
             return Path("/")
         from harness.kernels.rootfs import fetch_rootfs
 
-        config = self.config
-        return self._roots.get(
-            arch.name, lambda: fetch_rootfs(arch, config.rootfs, self.cache_root, config.mirror)
-        )
+        mirror = self.config.mirror
+        key = f"{arch.name}/{guest.suite}/{','.join(guest.packages)}"
+        return self._roots.get(key, lambda: fetch_rootfs(arch, guest, self.cache_root, mirror))
 
     def user_samples(self, arch: Arch) -> dict[str, Path]:
         """bpf_progs/user/ built for ``arch`` (once per process); raises BuildError."""
@@ -156,9 +164,9 @@ class MatrixRun:
             arch.name, lambda: build_user_samples(self.progs_dir, arch, self.cache_root)
         )
 
-    def input_error(self, arch: Arch, probe: Probe) -> str:
-        """Why the harness could not produce what ``probe`` needs on ``arch`` (empty when it could)."""
-        return cells.input_error(arch, probe, self.objects(arch), self.user_samples, self.guest_root)
+    def input_error(self, spec: KernelSpec, probe: Probe) -> str:
+        """Why the harness could not produce what ``probe`` needs on ``spec`` (empty when it could)."""
+        return cells.input_error(spec, probe, self.objects(spec.arch), self.user_samples, self.guest_root)
 
     # --- facts -------------------------------------------------------------------------------------
 
@@ -224,12 +232,11 @@ class MatrixRun:
         want_facts = complete_facts_dir(build) is None
         if not want_facts and not objects:
             return GuestOutcome(base)
-        root: Path | None = None
-        if spec.arch != host_arch():
-            try:
-                root = self.guest_root(spec.arch)
-            except HarnessError as exc:
-                return failed(base, f"no {spec.arch.name} root filesystem: {exc}")
+        try:
+            found = self.guest_root(spec)
+        except HarnessError as exc:
+            return failed(base, f"no {spec.arch.name} root filesystem: {exc}")
+        root = None if found == Path("/") else found
         config_text = Path(build.config).read_text(errors="replace") if build.config else None
         probes = [p for o in objects for p in o.probes]
         accel = accelerator_for(spec.arch, self.accelerator)
@@ -260,7 +267,7 @@ class MatrixRun:
 
     def guest_result(self, spec: KernelSpec, probe: Probe, check: Check) -> CellResult:
         """The result of an in-guest ``check`` of ``probe`` on ``spec``, booting on first use."""
-        if why := self.input_error(spec.arch, probe):
+        if why := self.input_error(spec, probe):
             return cells.error_cell(spec, probe, check, why)
         if probe.kind == UNKNOWN_KIND:
             return cells.unchecked(spec, probe, check)
@@ -270,7 +277,7 @@ class MatrixRun:
 
     def offline_result(self, spec: KernelSpec, probe: Probe, check: Check) -> CellResult:
         """The result of an offline ``check`` of ``probe`` on ``spec`` (facts from the cache)."""
-        if why := self.input_error(spec.arch, probe):
+        if why := self.input_error(spec, probe):
             return cells.error_cell(spec, probe, check, why)
         if probe.kind == UNKNOWN_KIND:
             return cells.unchecked(spec, probe, check)

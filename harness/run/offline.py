@@ -45,8 +45,8 @@ class UserSpace:
 
     progs_dir: Path
     cache_root: Path
-    guest_root: Callable[[Arch], Path]
-    input_error: Callable[[Arch, Probe], str]
+    guest_root: Callable[[KernelSpec], Path]
+    input_error: Callable[[KernelSpec, Probe], str]
 
 
 def compute_offline(
@@ -117,8 +117,8 @@ def check_probe(
         )
         if layout is not None:
             cells[(probe, Check.LAYOUT)] = layout
-    if probe.kind in USER_KINDS and not user.input_error(spec.arch, probe):
-        root = user.guest_root(spec.arch)
+    if probe.kind in USER_KINDS and not user.input_error(spec, probe):
+        root = user.guest_root(spec)
         up = check_uprobe(probe, spec.id, spec.arch, root, user.progs_dir, user.cache_root)
         if up is not None:
             cells[(probe, Check.UPROBE)] = up

@@ -251,29 +251,10 @@ class Libbpf:
 
     @staticmethod
     def _open() -> tuple[ctypes.CDLL, str]:
-        """libbpf by its sonames first; ctypes.util.find_library (slow: it runs ldconfig) as a fallback."""
-        last: Exception | None = None
-        for cand in ("libbpf.so.1", "libbpf.so.0", "libbpf.so", None):
-            if cand is None:
-                from ctypes.util import find_library
-
-                cand = find_library("bpf")
-                if not cand:
-                    break
-            try:
-                return ctypes.CDLL(cand, use_errno=True), cand
-            except OSError as exc:
-                last = exc
-        raise RuntimeError(f"libbpf not found in the guest: {last or 'no libbpf.so'}")
+        return open_libbpf()
 
     def _version(self) -> str:
-        try:
-            fn = self.lib.libbpf_version_string
-        except AttributeError:
-            return "unknown"
-        fn.restype = ctypes.c_char_p
-        value = fn()
-        return value.decode() if value else "unknown"
+        return libbpf_version(self.lib)
 
     def _print(self, level: int, fmt: bytes, args: int) -> int:
         buf = ctypes.create_string_buffer(8192)
@@ -335,6 +316,90 @@ class Libbpf:
         if link_type == LINK_TYPE_KPROBE_MULTI and kernel >= (6, 9):
             return int.from_bytes(raw[32:40], sys.byteorder)
         return None
+
+
+def open_libbpf() -> tuple[ctypes.CDLL, str]:
+    """libbpf by its sonames first; ctypes.util.find_library (slow: it runs ldconfig) as a fallback."""
+    last: Exception | None = None
+    for cand in ("libbpf.so.1", "libbpf.so.0", "libbpf.so", None):
+        if cand is None:
+            from ctypes.util import find_library
+
+            cand = find_library("bpf")
+            if not cand:
+                break
+        try:
+            return ctypes.CDLL(cand, use_errno=True), cand
+        except OSError as exc:
+            last = exc
+    raise RuntimeError(f"libbpf not found in the guest: {last or 'no libbpf.so'}")
+
+
+def libbpf_version(lib: ctypes.CDLL) -> str:
+    """The loaded libbpf's version, ``1.5.0`` style (libbpf_version_string and libbpf_major_version /
+    libbpf_minor_version are there since 0.6), or "unknown" for an older one."""
+    try:
+        fn = lib.libbpf_version_string
+    except AttributeError:
+        fn = None
+    if fn is not None:
+        fn.restype = ctypes.c_char_p
+        value = fn()
+        if value:
+            return str(value.decode()).lstrip("v")
+    try:
+        major, minor = lib.libbpf_major_version, lib.libbpf_minor_version
+    except AttributeError:
+        return "unknown"
+    major.restype = minor.restype = ctypes.c_uint32
+    return f"{major()}.{minor()}"
+
+
+BPFTOOL_PATHS = ("/usr/sbin/bpftool", "/sbin/bpftool", "/usr/bin/bpftool")
+
+
+def bpftool_version(candidates: tuple[str, ...] = BPFTOOL_PATHS) -> str:
+    """The guest's bpftool version (``7.5.0``), "" when there is none or it cannot tell."""
+    import json
+
+    for path in candidates:
+        if os.path.exists(path):
+            break
+    else:
+        return ""
+    try:
+        proc = subprocess.run([path, "-j", "version"], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                              timeout=30, check=False)
+        found = json.loads(proc.stdout.decode(errors="replace") or "{}").get("version")
+        if found:
+            return str(found)
+        # bpftool before 5.x prints only text: "bpftool v7.1.0" or "/usr/sbin/bpftool v5.10.0".
+        proc = subprocess.run([path, "--version"], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                              timeout=30, check=False)
+    except (OSError, ValueError, subprocess.TimeoutExpired):
+        return ""
+    m = re.search(r"\bv(\d+\.\d+(?:\.\d+)?)", proc.stdout.decode(errors="replace"))
+    return m.group(1) if m else ""
+
+
+def os_release() -> str:
+    """PRETTY_NAME of the guest's /etc/os-release ("" when it has none)."""
+    for line in (read_text("/etc/os-release") or read_text("/usr/lib/os-release") or "").splitlines():
+        key, _, value = line.partition("=")
+        if key == "PRETTY_NAME":
+            return value.strip().strip('"')
+    return ""
+
+
+def report_userland(done: protocol.DoneRecord) -> None:
+    """The guest's loader in ``done``: libbpf (the .so the agent loads with), bpftool, the OS. Never
+    raises: a guest without libbpf still runs (and its loads are ERROR cells)."""
+    done["os_release"] = os_release()
+    done["bpftool"] = bpftool_version()
+    try:
+        done["libbpf"] = libbpf_version(open_libbpf()[0])
+    except (RuntimeError, OSError, AttributeError):
+        done["libbpf"] = ""
 
 
 def kernel_version(release: str) -> tuple[int, int]:
@@ -721,12 +786,12 @@ def run_plan_objects(plan: protocol.Plan, share: str, done: protocol.DoneRecord)
     """Load, attach and fire the plan's objects, then run its scenarios; timings and libbpf go in ``done``."""
     scratch_disk()
     done["stats_enabled"] = enable_stats()
+    report_userland(done)
     try:
         lb = Libbpf()
     except (RuntimeError, AttributeError) as exc:
         done["loader_error"] = str(exc)
         return
-    done["libbpf"] = lb.version
     t0 = time.monotonic()
     detacher = Detacher(lb)
     results: list[protocol.ObjectRecord] = []

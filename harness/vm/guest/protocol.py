@@ -252,7 +252,9 @@ class DoneRecord(_DoneRequired, total=False):
     lsm: str
     stats_enabled: bool  # kernel.bpf_stats_enabled could be set: run counts are meaningful
     loader_error: str  # libbpf could not be used: every in-guest check is ERROR
-    libbpf: str
+    libbpf: str  # the version of the libbpf.so the agent loads with ("" when there is none)
+    bpftool: str  # the guest's bpftool version ("" when there is none)
+    os_release: str  # PRETTY_NAME of the guest's /etc/os-release: which userland it booted
     objects_seconds: float
     scenarios_seconds: float
     error: str
