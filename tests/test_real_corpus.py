@@ -1,4 +1,4 @@
-"""scripts/real_corpus.py: BPF objects found in the bytes of a binary, named, and deduplicated."""
+"""harness.programs.embedded and scripts/real_corpus.py: BPF objects found in a binary, named, deduplicated."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 from tools import require
 
+import harness.programs.embedded as embedded
 from harness.errors import FetchError
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -59,7 +60,7 @@ def with_machine(obj: bytes, machine: int) -> bytes:
 def test_one_object_between_random_bytes(tmp_path: Path) -> None:
     obj = compile_bpf(tmp_path, "unlinksnoop")
     blob = noise(1, 4099) + obj + noise(2, 777)
-    found = real_corpus.parse_embedded_objects(blob)
+    found = embedded.parse_embedded_objects(blob)
     assert len(found) == 1
     assert found[0].data == obj
     assert found[0].offset == 4099
@@ -70,7 +71,7 @@ def test_one_object_between_random_bytes(tmp_path: Path) -> None:
 
 def test_an_object_at_the_very_end(tmp_path: Path) -> None:
     obj = compile_bpf(tmp_path, "tail")
-    found = real_corpus.parse_embedded_objects(noise(3, 100) + obj)
+    found = embedded.parse_embedded_objects(noise(3, 100) + obj)
     assert [f.data for f in found] == [obj]
 
 
@@ -81,12 +82,12 @@ def test_non_bpf_machine_garbage_and_truncation_are_skipped(tmp_path: Path) -> N
     bpf_garbage = b"\x7fELF\x02\x01\x01" + b"\0" * 11 + struct.pack("<H", 247) + noise(5, 300)
     truncated = obj[: len(obj) // 2]
     for blob in (x86, garbage, bpf_garbage, truncated, noise(6, 5000)):
-        assert real_corpus.parse_embedded_objects(noise(7, 64) + blob + noise(8, 64)) == []
+        assert embedded.parse_embedded_objects(noise(7, 64) + blob + noise(8, 64)) == []
 
 
 def test_an_object_with_no_programs_is_skipped(tmp_path: Path) -> None:
     obj = compile_bpf(tmp_path, "maps_only", 'int counter __attribute__((section(".data"), used)) = 1;\n')
-    assert real_corpus.parse_embedded_objects(noise(9, 32) + obj) == []
+    assert embedded.parse_embedded_objects(noise(9, 32) + obj) == []
 
 
 def test_scan_tree_names_and_deduplicates(tmp_path: Path) -> None:
@@ -146,15 +147,15 @@ def test_written_objects_load_in_the_inventory(tmp_path: Path) -> None:
     ],
 )
 def test_binary_stem(path: str, stem: str) -> None:
-    assert real_corpus.binary_stem(path) == stem
+    assert embedded.binary_stem(path) == stem
 
 
 def test_unnamed_objects_are_numbered() -> None:
-    anon = real_corpus.Embedded(0, b"", 1, {}, "")
-    named = real_corpus.Embedded(0, b"", 1, {}, "tool")
-    assert real_corpus.resolve_names("/usr/bin/a-b", [anon]) == ["a_b"]
-    assert real_corpus.resolve_names("/usr/bin/a-b", [named]) == ["tool"]
-    assert real_corpus.resolve_names("/usr/bin/a-b", [anon, named, anon]) == ["a_b_0", "a_b_tool", "a_b_2"]
+    anon = embedded.Embedded(0, b"", 1, {}, "")
+    named = embedded.Embedded(0, b"", 1, {}, "tool")
+    assert embedded.resolve_names("/usr/bin/a-b", [anon]) == ["a_b"]
+    assert embedded.resolve_names("/usr/bin/a-b", [named]) == ["tool"]
+    assert embedded.resolve_names("/usr/bin/a-b", [anon, named, anon]) == ["a_b_0", "a_b_tool", "a_b_2"]
 
 
 def test_unreachable_mirror_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str],
