@@ -1,4 +1,4 @@
-"""harness.programs.embedded and scripts/real_corpus.py: BPF objects found in a binary, named, deduplicated."""
+"""harness.programs.embedded and scripts/real_corpus.py: BPF objects found in a binary, named, deduped."""
 
 from __future__ import annotations
 
