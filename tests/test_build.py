@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -334,3 +335,156 @@ def test_no_vmlinux_btf_names_each_kernels_cause_first() -> None:
         "kernel '6.1' (x86_64): local image /x/bzImage does not exist; kernel '5.10' (x86_64): no BTF in /y "
         "(so no vmlinux BTF for x86_64 to generate vmlinux.h)"
     )
+
+
+# ---------------------------------------------------------------- per-arch objects and binaries
+
+# No headers: an object only needs sections and symbols to be found and inventoried.
+PLAIN = """\
+#define SEC(name) __attribute__((section(name), used))
+char LICENSE[] SEC("license") = "GPL";
+SEC("kprobe/PROBE") int PROG(void *ctx) { return 0; }
+"""
+
+# How a program embeds an object as a libbpf skeleton does: its bytes in .rodata.
+INCBIN = """__asm__(".section .rodata\\n.balign 8\\n.global NAME\\nNAME:\\n.incbin \\"OBJ\\"\\n.previous\\n");
+extern const char NAME[];
+"""
+
+
+def compile_plain(tmp_path: Path, stem: str, prog: str, probe: str = "do_nanosleep") -> Path:
+    """A tiny BPF object ``<stem>.bpf.o`` with one kprobe program ``prog``; skips without clang."""
+    require("clang")
+    src = tmp_path / "src" / f"{stem}.bpf.c"
+    src.parent.mkdir(exist_ok=True)
+    src.write_text(PLAIN.replace("PROBE", probe).replace("PROG", prog))
+    out = src.with_suffix(".o")
+    proc = subprocess.run([CLANG or "clang", "-target", "bpf", "-O2", "-g", "-c", str(src), "-o", str(out)],
+                          capture_output=True, text=True, timeout=60, check=False)
+    assert proc.returncode == 0, proc.stderr
+    return out
+
+
+def embedding_binary(tmp_path: Path, name: str, *objects: Path, cc: str = "cc") -> Path:
+    """An executable ``name`` built with ``cc`` that embeds ``objects`` (.incbin); skips without cc."""
+    require(cc)
+    src = tmp_path / "src" / f"{name}.c"
+    src.parent.mkdir(exist_ok=True)
+    blobs = "".join(INCBIN.replace("NAME", f"skel_{i}").replace("OBJ", str(o)) for i, o in enumerate(objects))
+    uses = " + ".join(f"skel_{i}[0]" for i in range(len(objects)))
+    src.write_text(f"{blobs}int main(void) {{ return {uses} == 0; }}\n")
+    out = tmp_path / "bin" / name
+    out.parent.mkdir(exist_ok=True)
+    proc = subprocess.run([cc, "-O0", "-o", str(out), str(src)], capture_output=True, text=True,
+                          timeout=120, check=False)
+    assert proc.returncode == 0, proc.stderr
+    return out
+
+
+def with_elf_machine(binary: Path, machine: int, dest: Path) -> Path:
+    """A copy of ``binary`` whose ELF header says ``machine`` (what read_elf_machine reads)."""
+    data = bytearray(binary.read_bytes())
+    data[18:20] = machine.to_bytes(2, "little")
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    dest.write_bytes(bytes(data))
+    return dest
+
+
+def test_per_arch_directories_win_over_flat_objects_and_stay_on_their_arch(tmp_path: Path) -> None:
+    progs = tmp_path / "progs"
+    for sub in ("amd64", "aarch64"):  # aliases of x86_64 and arm64
+        (progs / sub).mkdir(parents=True)
+    shared = compile_plain(tmp_path, "shared", "p_shared")
+    x86 = compile_plain(tmp_path, "x86", "p_x86", "__x64_sys_openat")
+    arm = compile_plain(tmp_path, "arm", "p_arm", "__arm64_sys_openat")
+    shutil.copy(shared, progs / "shared.bpf.o")
+    shutil.copy(shared, progs / "flat.bpf.o")
+    shutil.copy(x86, progs / "amd64" / "shared.bpf.o")
+    shutil.copy(arm, progs / "aarch64" / "shared.bpf.o")
+    shutil.copy(arm, progs / "aarch64" / "armonly.bpf.o")
+    on_x86 = {s.name: s for s in find_sources(progs, X86)}
+    on_arm = {s.name: s for s in find_sources(progs, ARM64)}
+    assert sorted(on_x86) == ["flat", "shared"]
+    assert sorted(on_arm) == ["armonly", "flat", "shared"]
+    assert on_x86["shared"].path == progs / "amd64" / "shared.bpf.o" and on_x86["shared"].arch == "x86_64"
+    assert on_arm["shared"].path == progs / "aarch64" / "shared.bpf.o" and on_arm["shared"].arch == "arm64"
+    assert on_x86["flat"].path == on_arm["flat"].path == progs / "flat.bpf.o"
+    # Without an arch: every name once (what the sidecars are checked against).
+    assert [s.name for s in find_sources(progs)] == ["armonly", "flat", "shared"]
+
+
+def test_an_only_per_arch_directory_is_enough(tmp_path: Path) -> None:
+    (tmp_path / "progs" / "arm64").mkdir(parents=True)
+    shutil.copy(compile_plain(tmp_path, "a", "p_a"), tmp_path / "progs" / "arm64" / "a.bpf.o")
+    assert [s.name for s in find_sources(tmp_path / "progs", ARM64)] == ["a"]
+    assert find_sources(tmp_path / "progs", X86) == []
+    (tmp_path / "empty" / "x86_64").mkdir(parents=True)
+    with pytest.raises(ConfigError, match="no \\*.bpf.c or \\*.bpf.o files, no binaries embedding BPF"):
+        find_sources(tmp_path / "empty")
+
+
+def test_objects_embedded_in_a_binary_are_found_named_and_extracted(tmp_path: Path) -> None:
+    one = compile_plain(tmp_path, "opensnoop", "handle_open")
+    two = compile_plain(tmp_path, "execsnoop", "handle_exec")
+    binary = embedding_binary(tmp_path, "mytool-libbpf", one, two)
+    progs = tmp_path / "progs"
+    progs.mkdir()
+    shutil.copy(binary, progs / binary.name)
+    (progs / "README.txt").write_text("not a binary\n")
+    sources = find_sources(progs, X86)
+    assert [s.name for s in sources] == ["mytool_libbpf@execsnoop", "mytool_libbpf@opensnoop"]
+    assert all(s.embedded and s.prebuilt and s.arch == "x86_64" for s in sources)
+    # A host binary is for the host's arch only.
+    assert find_sources(progs, ARM64) == []
+    out = tmp_path / "build"
+    by_name = {s.name: s for s in sources}
+    built = build_source(by_name["mytool_libbpf@opensnoop"], X86, None, out)
+    assert built.object is not None and built.object.name == "mytool_libbpf@opensnoop.bpf.o"
+    assert built.object.read_bytes() == one.read_bytes()
+    obj = load_object(built.object)
+    assert obj.name == "mytool_libbpf@opensnoop" and [p.program for p in obj.probes] == ["handle_open"]
+    # Extracted once: a second build reuses the file.
+    mtime = built.object.stat().st_mtime_ns
+    assert build_source(by_name["mytool_libbpf@opensnoop"], X86, None, out).object == built.object
+    assert built.object.stat().st_mtime_ns == mtime
+    assert not [p for p in out.rglob("*") if ".tmp" in p.name]
+    # The binary given alone works as a directory of one.
+    assert [s.name for s in find_sources(progs / binary.name, X86)] == [s.name for s in sources]
+
+
+def test_a_binary_that_changed_since_it_was_scanned_is_a_build_error(tmp_path: Path) -> None:
+    binary = embedding_binary(tmp_path, "tool", compile_plain(tmp_path, "o", "p_o"))
+    (source,) = find_sources(binary, X86)
+    data = bytearray(binary.read_bytes())
+    data[source.offset + 100] ^= 0xFF
+    binary.write_bytes(bytes(data))
+    built = build_source(source, X86, None, tmp_path / "build")
+    assert built.object is None and "changed while the run read it" in built.error
+
+
+def test_a_binary_of_another_arch_in_a_per_arch_directory_is_refused(tmp_path: Path) -> None:
+    binary = embedding_binary(tmp_path, "tool", compile_plain(tmp_path, "o", "p_o"))
+    shutil.copy(binary, with_elf_machine(binary, 62, tmp_path / "progs" / "arm64" / "tool"))
+    with pytest.raises(ConfigError, match=r"arm64/tool: a x86_64 binary in the arm64 directory"):
+        find_sources(tmp_path / "progs", ARM64)
+    # In the flat directory, a binary of a machine no guest runs is refused too.
+    with_elf_machine(binary, 243, tmp_path / "riscv" / "tool")  # EM_RISCV
+    with pytest.raises(ConfigError, match=r"tool: a binary for ELF machine 243"):
+        find_sources(tmp_path / "riscv")
+
+
+def test_an_arm64_binary_is_for_arm64(tmp_path: Path) -> None:
+    obj = compile_plain(tmp_path, "o", "p_o")
+    binary = embedding_binary(tmp_path, "armtool", obj, cc="aarch64-linux-gnu-gcc")
+    (source,) = find_sources(binary, ARM64)
+    assert (source.name, source.arch) == ("armtool@o", "arm64")
+    assert find_sources(binary, X86) == []
+
+
+def test_a_binary_without_objects(tmp_path: Path) -> None:
+    require("cc")
+    src = tmp_path / "plain.c"
+    src.write_text("int main(void) { return 0; }\n")
+    subprocess.run(["cc", "-o", str(tmp_path / "plain"), str(src)], check=True, timeout=60)
+    with pytest.raises(ConfigError, match="no BPF object embedded in it"):
+        find_sources(tmp_path / "plain")

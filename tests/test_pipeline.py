@@ -797,3 +797,51 @@ def test_vm_request_is_built_from_the_job_alone(tmp_path: Path) -> None:
     assert req.root is None and req.accelerator is KVM and req.share == where / "share"
     # Nothing was written: the request is a value.
     assert list(where.iterdir()) == []
+
+
+# ---------------------------------------------------------------- per-arch prebuilt objects
+
+
+def test_each_arch_loads_its_own_build_and_an_arch_s_only_object_skips_elsewhere(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import hashlib
+
+    from test_build import compile_plain
+
+    import harness.kernels.rootfs as rootfs
+
+    monkeypatch.setattr(rootfs, "fetch_rootfs", lambda arch, guest, cache, mirror: tmp_path / "root")
+    progs = tmp_path / "per-arch"
+    for sub in ("x86_64", "arm64"):
+        (progs / sub).mkdir(parents=True)
+    x86 = progs / "x86_64" / "tool.bpf.o"
+    arm = progs / "arm64" / "tool.bpf.o"
+    shutil.copy(compile_plain(tmp_path, "x", "handle", "__x64_sys_openat"), x86)
+    shutil.copy(compile_plain(tmp_path, "a", "handle", "__arm64_sys_openat"), arm)
+    shutil.copy(compile_plain(tmp_path, "b", "only_arm"), progs / "arm64" / "armonly.bpf.o")
+    s = make_run(tmp_path, progs=progs)
+    s.run.config = parse_kernels_yaml(
+        'kernels:\n  - {id: "6.1", suite: bookworm, arches: [x86_64, arm64]}\n', tmp_path / "k.yaml"
+    )
+    x86_spec, arm_spec = s.run.config.kernels
+    probes = {(p.object, p.target, spec.arch.name): p for spec in (x86_spec, arm_spec)
+              for p, _ in s.run.arch_probes(spec.arch)}
+    assert sorted(probes) == [
+        ("armonly", "do_nanosleep", "arm64"), ("armonly", "do_nanosleep", "x86_64"),
+        ("tool", "__arm64_sys_openat", "arm64"), ("tool", "__x64_sys_openat", "x86_64"),
+    ]
+    on_arm = s.run.guest_result(arm_spec, probes[("tool", "__arm64_sys_openat", "arm64")], Check.LOAD)
+    on_x86 = s.run.guest_result(x86_spec, probes[("tool", "__x64_sys_openat", "x86_64")], Check.LOAD)
+    assert on_arm.outcome is on_x86.outcome is Outcome.PASS
+    assert on_arm.details["object_sha256"] == hashlib.sha256(arm.read_bytes()).hexdigest()
+    assert on_x86.details["object_sha256"] == hashlib.sha256(x86.read_bytes()).hexdigest()
+    arm_boot, x86_boot = (next(b for b in s.runner.boots if b.key.endswith(a)) for a in ("arm64", "x86_64"))
+    assert sorted(e["name"] for e in arm_boot.plan["objects"]) == ["armonly", "tool"]
+    assert sorted(e["name"] for e in x86_boot.plan["objects"]) == ["tool"]
+    # The x86_64 kernel does not have the arm64-only object: its cells say so, offline ones too.
+    armonly = probes[("armonly", "do_nanosleep", "x86_64")]
+    for result_of, check in ((s.run.guest_result, Check.LOAD), (s.run.offline_result, Check.SYMBOL)):
+        res = result_of(x86_spec, armonly, check)
+        assert res.outcome is Outcome.SKIP
+        assert res.reason.startswith("not built for x86_64: the programs directory has armonly for other")

@@ -25,6 +25,7 @@ class Arch:
     syscall_prefix: str  # the syscall wrapper prefix, since 4.17 (CONFIG_ARCH_HAS_SYSCALL_WRAPPER)
     image_names: tuple[str, ...]  # kernel image file names in a package's boot/ directory
     timeout_factor: float  # how much slower than x86_64 a boot is when emulated
+    elf_machine: int  # e_machine of its executables and shared libraries (EM_X86_64, EM_AARCH64)
 
 
 ARCHES: dict[str, Arch] = {
@@ -37,6 +38,7 @@ ARCHES: dict[str, Arch] = {
         syscall_prefix="__x64_sys_",
         image_names=("vmlinuz",),
         timeout_factor=1.0,
+        elf_machine=62,
     ),
     "arm64": Arch(
         name="arm64",
@@ -47,6 +49,7 @@ ARCHES: dict[str, Arch] = {
         syscall_prefix="__arm64_sys_",
         image_names=("vmlinuz",),
         timeout_factor=3.0,
+        elf_machine=183,
     ),
 }
 
@@ -80,6 +83,16 @@ def resolve_arch(name: str) -> Arch:
         return ARCHES[key]
     except KeyError:
         raise ConfigError(f"unknown arch {name!r} (known: {', '.join(ARCHES)})") from None
+
+
+def arch_names() -> dict[str, Arch]:
+    """Every name an arch goes by (its own and its aliases), e.g. for per-arch directories."""
+    return {**{name: ARCHES[key] for name, key in ARCH_ALIASES.items()}, **ARCHES}
+
+
+def resolve_elf_machine(machine: int) -> Arch | None:
+    """The Arch whose executables have ELF ``machine``, or None for one the harness does not boot."""
+    return next((a for a in ARCHES.values() if a.elf_machine == machine), None)
 
 
 def host_arch() -> Arch:

@@ -20,6 +20,16 @@ def unchecked(spec: KernelSpec, probe: Probe, check: Check) -> CellResult:
     return CellResult(probe, spec.id, spec.arch.name, check, Outcome.SKIP, msg)
 
 
+def not_built(spec: KernelSpec, probe: Probe, check: Check) -> CellResult:
+    """The SKIP of an object the programs directory has for other arches only."""
+    arch = spec.arch.name
+    msg = (
+        f"not built for {arch}: the programs directory has {probe.object} for other arches only "
+        f"(add {arch}/{probe.object}.bpf.o, or a {arch} binary that embeds it)"
+    )
+    return CellResult(probe, spec.id, arch, check, Outcome.SKIP, msg)
+
+
 def error_cell(spec: KernelSpec, probe: Probe, check: Check, why: str) -> CellResult:
     return CellResult(probe, spec.id, spec.arch.name, check, Outcome.ERROR, why)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import tempfile
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -267,16 +268,26 @@ class MatrixRun:
 
     def guest_result(self, spec: KernelSpec, probe: Probe, check: Check) -> CellResult:
         """The result of an in-guest ``check`` of ``probe`` on ``spec``, booting on first use."""
+        built = self.objects(spec.arch)
+        if probe.object in built.absent:
+            return cells.not_built(spec, probe, check)
         if why := self.input_error(spec, probe):
             return cells.error_cell(spec, probe, check, why)
         if probe.kind == UNKNOWN_KIND:
             return cells.unchecked(spec, probe, check)
-        if why := self.objects(spec.arch).relocation_error(probe, check):
+        if why := built.relocation_error(probe, check):
             return cells.error_cell(spec, probe, check, why)
-        return cells.guest_cell(spec, probe, check, self.guest(spec))
+        cell = cells.guest_cell(spec, probe, check, self.guest(spec))
+        digest = built.digests.get(probe.object)
+        if check == Check.LOAD and digest:
+            # Which build this arch loaded: per-arch objects differ, and a cell must say whose it is.
+            cell = dataclasses.replace(cell, details={**cell.details, "object_sha256": digest})
+        return cell
 
     def offline_result(self, spec: KernelSpec, probe: Probe, check: Check) -> CellResult:
         """The result of an offline ``check`` of ``probe`` on ``spec`` (facts from the cache)."""
+        if probe.object in self.objects(spec.arch).absent:
+            return cells.not_built(spec, probe, check)
         if why := self.input_error(spec, probe):
             return cells.error_cell(spec, probe, check, why)
         if probe.kind == UNKNOWN_KIND:

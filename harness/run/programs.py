@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,6 +37,10 @@ class ArchObjects:
     relocations: Mapping[str, Mapping[str, Sequence[CoreRelo]]] = field(default_factory=dict)
     # object name -> why its CO-RE relocations could not be read (its layout and core cells are ERROR)
     relocation_errors: Mapping[str, str] = field(default_factory=dict)
+    # objects the programs directory has for other arches only (prebuilt per arch, or in a binary of
+    # another arch): their cells on this arch are SKIP
+    absent: frozenset[str] = frozenset()
+    digests: Mapping[str, str] = field(default_factory=dict)  # object name -> sha256 of what was loaded
 
     def applies(self, probe: Probe, check: Check) -> bool:
         """Whether ``check`` says anything about ``probe``: tests are generated only where it does."""
@@ -74,7 +79,8 @@ def build_objects(
     ``vmlinux_btf`` gives the BTF to generate vmlinux.h from when bpf_progs/ has none (raises
     HarnessError): every source to compile is then an error with its message.
     """
-    sources = find_sources(progs_dir)
+    sources = find_sources(progs_dir, arch)
+    absent = frozenset({s.name for s in find_sources(progs_dir)} - {s.name for s in sources})
     vmlinux_h: Path | None = None
     where = ""
     errors: dict[str, str] = {}
@@ -96,7 +102,9 @@ def build_objects(
             continue
         built = build_source(source, arch, vmlinux_h, build_dir)
         if built.object is None:
-            errors[source.name] = f"{source.path.name} does not compile: {built.error}"
+            errors[source.name] = (
+                built.error if source.embedded else f"{source.path.name} does not compile: {built.error}"
+            )
             continue
         try:
             objects.append(load_object(built.object))
@@ -106,7 +114,10 @@ def build_objects(
     relocated = frozenset(
         (name, prog) for name, progs in relocations.items() for prog, items in progs.items() if items
     )
-    return ArchObjects(arch.name, tuple(objects), errors, where, relocated, relocations, relocation_errors)
+    digests = {o.name: hashlib.sha256(o.path.read_bytes()).hexdigest() for o in objects}
+    return ArchObjects(
+        arch.name, tuple(objects), errors, where, relocated, relocations, relocation_errors, absent, digests
+    )
 
 
 def index_relocations(
@@ -130,9 +141,19 @@ def probes_with_builds(
 
     An object that did not build for ``arch`` shows the probes it has on another arch of the run
     (their cells on ``arch`` are ERROR with the build error); built nowhere, it is a "(build)" row.
+    One the programs directory has for other arches only shows their probes too (SKIP cells).
     """
     built = objects(arch)
     found = [(p, built) for p in built.probes() if p.program != BUILD_PROGRAM]
+    for name in sorted(built.absent):
+        for other in arches:
+            if other == arch:
+                continue
+            other_built = objects(other)
+            obj = next((o for o in other_built.objects if o.name == name), None)
+            if obj is not None:
+                found += [(p, other_built) for p in obj.probes]
+                break
     for name in sorted(built.errors):
         borrowed: list[tuple[Probe, ArchObjects]] = []
         for other in arches:
