@@ -2,6 +2,7 @@
 """Build a corpus of real BPF objects, cut out of the binaries of Debian packages that embed them.
 
     python scripts/real_corpus.py OUTDIR [--arch x86_64 --arch arm64] [--suite trixie] [--mirror URL]
+                                         [--binaries BINDIR]
 
 For each arch the suite's Packages index is fetched and verified as the harness verifies kernels
 (Release signature checked with gpgv, Packages.xz against Release's SHA256, each .deb against the
@@ -9,6 +10,10 @@ Packages SHA256). Every regular file the packages install is scanned for embedde
 machine EM_BPF (libbpf skeletons carry their object verbatim); each one that opens and has program
 sections is written as OUTDIR/<arch>/<name>.bpf.o, identical objects once. OUTDIR/manifest.json says
 which package, version and binary each came from. OUTDIR is replaced whole, or left as it was.
+
+With --binaries BINDIR, the verified binaries that embed objects are kept too, as
+BINDIR/<arch>/<file name> (e.g. BINDIR/x86_64/opensnoop-libbpf), replaced whole like OUTDIR: what
+`--bpf-progs BINDIR/x86_64` (or BINDIR itself, per-arch) tests as a release's binaries.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ import hashlib
 import json
 import logging
 import os
+import shutil
 import sys
 import tempfile
 from collections import Counter
@@ -106,6 +112,11 @@ def _regular_files(tree: Path) -> Iterator[Path]:
             yield path
 
 
+def embedding_files(tree: Path, found: Sequence[CorpusObject]) -> list[Path]:
+    """The files below ``tree`` that ``found`` came from (the binaries that embed objects)."""
+    return sorted({tree / obj.source.lstrip("/") for obj in found})
+
+
 def scan_tree(tree: Path, package: str) -> list[CorpusObject]:
     """The BPF objects embedded in the regular files below ``tree`` (an unpacked package), named,
     identical ones once. Raises ObjectError when a file cannot be read."""
@@ -158,9 +169,11 @@ def merge_objects(found: Sequence[CorpusObject]) -> list[CorpusObject]:
 
 
 def fetch_arch_corpus(
-    mirror: str, suite: str, arch_name: str, packages: Sequence[str], cache_root: Path, work: Path
+    mirror: str, suite: str, arch_name: str, packages: Sequence[str], cache_root: Path, work: Path,
+    keep: Path | None = None,
 ) -> ArchCorpus:
-    """Download, verify and unpack ``packages`` of ``suite`` for one arch and collect their objects.
+    """Download, verify and unpack ``packages`` of ``suite`` for one arch and collect their objects;
+    with ``keep``, the binaries that embed them are copied into it.
 
     Returns the arch's manifest part (without objects) and its objects. Raises HarnessError
     subclasses: ConfigError (keyring, a package the suite lacks), FetchError, IntegrityError.
@@ -185,6 +198,10 @@ def fetch_arch_corpus(
         tree = work / arch.name / pkg.name
         run_dpkg_extract(deb, tree)
         objects = scan_tree(tree, pkg.name)
+        if keep is not None:
+            keep.mkdir(parents=True, exist_ok=True)
+            for binary in embedding_files(tree, objects):
+                shutil.copy2(binary, keep / binary.name)
         if objects:
             log.info("%s %s (%s): %d embedded BPF objects", pkg.name, pkg.version, arch.debian, len(objects))
         else:
@@ -216,6 +233,14 @@ def write_corpus(outdir: Path, suite: str, arches: dict[str, ArchCorpus]) -> Non
         (tmp / "manifest.json").write_text(json.dumps(doc, indent=1) + "\n")
 
 
+def write_binaries(bindir: Path, kept: Path) -> None:
+    """Move the kept binaries (``kept/<arch>/``) to ``bindir``, replacing it whole; raises OSError."""
+    bindir.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_directory(bindir) as tmp:
+        for arch_dir in sorted(p for p in kept.iterdir() if p.is_dir()):
+            shutil.copytree(arch_dir, tmp / arch_dir.name)
+
+
 def render_summary(arches: dict[str, ArchCorpus]) -> str:
     """One line per arch and package: version, objects, programs (pure)."""
     lines: list[str] = []
@@ -242,6 +267,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--mirror", default="", help="default: $BPF_MATRIX_MIRROR, else the apt sources'")
     parser.add_argument("--package", action="append", dest="packages",
                         help=f"repeatable; default: {' '.join(DEFAULT_PACKAGES)}")
+    parser.add_argument("--binaries", type=Path, metavar="BINDIR",
+                        help="also keep the binaries that embed objects, as BINDIR/<arch>/<name>")
     parser.add_argument("-v", "--verbose", action="store_true")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
@@ -253,9 +280,15 @@ def main(argv: list[str] | None = None) -> int:
         cache_root = resolve_cache_root()
         results: dict[str, ArchCorpus] = {}
         with tempfile.TemporaryDirectory(prefix="real-corpus-") as work:
+            kept = Path(work) / "binaries"
             for arch in arches:
-                results[arch] = fetch_arch_corpus(mirror, args.suite, arch, packages, cache_root, Path(work))
-        write_corpus(args.outdir, args.suite, results)
+                keep = kept / arch if args.binaries else None
+                results[arch] = fetch_arch_corpus(
+                    mirror, args.suite, arch, packages, cache_root, Path(work), keep
+                )
+            write_corpus(args.outdir, args.suite, results)
+            if args.binaries:
+                write_binaries(args.binaries, kept)
     except HarnessError as exc:
         print(f"real_corpus: {exc}", file=sys.stderr)
         return 1
@@ -266,7 +299,7 @@ def main(argv: list[str] | None = None) -> int:
         print("real_corpus: interrupted; nothing written", file=sys.stderr)
         return 130
     print(render_summary(results))
-    print(f"wrote {args.outdir}")
+    print(f"wrote {args.outdir}" + (f" and {args.binaries}" if args.binaries else ""))
     return 0
 
 

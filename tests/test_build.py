@@ -419,7 +419,7 @@ def test_an_only_per_arch_directory_is_enough(tmp_path: Path) -> None:
     assert [s.name for s in find_sources(tmp_path / "progs", ARM64)] == ["a"]
     assert find_sources(tmp_path / "progs", X86) == []
     (tmp_path / "empty" / "x86_64").mkdir(parents=True)
-    with pytest.raises(ConfigError, match="no \\*.bpf.c or \\*.bpf.o files, no binaries embedding BPF"):
+    with pytest.raises(ConfigError, match=r"no \*\.bpf\.c or \*\.bpf\.o files, no binaries embedding BPF"):
         find_sources(tmp_path / "empty")
 
 

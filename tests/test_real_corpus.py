@@ -118,6 +118,24 @@ def test_scan_tree_names_and_deduplicates(tmp_path: Path) -> None:
     )
     assert by_name["libsystemd_core_socket_bind"].data == second
     assert by_name["libsystemd_core_socket_bind"].source == "/usr/lib/libsystemd-core-257.so"
+    # --binaries keeps the files that embed objects, and only those.
+    files = real_corpus.embedding_files(tree, found)
+    assert [f.name for f in files] == ["libsystemd-core-257.so", "restrictor-copy", "restrictor-libbpf"]
+    kept = tmp_path / "kept" / "x86_64"
+    kept.mkdir(parents=True)
+    for f in files:
+        shutil.copy2(f, kept / f.name)
+    (tmp_path / "bins").mkdir()
+    (tmp_path / "bins" / "stale").write_text("replaced whole")
+    real_corpus.write_binaries(tmp_path / "bins", tmp_path / "kept")
+    written = sorted(p.name for p in (tmp_path / "bins").rglob("*"))
+    assert written == sorted(["x86_64", *(f.name for f in files)])
+    # The harness names embedded objects after their binary and their own name.
+    names = [n for f in files for n in embedded.resolve_names(
+        str(f), embedded.parse_embedded_objects(f.read_bytes()), qualified=True
+    )]
+    assert names == ["libsystemd_core@socket_bind", "libsystemd_core@restrict_fs",
+                     "restrictor_copy@restrict_fs", "restrictor_libbpf@restrict_fs"]
 
 
 def test_written_objects_load_in_the_inventory(tmp_path: Path) -> None:
