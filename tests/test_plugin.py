@@ -688,7 +688,10 @@ def test_bpf_progs_missing_or_empty_is_a_usage_error(project: Project, where: st
     if where == "missing":
         assert line == f"ERROR: {progs}: BPF programs directory does not exist"
     else:
-        assert line == f"ERROR: {progs}: no *.bpf.c or *.bpf.o files"
+        assert line == (
+            f"ERROR: {progs}: no *.bpf.c or *.bpf.o files, no binaries embedding BPF objects, and no "
+            "per-arch directory (x86_64, arm64, amd64, aarch64) with any"
+        )
 
 
 SIDECAR_ERRORS = [

@@ -87,7 +87,7 @@ def resolve_arch(name: str) -> Arch:
 
 def arch_names() -> dict[str, Arch]:
     """Every name an arch goes by (its own and its aliases), e.g. for per-arch directories."""
-    return {**{name: ARCHES[key] for name, key in ARCH_ALIASES.items()}, **ARCHES}
+    return {**ARCHES, **{name: ARCHES[key] for name, key in ARCH_ALIASES.items()}}
 
 
 def resolve_elf_machine(machine: int) -> Arch | None:
