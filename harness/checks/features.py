@@ -1,0 +1,150 @@
+"""The features check: a program's type, helpers, kfuncs and map types against its kernel's feature probe."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from harness.btf.core import CoreRelo, CoreReloKind, essential_name
+from harness.kernels.facts import KernelFacts
+from harness.kernels.features import Support
+from harness.programs.hooks import prog_type_of
+from harness.programs.uapi import helper_name
+from harness.programs.uses import ProgramUses
+from harness.report.results import CellResult, Check, Outcome, Probe
+
+_FUNC_ID_ENUM = "bpf_func_id"
+_FUNC_ID_PREFIX = "BPF_FUNC_"
+
+
+@dataclass(frozen=True)
+class Finding:
+    """One thing a program needs, and what the kernel's probe says of it."""
+
+    what: str  # "helper", "kfunc", "map", "program type"
+    name: str  # bpf_get_socket_cookie, ringbuf, tracing, ...
+    support: Support
+    reason: str  # one line: why it fails, or why it could not be told, or how it passes
+
+
+def guarded_helpers(relocations: Iterable[CoreRelo]) -> frozenset[str]:
+    """Helpers whose existence the program tests: ``bpf_core_enum_value_exists(enum bpf_func_id,
+    BPF_FUNC_x)`` relocations (libbpf-tools' idiom for a helper newer than some kernels)."""
+    found: set[str] = set()
+    for relo in relocations:
+        if relo.kind is CoreReloKind.ENUMVAL_EXISTS and relo.essential_name == _FUNC_ID_ENUM:
+            value = essential_name(relo.path.rpartition("::")[2])
+            if value.startswith(_FUNC_ID_PREFIX):
+                found.add("bpf_" + value[len(_FUNC_ID_PREFIX):])
+    return frozenset(found)
+
+
+def find_features(
+    probe: Probe,
+    kernel: str,
+    uses: ProgramUses,
+    facts: KernelFacts,
+    guarded: frozenset[str] = frozenset(),
+) -> list[Finding]:
+    """What ``probe``'s program needs of ``kernel`` and whether the kernel has it, in program order:
+    its program type, helpers, kfuncs, then maps. Raises FactsError for malformed facts."""
+    prog_type = prog_type_of(probe.kind)
+    if prog_type is None:
+        return []
+    features = facts.features
+    out: list[Finding] = []
+    support = features.prog_type(prog_type)
+    out.append(Finding("program type", prog_type, support, {
+        Support.SUPPORTED: "",
+        Support.UNSUPPORTED: f"{prog_type} programs not supported on {kernel}",
+        Support.UNKNOWN: f"{prog_type} programs not probed on {kernel}",
+    }[support]))
+    defined = facts.helper_names
+    for number in uses.helpers:
+        name = helper_name(number) or f"helper #{number}"
+        support = features.helper(prog_type, name)
+        reason = ""
+        if support is Support.UNSUPPORTED:
+            reason = f"{name} not available to {prog_type} programs on {kernel}"
+        elif support is Support.UNKNOWN:
+            if defined is not None and name not in defined:
+                # Its number is unknown to this kernel: no program type may call it.
+                support, reason = Support.UNSUPPORTED, f"{name} not available on {kernel} (newer helper)"
+            else:
+                reason = f"{name} not probed for {prog_type} programs on {kernel}"
+        if support is Support.UNSUPPORTED and name in guarded:
+            support = Support.SUPPORTED
+            reason = f"{name} missing on {kernel}, behind its bpf_core_enum_value_exists check"
+        out.append(Finding("helper", name, support, reason))
+    btf_funcs = facts.btf_func_names if facts.has_btf else None
+    for kfunc in uses.kfuncs:
+        if btf_funcs is None:
+            out.append(Finding("kfunc", kfunc.name, Support.UNKNOWN, f"kfunc {kfunc.name}: {kernel} has no BTF"))
+        elif kfunc.name in btf_funcs:
+            out.append(Finding("kfunc", kfunc.name, Support.SUPPORTED, ""))
+        elif kfunc.weak:
+            # libbpf resolves an absent __weak kfunc to 0; bpf_ksym_exists() guards the call.
+            out.append(Finding("kfunc", kfunc.name, Support.SUPPORTED,
+                               f"weak kfunc {kfunc.name} absent from kernel BTF on {kernel}"))
+        else:
+            out.append(Finding("kfunc", kfunc.name, Support.UNSUPPORTED,
+                               f"kfunc {kfunc.name} absent from kernel BTF on {kernel}"))
+    for m in uses.maps:
+        if not m.type:
+            out.append(Finding("map", m.name, Support.UNKNOWN, f"map {m.name}: its type is not in the object"))
+            continue
+        support = features.map_type(m.type)
+        out.append(Finding("map", m.type, support, {
+            Support.SUPPORTED: "",
+            Support.UNSUPPORTED: f"map type {m.type} not supported on {kernel} (map {m.name})",
+            Support.UNKNOWN: f"map type {m.type} not probed on {kernel} (map {m.name})",
+        }[support]))
+    return out
+
+
+def check_features(
+    probe: Probe,
+    kernel: str,
+    arch: str,
+    uses: ProgramUses | None,
+    facts: KernelFacts,
+    guarded: frozenset[str] = frozenset(),
+) -> CellResult | None:
+    """FAIL when the kernel lacks the program's type, a helper for that type, a kfunc or a map type;
+    SKIP when the kernel's features could not be probed; None for a kind with no program type.
+
+    ``uses`` None means the object could not be read for them (the caller reports that as ERROR).
+    Raises FactsError for malformed facts.
+    """
+    if prog_type_of(probe.kind) is None or uses is None:
+        return None
+
+    def cell(outcome: Outcome, reason: str, **details: object) -> CellResult:
+        return CellResult(probe, kernel, arch, Check.FEATURES, outcome, reason, details)
+
+    features = facts.features
+    if features.error:
+        return cell(Outcome.SKIP, f"features of {kernel} unknown: {features.error}")
+    found = find_features(probe, kernel, uses, facts, guarded)
+    details: dict[str, object] = {
+        "program_type": found[0].name,
+        "helpers": [f.name for f in found if f.what == "helper"],
+    }
+    if uses.kfuncs:
+        details["kfuncs"] = [k.name for k in uses.kfuncs]
+    if uses.maps:
+        details["maps"] = [{"name": m.name, "type": m.type} for m in uses.maps]
+    failed = [f for f in found if f.support is Support.UNSUPPORTED]
+    unknown = [f.reason for f in found if f.support is Support.UNKNOWN]
+    notes = [f.reason for f in found if f.support is Support.SUPPORTED and f.reason]
+    if unknown:
+        details["unchecked"] = unknown
+    if notes:
+        details["notes"] = notes
+    if failed:
+        details["missing"] = [f.reason for f in failed]
+        more = f" (and {len(failed) - 1} more)" if len(failed) > 1 else ""
+        return cell(Outcome.FAIL, failed[0].reason + more, **details)
+    if found[0].support is Support.UNKNOWN:
+        return cell(Outcome.SKIP, found[0].reason, **details)
+    return cell(Outcome.PASS, "", **details)
