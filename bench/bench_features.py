@@ -116,7 +116,9 @@ def tally(
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("corpus", type=Path, help="directory of <arch>/*.bpf.o")
     parser.add_argument("--matrix-json", type=Path, action="append", default=[],
                         help="results of a real run of the corpus with --no-expectations (repeatable)")
@@ -135,8 +137,9 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     predicted = predict(args.corpus, columns)
     failed, ran = feature_load_failures(args.matrix_json) if args.matrix_json else ({}, None)
-    print(f"corpus {args.corpus}: {len({c[:2] + (c[3],) for c in predicted})} programs; "
-          f"features cells {len(predicted)}" + (f"; in-guest load cells {len(ran)}" if ran is not None else ""))
+    programs = len({(*c[:2], c[3]) for c in predicted})
+    guest = f"; in-guest load cells {len(ran)}" if ran is not None else ""
+    print(f"corpus {args.corpus}: {programs} programs; features cells {len(predicted)}{guest}")
     header = f"{'kernel':<14}{'cells':>7}{'skip':>6}{'FAIL':>6}"
     if ran is not None:
         header += f"{'load also':>11}{'load ok':>9}{'load feat.':>12}{'precision':>11}{'recall':>8}"
@@ -155,7 +158,8 @@ def main(argv: list[str] | None = None) -> int:
     if ran is not None:
         print(f"{'all':<14}{totals['cells']:>7}{totals['skipped']:>6}{totals['predicted']:>6}"
               f"{totals['agreed']:>11}{totals['loaded_anyway']:>9}{totals['actual']:>12}"
-              f"{_ratio(totals['agreed'], totals['predicted']):>11}{_ratio(totals['agreed'], totals['actual']):>8}")
+              f"{_ratio(totals['agreed'], totals['predicted']):>11}"
+              f"{_ratio(totals['agreed'], totals['actual']):>8}")
     reasons = Counter((c[2], c[3], r.reason) for c, r in predicted.items() if r.outcome is Outcome.FAIL)
     for (kernel, arch) in sorted({k[:2] for k in reasons}, key=lambda k: (k[1], version_key(k[0]))):
         top = [(n, why) for (k, a, why), n in reasons.most_common() if (k, a) == (kernel, arch)]

@@ -513,7 +513,7 @@ def test_feature_probe_writes_bpftools_json(tmp_path: Path, monkeypatch: pytest.
     ("script", "why"),
     [
         (None, "bpftool not found in the guest"),
-        ("echo 'Error: bpf() denied' >&2\nexit 255\n", "bpftool feature probe exited 255: Error: bpf() denied"),
+        ("echo 'Error: denied' >&2\nexit 255\n", "bpftool feature probe exited 255: Error: denied"),
         ("echo garbage\n", "bpftool feature probe exited 0: no output"),
     ],
 )

@@ -1,4 +1,4 @@
-"""Tests for harness.programs.uses and harness.programs.uapi: what a clang-built program asks of the kernel."""
+"""Tests for harness.programs.uses and harness.programs.uapi: what a clang-built program asks of a kernel."""
 
 from __future__ import annotations
 
@@ -24,7 +24,9 @@ static long (*ringbuf_output)(void *rb, void *data, unsigned long size, unsigned
 static long (*get_pid)(void) = (void *)14;
 
 struct { __uint(type, 27); __uint(max_entries, 4096); } events SEC(".maps");
-struct { __uint(type, 1); __uint(max_entries, 8); __type(key, int); __type(value, long); } counts SEC(".maps");
+struct {
+    __uint(type, 1); __uint(max_entries, 8); __type(key, int); __type(value, long);
+} counts SEC(".maps");
 
 extern void *bpf_task_acquire(void *p) __ksym;
 extern void *bpf_rdonly_cast(const void *obj, unsigned int btf_id) __ksym __weak;

@@ -79,7 +79,8 @@ def find_features(
     btf_funcs = facts.btf_func_names if facts.has_btf else None
     for kfunc in uses.kfuncs:
         if btf_funcs is None:
-            out.append(Finding("kfunc", kfunc.name, Support.UNKNOWN, f"kfunc {kfunc.name}: {kernel} has no BTF"))
+            why = f"kfunc {kfunc.name}: {kernel} has no BTF"
+            out.append(Finding("kfunc", kfunc.name, Support.UNKNOWN, why))
         elif kfunc.name in btf_funcs:
             out.append(Finding("kfunc", kfunc.name, Support.SUPPORTED, ""))
         elif kfunc.weak:
@@ -91,7 +92,8 @@ def find_features(
                                f"kfunc {kfunc.name} absent from kernel BTF on {kernel}"))
     for m in uses.maps:
         if not m.type:
-            out.append(Finding("map", m.name, Support.UNKNOWN, f"map {m.name}: its type is not in the object"))
+            why = f"map {m.name}: its type is not in the object"
+            out.append(Finding("map", m.name, Support.UNKNOWN, why))
             continue
         support = features.map_type(m.type)
         out.append(Finding("map", m.type, support, {

@@ -1,4 +1,4 @@
-"""BPF UAPI numbering as data: helper functions (``enum bpf_func_id``) and map types (``enum bpf_map_type``)."""
+"""BPF UAPI numbering as data: helpers (``enum bpf_func_id``) and map types (``enum bpf_map_type``)."""
 
 from __future__ import annotations
 

@@ -14,8 +14,8 @@ from elftools.elf.sections import SymbolTableSection
 
 from harness.btf.bpf_object import (
     _call_relocation_targets,
-    _function_symbols,
     _FuncSym,
+    _function_symbols,
     _subprogram_calls,
 )
 from harness.btf.spec import BTFSpec, parse_btf

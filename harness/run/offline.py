@@ -128,7 +128,9 @@ def check_probe(
     return cells
 
 
-def features_cell(probe: Probe, spec: KernelSpec, kfacts: KernelFacts, built: ArchObjects) -> CellResult | None:
+def features_cell(
+    probe: Probe, spec: KernelSpec, kfacts: KernelFacts, built: ArchObjects
+) -> CellResult | None:
     """The features result of one probe on one kernel (None for a kind with no program type)."""
     uses = built.program_uses(probe)
     if uses is None:
