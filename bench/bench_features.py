@@ -22,7 +22,7 @@ from pathlib import Path
 
 from bench.bench_offline import CACHE, find_cached_facts
 from harness.btf.bpf_object import load_object_core_relos
-from harness.checks.features import check_features, guarded_helpers
+from harness.checks.features import check_features, contradiction, guarded_helpers
 from harness.errors import HarnessError
 from harness.kernels.facts import KernelFacts, load_facts
 from harness.kernels.version import version_key
@@ -74,18 +74,18 @@ def predict(corpus: Path, columns: Mapping[tuple[str, str], KernelFacts]) -> dic
     return out
 
 
-def feature_load_failures(paths: Iterable[Path]) -> tuple[dict[Cell, str], set[Cell]]:
+def feature_load_failures(paths: Iterable[Path]) -> tuple[dict[Cell, str], dict[Cell, CellResult]]:
     """Load cells of real runs that failed for a feature reason (with the line saying so), and every
     load cell that ran (passed or failed)."""
     failed: dict[Cell, str] = {}
-    ran: set[Cell] = set()
+    ran: dict[Cell, CellResult] = {}
     for path in paths:
         matrix = parse_matrix_json(path.read_text(), str(path))
         for r in matrix.records:
             if r.check is not Check.LOAD or r.outcome not in (Outcome.PASS, Outcome.FAIL):
                 continue
             cell = (r.probe.object, r.probe.program, r.kernel, r.arch)
-            ran.add(cell)
+            ran[cell] = r
             if r.outcome is not Outcome.FAIL:
                 continue
             lines = [r.reason, *(str(x) for x in r.details.get("verifier_tail", []) or [])]
@@ -96,7 +96,7 @@ def feature_load_failures(paths: Iterable[Path]) -> tuple[dict[Cell, str], set[C
 
 
 def tally(
-    predicted: Mapping[Cell, CellResult], failed: Mapping[Cell, str], ran: set[Cell] | None
+    predicted: Mapping[Cell, CellResult], failed: Mapping[Cell, str], ran: Mapping[Cell, CellResult] | None
 ) -> dict[tuple[str, str], Tally]:
     counts: dict[tuple[str, str], Counter[str]] = {}
     for cell, res in predicted.items():
@@ -172,6 +172,14 @@ def main(argv: list[str] | None = None) -> int:
         for cell in missed[: args.show * 4]:
             print(f"  {cell[2]} {cell[3]} {cell[0]}:{cell[1]}: {failed[cell][:120]}"
                   f" (features {predicted[cell].outcome.value}: {predicted[cell].reason[:80]})")
+    disagree = sorted(
+        (cell, why) for cell, load in (ran or {}).items()
+        if cell in predicted and (why := contradiction(predicted[cell], load))
+    )
+    if disagree:
+        print(f"\n{len(disagree)} contradictions between the features cell and the in-guest load:")
+        for cell, why in disagree[: args.show * 4]:
+            print(f"  {cell[2]} {cell[3]} {cell[0]}:{cell[1]}: {why[:160]}")
     return 0
 
 

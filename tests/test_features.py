@@ -11,12 +11,12 @@ from typing import Any
 import pytest
 
 from harness.btf.core import CoreRelo, CoreReloKind
-from harness.checks.features import check_features, guarded_helpers
+from harness.checks.features import check_features, contradiction, guarded_helpers, refused_helper
 from harness.kernels.facts import FactsError, KernelFacts, load_facts
 from harness.kernels.features import FeaturesError, KernelFeatures, Support, parse_features
 from harness.programs.uapi import HELPER_IDS
 from harness.programs.uses import KfuncUse, MapUse, ProgramUses
-from harness.report.results import Check, Outcome, Probe
+from harness.report.results import CellResult, Check, Outcome, Probe
 from harness.vm.guest.protocol import FEATURES_ERROR_FILE, FEATURES_FILE
 
 FACTS = Path(__file__).parent / "data" / "facts"
@@ -215,3 +215,32 @@ def test_a_helper_behind_its_existence_check_passes(tmp_path: Path) -> None:
     )
     assert res is not None and res.outcome is Outcome.PASS
     assert "bpf_core_enum_value_exists" in res.details["notes"][0]  # type: ignore[index]
+
+
+@pytest.mark.parametrize(
+    ("text", "helper"),
+    [
+        ("verifier rejected it (EINVAL): unknown func bpf_get_socket_cookie#46", "bpf_get_socket_cookie"),
+        ("invalid func unknown#173", "bpf_get_func_ip"),  # past 5.10's last helper: named by number
+        ("R1 type=ctx expected=fp", None),
+    ],
+)
+def test_refused_helper_from_the_verifier_log(text: str, helper: str | None) -> None:
+    assert refused_helper(text) == helper
+
+
+def test_a_load_refusing_a_helper_the_features_cell_passed_is_a_contradiction(tmp_path: Path) -> None:
+    p = probe()
+    tail = ["0: (85) call bpf_get_socket_cookie#46", "unknown func bpf_get_socket_cookie#46"]
+    load = CellResult(p, "5.10", "x86_64", Check.LOAD, Outcome.FAIL,
+                      "verifier rejected it (EINVAL): processed 3 insns", {"verifier_tail": tail})
+    passed = CellResult(p, "5.10", "x86_64", Check.FEATURES, Outcome.PASS)
+    failed = CellResult(p, "5.10", "x86_64", Check.FEATURES, Outcome.FAIL,
+                        "bpf_get_socket_cookie not available to kprobe programs on 5.10")
+    assert contradiction(passed, load) == (
+        "the verifier refused bpf_get_socket_cookie on 5.10; features said pass"
+    )
+    assert contradiction(failed, load) == ""
+    loaded = CellResult(p, "5.10", "x86_64", Check.LOAD, Outcome.PASS)
+    assert contradiction(failed, loaded).startswith("the verifier accepted it on 5.10; features said: ")
+    assert contradiction(passed, loaded) == ""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -150,3 +151,30 @@ def check_features(
     if found[0].support is Support.UNKNOWN:
         return cell(Outcome.SKIP, found[0].reason, **details)
     return cell(Outcome.PASS, "", **details)
+
+
+# The verifier's words for a helper call it refuses: "unknown func bpf_x#N" (the program type may not
+# call it) or "invalid func unknown#N" (a number past this kernel's last helper).
+_REFUSED_HELPER = re.compile(r"(?:unknown|invalid) func ([A-Za-z0-9_]+)#(\d+)")
+
+
+def refused_helper(text: str) -> str | None:
+    """The helper a verifier log or load reason says was refused (``bpf_get_socket_cookie``), else None."""
+    found = _REFUSED_HELPER.search(text)
+    if found is None:
+        return None
+    name, number = found.group(1), int(found.group(2))
+    return name if name.startswith("bpf_") else helper_name(number) or f"helper #{number}"
+
+
+def contradiction(features: CellResult, load: CellResult) -> str:
+    """Why a features cell and the in-guest load cell of the same probe and kernel disagree ("" when
+    they do not): the verifier refused a helper the features check passed, or the verifier accepted a
+    program the features check failed (its call is dead code on that kernel, or the probe is wrong)."""
+    lines = [load.reason, *(str(x) for x in load.details.get("verifier_tail", None) or ())]
+    refused = next((h for h in map(refused_helper, lines) if h), None)
+    if load.outcome is Outcome.FAIL and refused and features.outcome is not Outcome.FAIL:
+        return f"the verifier refused {refused} on {load.kernel}; features said {features.outcome.value}"
+    if load.outcome is Outcome.PASS and features.outcome is Outcome.FAIL:
+        return f"the verifier accepted it on {load.kernel}; features said: {features.reason}"
+    return ""
