@@ -139,7 +139,7 @@ def main(argv: list[str] | None = None) -> int:
     failed, ran = feature_load_failures(args.matrix_json) if args.matrix_json else ({}, None)
     programs = len({(*c[:2], c[3]) for c in predicted})
     guest = f"; in-guest load cells {len(ran)}" if ran is not None else ""
-    print(f"corpus {args.corpus}: {programs} programs; features cells {len(predicted)}{guest}")
+    print(f"corpus {args.corpus}: {programs} (program, arch) pairs; features cells {len(predicted)}{guest}")
     header = f"{'kernel':<14}{'cells':>7}{'skip':>6}{'FAIL':>6}"
     if ran is not None:
         header += f"{'load also':>11}{'load ok':>9}{'load feat.':>12}{'precision':>11}{'recall':>8}"
