@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import re
 import shutil
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -15,9 +16,10 @@ from harness.checks.features import check_features, contradiction, guarded_helpe
 from harness.kernels.facts import FactsError, KernelFacts, load_facts
 from harness.kernels.features import FeaturesError, KernelFeatures, Support, parse_features
 from harness.programs.uapi import HELPER_IDS
-from harness.programs.uses import KfuncUse, MapUse, ProgramUses
+from harness.programs.uses import KfuncUse, MapUse, ProgramUses, load_object_uses
 from harness.report.results import CellResult, Check, Outcome, Probe
 from harness.vm.guest.protocol import FEATURES_ERROR_FILE, FEATURES_FILE
+from tests.tools import needs
 
 FACTS = Path(__file__).parent / "data" / "facts"
 FIXTURES = ("5.10-x86_64", "6.1-x86_64", "6.1-arm64", "6.12-x86_64")
@@ -244,3 +246,28 @@ def test_a_load_refusing_a_helper_the_features_cell_passed_is_a_contradiction(tm
     loaded = CellResult(p, "5.10", "x86_64", Check.LOAD, Outcome.PASS)
     assert contradiction(failed, loaded).startswith("the verifier accepted it on 5.10; features said: ")
     assert contradiction(passed, loaded) == ""
+
+
+@needs("clang")
+def test_the_ancestor_cgroup_helper_of_a_tracepoint_on_the_fixture_kernels(tmp_path: Path) -> None:
+    # What bpf_progs/helper_not_allowed.bpf.c does, without vmlinux.h: helper 123 from a tracepoint.
+    src = tmp_path / "p.bpf.c"
+    src.write_text(
+        "#define SEC(n) __attribute__((section(n), used))\n"
+        "static unsigned long long (*ancestor)(int level) = (void *)123;\n"
+        "unsigned long long id;\n"
+        'SEC("tp/syscalls/sys_enter_openat") int p(void *ctx) { id = ancestor(1); return 0; }\n'
+        'char LICENSE[] SEC("license") = "GPL";\n'
+    )
+    out = tmp_path / "p.bpf.o"
+    argv = ["clang", "-O2", "-g", "-target", "bpf", "-c", str(src), "-o", str(out)]
+    subprocess.run(argv, check=True, timeout=60)
+    used = load_object_uses(out)["p"]
+    tp = Probe("p", "p", "tp/syscalls/sys_enter_openat", "tracepoint", "syscalls/sys_enter_openat")
+    outcomes = {
+        k: check_features(tp, *k.split("-"), used, load_facts(FACTS / k)) for k in FIXTURES
+    }
+    old = outcomes.pop("5.10-x86_64")
+    assert old is not None and old.outcome is Outcome.FAIL
+    assert old.reason == "bpf_get_current_ancestor_cgroup_id not available to tracepoint programs on 5.10"
+    assert all(r is not None and r.outcome is Outcome.PASS for r in outcomes.values()), outcomes
