@@ -166,9 +166,18 @@ def test_map_type_and_kfunc_failures(tmp_path: Path) -> None:
     res = check_features(probe(), "6.1", "x86_64", uses(kfuncs=(KfuncUse(present), KfuncUse(absent))), facts)
     assert res is not None and res.outcome is Outcome.FAIL
     assert res.reason == "kfunc bpf_no_such_kfunc absent from kernel BTF on 6.1"
-    weak = check_features(probe(), "6.1", "x86_64", uses(kfuncs=(KfuncUse(absent, weak=True),)), facts)
+    checked = KfuncUse(absent, weak=True, checked=True)
+    weak = check_features(probe(), "6.1", "x86_64", uses(kfuncs=(checked,)), facts)
     assert weak is not None and weak.outcome is Outcome.PASS
-    assert "weak kfunc" in weak.details["notes"][0]  # type: ignore[index]
+    assert "behind its bpf_ksym_exists check" in weak.details["notes"][0]  # type: ignore[index]
+    # systemd's userns_restrict calls its weak bpf_rdonly_cast unchecked: 6.1's verifier refuses it.
+    unchecked = KfuncUse(absent, weak=True)
+    weak = check_features(probe(), "6.1", "x86_64", uses(kfuncs=(unchecked,)), facts)
+    assert weak is not None and weak.outcome is Outcome.FAIL
+    assert weak.reason == (
+        "kfunc bpf_no_such_kfunc absent from kernel BTF on 6.1"
+        " (weak, but called without a bpf_ksym_exists check)"
+    )
 
 
 def test_several_problems_show_the_first_and_count_the_rest(tmp_path: Path) -> None:

@@ -30,6 +30,7 @@ struct {
 
 extern void *bpf_task_acquire(void *p) __ksym;
 extern void *bpf_rdonly_cast(const void *obj, unsigned int btf_id) __ksym __weak;
+extern void bpf_rcu_read_lock(void) __ksym __weak;
 
 static __attribute__((noinline)) int emit(void *ctx)
 {
@@ -53,6 +54,8 @@ SEC("kprobe/do_nanosleep") int plain(void *ctx)
 SEC("tp_btf/task_newtask") int with_kfuncs(unsigned long long *ctx)
 {
     bpf_rdonly_cast((void *)ctx[0], 0);
+    if (&bpf_rcu_read_lock)  /* bpf_ksym_exists() */
+        bpf_rcu_read_lock();
     return bpf_task_acquire((void *)ctx[0]) != 0;
 }
 char LICENSE[] SEC("license") = "GPL";
@@ -95,7 +98,9 @@ def test_programs_with_their_subprograms_helpers_kfuncs_and_maps(tmp_path: Path)
     assert uses["emit"].helpers == (46, 130)
     assert uses["plain"] == ProgramUses(helpers=(14,))
     assert uses["with_kfuncs"].kfuncs == (
-        KfuncUse("bpf_rdonly_cast", weak=True), KfuncUse("bpf_task_acquire", weak=False)
+        KfuncUse("bpf_rcu_read_lock", weak=True, checked=True),
+        KfuncUse("bpf_rdonly_cast", weak=True, checked=False),
+        KfuncUse("bpf_task_acquire", weak=False),
     )
     assert uses["with_kfuncs"].helpers == ()
 

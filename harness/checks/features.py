@@ -84,10 +84,17 @@ def find_features(
             out.append(Finding("kfunc", kfunc.name, Support.UNKNOWN, why))
         elif kfunc.name in btf_funcs:
             out.append(Finding("kfunc", kfunc.name, Support.SUPPORTED, ""))
-        elif kfunc.weak:
-            # libbpf resolves an absent __weak kfunc to 0; bpf_ksym_exists() guards the call.
+        elif kfunc.weak and kfunc.checked:
+            # libbpf resolves an absent __weak kfunc to 0: bpf_ksym_exists() is false, the call dead.
             out.append(Finding("kfunc", kfunc.name, Support.SUPPORTED,
-                               f"weak kfunc {kfunc.name} absent from kernel BTF on {kernel}"))
+                               f"weak kfunc {kfunc.name} absent from kernel BTF on {kernel}, "
+                               "behind its bpf_ksym_exists check"))
+        elif kfunc.weak:
+            # Unresolved and reachable: the verifier refuses the call ("kfunc 'x' is referenced but
+            # wasn't resolved", as libbpf rewrites its log).
+            out.append(Finding("kfunc", kfunc.name, Support.UNSUPPORTED,
+                               f"kfunc {kfunc.name} absent from kernel BTF on {kernel} "
+                               "(weak, but called without a bpf_ksym_exists check)"))
         else:
             out.append(Finding("kfunc", kfunc.name, Support.UNSUPPORTED,
                                f"kfunc {kfunc.name} absent from kernel BTF on {kernel}"))

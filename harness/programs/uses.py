@@ -39,10 +39,13 @@ class MapUse:
 
 @dataclass(frozen=True)
 class KfuncUse:
-    """A kernel function a program calls through a ``__ksym`` extern; ``weak`` ones may be absent."""
+    """A kernel function a program calls through a ``__ksym`` extern; ``weak`` ones may be absent, and
+    then libbpf leaves the call unresolved: only a call the verifier finds dead (behind
+    ``bpf_ksym_exists()``, which loads the function's address: ``checked``) may stay in the program."""
 
     name: str
     weak: bool = False
+    checked: bool = False
 
 
 @dataclass(frozen=True)
@@ -190,6 +193,7 @@ def _function_uses(
     chunk = data[f.offset:end - (end - f.offset) % INSN_SIZE]
     helpers: set[int] = set()
     kfuncs: dict[str, KfuncUse] = {}
+    addresses: set[str] = set()  # externs whose address the function loads
     maps: dict[str, MapUse] = {}
     insn: Instruction
     for insn in iter_instructions(chunk, little_endian, f"{name}:{f.name}"):
@@ -203,12 +207,19 @@ def _function_uses(
                 helpers.add(insn.imm)
         elif insn.is_ld_imm64 and rel is not None and rel.section in (BTF_MAPS_SECTION, LEGACY_MAPS_SECTION):
             maps.setdefault(rel.symbol, MapUse(rel.symbol, map_types.get(rel.symbol, "")))
-    return ProgramUses(tuple(sorted(helpers)), tuple(kfuncs.values()), tuple(maps.values()))
+        elif insn.is_ld_imm64 and rel is not None and rel.section is None:
+            addresses.add(rel.symbol)
+    found = [KfuncUse(k.name, k.weak, k.name in addresses) for k in kfuncs.values()]
+    return ProgramUses(tuple(sorted(helpers)), tuple(found), tuple(maps.values()))
 
 
 def _merge(parts: list[ProgramUses]) -> ProgramUses:
     helpers = sorted({h for p in parts for h in p.helpers})
-    kfuncs = {k.name: k for p in parts for k in p.kfuncs}
+    kfuncs: dict[str, KfuncUse] = {}
+    for k in (k for p in parts for k in p.kfuncs):
+        # A check in one function of the program covers its calls in the others.
+        seen = kfuncs.get(k.name)
+        kfuncs[k.name] = k if seen is None else KfuncUse(k.name, k.weak, seen.checked or k.checked)
     maps = {m.name: m for p in parts for m in p.maps}
     return ProgramUses(
         tuple(helpers),
