@@ -35,6 +35,7 @@ FEATURE_FAILURE = re.compile(
     r"unknown func |invalid func |program of this type cannot use helper|"
     r"unknown program type|prog_type \d+ not supported|invalid map type|map type \S+ not supported|"
     r"failed to find (?:kernel )?BTF for extern|kfunc .* is not (?:found|allowed)|"
+    r"kfunc '\S+' is referenced but wasn't resolved|"
     r"calling kernel function .* is not allowed"
 )
 
@@ -46,7 +47,7 @@ class Tally:
     predicted: int = 0  # features FAIL
     agreed: int = 0  # features FAIL and the load failed for a feature reason
     actual: int = 0  # loads failed for a feature reason
-    loaded_anyway: int = 0  # features FAIL but the load passed
+    loaded_anyway: int = 0  # features FAIL but the load passed (the other FAILs failed to load otherwise)
     cells: int = 0  # features cells computed
     skipped: int = 0  # features SKIP (could not tell)
 
@@ -108,7 +109,7 @@ def tally(
         if res.outcome is Outcome.FAIL:
             c["predicted"] += 1
             c["agreed"] += cell in failed
-            c["loaded_anyway"] += ran is not None and cell not in failed
+            c["loaded_anyway"] += ran is not None and ran[cell].outcome is Outcome.PASS
     for cell in failed:
         if cell in predicted:
             counts.setdefault((cell[2], cell[3]), Counter())["actual"] += 1
@@ -143,6 +144,8 @@ def main(argv: list[str] | None = None) -> int:
     header = f"{'kernel':<14}{'cells':>7}{'skip':>6}{'FAIL':>6}"
     if ran is not None:
         header += f"{'load also':>11}{'load ok':>9}{'load feat.':>12}{'precision':>11}{'recall':>8}"
+        print("FAIL: features cells predicted FAIL; load also: of those, loads that failed for a feature "
+              "reason;\nload ok: of those, loads that passed; load feat.: loads failed for a feature reason")
     print(header)
     totals = Counter[str]()
     results = tally(predicted, failed, ran)
@@ -160,7 +163,10 @@ def main(argv: list[str] | None = None) -> int:
               f"{totals['agreed']:>11}{totals['loaded_anyway']:>9}{totals['actual']:>12}"
               f"{_ratio(totals['agreed'], totals['predicted']):>11}"
               f"{_ratio(totals['agreed'], totals['actual']):>8}")
-    reasons = Counter((c[2], c[3], r.reason) for c, r in predicted.items() if r.outcome is Outcome.FAIL)
+    reasons = Counter(
+        (c[2], c[3], r.reason) for c, r in predicted.items()
+        if r.outcome is Outcome.FAIL and (ran is None or c in ran)
+    )
     for (kernel, arch) in sorted({k[:2] for k in reasons}, key=lambda k: (k[1], version_key(k[0]))):
         top = [(n, why) for (k, a, why), n in reasons.most_common() if (k, a) == (kernel, arch)]
         print(f"\n{kernel} {arch}: most frequent FAIL reasons")
