@@ -12,7 +12,13 @@ from typing import Any
 import pytest
 
 from harness.btf.core import CoreRelo, CoreReloKind
-from harness.checks.features import check_features, contradiction, guarded_helpers, refused_helper
+from harness.checks.features import (
+    check_features,
+    contradiction,
+    guarded_helpers,
+    refused_helper,
+    with_load_result,
+)
 from harness.kernels.facts import FactsError, KernelFacts, load_facts
 from harness.kernels.features import FeaturesError, KernelFeatures, Support, parse_features
 from harness.programs.uapi import HELPER_IDS
@@ -280,3 +286,23 @@ def test_the_ancestor_cgroup_helper_of_a_tracepoint_on_the_fixture_kernels(tmp_p
     assert old is not None and old.outcome is Outcome.FAIL
     assert old.reason == "bpf_get_current_ancestor_cgroup_id not available to tracepoint programs on 5.10"
     assert all(r is not None and r.outcome is Outcome.PASS for r in outcomes.values()), outcomes
+
+
+def test_the_in_guest_load_wins_over_the_prediction() -> None:
+    p = probe()
+    refused = CellResult(p, "5.10", "x86_64", Check.LOAD, Outcome.FAIL,
+                         "verifier rejected it (EINVAL): unknown func bpf_get_socket_cookie#46")
+    passed = CellResult(p, "5.10", "x86_64", Check.FEATURES, Outcome.PASS, "", {"helpers": ["x"]})
+    fixed = with_load_result(passed, refused)
+    assert fixed.outcome is Outcome.FAIL and fixed.check is Check.FEATURES
+    assert fixed.reason == (
+        "bpf_get_socket_cookie refused by the verifier on 5.10 (the feature probe did not predict it)"
+    )
+    assert fixed.details["predicted"] == "pass" and fixed.details["helpers"] == ["x"]
+    failed = CellResult(p, "5.10", "x86_64", Check.FEATURES, Outcome.FAIL, "bpf_x not available to kprobes")
+    loaded = CellResult(p, "5.10", "x86_64", Check.LOAD, Outcome.PASS)
+    dead = with_load_result(failed, loaded)
+    assert dead.outcome is Outcome.PASS and dead.reason == ""
+    assert dead.details["notes"] == ["predicted: bpf_x not available to kprobes; the verifier accepted it"]
+    assert with_load_result(failed, refused) is failed
+    assert with_load_result(passed, loaded) is passed

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from harness.btf.core import CoreRelo, CoreReloKind, essential_name
 from harness.kernels.facts import KernelFacts
@@ -178,10 +178,31 @@ def contradiction(features: CellResult, load: CellResult) -> str:
     """Why a features cell and the in-guest load cell of the same probe and kernel disagree ("" when
     they do not): the verifier refused a helper the features check passed, or the verifier accepted a
     program the features check failed (its call is dead code on that kernel, or the probe is wrong)."""
-    lines = [load.reason, *(str(x) for x in load.details.get("verifier_tail", None) or ())]
-    refused = next((h for h in map(refused_helper, lines) if h), None)
+    refused = next((h for h in map(refused_helper, _load_lines(load)) if h), None)
     if load.outcome is Outcome.FAIL and refused and features.outcome is not Outcome.FAIL:
         return f"the verifier refused {refused} on {load.kernel}; features said {features.outcome.value}"
     if load.outcome is Outcome.PASS and features.outcome is Outcome.FAIL:
         return f"the verifier accepted it on {load.kernel}; features said: {features.reason}"
     return ""
+
+
+def with_load_result(features: CellResult, load: CellResult) -> CellResult:
+    """The features cell corrected by the in-guest load of the same probe on the same kernel, whose
+    truth wins: a helper the verifier refused fails the cell (the probe had not predicted it), and a
+    program the verifier accepted passes it (the failing call is dead code there), with the
+    prediction kept as a note. Unchanged when they agree or nothing is known of the load."""
+    why = contradiction(features, load)
+    if not why:
+        return features
+    details = dict(features.details)
+    if load.outcome is Outcome.FAIL:
+        details["predicted"] = features.outcome.value
+        refused = next(h for h in (refused_helper(x) for x in _load_lines(load)) if h)
+        reason = f"{refused} refused by the verifier on {load.kernel} (the feature probe did not predict it)"
+        return replace(features, outcome=Outcome.FAIL, reason=reason, details=details)
+    details["notes"] = [*details.get("notes", []), f"predicted: {features.reason}; the verifier accepted it"]
+    return replace(features, outcome=Outcome.PASS, reason="", details=details)
+
+
+def _load_lines(load: CellResult) -> list[str]:
+    return [load.reason, *(str(x) for x in load.details.get("verifier_tail", None) or ())]
