@@ -60,3 +60,9 @@ def test_fire(matrix_cell):
 def test_uprobe(matrix_cell):
     """The user-space target exists, is not inlined, and sits at the offset the probe uses."""
     matrix_cell.verify()
+
+
+@pytest.mark.bpf_check("features")
+def test_features(matrix_cell):
+    """The kernel has the program's type, and its helpers (for that type), kfuncs and map types."""
+    matrix_cell.verify()

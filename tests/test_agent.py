@@ -542,3 +542,44 @@ def test_the_userland_is_reported_with_the_objects(tmp_path: Path, monkeypatch: 
     monkeypatch.setattr(agent, "open_libbpf", missing)
     agent.report_userland(done)  # type: ignore[arg-type]
     assert done["libbpf"] == ""
+# ---------------------------------------------------------------- the feature probe
+
+
+def _fake_bpftool(tmp_path: Path, script: str) -> str:
+    tool = tmp_path / "bpftool"
+    tool.write_text("#!/bin/sh\n" + script)
+    tool.chmod(0o755)
+    return str(tool)
+
+
+def test_feature_probe_writes_bpftools_json(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    argv = tmp_path / "argv"
+    tool = _fake_bpftool(tmp_path, f'echo "$@" > {argv}\necho \'{{"program_types": {{}}}}\'\n')
+    monkeypatch.setattr(agent, "BPFTOOL_CANDIDATES", ("/nonexistent/bpftool", tool))
+    out = tmp_path / "facts"
+    out.mkdir()
+    assert agent.probe_features(str(out)) is None
+    assert json.loads((out / agent.protocol.FEATURES_FILE).read_text()) == {"program_types": {}}
+    assert not (out / agent.protocol.FEATURES_ERROR_FILE).exists()
+    # "full": bpf_trace_printk and bpf_probe_write_user are probed too
+    assert argv.read_text().split() == ["feature", "probe", "kernel", "full", "-j"]
+
+
+@pytest.mark.parametrize(
+    ("script", "why"),
+    [
+        (None, "bpftool not found in the guest"),
+        ("echo 'Error: denied' >&2\nexit 255\n", "bpftool feature probe exited 255: Error: denied"),
+        ("echo garbage\n", "bpftool feature probe exited 0: no output"),
+    ],
+)
+def test_feature_probe_failure_is_written_as_could_not_tell(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, script: str | None, why: str
+) -> None:
+    tools = (_fake_bpftool(tmp_path, script),) if script is not None else ("/nonexistent/bpftool",)
+    monkeypatch.setattr(agent, "BPFTOOL_CANDIDATES", tools)
+    out = tmp_path / "facts"
+    out.mkdir()
+    assert agent.probe_features(str(out)) == why
+    assert (out / agent.protocol.FEATURES_ERROR_FILE).read_text() == why + "\n"
+    assert not (out / agent.protocol.FEATURES_FILE).exists()

@@ -18,7 +18,10 @@ import pytest
 from harness.report.results import CellResult, Check, Matrix, Outcome
 
 ROOT = Path(__file__).resolve().parent.parent
-CORPUS = ("blk_account", "vfs_unlink", "syscalls", "task_state", "exec_clone", "recursion", "lsm_file_open")
+CORPUS = (
+    "blk_account", "vfs_unlink", "syscalls", "task_state", "exec_clone", "recursion", "lsm_file_open",
+    "helper_not_allowed",
+)
 
 P, F, X, S = Outcome.PASS, Outcome.FAIL, Outcome.XFAIL, Outcome.SKIP
 K510, K61, A61 = ("5.10", "x86_64"), ("6.1", "x86_64"), ("6.1", "arm64")
@@ -101,6 +104,18 @@ EXPECTED: dict[tuple[str, tuple[str, str], Check], tuple[Outcome, str]] = {
     ("lsm_file_open", A61, Check.ATTACH): (X, "ENOTSUPP"),
     ("kprobe_security_file_open", A61, Check.FIRE): (P, "ran"),
     ("tp_sys_enter_openat", A61, Check.FIRE): (P, "ran"),
+    # helper_not_allowed: tracing programs may call bpf_get_current_ancestor_cgroup_id on 6.1, not on
+    # 5.10; the features check says so offline, the verifier in the guest.
+    ("tp_ancestor_cgroup_id", K510, Check.FEATURES): (
+        X, "bpf_get_current_ancestor_cgroup_id not available to tracepoint programs on 5.10"
+    ),
+    ("tp_ancestor_cgroup_id", K510, Check.LOAD): (X, "unknown func bpf_get_current_ancestor_cgroup_id#123"),
+    ("tp_ancestor_cgroup_id", K61, Check.FEATURES): (P, ""),
+    ("tp_ancestor_cgroup_id", K61, Check.FIRE): (P, "ran"),
+    ("tp_ancestor_cgroup_id", A61, Check.FEATURES): (P, ""),
+    ("tp_ancestor_cgroup_id", A61, Check.FIRE): (P, "ran"),
+    ("tp_cgroup_id", K510, Check.FEATURES): (P, ""),
+    ("tp_cgroup_id", K510, Check.FIRE): (P, "ran"),
 }
 
 

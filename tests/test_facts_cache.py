@@ -14,6 +14,7 @@ from harness.kernels.fetch import KernelBuild
 from harness.report.results import Check, Outcome
 from harness.run import facts as run_facts
 from harness.run.facts import FACTS_MARKER, complete_facts_dir, facts_note, store_facts, vmlinux_btf
+from harness.vm.guest.protocol import FEATURES_ERROR_FILE, FEATURES_FILE
 
 CORRUPT_BTF = "facts in the cache were corrupt (vmlinux.btf: sha256 mismatch): collected again"
 
@@ -173,3 +174,30 @@ def test_vmlinux_btf_of_corrupt_facts_comes_from_the_image(
     monkeypatch.setattr(harness.kernels.image, "extract_btf", lambda image: b"the image's BTF")
     assert vmlinux_btf(build) == build.entry / "vmlinux.btf"  # never the corrupt file bpftool chokes on
     assert (build.entry / "vmlinux.btf").read_bytes() == b"the image's BTF"
+
+
+def test_sound_facts_stored_before_feature_probes_are_collected_again_in_place(tmp_path: Path) -> None:
+    # What earlier versions stored: a sound entry, manifest and all, without the feature probe.
+    build = _build(tmp_path)
+    guest = tmp_path / "share" / "facts"
+    shutil.copytree(FACTS, guest)
+    (guest / FEATURES_FILE).unlink()
+    store_facts(guest, build.facts_dir, None)
+    assert complete_facts_dir(build) is None
+    assert (build.facts_dir / "kallsyms").exists()  # left in place: other checkouts may read it
+    store_facts(FACTS, build.facts_dir, None)
+    assert complete_facts_dir(build) == build.facts_dir
+    assert (build.facts_dir / FEATURES_FILE).exists()
+    assert facts_note(build) == (
+        "facts in the cache had no feature probe (stored before it was collected): collected again"
+    )
+
+
+def test_facts_whose_probe_failed_are_complete(tmp_path: Path) -> None:
+    build = _build(tmp_path)
+    guest = tmp_path / "share" / "facts"
+    shutil.copytree(FACTS, guest)
+    (guest / FEATURES_FILE).unlink()
+    (guest / FEATURES_ERROR_FILE).write_text("bpftool not found in the guest\n")
+    store_facts(guest, build.facts_dir, None)
+    assert complete_facts_dir(build) == build.facts_dir  # "could not tell" is an answer: no reboot

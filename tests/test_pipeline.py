@@ -845,3 +845,36 @@ def test_each_arch_loads_its_own_build_and_an_arch_s_only_object_skips_elsewhere
         res = result_of(x86_spec, armonly, check)
         assert res.outcome is Outcome.SKIP
         assert res.reason.startswith("not built for x86_64: the programs directory has armonly for other")
+def act_helper_refused(req: VMRequest, plan: protocol.Plan) -> VMResult:
+    """A good boot whose verifier refuses a helper call of every program."""
+    result = act_ok(req, plan)
+    records = protocol.read_objects(req.share)
+    log = (
+        "-- BEGIN PROG LOAD LOG --\n0: (85) call bpf_get_socket_cookie#46\n"
+        "unknown func bpf_get_socket_cookie#46\n-- END PROG LOAD LOG --\n"
+    )
+    for rec in records:
+        for prog in rec["programs"].values():
+            prog["load"] = protocol.LoadRecord(ok=False, stage="load", errno=22, log=log)
+            prog.pop("attach", None)
+            prog.pop("fire", None)
+    protocol.write_objects(req.share, records)
+    return result
+
+
+def test_the_features_cell_of_a_booted_kernel_answers_to_its_load(tmp_path: Path) -> None:
+    setup = make_run(tmp_path, acts={"6.1-x86_64": [act_helper_refused]})
+    spec = setup.spec("6.1")
+    probe = next(p for p in probes_of(setup) if p.kind == "kprobe")
+    load = setup.run.guest_result(spec, probe, Check.LOAD)
+    assert load.outcome is Outcome.FAIL and "unknown func bpf_get_socket_cookie#46" in load.reason
+    res = setup.run.offline_result(spec, probe, Check.FEATURES)
+    # The probe of the fixture kernel lets kprobes call what the sample calls: the verifier's word wins.
+    assert res.outcome is Outcome.FAIL
+    assert res.reason == (
+        "bpf_get_socket_cookie refused by the verifier on 6.1 (the feature probe did not predict it)"
+    )
+    assert res.details["predicted"] == "pass"
+    # A kernel this process did not boot keeps the prediction.
+    other = setup.run.offline_result(setup.spec("6.12"), probe, Check.FEATURES)
+    assert other.outcome is Outcome.PASS

@@ -1,4 +1,5 @@
-"""Kernel facts collected in a guest (kallsyms, ftrace, tracepoints, BTF, config, LSMs), parsed lazily."""
+"""Kernel facts collected in a guest (kallsyms, ftrace, tracepoints, BTF, config, LSMs, BPF features), parsed
+lazily."""
 
 from __future__ import annotations
 
@@ -15,11 +16,14 @@ from typing import Any, Protocol, TypeVar, cast
 
 from harness.errors import BTFError, HarnessError
 from harness.files import atomic_file
+from harness.kernels.features import FeaturesError, KernelFeatures, parse_features
 from harness.programs.clones import parse_clone
 from harness.vm.guest.protocol import (  # the files the guest agent writes
     BTF_FILE,
     CONFIG_FILE,
     EVENTS_FILE,
+    FEATURES_ERROR_FILE,
+    FEATURES_FILE,
     FILTER_FUNCTIONS_FILE,
     FORMATS_FILE,
     KALLSYMS_FILE,
@@ -470,6 +474,38 @@ class KernelFacts:
         """The active LSMs in order, None when the lsm file was not collected."""
         text = self._read_text(LSM_FILE)
         return None if text is None else parse_lsm(text)
+
+    @cached_property
+    def features(self) -> KernelFeatures:
+        """The guest's feature probe; every feature UNKNOWN (with why) when it could not be had.
+
+        Raises FactsError when the probe's file is malformed.
+        """
+        text = self._read_text(FEATURES_FILE)
+        if text is not None:
+            try:
+                return parse_features(text, str(self.directory / FEATURES_FILE))
+            except FeaturesError as exc:
+                raise FactsError(str(exc)) from exc
+        why = self._read_text(FEATURES_ERROR_FILE)
+        if why is not None:
+            return KernelFeatures.unknown(why.strip() or "the feature probe failed")
+        return KernelFeatures.unknown("no feature probe in these facts")
+
+    @cached_property
+    def helper_names(self) -> frozenset[str] | None:
+        """The helpers this kernel defines (``bpf_`` + enum bpf_func_id's names), None without BTF."""
+        spec = self.btf if self.has_btf else None
+        if spec is None:
+            return None
+        names: set[str] = set()
+        for enum in spec.by_name("bpf_func_id"):
+            for value in getattr(enum, "values", ()):
+                if value.name.startswith("BPF_FUNC_") and value.name != "BPF_FUNC_unspec":
+                    names.add("bpf_" + value.name[len("BPF_FUNC_"):])
+        # __BPF_FUNC_MAX_ID is not a helper
+        names.discard("bpf_MAX_ID")
+        return frozenset(names) or None
 
     @cached_property
     def has_btf(self) -> bool:

@@ -27,6 +27,9 @@ class Hook:
     name: str
     prefixes: tuple[str, ...]
     target: Target
+    # The kernel's program type (enum bpf_prog_type, as libbpf and bpftool name it): what the
+    # feature probe says is supported, and which helpers it may call.
+    prog_type: str
     trampoline: bool = False  # attached through a BPF trampoline: the target needs a BTF FUNC
     multi: bool = False  # one link to many targets, a glob allowed (fprobe, 5.18+)
     # The context holds nothing after the parameters (no return value there): a parameter appended at
@@ -43,13 +46,13 @@ class Hook:
     @property
     def checks(self) -> frozenset[Check]:
         """The offline checks that apply to a probe of this kind (the in-guest ones apply to all)."""
-        out = {Check.SYMBOL}
+        out = {Check.SYMBOL, Check.FEATURES}
         if self.btf_prototype:
             out.add(Check.PROTOTYPE)
         if self.target is Target.TRACE_EVENT:
             out.add(Check.TP_FORMAT)
         if self.target is Target.USER_BINARY:
-            out = {Check.UPROBE}
+            out = {Check.UPROBE, Check.FEATURES}
         return frozenset(out)
 
 
@@ -60,26 +63,28 @@ _F, _S, _E, _R, _L, _U = (
 HOOKS: Mapping[str, Hook] = {
     h.name: h
     for h in (
-        Hook("kprobe", ("kprobe/",), _F, append_safe=True),
-        Hook("kretprobe", ("kretprobe/",), _F, append_safe=True),
-        Hook("kprobe.multi", ("kprobe.multi/",), _F, multi=True),
-        Hook("kretprobe.multi", ("kretprobe.multi/",), _F, multi=True),
-        Hook("ksyscall", ("ksyscall/",), _S),
-        Hook("kretsyscall", ("kretsyscall/",), _S),
-        Hook("fentry", ("fentry.s/", "fentry/"), _F, trampoline=True, append_safe=True),
-        Hook("fexit", ("fexit.s/", "fexit/"), _F, trampoline=True),
-        Hook("fmod_ret", ("fmod_ret.s/", "fmod_ret/"), _F, trampoline=True),
-        Hook("tp_btf", ("tp_btf/",), _R, append_safe=True),
+        # Every k/uprobe flavour is a kprobe program; fentry and friends, tp_btf, lsm are "tracing"
+        # or "lsm" programs told apart by their attach type.
+        Hook("kprobe", ("kprobe/",), _F, "kprobe", append_safe=True),
+        Hook("kretprobe", ("kretprobe/",), _F, "kprobe", append_safe=True),
+        Hook("kprobe.multi", ("kprobe.multi/",), _F, "kprobe", multi=True),
+        Hook("kretprobe.multi", ("kretprobe.multi/",), _F, "kprobe", multi=True),
+        Hook("ksyscall", ("ksyscall/",), _S, "kprobe"),
+        Hook("kretsyscall", ("kretsyscall/",), _S, "kprobe"),
+        Hook("fentry", ("fentry.s/", "fentry/"), _F, "tracing", trampoline=True, append_safe=True),
+        Hook("fexit", ("fexit.s/", "fexit/"), _F, "tracing", trampoline=True),
+        Hook("fmod_ret", ("fmod_ret.s/", "fmod_ret/"), _F, "tracing", trampoline=True),
+        Hook("tp_btf", ("tp_btf/",), _R, "tracing", append_safe=True),
         Hook("raw_tp", ("raw_tp.w/", "raw_tp/", "raw_tracepoint.w/", "raw_tracepoint/"), _R,
-             append_safe=True),
-        Hook("tracepoint", ("tracepoint/", "tp/"), _E),
-        Hook("lsm", ("lsm.s/", "lsm/"), _L, trampoline=True),
-        Hook("lsm_cgroup", ("lsm_cgroup/",), _L, trampoline=True),
-        Hook("uprobe.multi", ("uprobe.multi.s/", "uprobe.multi/"), _U, multi=True),
-        Hook("uretprobe.multi", ("uretprobe.multi.s/", "uretprobe.multi/"), _U, multi=True),
-        Hook("uprobe", ("uprobe.s/", "uprobe/"), _U),
-        Hook("uretprobe", ("uretprobe.s/", "uretprobe/"), _U),
-        Hook("usdt", ("usdt/",), _U),
+             "raw_tracepoint", append_safe=True),
+        Hook("tracepoint", ("tracepoint/", "tp/"), _E, "tracepoint"),
+        Hook("lsm", ("lsm.s/", "lsm/"), _L, "lsm", trampoline=True),
+        Hook("lsm_cgroup", ("lsm_cgroup/",), _L, "lsm", trampoline=True),
+        Hook("uprobe.multi", ("uprobe.multi.s/", "uprobe.multi/"), _U, "kprobe", multi=True),
+        Hook("uretprobe.multi", ("uretprobe.multi.s/", "uretprobe.multi/"), _U, "kprobe", multi=True),
+        Hook("uprobe", ("uprobe.s/", "uprobe/"), _U, "kprobe"),
+        Hook("uretprobe", ("uretprobe.s/", "uretprobe/"), _U, "kprobe"),
+        Hook("usdt", ("usdt/",), _U, "kprobe"),
     )
 }
 
@@ -92,6 +97,12 @@ SECTION_PREFIXES: tuple[tuple[str, str], ...] = tuple(
 def resolve_hook(kind: str) -> Hook | None:
     """The registry's entry for a probe kind, or None for a kind the harness does not know."""
     return HOOKS.get(kind)
+
+
+def prog_type_of(kind: str) -> str | None:
+    """The kernel program type (bpftool's name) of a probe kind, None for a kind the harness does not know."""
+    hook = HOOKS.get(kind)
+    return hook.prog_type if hook is not None else None
 
 
 def kinds_where(target: Target) -> frozenset[str]:

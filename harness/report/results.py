@@ -47,6 +47,7 @@ class Check(str, Enum):
     LAYOUT = "layout"  # offline: CO-RE field accesses resolved against the kernel's BTF
     TP_FORMAT = "tp_format"  # offline: tracepoint format fields against the baseline kernel
     UPROBE = "uprobe"  # offline: user-space target symbol, inlining, offsets
+    FEATURES = "features"  # offline: program type, helpers, kfuncs and map types against the kernel's probe
     LOAD = "load"  # guest: verifier accepted the program
     CORE = "core"  # guest: libbpf resolved every CO-RE relocation
     ATTACH = "attach"  # guest: attached to its hook

@@ -9,6 +9,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TypeVar
 
+from harness.checks.features import with_load_result
 from harness.checks.uprobe import build_user_samples
 from harness.errors import BuildError, ConfigError, HarnessError
 from harness.kernels.cache import resolve_cache_root
@@ -292,7 +293,14 @@ class MatrixRun:
             return cells.error_cell(spec, probe, check, why)
         if probe.kind == UNKNOWN_KIND:
             return cells.unchecked(spec, probe, check)
-        return cells.found_or_skip(spec, probe, check, self.offline(spec))
+        found = cells.found_or_skip(spec, probe, check, self.offline(spec))
+        booted = self._guest.get(spec.key) if spec.key in self._objects_run else None
+        if check == Check.FEATURES and booted is not None:
+            # This process booted the kernel: its load result is the truth the prediction answers to.
+            load = booted.results.get((probe, Check.LOAD))
+            if load is not None:
+                return with_load_result(found, load)
+        return found
 
     def offline(self, spec: KernelSpec) -> Cells:
         if self._offline is None:

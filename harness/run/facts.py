@@ -21,7 +21,13 @@ from harness.kernels.cache import (
 )
 from harness.kernels.facts import DERIVED_DIR
 from harness.kernels.fetch import KernelBuild
-from harness.vm.guest.protocol import BTF_FILE, CONFIG_FILE, KALLSYMS_FILE
+from harness.vm.guest.protocol import (
+    BTF_FILE,
+    CONFIG_FILE,
+    FEATURES_ERROR_FILE,
+    FEATURES_FILE,
+    KALLSYMS_FILE,
+)
 
 log = logging.getLogger(__name__)
 
@@ -30,6 +36,7 @@ FACTS_MARKER = "facts-done"  # written in the facts directory once every file of
 # found corrupt, carried into the next facts stored (RECOLLECTED_FILE), read into the kernel's notes.
 _RECOLLECT_SUFFIX = ".recollect"
 RECOLLECTED_FILE = "recollected"
+_NO_FEATURES = "facts in the cache had no feature probe (stored before it was collected): collected again"
 # Facts whose every sha256 this process has checked, by directory: the manifest's (inode, mtime,
 # size) then. Later uses check the sizes only (a stat per file; the digests of a 6.1 kernel's 11 MB
 # of facts take 8-16 ms to read, once per process and entry).
@@ -45,8 +52,30 @@ def complete_facts_dir(build: KernelBuild) -> Path | None:
     if not (facts / FACTS_MARKER).exists() and not (facts / MANIFEST).exists():
         return None  # never collected (the fetch leaves an empty directory)
     if not check_facts(facts):
-        return facts
+        if has_feature_probe(facts):
+            return facts
+        note_predates_features(facts)
+        return None
     return facts if discard_facts(facts) else None
+
+
+def has_feature_probe(facts: Path) -> bool:
+    """Whether the guest that collected ``facts`` ran the feature probe (whatever it found)."""
+    return (facts / FEATURES_FILE).exists() or (facts / FEATURES_ERROR_FILE).exists()
+
+
+def note_predates_features(facts: Path) -> None:
+    """Note why sound facts stored before feature probes were collected are not complete: the next
+    boot (which a run makes anyway for its in-guest checks) collects them again, and the store replaces
+    the entry with the same files and the probe. Their features are not marked "could not tell" instead: every
+    cached kernel would then skip the features check for good. The entry stays in place meanwhile
+    (it is sound, and other checkouts of the harness may be using it)."""
+    reason = facts.with_name(facts.name + _RECOLLECT_SUFFIX)
+    if not reason.exists():
+        try:
+            atomic_write(reason, _NO_FEATURES + "\n")
+        except OSError:
+            pass  # a read-only cache: the note is only for the kernel's notes
 
 
 def check_facts(facts: Path, deep: bool | None = None) -> list[str]:

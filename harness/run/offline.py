@@ -8,6 +8,7 @@ from pathlib import Path
 
 from harness.btf.spec import BTFSpec
 from harness.checks import drift, symbols
+from harness.checks.features import check_features, guarded_helpers
 from harness.checks.uprobe import check_uprobe
 from harness.errors import HarnessError
 from harness.kernels.config import Arch, KernelsConfig, KernelSpec
@@ -16,7 +17,7 @@ from harness.programs.hooks import USER_KINDS
 from harness.report.results import CellResult, Check, Outcome, Probe
 from harness.run.programs import ArchObjects
 
-OFFLINE_CHECKS = (Check.SYMBOL, Check.PROTOTYPE, Check.LAYOUT, Check.TP_FORMAT, Check.UPROBE)
+OFFLINE_CHECKS = (Check.SYMBOL, Check.PROTOTYPE, Check.LAYOUT, Check.TP_FORMAT, Check.UPROBE, Check.FEATURES)
 
 Cells = dict[tuple[Probe, Check], CellResult]
 
@@ -117,12 +118,29 @@ def check_probe(
         )
         if layout is not None:
             cells[(probe, Check.LAYOUT)] = layout
+    if (feat := features_cell(probe, spec, kfacts, built)) is not None:
+        cells[(probe, Check.FEATURES)] = feat
     if probe.kind in USER_KINDS and not user.input_error(spec, probe):
         root = user.guest_root(spec)
         up = check_uprobe(probe, spec.id, spec.arch, root, user.progs_dir, user.cache_root)
         if up is not None:
             cells[(probe, Check.UPROBE)] = up
     return cells
+
+
+def features_cell(
+    probe: Probe, spec: KernelSpec, kfacts: KernelFacts, built: ArchObjects
+) -> CellResult | None:
+    """The features result of one probe on one kernel (None for a kind with no program type)."""
+    uses = built.program_uses(probe)
+    if uses is None:
+        why = built.uses_errors.get(probe.object, "helpers and maps unreadable")
+        return CellResult(probe, spec.id, spec.arch.name, Check.FEATURES, Outcome.ERROR, why)
+    relocations = built.relocations.get(probe.object, {}).get(probe.program, [])
+    try:
+        return check_features(probe, spec.id, spec.arch.name, uses, kfacts, guarded_helpers(relocations))
+    except HarnessError as exc:
+        return CellResult(probe, spec.id, spec.arch.name, Check.FEATURES, Outcome.ERROR, str(exc))
 
 
 def kernel_btf(facts: KernelFacts | None) -> BTFSpec | None:

@@ -14,8 +14,9 @@ from harness.kernels.config import Arch, KernelsConfig, KernelSpec
 from harness.kernels.fetch import KernelBuild
 from harness.kernels.version import version_key
 from harness.programs.build import build_source, find_sources, generate_vmlinux_h
-from harness.programs.hooks import USER_KINDS
+from harness.programs.hooks import HOOKS, USER_KINDS
 from harness.programs.inventory import BPFObject, load_object
+from harness.programs.uses import ProgramUses, load_object_uses
 from harness.report.results import Check, Probe
 
 # Pseudo-program of a source that produced no object: its row carries the build error.
@@ -41,6 +42,10 @@ class ArchObjects:
     # another arch): their cells on this arch are SKIP
     absent: frozenset[str] = frozenset()
     digests: Mapping[str, str] = field(default_factory=dict)  # object name -> sha256 of what was loaded
+    # object name -> program -> the helpers, kfuncs and maps it uses (its subprograms' included)
+    uses: Mapping[str, Mapping[str, ProgramUses]] = field(default_factory=dict)
+    # object name -> why those could not be read (its features cells are ERROR)
+    uses_errors: Mapping[str, str] = field(default_factory=dict)
 
     def applies(self, probe: Probe, check: Check) -> bool:
         """Whether ``check`` says anything about ``probe``: tests are generated only where it does."""
@@ -56,6 +61,8 @@ class ArchObjects:
             return probe.kind == "tracepoint"
         if check == Check.UPROBE:
             return probe.kind in USER_KINDS
+        if check == Check.FEATURES:
+            return probe.kind in HOOKS
         return True
 
     def probes(self) -> list[Probe]:
@@ -69,6 +76,12 @@ class ArchObjects:
         if check not in (Check.LAYOUT, Check.CORE) or probe.object not in self.relocation_errors:
             return ""
         return self.relocation_errors[probe.object]
+
+    def program_uses(self, probe: Probe) -> ProgramUses | None:
+        """What ``probe``'s program uses of the kernel; None when its object could not be read."""
+        if probe.object in self.uses_errors:
+            return None
+        return self.uses.get(probe.object, {}).get(probe.program, ProgramUses())
 
 
 def build_objects(
@@ -115,8 +128,19 @@ def build_objects(
         (name, prog) for name, progs in relocations.items() for prog, items in progs.items() if items
     )
     digests = {o.name: hashlib.sha256(o.path.read_bytes()).hexdigest() for o in objects}
+    uses, uses_errors = index_uses(objects)
     return ArchObjects(
-        arch.name, tuple(objects), errors, where, relocated, relocations, relocation_errors, absent, digests
+        arch.name,
+        tuple(objects),
+        errors,
+        where,
+        relocated,
+        relocations,
+        relocation_errors,
+        absent=absent,
+        digests=digests,
+        uses=uses,
+        uses_errors=uses_errors,
     )
 
 
@@ -132,6 +156,20 @@ def index_relocations(
         except HarnessError as exc:
             errors[obj.name] = f"CO-RE relocations unreadable: {exc}"
     return relocations, errors
+
+
+def index_uses(
+    objects: Iterable[BPFObject],
+) -> tuple[dict[str, dict[str, ProgramUses]], dict[str, str]]:
+    """What each object's programs use of the kernel, and why that of an object could not be read."""
+    uses: dict[str, dict[str, ProgramUses]] = {}
+    errors: dict[str, str] = {}
+    for obj in objects:
+        try:
+            uses[obj.name] = load_object_uses(obj.path)
+        except HarnessError as exc:
+            errors[obj.name] = f"helpers and maps unreadable: {exc}"
+    return uses, errors
 
 
 def probes_with_builds(

@@ -30,6 +30,10 @@ FORMATS_FILE = "tracepoint_formats.json"
 BTF_FILE = "vmlinux.btf"
 CONFIG_FILE = "config"
 LSM_FILE = "lsm"
+# ``bpftool feature probe kernel full -j`` as bpftool printed it, or FEATURES_ERROR_FILE (one line: why
+# the probe could not be run) when it could not: the features are then "could not tell".
+FEATURES_FILE = "features.json"
+FEATURES_ERROR_FILE = "features.error"
 
 # What makes a program fire: "default" (the agent's workload), an argv list, or a shell command.
 Trigger = Union[str, list[str]]  # evaluated at run time: no `|` before Python 3.10
@@ -235,6 +239,7 @@ class FactsSummary(TypedDict, total=False):
     available_filter_functions: bool
     available_events: bool
     tracepoint_formats: int  # how many formats
+    features: str | None  # None when bpftool probed the kernel's features, else why it could not
 
 
 class _DoneRequired(TypedDict):
