@@ -91,10 +91,12 @@ def record_problems(cls: type, record: Mapping[str, Any]) -> list[str]:
 
 
 # Declared keys this boot had no occasion to write: a 6.1 kernel reports no kprobe missed count (6.7+),
-# every object opened, every program's counters could be read, the loader was there, facts were cached.
+# every object opened, every program's counters could be read, the loader was there, facts were cached;
+# no sidecar set anything for a loader, and no map was left at size zero.
 NOT_IN_THIS_RUN = {
-    protocol.ObjectRecord: {"error", "traceback"},
-    protocol.LoadRecord: set(),
+    protocol.PlanObject: {"loader"},
+    protocol.ObjectRecord: {"error", "traceback", "loader_set", "left_out"},
+    protocol.LoadRecord: {"set", "refused", "target"},
     protocol.FireRecord: {"kprobe_missed", "error"},
     protocol.TriggerRun: {"error"},
     protocol.RunRecord: {"error"},

@@ -16,6 +16,7 @@ from harness.kernels.facts import KernelFacts
 from harness.kernels.fetch import KernelBuild
 from harness.programs.build import find_sources
 from harness.programs.inventory import BPFObject
+from harness.programs.loader import plan_loader
 from harness.programs.sidecar import Sidecar, load_sidecar, load_sidecars
 from harness.report.results import CellResult, Check, KernelRun, Probe
 from harness.run import cells
@@ -322,4 +323,10 @@ def checked_sidecars(
         for obj in objects(arch).objects:
             names = {p.program for p in obj.probes} | {prog for prog, _ in obj.unknown}
             programs[obj.name] = (programs.get(obj.name) or set()) | names
-    return load_sidecars(progs_dir, programs)
+    sidecars = load_sidecars(progs_dir, programs)
+    for arch in arches:
+        for obj in objects(arch).objects:
+            if obj.name in sidecars:
+                # Its maps and .rodata variables exist, and its values fit them (ConfigError before a boot).
+                plan_loader(sidecars[obj.name].loader, obj.path, str(sidecars[obj.name].path))
+    return sidecars
