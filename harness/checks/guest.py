@@ -10,7 +10,14 @@ from dataclasses import dataclass
 from typing import Any
 
 from harness.report.results import CellResult, Check, Outcome, Probe
-from harness.vm.guest.protocol import AttachRecord, FireRecord, LoadRecord, ObjectRecord, ProgramRecord
+from harness.vm.guest.protocol import (
+    AttachRecord,
+    FireRecord,
+    LoadRecord,
+    ObjectRecord,
+    ProgramRecord,
+    SetRecord,
+)
 
 # libbpf's CO-RE log lines (libbpf.c, bpf_core_apply_relo / bpf_core_calc_relo_insn), e.g.
 #   prog 'p': relo #1: <byte_off> [17] struct dentry.d_name.len (0:4:1:0:0:1 @ offset 36)
@@ -25,6 +32,9 @@ _RELO_SPEC = re.compile(
 )
 _RELO_EVENT = re.compile(r"prog '(?P<prog>[^']+)': relo #(?P<idx>\d+): (?P<rest>.*)$")
 _PATCHED = re.compile(r"patched insn #\d+ \([^)]*\) (?:off|imm) (?P<old>-?\d+) -> (?P<new>-?\d+)")
+
+LEFT_OUT = "left out by the loader (autoload off)"
+GUEST_LOAD_CHECKS = (Check.LOAD, Check.ATTACH, Check.FIRE)
 
 VERIFIER_BEGIN = "-- BEGIN PROG LOAD LOG --"
 VERIFIER_END = "-- END PROG LOAD LOG --"
@@ -185,6 +195,13 @@ def check_guest_program(
     if object_record.get("error"):
         msg = str(object_record["error"])
         return [_result(probe, ctx, c, Outcome.ERROR, msg) for c in (Check.LOAD, Check.ATTACH, Check.FIRE)]
+    if probe.program in (object_record.get("left_out") or []):
+        return [_result(probe, ctx, c, Outcome.SKIP, LEFT_OUT) for c in (*GUEST_LOAD_CHECKS, Check.CORE)]
+    sets = list(object_record.get("loader_set") or [])
+    unset = [s for s in sets if s.get("error")]
+    if unset:
+        msg = f"could not set what the loader sets: {describe_set(unset[0])}"
+        return [_result(probe, ctx, c, Outcome.ERROR, msg[:300]) for c in GUEST_LOAD_CHECKS]
     if record is None:
         msg = f"program {probe.program} not found by libbpf in {probe.object}"
         return [_result(probe, ctx, Check.LOAD, Outcome.ERROR, msg)]
@@ -192,7 +209,7 @@ def check_guest_program(
     log = str(load.get("log") or object_record.get("load_log") or "")
     loaded = bool(load.get("ok"))
     results = [
-        check_load(probe, load, log, ctx),
+        check_load(probe, load, log, ctx, sets),
         check_core(probe, parse_relocations(log, probe.program), loaded, ctx),
     ]
     if not loaded:
@@ -209,19 +226,54 @@ def check_guest_program(
     return results
 
 
-def check_load(probe: Probe, load: LoadRecord, log: str, ctx: GuestContext) -> CellResult:
-    """LOAD: loaded, or why the verifier (or libbpf before it) refused the program."""
+def describe_set(rec: SetRecord) -> str:
+    """One thing set before a load, in words: "map 'stackmap': max_entries 1024 (the object has 0)"."""
+    kind = str(rec.get("what"))
+    what = {"attach_target": "attach target of", "data": "variable"}.get(kind, kind)
+    return f"{what} '{rec.get('name', '')}': {rec.get('error') or rec.get('text', '')}"
+
+
+def load_notes(program: str, sets: Sequence[SetRecord]) -> str:
+    """What the harness set in place of the loader (zero-sized maps), and the program's loader-set target."""
+    notes = [
+        f"{describe_set(r)}, sized by the harness: the object leaves it to its loader"
+        for r in sets if r.get("by") == "harness" and r.get("what") == "map"
+    ]
+    notes += [
+        f"attached to `{r.get('text')}` as its loader sets it"
+        for r in sets if r.get("what") == "attach_target" and r.get("name") == program
+    ]
+    return "; ".join(notes)
+
+
+def check_load(
+    probe: Probe, load: LoadRecord, log: str, ctx: GuestContext, sets: Sequence[SetRecord] = ()
+) -> CellResult:
+    """LOAD: loaded, or why the verifier (or libbpf before it) refused the program. ``sets`` is what was
+    set on the object before its load (the sidecar's loader settings, sizes the harness gave)."""
+    notes = load_notes(probe.program, sets)
+    extra: dict[str, Any] = {"loader_set": list(sets)} if sets else {}
     if load.get("ok"):
-        return _result(probe, ctx, Check.LOAD, Outcome.PASS, "", seconds=load.get("seconds"))
+        return _result(
+            probe, ctx, Check.LOAD, Outcome.PASS, notes[:300], seconds=load.get("seconds"), **extra
+        )
     tail = verifier_tail(log)
     err = load.get("errno")
+    if load.get("stage") == "set_attach_target":
+        target = str(load.get("target") or "")
+        why = errno_text(int(err)) if err else "error"
+        hint = " (no such function in this kernel's BTF)" if err == errno.ESRCH else ""
+        reason = f"the loader's attach target `{target}` was refused: {why}{hint}"
+        return _result(probe, ctx, Check.LOAD, Outcome.FAIL, reason[:300], errno=err, **extra)
     why = f"{errno_name(int(err))} " if err else ""
     if VERIFIER_BEGIN in log:
         reason = f"verifier rejected it ({why.strip() or 'error'}): {tail[-1] if tail else ''}".strip()
     else:
         last = _last_libbpf_error(log)
         reason = f"load failed ({why.strip() or 'error'}): {last}".strip()
-    return _result(probe, ctx, Check.LOAD, Outcome.FAIL, reason[:300], verifier_tail=tail, errno=err)
+    if notes:
+        extra["notes"] = notes
+    return _result(probe, ctx, Check.LOAD, Outcome.FAIL, reason[:300], verifier_tail=tail, errno=err, **extra)
 
 
 def check_core(probe: Probe, relos: list[Relocation], loaded: bool, ctx: GuestContext) -> CellResult:

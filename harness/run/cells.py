@@ -20,6 +20,13 @@ def unchecked(spec: KernelSpec, probe: Probe, check: Check) -> CellResult:
     return CellResult(probe, spec.id, spec.arch.name, check, Outcome.SKIP, msg)
 
 
+def left_out(spec: KernelSpec, probe: Probe, check: Check) -> CellResult:
+    """The SKIP of a program its loader leaves out (its sidecar's ``loader: autoload:`` is false)."""
+    from harness.checks.guest import LEFT_OUT
+
+    return CellResult(probe, spec.id, spec.arch.name, check, Outcome.SKIP, LEFT_OUT)
+
+
 def error_cell(spec: KernelSpec, probe: Probe, check: Check, why: str) -> CellResult:
     return CellResult(probe, spec.id, spec.arch.name, check, Outcome.ERROR, why)
 

@@ -31,6 +31,7 @@ from harness.run.programs import (
     build_objects,
     probes_with_builds,
     vmlinux_btf_for_arch,
+    with_loader_targets,
 )
 from harness.run.share import prepare_share
 from harness.vm.runner import Accelerator, Runner, VMRequest, VMResult, accelerator_for, stop_all_vms
@@ -119,8 +120,11 @@ class MatrixRun:
         """bpf_progs/ built for ``arch`` (once per process; the build itself is cached on disk)."""
         if arch.name not in self._objects:
             build_dir = self.cache_root / "build"
-            self._objects[arch.name] = build_objects(
+            built = build_objects(
                 self.progs_dir, arch, build_dir, lambda: vmlinux_btf_for_arch(self.config, arch, self.fetch)
+            )
+            self._objects[arch.name] = with_loader_targets(
+                built, lambda name: self.sidecar(name).loader.attach_targets
             )
         return self._objects[arch.name]
 
@@ -265,6 +269,8 @@ class MatrixRun:
             return cells.error_cell(spec, probe, check, why)
         if probe.kind == UNKNOWN_KIND:
             return cells.unchecked(spec, probe, check)
+        if probe.program in self.sidecar(probe.object).loader.autoload_off:
+            return cells.left_out(spec, probe, check)
         if why := self.objects(spec.arch).relocation_error(probe, check):
             return cells.error_cell(spec, probe, check, why)
         return cells.guest_cell(spec, probe, check, self.guest(spec))
@@ -275,6 +281,8 @@ class MatrixRun:
             return cells.error_cell(spec, probe, check, why)
         if probe.kind == UNKNOWN_KIND:
             return cells.unchecked(spec, probe, check)
+        if probe.program in self.sidecar(probe.object).loader.autoload_off:
+            return cells.left_out(spec, probe, check)
         return cells.found_or_skip(spec, probe, check, self.offline(spec))
 
     def offline(self, spec: KernelSpec) -> Cells:
