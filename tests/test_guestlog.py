@@ -241,7 +241,10 @@ def test_load_failure_with_verifier_log() -> None:
     results = check_guest_program(p, record, {"object": "obj"}, CTX)
     load = only(results, Check.LOAD)
     assert load.outcome is Outcome.FAIL
-    assert load.reason == "verifier rejected it (EACCES): R1 invalid mem access 'scalar'"
+    # The verifier's error, and the instruction it refused.
+    assert load.reason == (
+        "verifier rejected it (EACCES): R1 invalid mem access 'scalar' at insn 1 `r2 = *(u32 *)(r1 +36)`"
+    )
     assert load.details["verifier_tail"][-1] == "R1 invalid mem access 'scalar'"
     assert only(results, Check.CORE).outcome is Outcome.SKIP
     assert [(r.check, r.outcome, r.reason) for r in results[-2:]] == [
@@ -252,7 +255,10 @@ def test_load_failure_with_verifier_log() -> None:
 def test_load_failure_from_a_failed_relocation() -> None:
     record = {"load": {"ok": False, "errno": 22, "log": FAILED_RELO_LOG}}
     results = check_guest_program(probe("p"), record, {"object": "obj"}, CTX)
-    assert only(results, Check.LOAD).reason == "verifier rejected it (EINVAL): invalid func unknown#195896080"
+    assert only(results, Check.LOAD).reason == (
+        "verifier rejected it (EINVAL): invalid func unknown#195896080 (a CO-RE relocation failed: see the "
+        "core check) at insn 5 `call unknown#195896080`"
+    )
     core = only(results, Check.CORE)
     assert core.outcome is Outcome.FAIL
     assert core.reason == "relocation `struct dentry.d_old_name` failed on 6.1"
@@ -275,7 +281,8 @@ def test_load_failure_without_verifier_log() -> None:
     log = "libbpf: prog 'p': failed to find BTF for extern 'bpf_loop'\nlibbpf: failed to load object 'x'\n"
     record = {"load": {"ok": False, "errno": 3, "log": log}}
     load = only(check_guest_program(probe("p"), record, {"object": "obj"}, CTX), Check.LOAD)
-    assert load.reason == "load failed (ESRCH): failed to load object 'x'"
+    # libbpf's own reason, not its generic last line.
+    assert load.reason == "load failed (ESRCH): failed to find BTF for extern 'bpf_loop'"
 
 
 def test_load_log_from_the_whole_object_when_the_program_has_none() -> None:
@@ -345,6 +352,18 @@ def test_object_open_error_is_error_not_fail() -> None:
         (Check.LOAD, Outcome.ERROR), (Check.ATTACH, Outcome.ERROR), (Check.FIRE, Outcome.ERROR),
     ]
     assert {r.reason for r in results} == {"libbpf could not open the object: Invalid argument"}
+
+
+def test_object_libbpf_cannot_open_says_libbpfs_message() -> None:
+    log = ("libbpf: elf: failed to open /mnt/objs/x.bpf.o: No such file or directory\n"
+           "libbpf: failed to load object '/mnt/objs/x.bpf.o'\n")
+    obj = {"object": "obj", "error": "libbpf could not open the object: No such file or directory",
+           "whole_load": {"stage": "open", "ok": False, "errno": 2, "log": log}, "programs": {}}
+    results = check_guest_program(probe("p"), None, obj, CTX)
+    assert {(r.outcome, r.reason) for r in results} == {
+        (Outcome.ERROR, "libbpf could not open the object (ENOENT): elf: failed to open /mnt/objs/x.bpf.o: "
+                        "No such file or directory"),
+    }
 
 
 # ---------------------------------------------------------------- fire
