@@ -50,8 +50,10 @@ def test_imports_only_the_standard_library() -> None:
             modules |= {a.name.split(".")[0] for a in node.names}
         elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
             modules.add(node.module.split(".")[0])
-    # scenarios, protocol and version (harness/kernels/version.py) are copied beside it into the share.
-    foreign = modules - set(sys.stdlib_module_names) - {"__future__", "scenarios", "protocol", "version"}
+    # scenarios, workload, protocol and version (harness/kernels/version.py) are copied beside it into
+    # the share.
+    beside = {"__future__", "scenarios", "protocol", "version", "workload"}
+    foreign = modules - set(sys.stdlib_module_names) - beside
     assert foreign == set()
 
 
@@ -69,7 +71,7 @@ def test_imports_little_at_startup(tmp_path: Path) -> None:
     assert proc.stdout.strip() == "[]"
 
 
-@pytest.mark.parametrize("name", ["agent.py", "protocol.py", "scenarios.py"])
+@pytest.mark.parametrize("name", ["agent.py", "protocol.py", "scenarios.py", "workload.py"])
 def test_parses_as_the_oldest_guest_python(name: str) -> None:
     # bullseye root filesystems have Python 3.9.
     ast.parse(AGENT.with_name(name).read_text(), feature_version=(3, 9))
@@ -478,12 +480,16 @@ def test_run_object_falls_back_to_one_load_per_program_when_libbpf_names_none(tm
     assert [result["programs"][n]["load"]["ok"] for n in "abc"] == [True, False, True]
 
 
-def test_default_workload_runs_and_leaves_nothing_behind(monkeypatch: pytest.MonkeyPatch) -> None:
-    calls: list[str] = []
-    monkeypatch.setattr(agent, "block_io", lambda: calls.append("block_io"))  # guests only: it may modprobe
-    agent.default_workload("/nonexistent")
-    assert calls == ["block_io"]
-    assert not Path(f"/tmp/bpfmatrix-{os.getpid()}").exists()
+def test_default_trigger_runs_the_workload_for_the_scratch_disk_the_host_gives(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from harness.vm.guest import protocol, workload
+
+    calls: list[int] = []
+    monkeypatch.setattr(workload, "run_default", lambda size: calls.append(size) or {"network": "OSError: x"})
+    run = agent.run_trigger("default", "/nonexistent")
+    assert calls == [protocol.SCRATCH_DISK_BYTES]
+    assert run["ok"] is True and run["output"] == "network: OSError: x"  # a part the guest could not do
 
 
 def test_run_object_leaves_out_what_the_loader_leaves_out(tmp_path: Path) -> None:

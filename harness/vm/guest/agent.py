@@ -392,52 +392,14 @@ def kernel_version(release: str) -> tuple[int, int]:
 # Workloads that make probes fire
 
 
-def default_workload(share: str) -> None:
-    """Exercise the usual hooks: files (open, write, rename, unlink), exec, a loopback TCP connection,
-    and direct block I/O on the scratch disk when there is one."""
-    import socket  # here, not at the top: only this workload needs it
-
-    tmp = f"/tmp/bpfmatrix-{os.getpid()}"  # not tempfile: importing it reads a dozen modules over 9p
-    os.makedirs(tmp, exist_ok=True)
-    try:
-        # Once each: a probe either fires on these or not at all (a run count of 1 is a pass), and under
-        # emulation every fsync and exec costs tens of milliseconds.
-        path = os.path.join(tmp, "f")
-        with open(path, "w") as fh:
-            fh.write("x" * 4096)
-            fh.flush()
-            os.fsync(fh.fileno())
-        with open(path) as fh:
-            fh.read()
-        os.rename(path, path + ".2")
-        os.unlink(path + ".2")
-        os.mkdir(os.path.join(tmp, "d"))
-        os.rmdir(os.path.join(tmp, "d"))
-    finally:
-        for name in ("f", "f.2", "d"):
-            path = os.path.join(tmp, name)
-            if os.path.isdir(path):
-                os.rmdir(path)
-            elif os.path.exists(path):
-                os.unlink(path)
-        os.rmdir(tmp)
-    subprocess.run(["/bin/true"], check=False, timeout=20)
-    server = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    try:
-        server.bind(("127.0.0.1", 0))
-        server.listen(1)
-        client = socket.create_connection(server.getsockname(), timeout=5)
-        conn, _ = server.accept()
-        client.sendall(b"ping")
-        conn.recv(4)
-        conn.close()
-        client.close()
-    except OSError:
-        pass
-    finally:
-        server.close()
-    os.getpid()
-    block_io()
+def default_workload(share: str) -> dict[str, str]:
+    """The default trigger: workload.py's one pass over files, processes, signals, the network, futexes,
+    memory, the scheduler, mounts and block I/O. Returns the parts that could not run, and why."""
+    if TYPE_CHECKING or __package__:
+        from . import workload
+    else:
+        import workload  # copied beside the agent
+    return workload.run_default(protocol.SCRATCH_DISK_BYTES)
 
 
 def scratch_disk() -> None:
@@ -453,36 +415,16 @@ def scratch_disk() -> None:
         time.sleep(0.1)
 
 
-def block_io() -> None:
-    """Read the scratch disk with O_DIRECT so the request reaches the block layer."""
-    scratch_disk()
-    for dev in ("/dev/vda", "/dev/sda"):
-        if not os.path.exists(dev):
-            continue
-        try:
-            fd = os.open(dev, os.O_RDONLY | getattr(os, "O_DIRECT", 0))
-        except OSError:
-            continue
-        try:
-            import mmap
-
-            buf = mmap.mmap(-1, 4096)
-            for i in range(8):
-                os.preadv(fd, [buf], i * 4096)
-        except OSError:
-            pass
-        finally:
-            os.close(fd)
-        return
-
-
 def run_trigger(trigger: protocol.Trigger | None, share: str) -> protocol.TriggerRun:
     """Run one trigger: "default", an argv list, or a shell command string (the user's own, in the guest)."""
     start = time.monotonic()
     try:
         if trigger is None or trigger == "default":
-            default_workload(share)
-            return {"trigger": "default", "ok": True, "seconds": time.monotonic() - start}
+            missed = default_workload(share)
+            run: protocol.TriggerRun = {"trigger": "default", "ok": True, "seconds": time.monotonic() - start}
+            if missed:
+                run["output"] = "; ".join(f"{part}: {why}" for part, why in sorted(missed.items()))[-2000:]
+            return run
         if isinstance(trigger, list):
             argv = [str(a) for a in trigger]
         else:

@@ -21,6 +21,10 @@ FACTS_DIR = "facts"
 OBJECTS_DIR = "objs"
 USER_DIR = "user"
 
+# The scratch disk the guest gets (a sparse image beside the share): the agent writes only to a disk of
+# exactly this size, never to one it did not get from the host.
+SCRATCH_DISK_BYTES = 4 << 20
+
 # The facts directory (FACTS_DIR in the share; the kernel's facts cache entry on the host).
 UNAME_FILE = "uname.json"
 KALLSYMS_FILE = "kallsyms"
