@@ -51,8 +51,10 @@ def test_imports_only_the_standard_library() -> None:
             modules |= {a.name.split(".")[0] for a in node.names}
         elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
             modules.add(node.module.split(".")[0])
-    # scenarios, protocol and version (harness/kernels/version.py) are copied beside it into the share.
-    foreign = modules - set(sys.stdlib_module_names) - {"__future__", "scenarios", "protocol", "version"}
+    # scenarios, workload, protocol and version (harness/kernels/version.py) are copied beside it into
+    # the share.
+    beside = {"__future__", "scenarios", "protocol", "version", "workload"}
+    foreign = modules - set(sys.stdlib_module_names) - beside
     assert foreign == set()
 
 
@@ -70,7 +72,7 @@ def test_imports_little_at_startup(tmp_path: Path) -> None:
     assert proc.stdout.strip() == "[]"
 
 
-@pytest.mark.parametrize("name", ["agent.py", "protocol.py", "scenarios.py"])
+@pytest.mark.parametrize("name", ["agent.py", "protocol.py", "scenarios.py", "workload.py"])
 def test_parses_as_the_oldest_guest_python(name: str) -> None:
     # bullseye root filesystems have Python 3.9.
     ast.parse(AGENT.with_name(name).read_text(), feature_version=(3, 9))
@@ -583,3 +585,126 @@ def test_feature_probe_failure_is_written_as_could_not_tell(
     assert agent.probe_features(str(out)) == why
     assert (out / agent.protocol.FEATURES_ERROR_FILE).read_text() == why + "\n"
     assert not (out / agent.protocol.FEATURES_FILE).exists()
+def test_default_trigger_runs_the_workload_for_the_scratch_disk_the_host_gives(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from harness.vm.guest import protocol, workload
+
+    calls: list[int] = []
+    monkeypatch.setattr(workload, "run_default", lambda size: calls.append(size) or {"network": "OSError: x"})
+    run = agent.run_trigger("default", "/nonexistent")
+    assert calls == [protocol.SCRATCH_DISK_BYTES]
+    assert run["ok"] is True and run["output"] == "network: OSError: x"  # a part the guest could not do
+
+
+def test_run_object_leaves_out_what_the_loader_leaves_out(tmp_path: Path) -> None:
+    lb, lib = fake_object_loader(["a", "b", "c"], {})
+    lb.maps = lambda obj: []
+    spec = {"name": "obj", "path": "obj.bpf.o", "triggers": {n: "true" for n in "abc"},
+            "loader": {"autoload_off": ["b"]}}
+    detacher = agent.Detacher(lb)
+    result = agent.run_object(lb, spec, str(tmp_path), detacher)
+    detacher.wait()
+    assert lib.loads == [["a", "c"]]
+    assert result["left_out"] == ["b"]
+    assert set(result["programs"]) == {"a", "c"}
+    assert result["loader_set"] == [
+        {"what": "autoload", "name": "b", "by": "sidecar", "text": "autoload off"},
+    ]
+
+
+def test_run_object_records_a_refused_attach_target_and_loads_the_rest(tmp_path: Path) -> None:
+    lb, lib = fake_object_loader(["a", "b"], {})
+    lb.maps = lambda obj: []
+    set_targets: list[tuple[int, bytes]] = []
+
+    def set_attach_target(prog: int, fd: int, name: bytes) -> int:
+        set_targets.append((prog, name))
+        return -3 if name == b"absent_fn" else 0
+
+    lib.bpf_program__set_attach_target = set_attach_target  # type: ignore[attr-defined]
+    spec = {"name": "obj", "path": "obj.bpf.o", "triggers": {n: "true" for n in "ab"},
+            "loader": {"attach_targets": {"a": "vfs_open", "b": "absent_fn"}}}
+    detacher = agent.Detacher(lb)
+    result = agent.run_object(lb, spec, str(tmp_path), detacher)
+    detacher.wait()
+    assert lib.loads == [["a"]]  # b's target was refused: left out of the load, as a loader would fail
+    load_b = result["programs"]["b"]["load"]
+    assert load_b["ok"] is False and load_b["stage"] == "set_attach_target" and load_b["errno"] == 3
+    assert load_b["target"] == "absent_fn"
+    assert result["programs"]["a"]["fire"]["run_cnt"] == 1
+    assert result["loader_set"] == [
+        {"what": "attach_target", "name": "a", "by": "sidecar", "text": "vfs_open"},
+    ]
+
+
+# ---------------------------------------------------------------- apply_loader on the host's libbpf
+
+# Opened, never loaded: libbpf reads the object and keeps what a loader sets until bpf_object__load.
+LOADER_SOURCE = """\
+#define SEC(name) __attribute__((section(name), used))
+#define __uint(name, val) int (*name)[val]
+char LICENSE[] SEC("license") = "GPL";
+const volatile int knob = 0;
+const volatile _Bool flag = 0;
+struct { __uint(type, 7); __uint(key_size, 4); } stackmap SEC(".maps");
+struct { __uint(type, 1); __uint(key_size, 4); __uint(value_size, 8); } pids SEC(".maps");
+struct { __uint(type, 1); __uint(key_size, 4); __uint(value_size, 8); __uint(max_entries, 7); }
+    sized SEC(".maps");
+struct { __uint(type, 4); __uint(key_size, 4); __uint(value_size, 4); } events SEC(".maps");
+SEC("kprobe/do_nothing") int prog(void *ctx) { return knob + flag; }
+"""
+
+
+def host_libbpf() -> Any:
+    require("clang", why="compiles a BPF object")
+    try:
+        return agent.Libbpf()
+    except RuntimeError as exc:
+        pytest.skip(f"no libbpf on this host: {exc}")
+
+
+def opened(lb: Any, tmp_path: Path) -> tuple[int, dict[str, int], dict[str, int]]:
+    src, out = tmp_path / "loader.bpf.c", tmp_path / "loader.bpf.o"
+    src.write_text(LOADER_SOURCE)
+    subprocess.run(["clang", "-g", "-O2", "-target", "bpf", "-c", str(src), "-o", str(out)],
+                   check=True, capture_output=True, timeout=120)
+    obj = lb.lib.bpf_object__open_file(str(out).encode(), None)
+    assert not lb.error_of(obj), lb.take_log()
+    progs = {lb.prog_name(p): p for p in lb.programs(obj)}
+    maps = {lb.map_name(m): m for m in lb.maps(obj)}
+    return obj, progs, maps
+
+
+def test_apply_loader_sizes_maps_and_patches_rodata_before_load(tmp_path: Path) -> None:
+    import ctypes
+
+    from harness.programs.loader import plan_loader
+    from harness.programs.sidecar import LoaderSettings
+
+    lb = host_libbpf()
+    obj, progs, maps = opened(lb, tmp_path)
+    try:
+        settings = LoaderSettings(maps={"pids": {"max_entries": 99}}, rodata={"knob": -5, "flag": True})
+        loader = plan_loader(settings, tmp_path / "loader.bpf.o", "loader.yaml")
+        sets, refused = agent.apply_loader(lb, obj, progs, loader)
+        assert refused == {}
+        sizes = {
+            name: (lb.lib.bpf_map__max_entries(m), lb.lib.bpf_map__value_size(m)) for name, m in maps.items()
+        }
+        assert sizes["stackmap"] == (agent.DEFAULT_MAX_ENTRIES, agent.STACK_TRACE_VALUE_SIZE)  # the harness's
+        assert sizes["pids"] == (99, 8)  # the sidecar's
+        assert sizes["sized"] == (7, 8)  # sized by the object: untouched
+        assert sizes["events"][0] != 99  # perf event arrays: libbpf's own business (0 until load)
+        by = {(s["name"], s["by"]) for s in sets if s["what"] == "map"}
+        assert by == {("stackmap", "harness"), ("pids", "sidecar")}
+        rodata = next(m for name, m in maps.items() if name.endswith(".rodata"))
+        size = ctypes.c_size_t(0)
+        data = ctypes.string_at(lb.lib.bpf_map__initial_value(rodata, ctypes.byref(size)), 8)
+        patches = {p["variable"]: p for p in loader["data"]}
+        knob, flag = patches["knob"]["offset"], patches["flag"]["offset"]
+        assert int.from_bytes(data[knob:knob + 4], "little", signed=True) == -5
+        assert data[flag] == 1
+        assert [s for s in sets if s.get("error")] == []
+    finally:
+        lb.lib.bpf_object__close(obj)

@@ -21,6 +21,7 @@ ROOT = Path(__file__).resolve().parent.parent
 CORPUS = (
     "blk_account", "vfs_unlink", "syscalls", "task_state", "exec_clone", "recursion", "lsm_file_open",
     "helper_not_allowed",
+    "loader_sets",
 )
 
 P, F, X, S = Outcome.PASS, Outcome.FAIL, Outcome.XFAIL, Outcome.SKIP
@@ -116,6 +117,16 @@ EXPECTED: dict[tuple[str, tuple[str, str], Check], tuple[Outcome, str]] = {
     ("tp_ancestor_cgroup_id", A61, Check.FIRE): (P, "ran"),
     ("tp_cgroup_id", K510, Check.FEATURES): (P, ""),
     ("tp_cgroup_id", K510, Check.FIRE): (P, "ran"),
+    # loader_sets: loads and fires only as its loader sets it (the sidecar's loader:); the program the
+    # loader leaves out is skipped.
+    ("file_open", K510, Check.SYMBOL): (P, ""),
+    ("file_open", K510, Check.LOAD): (P, "attached to `vfs_open` as its loader sets it"),
+    ("file_open", K510, Check.FIRE): (P, "ran"),
+    ("file_open", K61, Check.FIRE): (P, "ran"),
+    ("file_open", A61, Check.LOAD): (P, "attached to `vfs_open`"),
+    ("file_open", A61, Check.ATTACH): (X, "ENOTSUPP"),
+    ("never_loaded", K61, Check.SYMBOL): (S, "left out by the loader (autoload off)"),
+    ("never_loaded", K61, Check.LOAD): (S, "left out by the loader (autoload off)"),
 }
 
 

@@ -241,7 +241,10 @@ def test_load_failure_with_verifier_log() -> None:
     results = check_guest_program(p, record, {"object": "obj"}, CTX)
     load = only(results, Check.LOAD)
     assert load.outcome is Outcome.FAIL
-    assert load.reason == "verifier rejected it (EACCES): R1 invalid mem access 'scalar'"
+    # The verifier's error, and the instruction it refused.
+    assert load.reason == (
+        "verifier rejected it (EACCES): R1 invalid mem access 'scalar' at insn 1 `r2 = *(u32 *)(r1 +36)`"
+    )
     assert load.details["verifier_tail"][-1] == "R1 invalid mem access 'scalar'"
     assert only(results, Check.CORE).outcome is Outcome.SKIP
     assert [(r.check, r.outcome, r.reason) for r in results[-2:]] == [
@@ -252,7 +255,10 @@ def test_load_failure_with_verifier_log() -> None:
 def test_load_failure_from_a_failed_relocation() -> None:
     record = {"load": {"ok": False, "errno": 22, "log": FAILED_RELO_LOG}}
     results = check_guest_program(probe("p"), record, {"object": "obj"}, CTX)
-    assert only(results, Check.LOAD).reason == "verifier rejected it (EINVAL): invalid func unknown#195896080"
+    assert only(results, Check.LOAD).reason == (
+        "verifier rejected it (EINVAL): invalid func unknown#195896080 (a CO-RE relocation failed: see the "
+        "core check) at insn 5 `call unknown#195896080`"
+    )
     core = only(results, Check.CORE)
     assert core.outcome is Outcome.FAIL
     assert core.reason == "relocation `struct dentry.d_old_name` failed on 6.1"
@@ -275,7 +281,8 @@ def test_load_failure_without_verifier_log() -> None:
     log = "libbpf: prog 'p': failed to find BTF for extern 'bpf_loop'\nlibbpf: failed to load object 'x'\n"
     record = {"load": {"ok": False, "errno": 3, "log": log}}
     load = only(check_guest_program(probe("p"), record, {"object": "obj"}, CTX), Check.LOAD)
-    assert load.reason == "load failed (ESRCH): failed to load object 'x'"
+    # libbpf's own reason, not its generic last line.
+    assert load.reason == "load failed (ESRCH): failed to find BTF for extern 'bpf_loop'"
 
 
 def test_load_log_from_the_whole_object_when_the_program_has_none() -> None:
@@ -347,6 +354,18 @@ def test_object_open_error_is_error_not_fail() -> None:
     assert {r.reason for r in results} == {"libbpf could not open the object: Invalid argument"}
 
 
+def test_object_libbpf_cannot_open_says_libbpfs_message() -> None:
+    log = ("libbpf: elf: failed to open /mnt/objs/x.bpf.o: No such file or directory\n"
+           "libbpf: failed to load object '/mnt/objs/x.bpf.o'\n")
+    obj = {"object": "obj", "error": "libbpf could not open the object: No such file or directory",
+           "whole_load": {"stage": "open", "ok": False, "errno": 2, "log": log}, "programs": {}}
+    results = check_guest_program(probe("p"), None, obj, CTX)
+    assert {(r.outcome, r.reason) for r in results} == {
+        (Outcome.ERROR, "libbpf could not open the object (ENOENT): elf: failed to open /mnt/objs/x.bpf.o: "
+                        "No such file or directory"),
+    }
+
+
 # ---------------------------------------------------------------- fire
 
 
@@ -398,3 +417,81 @@ def test_stats_disabled_is_error() -> None:
     ctx = GuestContext("6.1", "x86_64", stats_enabled=False)
     res = check_fire(probe("p"), {"run_cnt": 0}, ctx)
     assert (res.outcome, res.reason) == (Outcome.ERROR, "kernel.bpf_stats_enabled could not be set")
+
+
+# ---------------------------------------------------------------- what the loader set
+
+FENTRY_OPEN = Probe("loader_sets", "file_open", "fentry/dummy_file_open", "fentry", "vfs_open")
+SIZED: dict[str, Any] = {
+    "what": "map", "name": "stackmap", "by": "harness",
+    "text": "max_entries 1024 (the object has 0), value_size 1016 (the object has 0)",
+}
+TARGET: dict[str, Any] = {"what": "attach_target", "name": "file_open", "by": "sidecar", "text": "vfs_open"}
+
+
+def loaded_object(*sets: dict[str, Any], **extra: Any) -> dict[str, Any]:
+    return {
+        "object": "loader_sets",
+        "loader_set": list(sets),
+        "programs": {"file_open": {
+            "load": {"ok": True}, "attach": {"ok": True, "log": ""}, "fire": {"run_cnt": 3},
+        }},
+        **extra,
+    }
+
+
+def by_check(results: list[Any]) -> dict[Check, Any]:
+    return {r.check: r for r in results}
+
+
+def test_a_map_the_harness_sized_is_said_in_the_load_cell() -> None:
+    obj = loaded_object(SIZED, TARGET)
+    got = by_check(check_guest_program(FENTRY_OPEN, obj["programs"]["file_open"], obj, CTX))
+    load = got[Check.LOAD]
+    assert load.outcome == Outcome.PASS
+    assert "map 'stackmap': max_entries 1024 (the object has 0)" in load.reason
+    assert "sized by the harness: the object leaves it to its loader" in load.reason
+    assert "attached to `vfs_open` as its loader sets it" in load.reason
+    assert load.details["loader_set"] == [SIZED, TARGET]
+    assert got[Check.FIRE].outcome == Outcome.PASS
+
+
+def test_a_plain_load_says_nothing() -> None:
+    obj = loaded_object()
+    got = by_check(check_guest_program(FENTRY_OPEN, obj["programs"]["file_open"], obj, CTX))
+    assert got[Check.LOAD].reason == "" and "loader_set" not in got[Check.LOAD].details
+
+
+def test_a_program_the_loader_leaves_out_is_skipped_on_every_check() -> None:
+    never = Probe("loader_sets", "never_loaded", "kprobe/absent", "kprobe", "absent")
+    obj = loaded_object(left_out=["never_loaded"])
+    results = check_guest_program(never, None, obj, CTX)
+    assert {r.check for r in results} == {Check.LOAD, Check.CORE, Check.ATTACH, Check.FIRE}
+    assert {(r.outcome, r.reason) for r in results} == {
+        (Outcome.SKIP, "left out by the loader (autoload off)"),
+    }
+
+
+def test_a_refused_attach_target_is_a_load_failure_naming_it() -> None:
+    refused = {"stage": "set_attach_target", "ok": False, "errno": 3, "target": "vfs_open",
+               "log": "prog 'file_open': bpf_program__set_attach_target 'vfs_open': No such process\n"}
+    obj = {"object": "loader_sets", "programs": {"file_open": {"load": refused}}}
+    got = by_check(check_guest_program(FENTRY_OPEN, obj["programs"]["file_open"], obj, CTX))
+    assert got[Check.LOAD].outcome == Outcome.FAIL
+    assert got[Check.LOAD].reason == (
+        "the loader's attach target `vfs_open` was refused: ESRCH (No such process) "
+        "(no such function in this kernel's BTF)"
+    )
+    assert got[Check.ATTACH].outcome == Outcome.SKIP
+
+
+def test_a_setting_the_agent_could_not_apply_is_an_error_not_a_failure() -> None:
+    broken = {"what": "map", "name": "counts", "by": "sidecar", "errno": 16,
+              "error": "bpf_map__set_value_size(8): Device or resource busy"}
+    obj = loaded_object(broken)
+    results = check_guest_program(FENTRY_OPEN, obj["programs"]["file_open"], obj, CTX)
+    assert {r.outcome for r in results} == {Outcome.ERROR}
+    assert results[0].reason == (
+        "could not set what the loader sets: map 'counts': "
+        "bpf_map__set_value_size(8): Device or resource busy"
+    )

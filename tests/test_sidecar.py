@@ -8,7 +8,15 @@ import pytest
 
 from harness.errors import ConfigError
 from harness.kernels.version import KernelVersion
-from harness.programs.sidecar import Expectation, Sidecar, load_sidecar, parse_expectations, parse_sidecar
+from harness.programs.sidecar import (
+    Expectation,
+    LoaderSettings,
+    Sidecar,
+    check_sidecar_programs,
+    load_sidecar,
+    parse_expectations,
+    parse_sidecar,
+)
 from harness.report.results import Check, Outcome, Probe
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -191,3 +199,55 @@ def test_load_sidecars_checks_each_against_its_object(tmp_path: Path) -> None:
 def test_unknown_key_names_its_line() -> None:
     with pytest.raises(ConfigError, match=r"blk_account\.yaml:3: unknown key 'programz' \(known: "):
         parse("description: x\ntrigger: default\nprogramz:\n  p: {}\n")
+
+
+# ---------------------------------------------------------------- loader: what the loader sets
+
+LOADER = """
+loader:
+  attach_targets: {file_open: vfs_open}
+  maps:
+    stackmap: {max_entries: 256, value_size: 1016}
+  rodata: {targ_ms: true, targ_pid: 42, comm: "cat"}
+  autoload: {never_loaded: false, kept: true}
+"""
+
+
+def test_loader_settings_parse() -> None:
+    loader = parse(LOADER).loader
+    assert loader.attach_targets == {"file_open": "vfs_open"}
+    assert loader.maps == {"stackmap": {"max_entries": 256, "value_size": 1016}}
+    assert loader.rodata == {"targ_ms": True, "targ_pid": 42, "comm": "cat"}
+    assert loader.autoload_off == frozenset({"never_loaded"})  # true is what libbpf does anyway
+    assert loader.programs == {"file_open", "never_loaded"}
+
+
+def test_no_loader_key_sets_nothing() -> None:
+    assert parse(FULL).loader == LoaderSettings()
+
+
+@pytest.mark.parametrize(
+    ("text", "words"),
+    [
+        ("loader: [a]", "'loader' must be a mapping"),
+        ("loader: {attach: {p: f}}", "unknown key 'attach' (known: attach_targets, autoload, maps, rodata)"),
+        ("loader: {attach_targets: {p: 3}}", "attach_targets: 'p' must name a function"),
+        ("loader: {maps: {m: {entries: 3}}}",
+         "maps: 'm' sets max_entries, value_size, key_size, not 'entries'"),
+        ("loader: {maps: {m: {max_entries: 0}}}", "'max_entries' must be a positive whole number, not 0"),
+        ("loader: {maps: {m: {value_size: true}}}", "'value_size' must be a positive whole number"),
+        ("loader: {rodata: {v: [1]}}", "rodata: 'v' must be a number, true/false or a string"),
+        ("loader: {autoload: {p: no_thanks}}", "autoload: 'p' must be true or false"),
+        ("loader: {autoload: {p: false}, attach_targets: {p: f}}", "'p' is left out (autoload: false)"),
+    ],
+)
+def test_bad_loader_settings_name_the_file_and_entry(text: str, words: str) -> None:
+    with pytest.raises(ConfigError, match=str(SIDE)) as info:
+        parse(text)
+    assert words in str(info.value)
+
+
+def test_loader_programs_are_checked_against_the_object() -> None:
+    side = parse("loader: {attach_targets: {file_opem: vfs_open}}")
+    with pytest.raises(ConfigError, match="program 'file_opem' is not in object 'blk_account'"):
+        check_sidecar_programs(side, "blk_account", ["file_open"])

@@ -10,7 +10,14 @@ from dataclasses import dataclass
 from typing import Any
 
 from harness.report.results import CellResult, Check, Outcome, Probe
-from harness.vm.guest.protocol import AttachRecord, FireRecord, LoadRecord, ObjectRecord, ProgramRecord
+from harness.vm.guest.protocol import (
+    AttachRecord,
+    FireRecord,
+    LoadRecord,
+    ObjectRecord,
+    ProgramRecord,
+    SetRecord,
+)
 
 # libbpf's CO-RE log lines (libbpf.c, bpf_core_apply_relo / bpf_core_calc_relo_insn), e.g.
 #   prog 'p': relo #1: <byte_off> [17] struct dentry.d_name.len (0:4:1:0:0:1 @ offset 36)
@@ -25,6 +32,9 @@ _RELO_SPEC = re.compile(
 )
 _RELO_EVENT = re.compile(r"prog '(?P<prog>[^']+)': relo #(?P<idx>\d+): (?P<rest>.*)$")
 _PATCHED = re.compile(r"patched insn #\d+ \([^)]*\) (?:off|imm) (?P<old>-?\d+) -> (?P<new>-?\d+)")
+
+LEFT_OUT = "left out by the loader (autoload off)"
+GUEST_LOAD_CHECKS = (Check.LOAD, Check.ATTACH, Check.FIRE)
 
 VERIFIER_BEGIN = "-- BEGIN PROG LOAD LOG --"
 VERIFIER_END = "-- END PROG LOAD LOG --"
@@ -114,6 +124,117 @@ def verifier_tail(log: str, lines: int = VERIFIER_TAIL_LINES) -> list[str]:
     return kept[-lines:]
 
 
+# The verifier's log (kernel/bpf/verifier.c) between libbpf's markers: instructions ("5: (61) r2 =
+# *(u32 *)(r1 +36)", followed by "; R2_w=..." state from 5.18), register states, source lines, branch
+# and precision-tracking chatter, and last the error, then "processed N insns". libbpf 1.0+ rewrites a
+# poisoned CO-RE instruction as "5: <invalid CO-RE relocation>" with "failed to resolve CO-RE
+# relocation ..." after it.
+_INSN = re.compile(
+    r"^(?P<idx>\d+): (?:\([0-9a-f]{2}\) (?P<text>.*?)|(?P<poisoned><invalid [^>]+>))\s*(?:;.*)?$"
+)
+_VERIFIER_CHATTER = re.compile(
+    r"^(?:\d+: R\d|\d+: \w+=|\d+:\s*$|;|R\d+\w*=|from \d+ to \d+:|last_idx |regs=|parent |mark_precise|"
+    r"frame\d|propagating|func#|caller:|callee:|returning from callee|to caller at|Func#|stack depth|"
+    r"verification time|processed |BTF |Validating |reg type unsupported for arg#|arg#\d)"
+)
+# The poisoned call libbpf 0.x put in place of an instruction whose CO-RE relocation failed (0xbad2310).
+_POISONED_CALL = "unknown#195896080"
+
+
+@dataclass(frozen=True)
+class VerifierError:
+    """The verifier's own reason for a rejection, and the instruction it was at (when it says)."""
+
+    message: str
+    insn: int | None = None
+    insn_text: str = ""
+
+    def render(self) -> str:
+        at = ""
+        if self.insn is not None:
+            # A poisoned instruction ("<invalid CO-RE relocation>") is the message itself: its index only.
+            shown = self.insn_text if self.insn_text and not self.insn_text.startswith("<") else ""
+            at = f" at insn {self.insn} `{shown}`" if shown else f" at insn {self.insn}"
+        hint = " (a CO-RE relocation failed: see the core check)" if _POISONED_CALL in self.message else ""
+        return f"{self.message}{hint}{at}"
+
+
+def parse_verifier_error(log: str) -> VerifierError | None:
+    """The verifier's last error line before "processed N insns", with the instruction before it."""
+    if VERIFIER_BEGIN not in log:
+        return None
+    text = log.split(VERIFIER_BEGIN, 1)[1].split(VERIFIER_END, 1)[0]
+    last_insn: tuple[int, str] | None = None
+    found: VerifierError | None = None
+    for raw in text.splitlines():
+        line = raw.removeprefix("libbpf: ").strip()
+        if not line:
+            continue
+        if line.startswith("processed ") or "BPF program is too large" in line:
+            if "too large" in line:
+                found = VerifierError(line)
+            break
+        insn = _INSN.match(line)
+        if insn:
+            last_insn = (int(insn["idx"]), (insn["text"] or insn["poisoned"] or "").strip())
+            continue
+        if _VERIFIER_CHATTER.match(line):
+            continue
+        found = VerifierError(line, *(last_insn or (None, "")))
+    return found
+
+
+# libbpf's lines that say where a load failed, most telling first: each pattern with how its reason
+# reads. libbpf.c prints them before its generic tail ("failed to load object '...'").
+ROOT_CAUSES: tuple[tuple[re.Pattern[str], str], ...] = tuple(
+    (re.compile(pattern), text) for pattern, text in (
+        (r"failed to find kernel BTF type ID of '(?P<name>[^']+)'",
+         "no `{name}` in the kernel's BTF to attach to (failed to find kernel BTF type ID of '{name}')"),
+        (r"map '(?P<map>[^']+)': failed to create: (?P<why>.+?)(?:\(-?\d+\))?$",
+         "map '{map}': failed to create: {why}"),
+        (r"Error in bpf_create_map_xattr\((?P<map>[^)]+)\): ?(?P<why>.+?)(?:\(-?\d+\))?\. Retrying",
+         "map '{map}': failed to create: {why}"),
+        (r"map '(?P<map>[^']+)': (?P<why>.*(?:unsupported|not supported|invalid|failed|can't|cannot).*)",
+         "map '{map}': {why}"),
+        (r"extern \((?P<kind>func|var) ksym\) '(?P<name>[^']+)': not found in kernel(?: or module)? BTFs?",
+         "{kind} ksym `{name}` is not in the kernel's BTF (a kfunc or kernel variable this kernel lacks)"),
+        (r"extern \(kcfg\) '(?P<name>[^']+)': (?P<why>.+)", "kconfig extern `{name}`: {why}"),
+        (r"(?P<line>failed to find BTF for extern '[^']+'.*)", "{line}"),
+        (r"(?P<line>failed to resolve CO-RE relocation .+)", "{line}"),
+        (r"(?P<line>(?:Error loading vmlinux BTF|failed to find valid kernel BTF|kernel BTF is missing).*)",
+         "the kernel's BTF could not be read: {line}"),
+        (r"(?P<line>(?:failed to guess program type|missing BPF prog type|unrecognized ELF section|"
+         r"(?:elf|ELF): .*|sec '[^']+': .*|unsupported .*|.*not supported.*))",
+         "{line}"),
+    )
+)
+
+# libbpf's lines that only say that something failed, not why.
+_GENERIC = re.compile(
+    r"failed to load object|prog '[^']+': failed to load: -?\d+$|failed to prepare load attributes|"
+    r"BPF program load failed|-- (?:BEGIN|END) PROG LOAD LOG --|Retrying without BTF|"
+    r"failed to load program|failed to load BPF skeleton|: -\d+$"
+)
+
+
+def root_cause(log: str) -> str:
+    """The first line of a libbpf log that says why a load (or an open) failed, in words; else libbpf's
+    first error line that is not its generic tail; "" when it says nothing."""
+    lines = [raw.removeprefix("libbpf: ").strip() for raw in log.splitlines()]
+    for line in lines:
+        for pattern, text in ROOT_CAUSES:
+            found = pattern.search(line)
+            if found:
+                return text.format(**found.groupdict())
+    fallback = ""
+    for line in lines:
+        if line and ("fail" in line or "error" in line.lower() or "Err" in line):
+            if not _GENERIC.search(line):
+                return line
+            fallback = fallback or line
+    return fallback
+
+
 # Kernel-internal error numbers (include/linux/errno.h) that reach user space from bpf(2) and that
 # libc's strerror does not know.
 KERNEL_ERRNOS = {
@@ -178,13 +299,30 @@ def _result(
     return CellResult(probe, ctx.kernel, ctx.arch, check, outcome, reason, details)
 
 
+def open_error(object_record: ObjectRecord) -> str:
+    """Why libbpf could not open an object, in its own words ("" when it was opened)."""
+    whole: LoadRecord = object_record.get("whole_load") or {"ok": False}
+    if whole.get("stage") != "open":
+        return ""
+    err = whole.get("errno")
+    said = root_cause(str(whole.get("log") or "")) or str(whole.get("error") or "")
+    return f"libbpf could not open the object ({errno_name(int(err)) if err else 'error'}): {said}"
+
+
 def check_guest_program(
     probe: Probe, record: ProgramRecord | None, object_record: ObjectRecord, ctx: GuestContext
 ) -> list[CellResult]:
     """LOAD, CORE, ATTACH and FIRE results of one program from the agent's record of its object."""
     if object_record.get("error"):
-        msg = str(object_record["error"])
-        return [_result(probe, ctx, c, Outcome.ERROR, msg) for c in (Check.LOAD, Check.ATTACH, Check.FIRE)]
+        msg = open_error(object_record) or str(object_record["error"])
+        return [_result(probe, ctx, c, Outcome.ERROR, msg[:300]) for c in GUEST_LOAD_CHECKS]
+    if probe.program in (object_record.get("left_out") or []):
+        return [_result(probe, ctx, c, Outcome.SKIP, LEFT_OUT) for c in (*GUEST_LOAD_CHECKS, Check.CORE)]
+    sets = list(object_record.get("loader_set") or [])
+    unset = [s for s in sets if s.get("error")]
+    if unset:
+        msg = f"could not set what the loader sets: {describe_set(unset[0])}"
+        return [_result(probe, ctx, c, Outcome.ERROR, msg[:300]) for c in GUEST_LOAD_CHECKS]
     if record is None:
         msg = f"program {probe.program} not found by libbpf in {probe.object}"
         return [_result(probe, ctx, Check.LOAD, Outcome.ERROR, msg)]
@@ -192,7 +330,7 @@ def check_guest_program(
     log = str(load.get("log") or object_record.get("load_log") or "")
     loaded = bool(load.get("ok"))
     results = [
-        check_load(probe, load, log, ctx),
+        check_load(probe, load, log, ctx, sets),
         check_core(probe, parse_relocations(log, probe.program), loaded, ctx),
     ]
     if not loaded:
@@ -209,19 +347,56 @@ def check_guest_program(
     return results
 
 
-def check_load(probe: Probe, load: LoadRecord, log: str, ctx: GuestContext) -> CellResult:
-    """LOAD: loaded, or why the verifier (or libbpf before it) refused the program."""
+def describe_set(rec: SetRecord) -> str:
+    """One thing set before a load, in words: "map 'stackmap': max_entries 1024 (the object has 0)"."""
+    kind = str(rec.get("what"))
+    what = {"attach_target": "attach target of", "data": "variable"}.get(kind, kind)
+    return f"{what} '{rec.get('name', '')}': {rec.get('error') or rec.get('text', '')}"
+
+
+def load_notes(program: str, sets: Sequence[SetRecord]) -> str:
+    """What the harness set in place of the loader (zero-sized maps), and the program's loader-set target."""
+    notes = [
+        f"{describe_set(r)}, sized by the harness: the object leaves it to its loader"
+        for r in sets if r.get("by") == "harness" and r.get("what") == "map"
+    ]
+    notes += [
+        f"attached to `{r.get('text')}` as its loader sets it"
+        for r in sets if r.get("what") == "attach_target" and r.get("name") == program
+    ]
+    return "; ".join(notes)
+
+
+def check_load(
+    probe: Probe, load: LoadRecord, log: str, ctx: GuestContext, sets: Sequence[SetRecord] = ()
+) -> CellResult:
+    """LOAD: loaded, or why the verifier (or libbpf before it) refused the program. ``sets`` is what was
+    set on the object before its load (the sidecar's loader settings, sizes the harness gave)."""
+    notes = load_notes(probe.program, sets)
+    extra: dict[str, Any] = {"loader_set": list(sets)} if sets else {}
     if load.get("ok"):
-        return _result(probe, ctx, Check.LOAD, Outcome.PASS, "", seconds=load.get("seconds"))
+        return _result(
+            probe, ctx, Check.LOAD, Outcome.PASS, notes[:300], seconds=load.get("seconds"), **extra
+        )
     tail = verifier_tail(log)
     err = load.get("errno")
+    if load.get("stage") == "set_attach_target":
+        target = str(load.get("target") or "")
+        why = errno_text(int(err)) if err else "error"
+        hint = " (no such function in this kernel's BTF)" if err == errno.ESRCH else ""
+        reason = f"the loader's attach target `{target}` was refused: {why}{hint}"
+        return _result(probe, ctx, Check.LOAD, Outcome.FAIL, reason[:300], errno=err, **extra)
     why = f"{errno_name(int(err))} " if err else ""
-    if VERIFIER_BEGIN in log:
+    verifier = parse_verifier_error(log)
+    if verifier is not None:
+        reason = f"verifier rejected it ({why.strip() or 'error'}): {verifier.render()}"
+    elif VERIFIER_BEGIN in log:
         reason = f"verifier rejected it ({why.strip() or 'error'}): {tail[-1] if tail else ''}".strip()
     else:
-        last = _last_libbpf_error(log)
-        reason = f"load failed ({why.strip() or 'error'}): {last}".strip()
-    return _result(probe, ctx, Check.LOAD, Outcome.FAIL, reason[:300], verifier_tail=tail, errno=err)
+        reason = f"load failed ({why.strip() or 'error'}): {root_cause(log)}".strip()
+    if notes:
+        extra["notes"] = notes
+    return _result(probe, ctx, Check.LOAD, Outcome.FAIL, reason[:300], verifier_tail=tail, errno=err, **extra)
 
 
 def check_core(probe: Probe, relos: list[Relocation], loaded: bool, ctx: GuestContext) -> CellResult:

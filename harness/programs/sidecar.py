@@ -1,4 +1,5 @@
-"""Sidecar files beside BPF programs: how to trigger each program, and what is known and accepted."""
+"""Sidecar files beside BPF programs: how to trigger each program, what its loader sets, and what is known
+and accepted."""
 
 from __future__ import annotations
 
@@ -13,8 +14,27 @@ from harness.errors import ConfigError
 from harness.kernels.version import KernelVersion
 from harness.report.results import Check, Outcome, Probe
 
-SIDE_KEYS = {"trigger", "programs", "expect", "description"}
+SIDE_KEYS = {"trigger", "programs", "expect", "description", "loader"}
 PROGRAM_KEYS = {"trigger", "expect", "description"}
+LOADER_KEYS = {"attach_targets", "maps", "rodata", "autoload"}
+MAP_SIZE_KEYS = ("max_entries", "value_size", "key_size")
+
+
+@dataclass(frozen=True)
+class LoaderSettings:
+    """What the object's own loader sets between opening and loading it, which the object alone lacks:
+    the function each program attaches to (``bpf_program__set_attach_target``), map sizes, ``.rodata``
+    values, and the programs it leaves out (autoload off)."""
+
+    attach_targets: Mapping[str, str] = field(default_factory=dict)  # program -> function
+    maps: Mapping[str, Mapping[str, int]] = field(default_factory=dict)  # map -> MAP_SIZE_KEYS -> value
+    rodata: Mapping[str, int | bool | str] = field(default_factory=dict)  # .rodata variable -> value
+    autoload_off: frozenset[str] = frozenset()  # programs left out
+
+    @property
+    def programs(self) -> set[str]:
+        """The programs these settings name."""
+        return set(self.attach_targets) | set(self.autoload_off)
 
 
 @dataclass(frozen=True)
@@ -54,6 +74,7 @@ class Sidecar:
     program_triggers: Mapping[str, Any] = field(default_factory=dict)
     expectations: Mapping[str, tuple[Expectation, ...]] = field(default_factory=dict)  # program or "*"
     program_lines: Mapping[str, int] = field(default_factory=dict)  # program -> its line under programs:
+    loader: LoaderSettings = field(default_factory=LoaderSettings)
 
     def triggers_for(self, probes: Iterable[Probe]) -> dict[str, Any]:
         out: dict[str, Any] = {}
@@ -105,6 +126,65 @@ def _as_version(where: str, key: str, item: Mapping[str, Any]) -> KernelVersion 
     if version is None:
         raise ConfigError(f"{where}: {key!r} is not a kernel version: {text!r} (e.g. \"5.17\")")
     return version
+
+
+def _mapping(where: str, key: str, value: Any) -> dict[str, Any]:
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise ConfigError(f"{where}: {key!r} must be a mapping")
+    return {str(k): v for k, v in value.items()}
+
+
+def _count(where: str, key: str, value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise ConfigError(f"{where}: {key!r} must be a positive whole number, not {value!r}")
+    return value
+
+
+def parse_loader(where: str, raw: Any) -> LoaderSettings:
+    """Parse a ``loader:`` mapping; raises ConfigError naming the entry."""
+    at = f"{where}: loader"
+    data = _mapping(where, "loader", raw)
+    unknown = sorted(set(data) - LOADER_KEYS)
+    if unknown:
+        raise ConfigError(
+            f"{at}: unknown key {', '.join(map(repr, unknown))} (known: {', '.join(sorted(LOADER_KEYS))})"
+        )
+    targets: dict[str, str] = {}
+    for prog, func in _mapping(at, "attach_targets", data.get("attach_targets")).items():
+        if not isinstance(func, str) or not func:
+            raise ConfigError(f"{at}: attach_targets: {prog!r} must name a function, not {func!r}")
+        targets[prog] = func
+    maps: dict[str, dict[str, int]] = {}
+    for name, sizes in _mapping(at, "maps", data.get("maps")).items():
+        given = _mapping(f"{at}: maps", name, sizes)
+        bad = sorted(set(given) - set(MAP_SIZE_KEYS))
+        if bad or not given:
+            raise ConfigError(
+                f"{at}: maps: {name!r} sets {', '.join(MAP_SIZE_KEYS)}"
+                + (f", not {', '.join(map(repr, bad))}" if bad else "")
+            )
+        maps[name] = {k: _count(f"{at}: maps: {name!r}", k, v) for k, v in given.items()}
+    rodata: dict[str, int | bool | str] = {}
+    for var, value in _mapping(at, "rodata", data.get("rodata")).items():
+        if not isinstance(value, (bool, int, str)):
+            raise ConfigError(
+                f"{at}: rodata: {var!r} must be a number, true/false or a string, not {value!r}"
+            )
+        rodata[var] = value
+    off: set[str] = set()
+    for prog, on in _mapping(at, "autoload", data.get("autoload")).items():
+        if not isinstance(on, bool):
+            raise ConfigError(f"{at}: autoload: {prog!r} must be true or false, not {on!r}")
+        if not on:
+            off.add(prog)
+    both = sorted(off & set(targets))
+    if both:
+        raise ConfigError(
+            f"{at}: program {both[0]!r} is left out (autoload: false) but given an attach target"
+        )
+    return LoaderSettings(targets, maps, rodata, frozenset(off))
 
 
 def _parse_expectation(w: str, item: Any) -> Expectation:
@@ -218,7 +298,8 @@ def parse_sidecar(text: str, path: Path) -> Sidecar:
             expectations[str(name)] = parse_expectations(where, settings["expect"])
     trigger = _check_trigger(str(path), data["trigger"]) if data.get("trigger") is not None else None
     program_lines = {str(n): lines[("programs", str(n))] for n in programs if ("programs", str(n)) in lines}
-    return Sidecar(path, trigger, triggers, expectations, program_lines)
+    loader = parse_loader(_at(path, lines.get(("loader",))), data.get("loader"))
+    return Sidecar(path, trigger, triggers, expectations, program_lines, loader)
 
 
 def load_sidecar(directory: Path, object_name: str) -> Sidecar:
@@ -239,6 +320,7 @@ def check_sidecar_programs(sidecar: Sidecar, object_name: str, programs: Collect
     if sidecar.path is None:
         return
     named = set(sidecar.program_lines) | set(sidecar.program_triggers) | (set(sidecar.expectations) - {"*"})
+    named |= sidecar.loader.programs
     for name in sorted(named - set(programs)):
         where = _at(sidecar.path, sidecar.program_lines.get(name))
         have = ", ".join(sorted(programs)) or "none"

@@ -19,11 +19,11 @@ from harness.programs.inventory import BPFObject
 from harness.report.results import CellResult, Check, KernelRun, Outcome, Probe
 from harness.run.facts import facts_note, store_facts
 from harness.run.share import AGENT
-from harness.vm.guest.protocol import FACTS_DIR, read_objects, read_scenarios
+from harness.vm.guest.protocol import FACTS_DIR, SCRATCH_DISK_BYTES, read_objects, read_scenarios
 from harness.vm.runner import Accelerator, VMRequest, VMResult, scaled_timeout
 
 GUEST_CHECKS = (Check.LOAD, Check.CORE, Check.ATTACH, Check.FIRE)
-SCRATCH_DISK_BYTES = 4 << 20  # a virtio disk so that block-layer probes have I/O to see
+# SCRATCH_DISK_BYTES: a virtio disk so that block-layer probes have I/O to see.
 # LSMs of Debian's CONFIG_LSM; `bpf` is appended when missing so that lsm/ programs can attach.
 DEFAULT_LSM = ("lockdown", "capability", "landlock", "yama", "apparmor", "bpf")
 

@@ -28,6 +28,11 @@ def not_built(spec: KernelSpec, probe: Probe, check: Check) -> CellResult:
         f"(add {arch}/{probe.object}.bpf.o, or a {arch} binary that embeds it)"
     )
     return CellResult(probe, spec.id, arch, check, Outcome.SKIP, msg)
+def left_out(spec: KernelSpec, probe: Probe, check: Check) -> CellResult:
+    """The SKIP of a program its loader leaves out (its sidecar's ``loader: autoload:`` is false)."""
+    from harness.checks.guest import LEFT_OUT
+
+    return CellResult(probe, spec.id, spec.arch.name, check, Outcome.SKIP, LEFT_OUT)
 
 
 def error_cell(spec: KernelSpec, probe: Probe, check: Check, why: str) -> CellResult:

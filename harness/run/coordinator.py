@@ -18,6 +18,7 @@ from harness.kernels.facts import KernelFacts
 from harness.kernels.fetch import KernelBuild
 from harness.programs.build import find_sources
 from harness.programs.inventory import BPFObject
+from harness.programs.loader import plan_loader
 from harness.programs.sidecar import Sidecar, load_sidecar, load_sidecars
 from harness.report.results import CellResult, Check, KernelRun, Probe
 from harness.run import cells
@@ -32,6 +33,7 @@ from harness.run.programs import (
     build_objects,
     probes_with_builds,
     vmlinux_btf_for_arch,
+    with_loader_targets,
 )
 from harness.run.share import prepare_share
 from harness.vm.runner import Accelerator, Runner, VMRequest, VMResult, accelerator_for, stop_all_vms
@@ -120,8 +122,11 @@ class MatrixRun:
         """bpf_progs/ built for ``arch`` (once per process; the build itself is cached on disk)."""
         if arch.name not in self._objects:
             build_dir = self.cache_root / "build"
-            self._objects[arch.name] = build_objects(
+            built = build_objects(
                 self.progs_dir, arch, build_dir, lambda: vmlinux_btf_for_arch(self.config, arch, self.fetch)
+            )
+            self._objects[arch.name] = with_loader_targets(
+                built, lambda name: self.sidecar(name).loader.attach_targets
             )
         return self._objects[arch.name]
 
@@ -276,6 +281,8 @@ class MatrixRun:
             return cells.error_cell(spec, probe, check, why)
         if probe.kind == UNKNOWN_KIND:
             return cells.unchecked(spec, probe, check)
+        if probe.program in self.sidecar(probe.object).loader.autoload_off:
+            return cells.left_out(spec, probe, check)
         if why := built.relocation_error(probe, check):
             return cells.error_cell(spec, probe, check, why)
         cell = cells.guest_cell(spec, probe, check, self.guest(spec))
@@ -293,6 +300,8 @@ class MatrixRun:
             return cells.error_cell(spec, probe, check, why)
         if probe.kind == UNKNOWN_KIND:
             return cells.unchecked(spec, probe, check)
+        if probe.program in self.sidecar(probe.object).loader.autoload_off:
+            return cells.left_out(spec, probe, check)
         found = cells.found_or_skip(spec, probe, check, self.offline(spec))
         booted = self._guest.get(spec.key) if spec.key in self._objects_run else None
         if check == Check.FEATURES and booted is not None:
@@ -348,4 +357,10 @@ def checked_sidecars(
         for obj in objects(arch).objects:
             names = {p.program for p in obj.probes} | {prog for prog, _ in obj.unknown}
             programs[obj.name] = (programs.get(obj.name) or set()) | names
-    return load_sidecars(progs_dir, programs)
+    sidecars = load_sidecars(progs_dir, programs)
+    for arch in arches:
+        for obj in objects(arch).objects:
+            if obj.name in sidecars:
+                # Its maps and .rodata variables exist, and its values fit them (ConfigError before a boot).
+                plan_loader(sidecars[obj.name].loader, obj.path, str(sidecars[obj.name].path))
+    return sidecars

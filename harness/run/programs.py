@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from harness.btf.bpf_object import load_object_core_relos
@@ -142,6 +142,20 @@ def build_objects(
         uses=uses,
         uses_errors=uses_errors,
     )
+
+
+def with_loader_targets(built: ArchObjects, targets: Callable[[str], Mapping[str, str]]) -> ArchObjects:
+    """``built`` with each probe's target replaced by the function its loader attaches it to (the
+    sidecar's ``loader: attach_targets:``): the offline checks then look at the real target, not a
+    placeholder such as ``fentry/dummy_file_open``. ``targets`` gives them by object name."""
+    objects: list[BPFObject] = []
+    for obj in built.objects:
+        given = targets(obj.name)
+        if given:
+            probes = tuple(replace(p, target=given.get(p.program, p.target)) for p in obj.probes)
+            obj = replace(obj, probes=probes)
+        objects.append(obj)
+    return replace(built, objects=tuple(objects))
 
 
 def index_relocations(

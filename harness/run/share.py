@@ -7,6 +7,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 from harness.programs.inventory import BPFObject
+from harness.programs.loader import plan_loader
 from harness.programs.sidecar import Sidecar
 from harness.vm.guest import protocol
 
@@ -32,10 +33,14 @@ def prepare_share(
         dest = objdir / obj.path.name
         shutil.copy2(obj.path, dest)
         side = sidecar(obj.name)
-        entries.append({
+        entry: protocol.PlanObject = {
             "name": obj.name, "path": f"{protocol.OBJECTS_DIR}/{dest.name}",
             "triggers": side.triggers_for(obj.probes),
-        })
+        }
+        loader = plan_loader(side.loader, obj.path, str(side.path))
+        if loader:
+            entry["loader"] = loader
+        entries.append(entry)
     from harness.checks.scenarios import plan_scenarios
 
     plan: protocol.Plan = {

@@ -326,6 +326,45 @@ class Libbpf:
         value = self.lib.bpf_program__name(prog)
         return value.decode() if value else "?"
 
+    def setup_loader_calls(self) -> None:
+        """Argument types of the calls a loader makes between open and load (libbpf 0.8+ has them all);
+        raises AttributeError when this libbpf lacks one."""
+        if getattr(self, "_loader_calls", False):
+            return
+        lib = self.lib
+        lib.bpf_object__next_map.restype = ctypes.c_void_p
+        lib.bpf_object__next_map.argtypes = [ctypes.c_void_p, ctypes.c_void_p]
+        lib.bpf_map__name.restype = ctypes.c_char_p
+        lib.bpf_map__name.argtypes = [ctypes.c_void_p]
+        for getter in ("type", "max_entries", "value_size", "key_size"):
+            fn = getattr(lib, "bpf_map__" + getter)
+            fn.restype = ctypes.c_uint32
+            fn.argtypes = [ctypes.c_void_p]
+        for setter in ("max_entries", "value_size", "key_size"):
+            fn = getattr(lib, "bpf_map__set_" + setter)
+            fn.restype = ctypes.c_int
+            fn.argtypes = [ctypes.c_void_p, ctypes.c_uint32]
+        lib.bpf_map__initial_value.restype = ctypes.c_void_p
+        lib.bpf_map__initial_value.argtypes = [ctypes.c_void_p, ctypes.POINTER(ctypes.c_size_t)]
+        lib.bpf_map__set_initial_value.restype = ctypes.c_int
+        lib.bpf_map__set_initial_value.argtypes = [ctypes.c_void_p, ctypes.c_char_p, ctypes.c_size_t]
+        lib.bpf_program__set_attach_target.restype = ctypes.c_int
+        lib.bpf_program__set_attach_target.argtypes = [ctypes.c_void_p, ctypes.c_int, ctypes.c_char_p]
+        self._loader_calls = True
+
+    def maps(self, obj: int) -> list[int]:
+        self.setup_loader_calls()
+        found: list[int] = []
+        bpf_map = self.lib.bpf_object__next_map(obj, None)
+        while bpf_map:
+            found.append(bpf_map)
+            bpf_map = self.lib.bpf_object__next_map(obj, bpf_map)
+        return found
+
+    def map_name(self, bpf_map: int) -> str:
+        value = self.lib.bpf_map__name(bpf_map)
+        return value.decode() if value else "?"
+
     def prog_info(self, fd: int) -> protocol.FireRecord:
         info = BpfProgInfo()
         size = ctypes.c_uint32(ctypes.sizeof(info))
@@ -454,52 +493,14 @@ def kernel_version(release: str) -> tuple[int, int]:
 # Workloads that make probes fire
 
 
-def default_workload(share: str) -> None:
-    """Exercise the usual hooks: files (open, write, rename, unlink), exec, a loopback TCP connection,
-    and direct block I/O on the scratch disk when there is one."""
-    import socket  # here, not at the top: only this workload needs it
-
-    tmp = f"/tmp/bpfmatrix-{os.getpid()}"  # not tempfile: importing it reads a dozen modules over 9p
-    os.makedirs(tmp, exist_ok=True)
-    try:
-        # Once each: a probe either fires on these or not at all (a run count of 1 is a pass), and under
-        # emulation every fsync and exec costs tens of milliseconds.
-        path = os.path.join(tmp, "f")
-        with open(path, "w") as fh:
-            fh.write("x" * 4096)
-            fh.flush()
-            os.fsync(fh.fileno())
-        with open(path) as fh:
-            fh.read()
-        os.rename(path, path + ".2")
-        os.unlink(path + ".2")
-        os.mkdir(os.path.join(tmp, "d"))
-        os.rmdir(os.path.join(tmp, "d"))
-    finally:
-        for name in ("f", "f.2", "d"):
-            path = os.path.join(tmp, name)
-            if os.path.isdir(path):
-                os.rmdir(path)
-            elif os.path.exists(path):
-                os.unlink(path)
-        os.rmdir(tmp)
-    subprocess.run(["/bin/true"], check=False, timeout=20)
-    server = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    try:
-        server.bind(("127.0.0.1", 0))
-        server.listen(1)
-        client = socket.create_connection(server.getsockname(), timeout=5)
-        conn, _ = server.accept()
-        client.sendall(b"ping")
-        conn.recv(4)
-        conn.close()
-        client.close()
-    except OSError:
-        pass
-    finally:
-        server.close()
-    os.getpid()
-    block_io()
+def default_workload(share: str) -> dict[str, str]:
+    """The default trigger: workload.py's one pass over files, processes, signals, the network, futexes,
+    memory, the scheduler, mounts and block I/O. Returns the parts that could not run, and why."""
+    if TYPE_CHECKING or __package__:
+        from . import workload
+    else:
+        import workload  # copied beside the agent
+    return workload.run_default(protocol.SCRATCH_DISK_BYTES)
 
 
 def scratch_disk() -> None:
@@ -515,36 +516,16 @@ def scratch_disk() -> None:
         time.sleep(0.1)
 
 
-def block_io() -> None:
-    """Read the scratch disk with O_DIRECT so the request reaches the block layer."""
-    scratch_disk()
-    for dev in ("/dev/vda", "/dev/sda"):
-        if not os.path.exists(dev):
-            continue
-        try:
-            fd = os.open(dev, os.O_RDONLY | getattr(os, "O_DIRECT", 0))
-        except OSError:
-            continue
-        try:
-            import mmap
-
-            buf = mmap.mmap(-1, 4096)
-            for i in range(8):
-                os.preadv(fd, [buf], i * 4096)
-        except OSError:
-            pass
-        finally:
-            os.close(fd)
-        return
-
-
 def run_trigger(trigger: protocol.Trigger | None, share: str) -> protocol.TriggerRun:
     """Run one trigger: "default", an argv list, or a shell command string (the user's own, in the guest)."""
     start = time.monotonic()
     try:
         if trigger is None or trigger == "default":
-            default_workload(share)
-            return {"trigger": "default", "ok": True, "seconds": time.monotonic() - start}
+            missed = default_workload(share)
+            run: protocol.TriggerRun = {"trigger": "default", "ok": True, "seconds": time.monotonic() - start}
+            if missed:
+                run["output"] = "; ".join(f"{part}: {why}" for part, why in sorted(missed.items()))[-2000:]
+            return run
         if isinstance(trigger, list):
             argv = [str(a) for a in trigger]
         else:
@@ -564,13 +545,131 @@ def run_trigger(trigger: protocol.Trigger | None, share: str) -> protocol.Trigge
 
 
 # ---------------------------------------------------------------------------------------------------
+# What a loader sets between open and load: the sidecar's settings, and sizes for zero-sized maps
+
+# Map types (include/uapi/linux/bpf.h) whose max_entries 0 the kernel refuses. Left out: the storage
+# maps (sk, inode, task, cgrp), which must have 0; PERF_EVENT_ARRAY, which libbpf sizes to the CPUs
+# itself; ring buffers, whose size is their max_entries (a power of two of pages the object gives).
+SIZED_MAP_TYPES = {1, 2, 5, 6, 7, 9, 10, 11, 12, 13, 22, 23, 30}
+MAP_TYPE_STACK_TRACE = 7
+DEFAULT_MAX_ENTRIES = 1024  # what tools commonly give a hash of pids or a stack map
+STACK_TRACE_VALUE_SIZE = 127 * 8  # PERF_MAX_STACK_DEPTH frames of u64
+
+
+def size_map(lb: Libbpf, bpf_map: int, sizes: protocol.MapSizes, by: str) -> protocol.SetRecord:
+    """Give ``bpf_map`` the ``sizes`` (before load); a record of what was set, with the errno if refused."""
+    name = lb.map_name(bpf_map)
+    parts = []
+    given: dict[str, int] = dict(sizes)  # type: ignore[arg-type]  # a TypedDict of ints
+    for key in ("max_entries", "value_size", "key_size"):
+        if key not in given:
+            continue
+        value = int(given[key])
+        old = getattr(lb.lib, "bpf_map__" + key)(bpf_map)
+        rc = getattr(lb.lib, "bpf_map__set_" + key)(bpf_map, value)
+        if rc != 0:
+            return {"what": "map", "name": name, "by": by, "errno": -rc,
+                    "error": f"bpf_map__set_{key}({value}): {os.strerror(-rc)}"}
+        parts.append(f"{key} {value} (the object has {old})")
+    return {"what": "map", "name": name, "by": by, "text": ", ".join(parts)}
+
+
+def default_sizes(lb: Libbpf, bpf_map: int) -> protocol.MapSizes:
+    """Sizes for what the object leaves at zero for its loader to fill in (empty when nothing is)."""
+    kind = lb.lib.bpf_map__type(bpf_map)
+    if kind not in SIZED_MAP_TYPES:
+        return {}
+    sizes: protocol.MapSizes = {}
+    if lb.lib.bpf_map__max_entries(bpf_map) == 0:
+        sizes["max_entries"] = DEFAULT_MAX_ENTRIES
+    if kind == MAP_TYPE_STACK_TRACE and lb.lib.bpf_map__value_size(bpf_map) == 0:
+        sizes["value_size"] = STACK_TRACE_VALUE_SIZE
+    return sizes
+
+
+def patch_data(lb: Libbpf, bpf_map: int, patch: protocol.DataPatch) -> protocol.SetRecord:
+    """Write a variable's bytes into a data section's initial value (before load)."""
+    name = str(patch["variable"])
+    rec: protocol.SetRecord = {"what": "data", "name": name, "by": "sidecar"}
+    size = ctypes.c_size_t(0)
+    ptr = lb.lib.bpf_map__initial_value(bpf_map, ctypes.byref(size))
+    value = bytes.fromhex(str(patch["hex"]))
+    offset = int(patch["offset"])
+    if not ptr or offset + len(value) > size.value:
+        rec["error"] = f"{patch['section']} has {size.value} bytes: no room for {name} at {offset}"
+        return rec
+    data = bytearray(ctypes.string_at(ptr, size.value))
+    data[offset:offset + len(value)] = value
+    rc = lb.lib.bpf_map__set_initial_value(bpf_map, bytes(data), size.value)
+    if rc != 0:
+        rec["errno"] = -rc
+        rec["error"] = f"bpf_map__set_initial_value: {os.strerror(-rc)}"
+        return rec
+    rec["text"] = f"{patch['section']} {name} = 0x{patch['hex']} at offset {offset}"
+    return rec
+
+
+def apply_loader(
+    lb: Libbpf, obj: int, progs: dict[str, int], loader: protocol.LoaderPlan
+) -> tuple[list[protocol.SetRecord], dict[str, protocol.LoadRecord]]:
+    """Set on an opened object what its loader would: attach targets, map sizes (the sidecar's, else
+    sizes for zero-sized maps), .rodata values, autoload off. Returns what was set, and the load
+    records of programs whose attach target could not be set (those are left out of the load)."""
+    sets: list[protocol.SetRecord] = []
+    refused: dict[str, protocol.LoadRecord] = {}
+    for name in loader.get("autoload_off") or []:
+        if name in progs:
+            lb.lib.bpf_program__set_autoload(progs[name], False)
+            sets.append({"what": "autoload", "name": name, "by": "sidecar", "text": "autoload off"})
+    targets = loader.get("attach_targets") or {}
+    try:
+        all_maps = lb.maps(obj)
+    except AttributeError as exc:
+        if targets or loader.get("maps") or loader.get("data"):
+            sets.append({"what": "loader", "name": "", "by": "sidecar",
+                         "error": f"libbpf {lb.version} lacks a loader call: {exc}"})
+        return sets, refused
+    for name, func in targets.items():
+        if name not in progs:
+            continue
+        lb.take_log()
+        rc = lb.lib.bpf_program__set_attach_target(progs[name], 0, str(func).encode())
+        if rc != 0:
+            err = -rc
+            line = f"prog '{name}': bpf_program__set_attach_target '{func}': {os.strerror(err)}\n"
+            refused[name] = {"stage": "set_attach_target", "ok": False, "errno": err,
+                             "error": os.strerror(err), "log": lb.take_log() + line, "target": str(func)}
+            lb.lib.bpf_program__set_autoload(progs[name], False)
+        else:
+            sets.append({"what": "attach_target", "name": name, "by": "sidecar", "text": str(func)})
+    wanted = loader.get("maps") or {}
+    by_section: dict[str, list[protocol.DataPatch]] = {}
+    for patch in loader.get("data") or []:
+        by_section.setdefault(str(patch["section"]), []).append(patch)
+    for bpf_map in all_maps:
+        name = lb.map_name(bpf_map)
+        if name in wanted:
+            sets.append(size_map(lb, bpf_map, wanted[name], "sidecar"))
+        else:
+            sizes = default_sizes(lb, bpf_map)
+            if sizes:
+                sets.append(size_map(lb, bpf_map, sizes, "harness"))
+        for section, patches in by_section.items():
+            # libbpf names an internal map "<object name prefix><section>", e.g. "biolaten.rodata".
+            if name.endswith(section):
+                sets += [patch_data(lb, bpf_map, p) for p in patches]
+    return sets, refused
+
+
+# ---------------------------------------------------------------------------------------------------
 # One object: load (whole, then without each program the kernel rejects), attach each, trigger, count
 
 
 def load_object(
-    lb: Libbpf, path: str, only: list[str] | None
+    lb: Libbpf, path: str, only: list[str] | None, loader: protocol.LoaderPlan | None = None
 ) -> tuple[int | None, protocol.LoadRecord]:
-    """Open ``path`` and load it (just the programs ``only`` when given). Returns (object or None, record)."""
+    """Open ``path``, set what its loader sets, and load it (just the programs ``only`` when given).
+    Returns (object or None, record)."""
     lb.take_log()
     obj = lb.lib.bpf_object__open_file(path.encode(), None)
     err = lb.error_of(obj)
@@ -578,13 +677,23 @@ def load_object(
         return None, {"stage": "open", "ok": False, "errno": err, "error": os.strerror(err),
                       "log": lb.take_log()}
     names = []
+    progs: dict[str, int] = {}
     for prog in lb.programs(obj):
         name = lb.prog_name(prog)
         names.append(name)
+        progs[name] = prog
         if only is not None:
             lb.lib.bpf_program__set_autoload(prog, name in only)
+    opened = lb.take_log()
+    sets, refused = apply_loader(lb, obj, progs, loader or {})
     rc = lb.lib.bpf_object__load(obj)
-    record: protocol.LoadRecord = {"stage": "load", "ok": rc == 0, "programs": names, "log": lb.take_log()}
+    record: protocol.LoadRecord = {
+        "stage": "load", "ok": rc == 0, "programs": names, "log": opened + lb.take_log(),
+    }
+    if sets:
+        record["set"] = sets
+    if refused:
+        record["refused"] = refused
     if rc != 0:
         record["errno"] = -rc
         record["error"] = os.strerror(-rc)
@@ -649,24 +758,38 @@ def run_object(
     path = os.path.join(share, str(spec["path"]))
     triggers = spec.get("triggers") or {}
     assert isinstance(triggers, dict)
+    loader: protocol.LoaderPlan = spec.get("loader") or {}
     programs: dict[str, protocol.ProgramRecord] = {}
     result: protocol.ObjectRecord = {"object": spec["name"], "programs": programs}
     start = time.monotonic()
-    obj, whole = load_object(lb, path, None)
+    obj, whole = load_object(lb, path, None, loader)
     result["whole_load"] = whole
     if whole.get("stage") == "open":
         result["error"] = "libbpf could not open the object: {}".format(whole.get("error"))
         return result
+    sets = whole.pop("set", [])
+    if sets:
+        result["loader_set"] = sets
+    refused = whole.pop("refused", {})
+    for name, rec in refused.items():
+        programs[name] = {"load": rec}
+    names = [str(n) for n in whole.get("programs") or []]
+    left_out = [n for n in loader.get("autoload_off") or [] if n in names]
+    if left_out:
+        result["left_out"] = left_out
+    skipped = set(left_out) | set(refused)
     if obj is not None:
         loaded: list[tuple[int, str, int]] = []
         for prog in lb.programs(obj):
             name = lb.prog_name(prog)
+            if name in skipped:
+                continue
             programs[name] = {"load": {"ok": True, "seconds": time.monotonic() - start}}
             loaded.append((obj, name, prog))
         objects = [obj]
         result["load_log"] = whole["log"]
     else:
-        loaded, objects = load_without_rejected(lb, path, whole, start, programs)
+        loaded, objects = load_without_rejected(lb, path, whole, start, programs, loader, skipped)
     phases: protocol.Phases = {"load": time.monotonic() - start}
     result["phases"] = phases
     mark = time.monotonic()
@@ -688,8 +811,11 @@ def load_without_rejected(
     whole: protocol.LoadRecord,
     start: float,
     programs: dict[str, protocol.ProgramRecord],
+    loader: protocol.LoaderPlan | None = None,
+    skipped: set[str] | None = None,
 ) -> tuple[list[tuple[int, str, int]], list[int]]:
-    """Load an object the kernel rejected as a whole without its rejected programs.
+    """Load an object the kernel rejected as a whole without its rejected programs (and without the
+    ``skipped`` ones: left out by its loader, or whose attach target was refused).
 
     Fills ``programs`` with each program's load record; returns the loaded (object, program name,
     program pointer) and the objects to close.
@@ -700,20 +826,22 @@ def load_without_rejected(
     loaded: list[tuple[int, str, int]] = []
     objects: list[int] = []
     names = whole.get("programs")
-    pending = [str(n) for n in names] if isinstance(names, list) else []
+    pending = [str(n) for n in names if str(n) not in (skipped or set())] if isinstance(names, list) else []
     attempt, t0 = whole, start
     while pending:
         culprit = rejected_program(str(attempt.get("log", "")), pending)
         if culprit is None:
             break
         failed = attempt.copy()
+        failed.pop("set", None)
+        failed.pop("refused", None)
         failed["seconds"] = time.monotonic() - t0
         programs[culprit] = {"load": failed}
         pending.remove(culprit)
         if not pending:
             break
         t0 = time.monotonic()
-        rest, attempt = load_object(lb, path, pending)
+        rest, attempt = load_object(lb, path, pending, loader)
         if rest is not None:
             objects.append(rest)
             for prog in lb.programs(rest):
@@ -725,7 +853,9 @@ def load_without_rejected(
             pending = []
     for name in pending:
         t0 = time.monotonic()
-        one, rec = load_object(lb, path, [name])
+        one, rec = load_object(lb, path, [name], loader)
+        rec.pop("set", None)
+        rec.pop("refused", None)
         rec["seconds"] = time.monotonic() - t0
         programs[name] = {"load": rec}
         if one is not None:

@@ -21,6 +21,10 @@ FACTS_DIR = "facts"
 OBJECTS_DIR = "objs"
 USER_DIR = "user"
 
+# The scratch disk the guest gets (a sparse image beside the share): the agent writes only to a disk of
+# exactly this size, never to one it did not get from the host.
+SCRATCH_DISK_BYTES = 4 << 20
+
 # The facts directory (FACTS_DIR in the share; the kernel's facts cache entry on the host).
 UNAME_FILE = "uname.json"
 KALLSYMS_FILE = "kallsyms"
@@ -45,12 +49,44 @@ PathLike = Union[str, "os.PathLike[str]"]
 # The plan (host → guest)
 
 
-class PlanObject(TypedDict):
-    """One object to load: its name, its path in the share, and the trigger of each program."""
+class MapSizes(TypedDict, total=False):
+    """Sizes a loader gives a map before load (bpf_map__set_*)."""
 
+    max_entries: int
+    value_size: int
+    key_size: int
+
+
+class DataPatch(TypedDict):
+    """Bytes a loader writes into a data section's initial value (a ``const volatile`` of .rodata)."""
+
+    section: str  # ".rodata": libbpf's internal map is named "<object prefix>.rodata"
+    variable: str
+    offset: int
+    size: int
+    hex: str  # the bytes, in the object's byte order
+
+
+class LoaderPlan(TypedDict, total=False):
+    """What the object's own loader would set between bpf_object__open and bpf_object__load."""
+
+    attach_targets: dict[str, str]  # program -> function (bpf_program__set_attach_target)
+    maps: dict[str, MapSizes]
+    data: list[DataPatch]
+    autoload_off: list[str]  # programs the loader leaves out
+
+
+class _PlanObjectRequired(TypedDict):
     name: str
     path: str  # relative to the share: OBJECTS_DIR/<file>
     triggers: dict[str, Trigger]
+
+
+class PlanObject(_PlanObjectRequired, total=False):
+    """One object to load: its name, its path in the share, the trigger of each program, and what its
+    loader sets (the sidecar's; the agent also sizes maps the object leaves at zero)."""
+
+    loader: LoaderPlan
 
 
 class UpdateScenario(TypedDict):
@@ -81,6 +117,17 @@ class Plan(TypedDict):
 # The objects (guest → host): one record per object, one per program in it
 
 
+class SetRecord(TypedDict, total=False):
+    """One thing set on an object before its load: by its sidecar, or by the harness (a zero-sized map)."""
+
+    what: str  # "attach_target", "map", "data", "autoload"
+    name: str  # the program, map or variable
+    by: str  # "sidecar" or "harness"
+    text: str  # in words: "max_entries 1024 (the object has 0)"
+    errno: int  # the libbpf call failed
+    error: str
+
+
 class _LoadRequired(TypedDict):
     ok: bool
 
@@ -88,12 +135,15 @@ class _LoadRequired(TypedDict):
 class LoadRecord(_LoadRequired, total=False):
     """A load: of the whole object (``whole_load``), or of one program."""
 
-    stage: str  # "open" or "load"
+    stage: str  # "open", "load", or "set_attach_target" (the loader's target was refused)
     programs: list[str]  # the object's programs, as libbpf named them
     log: str  # what libbpf printed
     errno: int
     error: str
     seconds: float
+    target: str  # the attach target that was refused
+    set: list[SetRecord]  # what was set before this load
+    refused: dict[str, LoadRecord]  # programs whose attach target was refused: left out of this load
 
 
 class _AttachRequired(TypedDict):
@@ -158,6 +208,8 @@ class ObjectRecord(_ObjectRequired, total=False):
     load_log: str  # the whole object's load log, when it loaded at once
     phases: Phases
     triggers: list[TriggerRun]
+    loader_set: list[SetRecord]  # what was set before each load, in plan order
+    left_out: list[str]  # programs not loaded: the loader leaves them out (autoload off)
     seconds: float
     error: str  # the object could not be handled at all: every program's checks are ERROR
     traceback: str
