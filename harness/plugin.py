@@ -39,6 +39,8 @@ OWNED_DIR_KEY = pytest.StashKey[Path]()
 COORDINATED_KEY = pytest.StashKey[bool]()
 REGROUPED_DIST_MODES = ("load", "loadscope", "loadfile", "worksteal")
 OFFLINE_GROUP = "offline"
+# The FIRE tests: judged against every kernel's boot (checks/across.py), they run after all of them.
+ACROSS_GROUP = "across"
 # Testing hook: "module:factory" naming a callable that returns the Runner to boot with instead of vng.
 RUNNER_ENV = "BPF_MATRIX_RUNNER"
 # Memory a worker needs beyond its guest: the harness, qemu's own overhead, page cache for 9p.
@@ -251,11 +253,18 @@ def pytest_unconfigure(config: pytest.Config) -> None:
 
 def matrix_group(nodeid: str, keys: list[str]) -> str | None:
     """The group of a matrix test from its node id (pure): its (kernel, arch) key for in-guest checks,
-    "offline" for the others, None for a test that is not a matrix cell."""
+    "across" for FIRE, "offline" for the others, None for a test that is not a matrix cell.
+
+    A FIRE verdict needs the boots of every kernel of its arch (fire by difference): its tests are
+    one group, handed out after every (kernel, arch) group like the offline one, so that each boot
+    it waits for has started or is queued ahead of it on another worker, never behind it.
+    """
     name, _, rest = nodeid.rpartition("::")[2].partition("[")
     check = name.removeprefix("test_")
     if not rest.endswith("]") or check not in {c.value for c in Check}:
         return None
+    if Check(check) is Check.FIRE:
+        return ACROSS_GROUP
     if Check(check) not in GUEST_CHECKS:
         return OFFLINE_GROUP
     param = rest[:-1]
@@ -374,13 +383,16 @@ def _cell_param(item: pytest.Item) -> tuple[KernelSpec, Probe, Check] | None:
 
 
 def _order(item: pytest.Item) -> tuple[int, int, int]:
-    """In-guest tests grouped per (kernel, arch) in kernels.yaml order, then the offline group."""
+    """In-guest tests grouped per (kernel, arch) in kernels.yaml order, then the offline group, then
+    the FIRE tests (the across group)."""
     param = _cell_param(item)
     if param is None:
-        return (2, 0, 0)
+        return (3, 0, 0)
     spec, _probe, check = param
     run: MatrixRun = item.config.stash[RUN_KEY]
     index = run.config.kernels.index(spec)
+    if check is Check.FIRE:
+        return (2, index, 0)
     if check in GUEST_CHECKS:
         return (0, index, GUEST_CHECKS.index(check))
     return (1, index, OFFLINE_CHECKS.index(check) if check in OFFLINE_CHECKS else 9)
@@ -401,12 +413,14 @@ def pytest_collection_finish(session: pytest.Session) -> None:
     offline = False
     for item in session.items:
         param = _cell_param(item)
-        if param is not None and param[2] in GUEST_CHECKS:
+        # FIRE tests boot nothing of their own accord: their kernel's group does, when it has tests.
+        if param is not None and param[2] in GUEST_CHECKS and param[2] is not Check.FIRE:
             planned.add(param[0].key)
-        elif param is not None:
+        elif param is not None and param[2] is not Check.FIRE:
             offline = True
     if session.config.stash.get(COORDINATED_KEY, True):
         run.guest_planned = frozenset(planned)
+        run.boots_elsewhere = _is_worker(session.config)
     # Outside xdist's workers this process runs every test it boots for (an xdist controller boots
     # none): its offline checks can be computed while a VM boots.
     run.overlap_offline = offline and not _is_worker(session.config)

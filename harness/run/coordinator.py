@@ -8,6 +8,8 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TypeVar
 
+from harness.checks import across
+from harness.checks.symbols import check_symbol
 from harness.checks.uprobe import build_user_samples
 from harness.errors import BuildError, HarnessError
 from harness.kernels.cache import resolve_cache_root
@@ -17,7 +19,7 @@ from harness.kernels.fetch import KernelBuild
 from harness.programs.build import find_sources
 from harness.programs.inventory import BPFObject
 from harness.programs.sidecar import Sidecar, load_sidecar, load_sidecars
-from harness.report.results import CellResult, Check, KernelRun, Probe
+from harness.report.results import CellResult, Check, KernelRun, Outcome, Probe
 from harness.run import cells
 from harness.run.boot import BootJob, BootSteps, GuestOutcome, boot, failed
 from harness.run.coordination import BootMarkers, boot_wait
@@ -73,6 +75,9 @@ class MatrixRun:
         # Set when this process also reports the offline checks (no xdist): they are then computed
         # while the first VM boots, when their facts are all cached.
         self.overlap_offline = False
+        # Set in a pytest-xdist worker that shares the run directory: the planned boots are another
+        # worker's, whose outcomes it waits for instead of booting them again.
+        self.boots_elsewhere = False
         self._builds: Memo[KernelBuild] = Memo()
         self._objects: dict[str, ArchObjects] = {}
         self._facts: Memo[KernelFacts] = Memo()
@@ -210,6 +215,10 @@ class MatrixRun:
             outcome = self._boot(spec, objects)
             if with_objects:
                 self._objects_run.add(spec.key)
+                try:
+                    self.markers.store_outcome(spec.key, outcome.serialize())
+                except OSError:
+                    pass  # the FIRE tests of other processes then boot this kernel again
             self.markers.record(spec.key, outcome.error or "ok")
         self._guest[spec.key] = outcome
         self._kernel_runs[spec.key] = outcome.kernel
@@ -259,22 +268,89 @@ class MatrixRun:
     # --- results -----------------------------------------------------------------------------------
 
     def guest_result(self, spec: KernelSpec, probe: Probe, check: Check) -> CellResult:
-        """The result of an in-guest ``check`` of ``probe`` on ``spec``, booting on first use."""
+        """The result of an in-guest ``check`` of ``probe`` on ``spec``, booting on first use, judged
+        with what the run knows beyond the cell (checks/across.py): FIRE against every kernel of the
+        arch, LOAD and ATTACH against this kernel's facts."""
+        if check is Check.FIRE:
+            same_arch = [s for s in self.config.kernels if s.arch == spec.arch]
+            peers = [self._guest_result(s, probe, check, self.guest_elsewhere(s)) for s in same_arch]
+            here = peers[same_arch.index(spec)]
+            if not across.never_fired(here):
+                return here
+            fired = [s for s, r in zip(same_arch, peers) if across.fired(r)]
+            hint = across.fire_hint(
+                probe.target, probe.kind, self._known_facts(spec),
+                [f for f in map(self._known_facts, fired) if f is not None],
+            )
+            return across.judge_fire(here, peers, self._triggered(probe), hint)
+        result = self._guest_result(spec, probe, check, self.guest(spec))
+        if check in across.DEFERRED_CHECKS and result.outcome is Outcome.FAIL:
+            facts = self._known_facts(spec)
+            if facts is not None:
+                result = across.defer_to_symbol(result, check_symbol(probe, spec.id, spec.arch, facts))
+        return result
+
+    def _guest_result(
+        self, spec: KernelSpec, probe: Probe, check: Check, outcome: GuestOutcome
+    ) -> CellResult:
         if why := self.input_error(spec.arch, probe):
             return cells.error_cell(spec, probe, check, why)
         if probe.kind == UNKNOWN_KIND:
             return cells.unchecked(spec, probe, check)
         if why := self.objects(spec.arch).relocation_error(probe, check):
             return cells.error_cell(spec, probe, check, why)
-        return cells.guest_cell(spec, probe, check, self.guest(spec))
+        return cells.guest_cell(spec, probe, check, outcome)
+
+    def guest_elsewhere(self, spec: KernelSpec) -> GuestOutcome:
+        """The outcome of ``spec``'s boot with its objects: this process's, or, in a pytest-xdist
+        worker, the one the worker that booted it left in the run directory (waited for)."""
+        cached = self._guest.get(spec.key)
+        if cached is not None and (cached.error or spec.key in self._objects_run):
+            return cached
+        if not self.boots_elsewhere or spec.key not in self.guest_planned:
+            return self.guest(spec)
+        wait = boot_wait(self.config.kernels, self.accelerator, self.retries, self.guest_planned)
+        marker = self.markers.wait(spec.key, wait)
+        document = self.markers.read_outcome(spec.key)
+        if document is not None:
+            try:
+                return GuestOutcome.deserialize(document)
+            except (KeyError, TypeError, ValueError):
+                pass
+        return failed(self.kernel_run(spec), f"no in-guest results from the boot of {spec.key}: "
+                      f"{marker or 'it did not finish in time'}")
+
+    def _known_facts(self, spec: KernelSpec) -> KernelFacts | None:
+        """The facts of ``spec`` when cached (never a boot for them), else None."""
+        if self.facts_dir(spec) is None:
+            return None
+        try:
+            return self.facts(spec)
+        except HarnessError:
+            return None
+
+    def _triggered(self, probe: Probe) -> bool:
+        """Whether the sidecar gives ``probe`` a trigger of its own (then it should fire)."""
+        try:
+            return bool(self.sidecar(probe.object).triggers_for([probe]))
+        except HarnessError:
+            return False
 
     def offline_result(self, spec: KernelSpec, probe: Probe, check: Check) -> CellResult:
-        """The result of an offline ``check`` of ``probe`` on ``spec`` (facts from the cache)."""
+        """The result of an offline ``check`` of ``probe`` on ``spec`` (facts from the cache); a SYMBOL
+        is judged against the other kernels of the arch (a target absent on every one)."""
         if why := self.input_error(spec.arch, probe):
             return cells.error_cell(spec, probe, check, why)
         if probe.kind == UNKNOWN_KIND:
             return cells.unchecked(spec, probe, check)
-        return cells.found_or_skip(spec, probe, check, self.offline(spec))
+        result = cells.found_or_skip(spec, probe, check, self.offline(spec))
+        if check is Check.SYMBOL and across.absent(result):
+            peers = [
+                cells.found_or_skip(s, probe, check, self.offline(s))
+                for s in self.config.kernels if s.arch == spec.arch
+            ]
+            result = across.judge_absent(result, peers)
+        return result
 
     def offline(self, spec: KernelSpec) -> Cells:
         if self._offline is None:
