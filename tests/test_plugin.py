@@ -67,7 +67,8 @@ class FakeRunner:
     """Same Protocol as VngRunner; plays the guest as the script at $FAKE_VM_SCRIPT says.
 
     Script: {"log": path, "facts": {image name: facts dir}, "acts": {image name: [act per attempt]}}.
-    Acts: ok, reject (the verifier refuses every program), lost (a kernel panic), agent-crash
+    Acts: ok, idle (every program attaches and never runs), reject (the verifier refuses every
+    program), lost (a kernel panic), agent-crash
     (done.json says ok: false with a traceback), broken-done (done.json is not JSON), no-done.
     The last act repeats for further attempts.
     """
@@ -101,8 +102,8 @@ class FakeRunner:
                 "RuntimeError: agent blew up\n",
             )
             protocol.write_done(req.share, done)
-        elif act in ("ok", "reject"):
-            self._guest(req.share, plan, name, reject=act == "reject")
+        elif act in ("ok", "reject", "idle"):
+            self._guest(req.share, plan, name, reject=act == "reject", runs=0 if act == "idle" else 3)
         # What VngRunner does with the share once the VM is gone.
         done_record = read_done(req.share)
         if done_record is None:
@@ -111,7 +112,7 @@ class FakeRunner:
             raise LostVMError(msg, console_tail(console))
         return VMResult(done_record, console, 0.1, 0, req.accelerator, ())
 
-    def _guest(self, share: Path, plan: protocol.Plan, name: str, reject: bool) -> None:
+    def _guest(self, share: Path, plan: protocol.Plan, name: str, reject: bool, runs: int = 3) -> None:
         if plan.get("facts"):
             shutil.copytree(self.script["facts"][name], share / protocol.FACTS_DIR)
         records = []
@@ -127,7 +128,7 @@ class FakeRunner:
                     programs[probe.program] = protocol.ProgramRecord(
                         load=protocol.LoadRecord(ok=True, seconds=0.01, log=""),
                         attach=protocol.AttachRecord(ok=True, log=""),
-                        fire=protocol.FireRecord(run_cnt=3, run_time_ns=900, recursion_misses=0),
+                        fire=protocol.FireRecord(run_cnt=runs, run_time_ns=300 * runs, recursion_misses=0),
                     )
             records.append(protocol.ObjectRecord(object=entry["name"], programs=programs))
         protocol.write_objects(share, records)
@@ -350,6 +351,41 @@ GUEST_ONLY = ("-k", "test_load or test_attach or test_fire or test_core")
 
 
 # ---------------------------------------------------------------- outcomes and retries
+
+
+@pytest.mark.parametrize("workers", [None, "2"])
+def test_fire_is_judged_across_kernels_in_the_tests_themselves(project: Project, workers: str | None) -> None:
+    project.acts = {"5.10": ["ok"], "6.1": ["idle"]}
+    out = project.run(*(("-n", workers) if workers else ()))
+    assert out.returncode == 1, out.stdout[-3000:]
+    fires = {r["kernel"]: r for r in out.cells(check="fire")}
+    assert {k: r["outcome"] for k, r in fires.items()} == {"5.10": "pass", "6.1": "fail"}
+    assert fires["6.1"]["reason"].startswith("fired on 5.10 (run_cnt 3); never here after its trigger")
+    # The test itself failed with that verdict, not only the report.
+    assert "test_fire[kp_unlink-6.1-x86_64]" in out.stdout and "fired on 5.10 (run_cnt 3)" in out.stdout
+    assert out.boots_of("5.10") == 1 and out.boots_of("6.1") == 1
+
+
+def test_fire_never_reached_on_any_kernel_is_a_skip(project: Project) -> None:
+    project.acts = {"5.10": ["idle"], "6.1": ["idle"]}
+    out = project.run("-n", "2")
+    assert out.returncode == 0, out.stdout[-3000:]
+    assert {r["outcome"] for r in out.cells(check="fire")} == {"skip"}
+    assert {r["reason"] for r in out.cells(check="fire")} == {
+        "not reached by the workload on any kernel: give a trigger in the sidecar"
+    }
+    # A trigger in the sidecar says it should fire: the FAIL stays.
+    (project.progs / "good.yaml").write_text('trigger: "true"\n')
+    out = project.run("-n", "2")
+    assert out.returncode == 1, out.stdout[-3000:]
+    assert {r["outcome"] for r in out.cells(check="fire")} == {"fail"}
+
+
+def test_only_fire_selected_boots_each_kernel_once(project: Project) -> None:
+    project.acts = {"5.10": ["ok"], "6.1": ["idle"]}
+    out = project.run("-n", "2", "-k", "test_fire")
+    assert out.returncode == 1, out.stdout[-3000:]
+    assert out.boots_of("5.10") == 1 and out.boots_of("6.1") == 1
 
 
 def test_all_pass_one_boot_per_kernel(project: Project) -> None:
