@@ -7,7 +7,7 @@ from collections.abc import Mapping
 from tabulate import tabulate
 
 from harness.report.footnotes import Footnote, collect_footnotes
-from harness.report.labels import MARKDOWN_SYMBOLS, render_counts, render_legend
+from harness.report.labels import MARKDOWN_SYMBOLS, cell_label, render_counts, render_legend
 from harness.report.results import Matrix, Outcome, Probe
 
 _MD_SPECIAL = set("\\`*[]<>|")
@@ -54,7 +54,7 @@ def _matrix_table(m: Matrix, cites: Mapping[tuple[Probe, str, str], list[int]]) 
     for probe in m.probes():
         cells = [_md_code(probe.id), _md(probe.kind), _md_code(probe.target)]
         for kernel, arch in columns:
-            text = MARKDOWN_SYMBOLS[m.summary(probe, kernel, arch)]
+            text = _md(cell_label(m, probe, kernel, arch, MARKDOWN_SYMBOLS))
             numbers = cites.get((probe, kernel, arch), [])
             if numbers:
                 text += " <sup>" + ",".join(str(n) for n in numbers) + "</sup>"
