@@ -114,3 +114,38 @@ def test_load_and_attach_failures_of_an_absent_target_defer_to_symbol() -> None:
     assert across.defer_to_symbol(attach, symbol("5.10", KPROBE)) == attach
     fired = fire("6.1", 0)
     assert across.defer_to_symbol(fired, sym) == fired
+
+
+def cell(program: str, kernel: str, *outcomes: Outcome) -> list[CellResult]:
+    probe = Probe("alt", program, f"kprobe/{program}", "kprobe", program)
+    checks = (Check.SYMBOL, Check.LOAD, Check.FIRE)
+    return [CellResult(probe, kernel, "x86_64", c, o) for c, o in zip(checks, outcomes)]
+
+
+def test_a_group_passes_through_the_members_that_pass_every_check() -> None:
+    cells = {
+        "fentry_start": cell("fentry_start", "6.1", Outcome.PASS, Outcome.FAIL),
+        "kprobe_start": cell("kprobe_start", "6.1", Outcome.PASS, Outcome.PASS, Outcome.SKIP),
+        "tp_start": cell("tp_start", "6.1", Outcome.PASS, Outcome.PASS),
+    }
+    verdict = across.judge_group("alt", "io_start", "6.1", "x86_64", cells)
+    assert (verdict.outcome, verdict.working) == (Outcome.PASS, ("kprobe_start", "tp_start"))
+    assert verdict.reason == "works through kprobe_start, tp_start"
+
+
+def test_a_group_with_no_working_member_fails_naming_each_members_checks() -> None:
+    cells = {
+        "fentry_start": cell("fentry_start", "6.1", Outcome.PASS, Outcome.FAIL),
+        "kprobe_start": cell("kprobe_start", "6.1", Outcome.FAIL, Outcome.SKIP),
+    }
+    verdict = across.judge_group("alt", "io_start", "6.1", "x86_64", cells)
+    assert verdict.outcome is Outcome.FAIL
+    assert verdict.reason == "no member works: fentry_start (load); kprobe_start (symbol)"
+    cells["kprobe_start"] = cell("kprobe_start", "6.1", Outcome.ERROR)
+    assert across.judge_group("alt", "io_start", "6.1", "x86_64", cells).outcome is Outcome.ERROR
+
+
+def test_a_member_of_skips_alone_does_not_work() -> None:
+    assert not across.member_works(cell("x", "6.1", Outcome.SKIP, Outcome.SKIP))
+    assert not across.member_works([])
+    assert across.member_works(cell("x", "6.1", Outcome.SKIP, Outcome.PASS))

@@ -1,4 +1,5 @@
-"""Verdicts that need every kernel of a run: fire by difference and targets absent on every kernel (pure).
+"""Verdicts that need more than one cell: fire by difference, targets absent on every kernel, and
+alternatives groups (pure).
 
 A probe's FIRE on one kernel means little alone: a probe that attached and never ran on any kernel of
 the run (same arch, same trigger: one sidecar per run) was not reached by the workload, which says
@@ -17,7 +18,9 @@ reports are built from those same records.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
 
 from harness.checks.symbols import ABSENT, closest_functions
 from harness.kernels.facts import KernelFacts
@@ -133,3 +136,54 @@ def defer_to_symbol(result: CellResult, symbol: CellResult | None) -> CellResult
 
 def _q(names: Sequence[str]) -> str:
     return ", ".join(f"`{n}`" for n in names)
+
+
+# --- alternatives ----------------------------------------------------------------------------------
+
+WORKING = frozenset({Outcome.PASS, Outcome.SKIP})
+
+
+def member_works(records: Sequence[CellResult]) -> bool:
+    """Whether a program passes every check of one cell (a skip is no failure; one pass at least)."""
+    return bool(records) and all(r.outcome in WORKING for r in records) and any(
+        r.outcome is Outcome.PASS for r in records
+    )
+
+
+@dataclass(frozen=True)
+class GroupVerdict:
+    """An alternatives group on one (kernel, arch): PASS when a member passes every check there."""
+
+    object: str
+    group: str
+    kernel: str
+    arch: str
+    outcome: Outcome
+    working: tuple[str, ...]  # the members that work there, in sidecar order
+    reason: str
+
+    def serialize(self) -> dict[str, Any]:
+        return {
+            "kernel": self.kernel, "arch": self.arch, "outcome": self.outcome.value,
+            "working": list(self.working), "reason": self.reason,
+        }
+
+
+def judge_group(
+    object_name: str, group: str, kernel: str, arch: str, cells: Mapping[str, Sequence[CellResult]]
+) -> GroupVerdict:
+    """The verdict of group ``group`` on (kernel, arch) from ``cells``: member program -> its records
+    there (checks/across.py's verdicts, before expectations). No member works: ERROR when one of
+    them could not be decided, else FAIL naming each member's failing checks."""
+    working = tuple(m for m, recs in cells.items() if member_works(recs))
+    if working:
+        reason = f"works through {', '.join(working)}"
+        return GroupVerdict(object_name, group, kernel, arch, Outcome.PASS, working, reason)
+    failing = []
+    for member, recs in cells.items():
+        bad = [r.check.value for r in recs if r.outcome not in WORKING]
+        failing.append(f"{member} ({','.join(bad) or 'no record'})")
+    undecided = any(r.outcome is Outcome.ERROR for recs in cells.values() for r in recs)
+    outcome = Outcome.ERROR if undecided else Outcome.FAIL
+    reason = f"no member works: {'; '.join(failing)}"
+    return GroupVerdict(object_name, group, kernel, arch, outcome, (), reason)

@@ -10,6 +10,7 @@ from typing import Any
 from jinja2 import Environment, PackageLoader, StrictUndefined, select_autoescape
 
 from harness.report.footnotes import collect_footnotes
+from harness.report.groups import group_rows, summaries
 from harness.report.labels import LEGEND_ORDER, OUTCOME_LABELS, UNICODE_SYMBOLS, cell_label, render_counts
 from harness.report.results import CellResult, KernelRun, Matrix, Outcome, Probe
 
@@ -182,5 +183,7 @@ def render_html(m: Matrix, title: str = "eBPF kernel compatibility matrix") -> s
         rows=_rows(m),
         notes=notes,
         kernels=m.kernels,
+        groups=group_rows(m, UNICODE_SYMBOLS),
+        summaries=summaries(m),
     )
     return page + "\n"

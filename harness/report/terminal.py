@@ -5,6 +5,7 @@ from __future__ import annotations
 from tabulate import tabulate
 
 from harness.report.footnotes import collect_footnotes, kernel_problems
+from harness.report.groups import group_rows, summaries
 from harness.report.labels import ASCII_SYMBOLS, UNICODE_SYMBOLS, cell_label, render_counts, render_legend
 from harness.report.results import Matrix
 
@@ -33,7 +34,14 @@ def render_terminal(m: Matrix, ascii_only: bool = False) -> str:
     counts = render_counts(m)
     if ascii_only:
         counts = counts.replace("×", "x")
-    lines = [table, "", "legend: " + render_legend(symbols), counts]
+    lines = []
+    if m.groups:
+        # The release gate first: a group works where one of its members passes every check.
+        group_headers = ["alternatives", "members", *headers[3:]]
+        lines += [tabulate(group_rows(m, symbols), headers=group_headers, tablefmt="simple",
+                           disable_numparse=True), ""]
+        lines += [*summaries(m), ""]
+    lines += [table, "", "legend: " + render_legend(symbols), counts]
     if notes:
         lines.append("")
         lines.extend(f"[{n.number}] {n.text()}" for n in notes)

@@ -19,9 +19,9 @@ from harness.kernels.fetch import KernelBuild
 from harness.programs.build import find_sources
 from harness.programs.inventory import BPFObject
 from harness.programs.sidecar import Sidecar, load_sidecar, load_sidecars
-from harness.report.results import CellResult, Check, KernelRun, Outcome, Probe
+from harness.report.results import Alternatives, CellResult, Check, KernelRun, Outcome, Probe
 from harness.run import cells
-from harness.run.boot import BootJob, BootSteps, GuestOutcome, boot, failed
+from harness.run.boot import GUEST_CHECKS, BootJob, BootSteps, GuestOutcome, boot, failed
 from harness.run.coordination import BootMarkers, boot_wait
 from harness.run.facts import complete_facts_dir, no_facts_error
 from harness.run.memo import Memo
@@ -283,7 +283,9 @@ class MatrixRun:
                 [f for f in map(self._known_facts, fired) if f is not None],
             )
             return across.judge_fire(here, peers, self._triggered(probe), hint)
-        result = self._guest_result(spec, probe, check, self.guest(spec))
+        # A member's checks are judged in the across group too: the boot is another worker's.
+        outcome = self.guest_elsewhere(spec) if self.is_alternative(probe) else self.guest(spec)
+        result = self._guest_result(spec, probe, check, outcome)
         if check in across.DEFERRED_CHECKS and result.outcome is Outcome.FAIL:
             facts = self._known_facts(spec)
             if facts is not None:
@@ -335,6 +337,55 @@ class MatrixRun:
             return bool(self.sidecar(probe.object).triggers_for([probe]))
         except HarnessError:
             return False
+
+    def alternatives(self) -> list[Alternatives]:
+        """The alternatives groups of the sidecars read so far (all of them after check_inputs)."""
+        return [
+            Alternatives(name, group, members)
+            for name, side in sorted(self._sidecars.items())
+            for group, members in side.alternatives.items()
+        ]
+
+    def is_alternative(self, probe: Probe) -> bool:
+        """Whether ``probe`` is a member of an alternatives group of its sidecar."""
+        try:
+            return self.sidecar(probe.object).group_of(probe.program) is not None
+        except HarnessError:
+            return False
+
+    def cell_results(self, spec: KernelSpec, probe: Probe) -> list[CellResult]:
+        """Every check that applies to ``probe`` on ``spec`` (before expectations)."""
+        built = next((b for p, b in self.arch_probes(spec.arch) if p == probe), None)
+        found = []
+        for check in Check:
+            if built is None or not built.applies(probe, check):
+                continue
+            if check in GUEST_CHECKS:
+                found.append(self.guest_result(spec, probe, check))
+            else:
+                found.append(self.offline_result(spec, probe, check))
+        return found
+
+    def alternatives_result(self, spec: KernelSpec, probe: Probe, result: CellResult) -> CellResult:
+        """A FAIL of a member of an alternatives group where another member passes every check:
+        XFAIL, the group named as what accepts it (a loader picks the member that works)."""
+        if result.outcome is not Outcome.FAIL:
+            return result
+        try:
+            found = self.sidecar(probe.object).group_of(probe.program)
+        except HarnessError:
+            return result
+        if found is None:
+            return result
+        group, members = found
+        probes = {p.program: p for p, _ in self.arch_probes(spec.arch) if p.object == probe.object}
+        others = {
+            m: self.cell_results(spec, probes[m]) for m in members if m != probe.program and m in probes
+        }
+        verdict = across.judge_group(probe.object, group, spec.id, spec.arch.name, others)
+        if verdict.outcome is not Outcome.PASS:
+            return result
+        return result.with_outcome(Outcome.XFAIL, f"alternatives `{group}`: {verdict.reason} here")
 
     def offline_result(self, spec: KernelSpec, probe: Probe, check: Check) -> CellResult:
         """The result of an offline ``check`` of ``probe`` on ``spec`` (facts from the cache); a SYMBOL
