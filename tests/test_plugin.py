@@ -175,6 +175,15 @@ USER_APP_C = """\
 __attribute__((noinline)) int work(int x) { return x * 3; }
 int main(void) { return work(1) - 3; }
 """
+ALT_C = """\
+#include "vmlinux.h"
+#include <bpf/bpf_helpers.h>
+char LICENSE[] SEC("license") = "GPL";
+SEC("kprobe/blk_account_io_start")
+int kp_start(void *ctx) { return 0; }
+SEC("tp/block/block_rq_issue")
+int tp_issue(void *ctx) { return 0; }
+"""
 BROKEN_C = """\
 #include "vmlinux.h"
 int broken(void) { return undeclared_thing; }
@@ -208,6 +217,7 @@ def objects(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     built = {"vmlinux.h": out / "vmlinux.h"}
     for name, text in (
         ("good", GOOD_C), ("noprogs", NO_PROGRAMS_C), ("unknown", UNKNOWN_SECTION_C), ("uprobe", UPROBE_C),
+        ("alt", ALT_C),
     ):
         src = out / f"{name}.bpf.c"
         src.write_text(text)
@@ -379,6 +389,43 @@ def test_fire_never_reached_on_any_kernel_is_a_skip(project: Project) -> None:
     out = project.run("-n", "2")
     assert out.returncode == 1, out.stdout[-3000:]
     assert {r["outcome"] for r in out.cells(check="fire")} == {"fail"}
+
+
+@pytest.mark.parametrize("workers", [None, "2"])
+def test_a_member_that_fails_where_its_group_works_does_not_fail_the_run(
+    project: Project, objects: dict[str, Path], workers: str | None
+) -> None:
+    shutil.copy(objects["alt"], project.progs / "alt.bpf.o")
+    (project.progs / "alt.yaml").write_text("alternatives:\n  io_start: [kp_start, tp_issue]\n")
+    out = project.run(*(("-n", workers) if workers else ()))
+    # blk_account_io_start is inlined away on 6.1: kp_start fails there, tp_issue does the job.
+    assert out.returncode == 0, out.stdout[-3000:]
+    kp = {(r["kernel"], r["check"]): r for r in out.cells() if r["program"] == "kp_start"}
+    assert kp[("5.10", "symbol")]["outcome"] == "pass"
+    assert kp[("6.1", "symbol")]["outcome"] == "xfail"
+    assert kp[("6.1", "symbol")]["expected"] == "alternatives `io_start`: works through tp_issue here"
+    assert "xfailed" in out.summary()
+    assert out.matrix is not None
+    (group,) = out.matrix["groups"]
+    assert [(v["kernel"], v["working"]) for v in group["verdicts"]] == [
+        ("5.10", ["kp_start", "tp_issue"]), ("6.1", ["tp_issue"])
+    ]
+    assert "alt: works on 5.10, 6.1; `io_start` only through tp_issue on 6.1" in out.stdout
+    assert out.boots_of("5.10") == 1 and out.boots_of("6.1") == 1
+    # Without its group, the same failure fails the run.
+    (project.progs / "alt.yaml").unlink()
+    assert project.run(*(("-n", workers) if workers else ())).returncode == 1
+
+
+def test_an_unknown_member_of_an_alternatives_group_is_a_usage_error(
+    project: Project, objects: dict[str, Path]
+) -> None:
+    shutil.copy(objects["alt"], project.progs / "alt.bpf.o")
+    (project.progs / "alt.yaml").write_text("description: x\nalternatives:\n  job: [kp_start, tp_isue]\n")
+    out = project.run()
+    assert out.returncode == 4, out.stdout[-2000:] + out.stderr[-2000:]
+    assert "alt.yaml:3: alternatives group 'job' names program 'tp_isue'" in out.stderr
+    assert out.boots == []
 
 
 def test_only_fire_selected_boots_each_kernel_once(project: Project) -> None:
