@@ -149,3 +149,17 @@ def test_a_member_of_skips_alone_does_not_work() -> None:
     assert not across.member_works(cell("x", "6.1", Outcome.SKIP, Outcome.SKIP))
     assert not across.member_works([])
     assert across.member_works(cell("x", "6.1", Outcome.SKIP, Outcome.PASS))
+
+
+def test_a_target_present_on_another_arch_only_is_not_absent_everywhere() -> None:
+    x64 = Probe("sys", "x", "kprobe/__x64_sys_openat", "kprobe", "__x64_sys_openat")
+    arm = check_symbol(x64, "6.1", ARCHES["arm64"], load_facts(FACTS / "6.1-arm64"))
+    x86 = symbol("6.1", x64)
+    assert x86.outcome is Outcome.PASS and arm.outcome is Outcome.FAIL
+    assert across.judge_absent(arm, [x86, arm]) == arm
+
+
+def test_a_run_of_one_kernel_cannot_tell_a_placeholder_from_drift() -> None:
+    dummy = Probe("tool", "fe", "fentry/dummy_file_open", "fentry", "dummy_file_open")
+    only = symbol("6.1", dummy)
+    assert across.judge_absent(only, [only]) == only

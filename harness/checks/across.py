@@ -4,8 +4,8 @@ alternatives groups (pure).
 A probe's FIRE on one kernel means little alone: a probe that attached and never ran on any kernel of
 the run (same arch, same trigger: one sidecar per run) was not reached by the workload, which says
 nothing about kernels; one that ran on some kernels and never on others is the "attaches, never
-fires" incompatibility. Likewise a target that exists on no kernel of the run is one a loader sets
-at run time (``bpf_program__set_attach_target`` on a ``dummy_*`` placeholder), not drift.
+fires" incompatibility. Likewise a target that exists on no kernel of the run (of any arch) is one a
+loader sets at run time (``bpf_program__set_attach_target`` on a ``dummy_*`` placeholder), not drift.
 
 Where these run (harness/plugin.py): the FIRE tests form their own pytest-xdist group, handed out
 after every (kernel, arch) group, and read the other kernels' boot outcomes from the run directory
@@ -110,10 +110,12 @@ def absent(result: CellResult) -> bool:
 
 def judge_absent(result: CellResult, same_probe: Sequence[CellResult]) -> CellResult:
     """``result`` (a SYMBOL record) judged against the SYMBOL records of the same probe on every
-    kernel of the run with its arch: absent on each of them is SKIP (a loader sets the target),
-    with this kernel's own reason kept in the details."""
-    peers = [r for r in same_probe if r.arch == result.arch]
-    if not absent(result) or not peers or not all(absent(r) for r in peers):
+    kernel and arch of the run (``same_probe``): absent on each of them is SKIP (a loader sets the
+    target), with this kernel's own reason kept in the details. A target present on another arch
+    only (a syscall wrapper's name) is drift, not a placeholder; and a run of one kernel cannot tell
+    the two apart: its FAIL stays."""
+    peers = list(same_probe)
+    if not absent(result) or len(peers) < 2 or not all(absent(r) for r in peers):
         return result
     details = {**result.details, "here": result.reason}
     return dataclasses.replace(result, outcome=Outcome.SKIP, reason=ABSENT_EVERYWHERE, details=details)

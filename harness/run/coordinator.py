@@ -389,17 +389,14 @@ class MatrixRun:
 
     def offline_result(self, spec: KernelSpec, probe: Probe, check: Check) -> CellResult:
         """The result of an offline ``check`` of ``probe`` on ``spec`` (facts from the cache); a SYMBOL
-        is judged against the other kernels of the arch (a target absent on every one)."""
+        is judged against the other kernels of the run (a target absent on every one)."""
         if why := self.input_error(spec.arch, probe):
             return cells.error_cell(spec, probe, check, why)
         if probe.kind == UNKNOWN_KIND:
             return cells.unchecked(spec, probe, check)
         result = cells.found_or_skip(spec, probe, check, self.offline(spec))
         if check is Check.SYMBOL and across.absent(result):
-            peers = [
-                cells.found_or_skip(s, probe, check, self.offline(s))
-                for s in self.config.kernels if s.arch == spec.arch
-            ]
+            peers = [cells.found_or_skip(s, probe, check, self.offline(s)) for s in self.config.kernels]
             result = across.judge_absent(result, peers)
         return result
 
