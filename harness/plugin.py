@@ -9,6 +9,7 @@ import os
 import shutil
 import signal
 import tempfile
+from collections.abc import Collection
 from pathlib import Path
 from types import FrameType
 from typing import Any
@@ -22,6 +23,7 @@ from harness.kernels.fetch import verify_local_images
 from harness.report.expectations import apply_expectations
 from harness.report.reporter import PROP_KERNEL, PROP_RESULTS, MatrixReporter, output_error, output_paths
 from harness.report.results import (
+    CHECK_ORDER,
     CellResult,
     Check,
     Outcome,
@@ -39,6 +41,8 @@ OWNED_DIR_KEY = pytest.StashKey[Path]()
 COORDINATED_KEY = pytest.StashKey[bool]()
 REGROUPED_DIST_MODES = ("load", "loadscope", "loadfile", "worksteal")
 OFFLINE_GROUP = "offline"
+# The FIRE tests: judged against every kernel's boot (checks/across.py), they run after all of them.
+ACROSS_GROUP = "across"
 # Testing hook: "module:factory" naming a callable that returns the Runner to boot with instead of vng.
 RUNNER_ENV = "BPF_MATRIX_RUNNER"
 # Memory a worker needs beyond its guest: the harness, qemu's own overhead, page cache for 9p.
@@ -225,7 +229,8 @@ def _start(config: pytest.Config, run: MatrixRun, kernels: KernelsConfig) -> Non
         except HarnessError as exc:
             raise pytest.UsageError(str(exc)) from None
         reporter = MatrixReporter(
-            config, [(k.id, k.arch.name) for k in kernels.kernels], kernels.baseline_id or None
+            config, [(k.id, k.arch.name) for k in kernels.kernels], kernels.baseline_id or None,
+            run.alternatives(),
         )
         config.stash[REPORTER_KEY] = reporter
         config.pluginmanager.register(reporter, "bpf-matrix-reporter")
@@ -249,13 +254,40 @@ def pytest_unconfigure(config: pytest.Config) -> None:
         shutil.rmtree(owned, ignore_errors=True)
 
 
-def matrix_group(nodeid: str, keys: list[str]) -> str | None:
+def judged_across(run: MatrixRun, probe: Probe, check: Check) -> bool:
+    """Whether a test's verdict needs other cells of the run: FIRE (fire by difference) and every
+    check of an alternatives group's member (its group passes when another member does)."""
+    return check is Check.FIRE or run.is_alternative(probe)
+
+
+def across_ids(run: MatrixRun) -> frozenset[str]:
+    """The parameter ids of the tests of alternatives members: in the across group, like FIRE."""
+    found: set[str] = set()
+    for spec in run.config.kernels:
+        try:
+            probes = [p for p, _ in run.arch_probes(spec.arch)]
+        except HarnessError:
+            continue
+        found.update(i for p, i in zip(probes, _test_ids(run, spec, probes)) if run.is_alternative(p))
+    return frozenset(found)
+
+
+def matrix_group(nodeid: str, keys: list[str], across: Collection[str] = frozenset()) -> str | None:
     """The group of a matrix test from its node id (pure): its (kernel, arch) key for in-guest checks,
-    "offline" for the others, None for a test that is not a matrix cell."""
+    "across" for FIRE and for the tests whose parameter id is in ``across`` (alternatives members),
+    "offline" for the others, None for a test that is not a matrix cell.
+
+    A FIRE verdict needs the boots of every kernel of its arch (fire by difference), a member's
+    verdict every check of the other members: their tests are one group, handed out after every
+    (kernel, arch) group like the offline one, so that each boot they wait for has started or is
+    queued ahead of them on another worker, never behind them.
+    """
     name, _, rest = nodeid.rpartition("::")[2].partition("[")
     check = name.removeprefix("test_")
     if not rest.endswith("]") or check not in {c.value for c in Check}:
         return None
+    if Check(check) is Check.FIRE or rest[:-1] in across:
+        return ACROSS_GROUP
     if Check(check) not in GUEST_CHECKS:
         return OFFLINE_GROUP
     param = rest[:-1]
@@ -281,10 +313,11 @@ def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
     # the only worker they would wait for boots that worker has yet to do.
     config.option.loadscopereorder = False
     keys = [k.key for k in run.config.kernels]
+    members = across_ids(run)
 
     class MatrixScheduling(LoadScopeScheduling):  # type: ignore[misc]
         def _split_scope(self, nodeid: str) -> str:
-            return matrix_group(nodeid, keys) or nodeid
+            return matrix_group(nodeid, keys, members) or nodeid
 
     return MatrixScheduling(config, log)
 
@@ -374,13 +407,16 @@ def _cell_param(item: pytest.Item) -> tuple[KernelSpec, Probe, Check] | None:
 
 
 def _order(item: pytest.Item) -> tuple[int, int, int]:
-    """In-guest tests grouped per (kernel, arch) in kernels.yaml order, then the offline group."""
+    """In-guest tests grouped per (kernel, arch) in kernels.yaml order, then the offline group, then
+    the FIRE tests (the across group)."""
     param = _cell_param(item)
     if param is None:
-        return (2, 0, 0)
+        return (3, 0, 0)
     spec, _probe, check = param
     run: MatrixRun = item.config.stash[RUN_KEY]
     index = run.config.kernels.index(spec)
+    if judged_across(run, _probe, check):
+        return (2, index, CHECK_ORDER.index(check))
     if check in GUEST_CHECKS:
         return (0, index, GUEST_CHECKS.index(check))
     return (1, index, OFFLINE_CHECKS.index(check) if check in OFFLINE_CHECKS else 9)
@@ -401,12 +437,16 @@ def pytest_collection_finish(session: pytest.Session) -> None:
     offline = False
     for item in session.items:
         param = _cell_param(item)
-        if param is not None and param[2] in GUEST_CHECKS:
+        # The across group boots nothing of its own accord: a kernel's group does, when it has tests.
+        if param is None or judged_across(run, param[1], param[2]):
+            continue
+        if param[2] in GUEST_CHECKS:
             planned.add(param[0].key)
-        elif param is not None:
+        else:
             offline = True
     if session.config.stash.get(COORDINATED_KEY, True):
         run.guest_planned = frozenset(planned)
+        run.boots_elsewhere = _is_worker(session.config)
     # Outside xdist's workers this process runs every test it boots for (an xdist controller boots
     # none): its offline checks can be computed while a VM boots.
     run.overlap_offline = offline and not _is_worker(session.config)
@@ -462,6 +502,7 @@ def matrix_cell(request: pytest.FixtureRequest) -> Cell:
             result = CellResult(probe, spec.id, spec.arch.name, check, Outcome.ERROR, str(exc))
         else:
             result = apply_expectations(raw, expectations, run.kernel_run(spec).version)
+        result = run.alternatives_result(spec, probe, result)
     node = request.node
     node.user_properties.append((PROP_RESULTS, json.dumps([result.serialize()])))
     node.user_properties.append((PROP_KERNEL, json.dumps(run.kernel_run(spec).serialize())))

@@ -55,3 +55,20 @@ def test_a_waiter_gets_the_outcome_the_boot_records_before_it_releases_the_lock(
     waiter.join(30)
     booter.join(30)
     assert got == ["guest did not finish"]
+
+
+def test_a_boots_results_reach_the_other_processes_through_the_run_directory(tmp_path: Path) -> None:
+    from harness.report.results import CellResult, Check, KernelRun, Outcome, Probe
+    from harness.run.boot import GuestOutcome
+
+    probe = Probe("o", "p", "kprobe/f", "kprobe", "f")
+    fire = CellResult(probe, "6.1", "x86_64", Check.FIRE, Outcome.PASS, "ran 3 times", {"run_cnt": 3})
+    kernel = KernelRun("6.1", "x86_64", version="6.1.0", booted=True)
+    outcome = GuestOutcome(kernel, {(probe, Check.FIRE): fire})
+    markers = BootMarkers(tmp_path)
+    assert markers.read_outcome("6.1-x86_64") is None
+    markers.store_outcome("6.1-x86_64", outcome.serialize())
+    read = markers.read_outcome("6.1-x86_64")
+    assert read is not None and GuestOutcome.deserialize(read) == outcome
+    markers.outcome_file("6.1-x86_64").write_text("{not json")
+    assert markers.read_outcome("6.1-x86_64") is None

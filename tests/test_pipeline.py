@@ -362,7 +362,8 @@ def test_offline_first_boots_for_facts_only_then_objects(tmp_path: Path) -> None
     assert second.plan["facts"] is False and [e["name"] for e in second.plan["objects"]] == ["sleepy"]
     s.run.guest_result(spec, probes_of(s)[1], Check.FIRE)
     s.run.facts(spec)
-    assert s.runner.count() == 2
+    # (A FIRE that never ran is judged against 6.12 too, which boots once for it: fire by difference.)
+    assert s.runner.count("6.1-" + ARCH.name) == 2
 
 
 def test_every_arch_boots_a_root_built_from_the_guest_suite(

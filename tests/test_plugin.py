@@ -67,7 +67,8 @@ class FakeRunner:
     """Same Protocol as VngRunner; plays the guest as the script at $FAKE_VM_SCRIPT says.
 
     Script: {"log": path, "facts": {image name: facts dir}, "acts": {image name: [act per attempt]}}.
-    Acts: ok, reject (the verifier refuses every program), lost (a kernel panic), agent-crash
+    Acts: ok, idle (every program attaches and never runs), reject (the verifier refuses every
+    program), lost (a kernel panic), agent-crash
     (done.json says ok: false with a traceback), broken-done (done.json is not JSON), no-done.
     The last act repeats for further attempts.
     """
@@ -101,8 +102,8 @@ class FakeRunner:
                 "RuntimeError: agent blew up\n",
             )
             protocol.write_done(req.share, done)
-        elif act in ("ok", "reject"):
-            self._guest(req.share, plan, name, reject=act == "reject")
+        elif act in ("ok", "reject", "idle"):
+            self._guest(req.share, plan, name, reject=act == "reject", runs=0 if act == "idle" else 3)
         # What VngRunner does with the share once the VM is gone.
         done_record = read_done(req.share)
         if done_record is None:
@@ -111,7 +112,7 @@ class FakeRunner:
             raise LostVMError(msg, console_tail(console))
         return VMResult(done_record, console, 0.1, 0, req.accelerator, ())
 
-    def _guest(self, share: Path, plan: protocol.Plan, name: str, reject: bool) -> None:
+    def _guest(self, share: Path, plan: protocol.Plan, name: str, reject: bool, runs: int = 3) -> None:
         if plan.get("facts"):
             shutil.copytree(self.script["facts"][name], share / protocol.FACTS_DIR)
         records = []
@@ -127,7 +128,7 @@ class FakeRunner:
                     programs[probe.program] = protocol.ProgramRecord(
                         load=protocol.LoadRecord(ok=True, seconds=0.01, log=""),
                         attach=protocol.AttachRecord(ok=True, log=""),
-                        fire=protocol.FireRecord(run_cnt=3, run_time_ns=900, recursion_misses=0),
+                        fire=protocol.FireRecord(run_cnt=runs, run_time_ns=300 * runs, recursion_misses=0),
                     )
             records.append(protocol.ObjectRecord(object=entry["name"], programs=programs))
         protocol.write_objects(share, records)
@@ -174,6 +175,15 @@ USER_APP_C = """\
 __attribute__((noinline)) int work(int x) { return x * 3; }
 int main(void) { return work(1) - 3; }
 """
+ALT_C = """\
+#include "vmlinux.h"
+#include <bpf/bpf_helpers.h>
+char LICENSE[] SEC("license") = "GPL";
+SEC("kprobe/blk_account_io_start")
+int kp_start(void *ctx) { return 0; }
+SEC("tp/block/block_rq_issue")
+int tp_issue(void *ctx) { return 0; }
+"""
 BROKEN_C = """\
 #include "vmlinux.h"
 int broken(void) { return undeclared_thing; }
@@ -207,6 +217,7 @@ def objects(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     built = {"vmlinux.h": out / "vmlinux.h"}
     for name, text in (
         ("good", GOOD_C), ("noprogs", NO_PROGRAMS_C), ("unknown", UNKNOWN_SECTION_C), ("uprobe", UPROBE_C),
+        ("alt", ALT_C),
     ):
         src = out / f"{name}.bpf.c"
         src.write_text(text)
@@ -352,6 +363,78 @@ GUEST_ONLY = ("-k", "test_load or test_attach or test_fire or test_core")
 
 
 # ---------------------------------------------------------------- outcomes and retries
+
+
+@pytest.mark.parametrize("workers", [None, "2"])
+def test_fire_is_judged_across_kernels_in_the_tests_themselves(project: Project, workers: str | None) -> None:
+    project.acts = {"5.10": ["ok"], "6.1": ["idle"]}
+    out = project.run(*(("-n", workers) if workers else ()))
+    assert out.returncode == 1, out.stdout[-3000:]
+    fires = {r["kernel"]: r for r in out.cells(check="fire")}
+    assert {k: r["outcome"] for k, r in fires.items()} == {"5.10": "pass", "6.1": "fail"}
+    assert fires["6.1"]["reason"].startswith("fired on 5.10 (run_cnt 3); never here after its trigger")
+    # The test itself failed with that verdict, not only the report.
+    assert "test_fire[kp_unlink-6.1-x86_64]" in out.stdout and "fired on 5.10 (run_cnt 3)" in out.stdout
+    assert out.boots_of("5.10") == 1 and out.boots_of("6.1") == 1
+
+
+def test_fire_never_reached_on_any_kernel_is_a_skip(project: Project) -> None:
+    project.acts = {"5.10": ["idle"], "6.1": ["idle"]}
+    out = project.run("-n", "2")
+    assert out.returncode == 0, out.stdout[-3000:]
+    assert {r["outcome"] for r in out.cells(check="fire")} == {"skip"}
+    assert {r["reason"] for r in out.cells(check="fire")} == {
+        "not reached by the workload on any kernel: give a trigger in the sidecar"
+    }
+    # A trigger in the sidecar says it should fire: the FAIL stays.
+    (project.progs / "good.yaml").write_text('trigger: "true"\n')
+    out = project.run("-n", "2")
+    assert out.returncode == 1, out.stdout[-3000:]
+    assert {r["outcome"] for r in out.cells(check="fire")} == {"fail"}
+
+
+@pytest.mark.parametrize("workers", [None, "2"])
+def test_a_member_that_fails_where_its_group_works_does_not_fail_the_run(
+    project: Project, objects: dict[str, Path], workers: str | None
+) -> None:
+    shutil.copy(objects["alt"], project.progs / "alt.bpf.o")
+    (project.progs / "alt.yaml").write_text("alternatives:\n  io_start: [kp_start, tp_issue]\n")
+    out = project.run(*(("-n", workers) if workers else ()))
+    # blk_account_io_start is inlined away on 6.1: kp_start fails there, tp_issue does the job.
+    assert out.returncode == 0, out.stdout[-3000:]
+    kp = {(r["kernel"], r["check"]): r for r in out.cells() if r["program"] == "kp_start"}
+    assert kp[("5.10", "symbol")]["outcome"] == "pass"
+    assert kp[("6.1", "symbol")]["outcome"] == "xfail"
+    assert kp[("6.1", "symbol")]["expected"] == "alternatives `io_start`: works through tp_issue here"
+    assert "xfailed" in out.summary()
+    assert out.matrix is not None
+    (group,) = out.matrix["groups"]
+    assert [(v["kernel"], v["working"]) for v in group["verdicts"]] == [
+        ("5.10", ["kp_start", "tp_issue"]), ("6.1", ["tp_issue"])
+    ]
+    assert "alt: works on 5.10, 6.1; `io_start` only through tp_issue on 6.1" in out.stdout
+    assert out.boots_of("5.10") == 1 and out.boots_of("6.1") == 1
+    # Without its group, the same failure fails the run.
+    (project.progs / "alt.yaml").unlink()
+    assert project.run(*(("-n", workers) if workers else ())).returncode == 1
+
+
+def test_an_unknown_member_of_an_alternatives_group_is_a_usage_error(
+    project: Project, objects: dict[str, Path]
+) -> None:
+    shutil.copy(objects["alt"], project.progs / "alt.bpf.o")
+    (project.progs / "alt.yaml").write_text("description: x\nalternatives:\n  job: [kp_start, tp_isue]\n")
+    out = project.run()
+    assert out.returncode == 4, out.stdout[-2000:] + out.stderr[-2000:]
+    assert "alt.yaml:3: alternatives group 'job' names program 'tp_isue'" in out.stderr
+    assert out.boots == []
+
+
+def test_only_fire_selected_boots_each_kernel_once(project: Project) -> None:
+    project.acts = {"5.10": ["ok"], "6.1": ["idle"]}
+    out = project.run("-n", "2", "-k", "test_fire")
+    assert out.returncode == 1, out.stdout[-3000:]
+    assert out.boots_of("5.10") == 1 and out.boots_of("6.1") == 1
 
 
 def test_all_pass_one_boot_per_kernel(project: Project) -> None:

@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 from tools import needs
 
+from harness.report.groups import object_summary
 from harness.report.render import (
     ASCII_SYMBOLS,
     UNICODE_SYMBOLS,
@@ -28,6 +29,7 @@ from harness.report.render import (
     render_terminal,
 )
 from harness.report.results import (
+    Alternatives,
     CellResult,
     Check,
     KernelRun,
@@ -107,8 +109,10 @@ def test_terminal_symbol_per_outcome(ascii_only: bool) -> None:
     symbols = ASCII_SYMBOLS if ascii_only else UNICODE_SYMBOLS
     text = render_terminal(every_outcome(), ascii_only=ascii_only)
     row = next(line for line in text.splitlines() if line.startswith("blk:"))
-    cells = row.split()[3:]
-    expected = [symbols[o] for o in Outcome] + [symbols[None]]
+    cells = re.split(r"\s{2,}", row.strip())[3:]
+    # A failing, erring or expected cell names the check that gave it; a pass or a skip does not.
+    named = (Outcome.FAIL, Outcome.XPASS, Outcome.XFAIL, Outcome.ERROR)
+    expected = [symbols[o] + (" symbol" if o in named else "") for o in Outcome] + [symbols[None]]
     assert [c.split("[")[0] for c in cells] == expected
     # Every non-pass cell cites a footnote, a pass cell and an empty cell do not.
     assert ["[" in c for c in cells] == [o is not Outcome.PASS for o in Outcome] + [False]
@@ -192,8 +196,8 @@ def test_markdown_uses_symbols_and_reasons() -> None:
     assert rows[1] == [":" + "-" * (len(c) - 1) for c in rows[1][:3]] + rows[1][3:]
     assert all(c.startswith(":") and c.endswith(":") for c in rows[1][3:])  # kernel columns centred
     assert rows[2] == [
-        "`blk_account_io_start`", "kprobe", "`blk_account_io_start`", "✅", "✅", "❌ <sup>1</sup>",
-        "❌ <sup>1</sup>",
+        "`blk_account_io_start`", "kprobe", "`blk_account_io_start`", "✅", "✅", "❌ symbol <sup>1</sup>",
+        "❌ symbol <sup>1</sup>",
     ]
     assert "1. `blk_account_io_start` 6.1/x86_64, 6.1/arm64 **symbol**: not in kallsyms" in text
     assert "boot" not in text.lower()
@@ -366,3 +370,72 @@ def test_templates_are_package_data() -> None:
     shipped = {p for pattern in patterns for p in package.glob(pattern)}
     templates = set((package / "report" / "templates").iterdir())
     assert templates and templates <= shipped
+
+
+# --- alternatives groups ---------------------------------------------------------------------------
+
+FENTRY_START = Probe("alt_io", "fentry_start", "fentry/blk_account_io_start", "fentry",
+                     "blk_account_io_start")
+KPROBE_START = Probe("alt_io", "kprobe_start", "kprobe/blk_mq_start_request", "kprobe",
+                     "blk_mq_start_request")
+ALT_OTHER = Probe("alt_io", "io_done", "tp/block/block_rq_complete", "tracepoint", "block/block_rq_complete")
+
+
+def alternatives_sample(other_fails_on: str = "") -> Matrix:
+    """alt_io: io_start through fentry_start or kprobe_start; fentry_start fails to load on 6.1."""
+    recs = []
+    for kernel in ("5.10", "6.1", "6.12"):
+        fentry = Outcome.PASS if kernel == "5.10" else Outcome.XFAIL
+        accepted = "alternatives `io_start`: works through kprobe_start here"
+        expected = None if fentry is Outcome.PASS else accepted
+        recs += [
+            rec(FENTRY_START, kernel, "x86_64", Check.SYMBOL, Outcome.PASS),
+            rec(FENTRY_START, kernel, "x86_64", Check.LOAD, fentry, "" if fentry is Outcome.PASS
+                else "load failed (ESRCH): failed to find kernel BTF type ID", expected=expected),
+            rec(KPROBE_START, kernel, "x86_64", Check.SYMBOL, Outcome.PASS),
+            rec(KPROBE_START, kernel, "x86_64", Check.LOAD, Outcome.PASS),
+            rec(ALT_OTHER, kernel, "x86_64", Check.SYMBOL,
+                Outcome.FAIL if kernel == other_fails_on else Outcome.PASS, "gone"),
+        ]
+    kernels = tuple(KernelRun(k, "x86_64") for k in ("5.10", "6.1", "6.12"))
+    groups = (Alternatives("alt_io", "io_start", ("fentry_start", "kprobe_start")),)
+    return Matrix(tuple(recs), kernels, "5.10", groups)
+
+
+def test_groups_come_first_naming_the_member_that_works() -> None:
+    text = render_terminal(alternatives_sample())
+    assert text.index("alternatives") < text.index("probe ")
+    row = next(line for line in text.splitlines() if line.startswith("alt_io:io_start"))
+    assert re.split(r"\s{2,}", row.strip())[2:] == [
+        "✓ fentry_start, kprobe_start", "✓ kprobe_start", "✓ kprobe_start"
+    ]
+    assert "alt_io: works on 5.10–6.12; `io_start` only through kprobe_start on 6.1, 6.12" in text
+    assert_golden("alternatives.terminal.txt", text)
+    assert_golden("alternatives.md", render_markdown(alternatives_sample()))
+
+
+def test_object_summary_says_where_it_does_not_work_and_why() -> None:
+    m = alternatives_sample(other_fails_on="6.12")
+    assert object_summary(m, "alt_io") == (
+        "works on 5.10, 6.1; `io_start` only through kprobe_start on 6.1, 6.12; not on 6.12 (io_done)"
+    )
+
+
+def test_json_groups_carry_verdicts_and_the_summary_and_round_trip() -> None:
+    m = alternatives_sample()
+    document = json.loads(render_json(m))
+    schema_validator().validate(document)  # type: ignore[attr-defined]
+    (group,) = document["groups"]
+    assert group["summary"].startswith("works on 5.10–6.12")
+    assert [(v["kernel"], v["outcome"], v["working"]) for v in group["verdicts"]] == [
+        ("5.10", "pass", ["fentry_start", "kprobe_start"]),
+        ("6.1", "pass", ["kprobe_start"]),
+        ("6.12", "pass", ["kprobe_start"]),
+    ]
+    assert parse_matrix_json(render_json(m)).groups == m.groups
+
+
+def test_html_shows_the_groups_before_the_grid() -> None:
+    page = render_html(alternatives_sample(), title="alt")
+    assert page.index('id="alternatives"') < page.index('class="tools"')
+    assert "✓ kprobe_start" in page and "works on 5.10–6.12" in page

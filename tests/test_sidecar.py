@@ -251,3 +251,34 @@ def test_loader_programs_are_checked_against_the_object() -> None:
     side = parse("loader: {attach_targets: {file_opem: vfs_open}}")
     with pytest.raises(ConfigError, match="program 'file_opem' is not in object 'blk_account'"):
         check_sidecar_programs(side, "blk_account", ["file_open"])
+def test_alternatives_groups_and_their_members(tmp_path: Path) -> None:
+    text = "description: x\nalternatives:\n  io_start: [fentry_start, kprobe_start]\n  other: [a, b, c]\n"
+    side = parse_sidecar(text, tmp_path / "x.yaml")
+    assert side.alternatives == {"io_start": ("fentry_start", "kprobe_start"), "other": ("a", "b", "c")}
+    assert side.alternative_lines == {"io_start": 3, "other": 4}
+    assert side.group_of("kprobe_start") == ("io_start", ("fentry_start", "kprobe_start"))
+    assert side.group_of("nobody") is None
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("alternatives: [a, b]\n", r"x\.yaml:1: 'alternatives' must be a mapping"),
+        ("alternatives:\n  g: [a]\n", r"x\.yaml:2: alternatives group 'g' must list two or more"),
+        ("alternatives:\n  g: a\n", r"x\.yaml:2: alternatives group 'g' must list two or more"),
+        ("alternatives:\n  g: [a, b]\n  h: [b, c]\n",
+         r"x\.yaml:3: program 'b' is in alternatives groups 'g' and 'h'"),
+    ],
+)
+def test_malformed_alternatives_name_the_file_and_line(tmp_path: Path, text: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        parse_sidecar(text, tmp_path / "x.yaml")
+
+
+def test_an_alternative_that_is_not_in_the_object_is_refused_with_its_line(tmp_path: Path) -> None:
+    from harness.programs.sidecar import load_sidecars
+
+    (tmp_path / "a.yaml").write_text("description: x\nalternatives:\n  job: [one, tow]\n")
+    assert load_sidecars(tmp_path, {"a": {"one", "tow"}})["a"].alternatives == {"job": ("one", "tow")}
+    with pytest.raises(ConfigError, match=r"a\.yaml:3: alternatives group 'job' names program 'tow', which"):
+        load_sidecars(tmp_path, {"a": {"one", "two"}})

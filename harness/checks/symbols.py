@@ -24,6 +24,9 @@ from harness.report.results import CellResult, Check, Outcome, Probe
 # events are made by ftrace's syscall tracer on top of raw_syscalls:sys_enter/sys_exit.
 NON_TRACEPOINT_CATEGORIES = frozenset({"syscalls", "ftrace"})
 
+# The details key of a FAIL whose target is nowhere on the kernel (not merely untraceable or cloned):
+# checks/across.py tells a target absent on every kernel of a run (set by its loader) from drift.
+ABSENT = "absent"
 # How many suggestions a reason names.
 MAX_CLOSEST = 3
 MAX_ALTERNATIVES = 5
@@ -194,6 +197,7 @@ def _function_verdict(name: str, kernel: str, arch: Arch, facts: KernelFacts) ->
         return _clones_only_verdict(name, kernel, clones, traceable, details)
     closest = closest_functions(name, facts)
     details["closest"] = closest
+    details[ABSENT] = True
     reason = f"`{name}` not in kallsyms on {kernel}: removed, renamed or inlined"
     if closest:
         reason += f"; closest: {_q(closest)}"
@@ -305,7 +309,7 @@ def _tracepoint_verdict(target: str, kernel: str, facts: KernelFacts) -> Verdict
         reason += f" (no `{cat}` events at all)"
     if closest:
         reason += f"; closest: {_q(closest)}"
-    return Verdict(Outcome.FAIL, reason, {"closest": closest})
+    return Verdict(Outcome.FAIL, reason, {"closest": closest, ABSENT: True})
 
 
 def _raw_tracepoint_verdict(target: str, kind: str, kernel: str, facts: KernelFacts) -> Verdict:
@@ -336,6 +340,7 @@ def _raw_tracepoint_verdict(target: str, kind: str, kernel: str, facts: KernelFa
         names = [n for n, cs in facts.event_names.items() if set(cs) - NON_TRACEPOINT_CATEGORIES]
         closest = _closest(target, names)
         details["closest"] = closest
+        details[ABSENT] = True
         reason = f"tracepoint `{target}` not on {kernel}"
         if closest:
             reason += f"; closest: {_q(closest)}"
@@ -372,6 +377,7 @@ def _lsm_verdict(hook: str, kind: str, kernel: str, facts: KernelFacts) -> Verdi
         hooks = [f for f in facts.btf_func_names if f.startswith("bpf_lsm_")]
         closest = [c[len("bpf_lsm_"):] for c in _closest(func, hooks)]
         details["closest"] = closest
+        details[ABSENT] = True
         reason = f"no LSM hook `{hook}` on {kernel}: `{func}` is neither in BTF nor in kallsyms"
         if closest:
             reason += f"; closest: {_q(closest)}"

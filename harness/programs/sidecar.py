@@ -1,5 +1,5 @@
-"""Sidecar files beside BPF programs: how to trigger each program, what its loader sets, and what is known
-and accepted."""
+"""Sidecar files beside BPF programs: how to trigger each program, what its loader sets, which programs
+are alternatives for one job, and what is known and accepted."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from harness.errors import ConfigError
 from harness.kernels.version import KernelVersion
 from harness.report.results import Check, Outcome, Probe
 
-SIDE_KEYS = {"trigger", "programs", "expect", "description", "loader"}
+SIDE_KEYS = {"trigger", "programs", "expect", "description", "loader", "alternatives"}
 PROGRAM_KEYS = {"trigger", "expect", "description"}
 LOADER_KEYS = {"attach_targets", "maps", "rodata", "autoload"}
 MAP_SIZE_KEYS = ("max_entries", "value_size", "key_size")
@@ -75,6 +75,13 @@ class Sidecar:
     expectations: Mapping[str, tuple[Expectation, ...]] = field(default_factory=dict)  # program or "*"
     program_lines: Mapping[str, int] = field(default_factory=dict)  # program -> its line under programs:
     loader: LoaderSettings = field(default_factory=LoaderSettings)
+    # Programs that do one job, of which a loader picks one that works: group name -> members.
+    alternatives: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    alternative_lines: Mapping[str, int] = field(default_factory=dict)  # group -> its line
+
+    def group_of(self, program: str) -> tuple[str, tuple[str, ...]] | None:
+        """(group name, members) of the alternatives group ``program`` is in, None when in none."""
+        return next(((g, m) for g, m in self.alternatives.items() if program in m), None)
 
     def triggers_for(self, probes: Iterable[Probe]) -> dict[str, Any]:
         out: dict[str, Any] = {}
@@ -248,9 +255,9 @@ def _key_lines(text: str) -> dict[tuple[str, ...], int]:
         return lines
     for key, value in root.value:
         lines[(str(key.value),)] = key.start_mark.line + 1
-        if key.value == "programs" and isinstance(value, yaml.MappingNode):
+        if key.value in ("programs", "alternatives") and isinstance(value, yaml.MappingNode):
             for name, _ in value.value:
-                lines[("programs", str(name.value))] = name.start_mark.line + 1
+                lines[(str(key.value), str(name.value))] = name.start_mark.line + 1
     return lines
 
 
@@ -299,7 +306,34 @@ def parse_sidecar(text: str, path: Path) -> Sidecar:
     trigger = _check_trigger(str(path), data["trigger"]) if data.get("trigger") is not None else None
     program_lines = {str(n): lines[("programs", str(n))] for n in programs if ("programs", str(n)) in lines}
     loader = parse_loader(_at(path, lines.get(("loader",))), data.get("loader"))
-    return Sidecar(path, trigger, triggers, expectations, program_lines, loader)
+    groups = _parse_alternatives(path, data.get("alternatives"), lines)
+    group_lines = {g: lines[("alternatives", g)] for g in groups if ("alternatives", g) in lines}
+    return Sidecar(path, trigger, triggers, expectations, program_lines, loader, groups, group_lines)
+
+
+def _parse_alternatives(
+    path: Path, raw: Any, lines: Mapping[tuple[str, ...], int]
+) -> dict[str, tuple[str, ...]]:
+    """``alternatives: {group: [program, ...]}``; raises ConfigError naming the file and line."""
+    if raw is None:
+        return {}
+    where = _at(path, lines.get(("alternatives",)))
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{where}: 'alternatives' must be a mapping of group name to a list of programs")
+    groups: dict[str, tuple[str, ...]] = {}
+    seen: dict[str, str] = {}
+    for name, members in raw.items():
+        at = _at(path, lines.get(("alternatives", str(name))))
+        if not isinstance(members, list) or len(members) < 2 or not all(isinstance(m, str) for m in members):
+            raise ConfigError(f"{at}: alternatives group {name!r} must list two or more program names")
+        for member in members:
+            if member in seen:
+                raise ConfigError(
+                    f"{at}: program {member!r} is in alternatives groups {seen[member]!r} and {name!r}"
+                )
+            seen[member] = str(name)
+        groups[str(name)] = tuple(members)
+    return groups
 
 
 def load_sidecar(directory: Path, object_name: str) -> Sidecar:
@@ -321,6 +355,15 @@ def check_sidecar_programs(sidecar: Sidecar, object_name: str, programs: Collect
         return
     named = set(sidecar.program_lines) | set(sidecar.program_triggers) | (set(sidecar.expectations) - {"*"})
     named |= sidecar.loader.programs
+    for group, members in sidecar.alternatives.items():
+        for name in members:
+            if name not in programs:
+                where = _at(sidecar.path, sidecar.alternative_lines.get(group))
+                have = ", ".join(sorted(programs)) or "none"
+                raise ConfigError(
+                    f"{where}: alternatives group {group!r} names program {name!r}, which is not in "
+                    f"object {object_name!r} (its programs: {have})"
+                )
     for name in sorted(named - set(programs)):
         where = _at(sidecar.path, sidecar.program_lines.get(name))
         have = ", ".join(sorted(programs)) or "none"

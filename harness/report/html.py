@@ -10,7 +10,8 @@ from typing import Any
 from jinja2 import Environment, PackageLoader, StrictUndefined, select_autoescape
 
 from harness.report.footnotes import collect_footnotes
-from harness.report.labels import LEGEND_ORDER, OUTCOME_LABELS, render_counts
+from harness.report.groups import group_rows, summaries
+from harness.report.labels import LEGEND_ORDER, OUTCOME_LABELS, UNICODE_SYMBOLS, cell_label, render_counts
 from harness.report.results import CellResult, KernelRun, Matrix, Outcome, Probe
 
 TEMPLATE = "report.html"
@@ -35,6 +36,7 @@ class Cell:
     kernel: str
     arch: str
     summary: Outcome | None
+    label: str  # the summary and the checks that gave it: "✗ fire"
     notes: str  # the footnotes it cites, "[1], [3]"
     tip: str  # the tooltip: the summary and the reasons behind it
     records: tuple[CellResult, ...]
@@ -135,7 +137,8 @@ def _cell(m: Matrix, probe: Probe, kernel: str, arch: str, cell_id: str, numbers
     if summary is None and run is not None and run.error:
         tip += f"\nkernel: {run.error}"
     notes = ", ".join(f"[{n}]" for n in numbers)
-    return Cell(cell_id, probe, kernel, arch, summary, notes, tip, records, run)
+    label = cell_label(m, probe, kernel, arch, UNICODE_SYMBOLS) if summary is not None else "—"
+    return Cell(cell_id, probe, kernel, arch, summary, label, notes, tip, records, run)
 
 
 def _rows(m: Matrix) -> list[Row]:
@@ -182,5 +185,7 @@ def render_html(m: Matrix, title: str = "eBPF kernel compatibility matrix") -> s
         rows=_rows(m),
         notes=notes,
         kernels=m.kernels,
+        groups=group_rows(m, UNICODE_SYMBOLS),
+        summaries=summaries(m),
     )
     return page + "\n"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from harness.report.results import Matrix, Outcome
+from harness.report.results import Check, Matrix, Outcome, Probe
 
 # Cell symbols, worst first as in results.SEVERITY; None is a cell with no record.
 UNICODE_SYMBOLS: dict[Outcome | None, str] = {
@@ -52,6 +52,25 @@ OUTCOME_LABELS: dict[Outcome | None, str] = {
     Outcome.ERROR: "harness/VM error",
     None: "not run",
 }
+
+
+# Outcomes whose cells name the checks that gave them (``✗ fire``): a pass or a skip names none.
+NAMED_OUTCOMES = frozenset({Outcome.FAIL, Outcome.XPASS, Outcome.XFAIL, Outcome.ERROR})
+
+
+def cell_checks(m: Matrix, probe: Probe, kernel: str, arch: str) -> list[Check]:
+    """The checks of a cell whose outcome is its summary, in check order (none for a pass or skip)."""
+    summary = m.summary(probe, kernel, arch)
+    if summary not in NAMED_OUTCOMES:
+        return []
+    return [r.check for r in m.cell(probe, kernel, arch) if r.outcome is summary]
+
+
+def cell_label(m: Matrix, probe: Probe, kernel: str, arch: str, symbols: Mapping[Outcome | None, str]) -> str:
+    """A cell's text: its summary's symbol and the checks that gave it, ``✗ fire`` or ``✗ symbol,attach``."""
+    symbol = symbols[m.summary(probe, kernel, arch)]
+    checks = ",".join(c.value for c in cell_checks(m, probe, kernel, arch))
+    return f"{symbol} {checks}" if checks else symbol
 
 
 def render_legend(symbols: Mapping[Outcome | None, str]) -> str:

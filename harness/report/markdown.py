@@ -7,7 +7,8 @@ from collections.abc import Mapping
 from tabulate import tabulate
 
 from harness.report.footnotes import Footnote, collect_footnotes
-from harness.report.labels import MARKDOWN_SYMBOLS, render_counts, render_legend
+from harness.report.groups import group_rows, summaries
+from harness.report.labels import MARKDOWN_SYMBOLS, cell_label, render_counts, render_legend
 from harness.report.results import Matrix, Outcome, Probe
 
 _MD_SPECIAL = set("\\`*[]<>|")
@@ -54,13 +55,24 @@ def _matrix_table(m: Matrix, cites: Mapping[tuple[Probe, str, str], list[int]]) 
     for probe in m.probes():
         cells = [_md_code(probe.id), _md(probe.kind), _md_code(probe.target)]
         for kernel, arch in columns:
-            text = MARKDOWN_SYMBOLS[m.summary(probe, kernel, arch)]
+            text = _md(cell_label(m, probe, kernel, arch, MARKDOWN_SYMBOLS))
             numbers = cites.get((probe, kernel, arch), [])
             if numbers:
                 text += " <sup>" + ",".join(str(n) for n in numbers) + "</sup>"
             cells.append(text)
         rows.append(cells)
     return _table(rows, headers, centred=len(columns))
+
+
+def _groups(m: Matrix) -> list[str]:
+    """The alternatives groups and each object's line, before the matrix (the release gate)."""
+    if not m.groups:
+        return []
+    headers = ["alternatives", "members"] + [f"{_md(k)}<br>{_md(a)}" for k, a in m.columns()]
+    rows = [[_md_code(r[0]), _md(r[1]), *(_md(c) for c in r[2:])] for r in group_rows(m, MARKDOWN_SYMBOLS)]
+    lines = ["### Alternatives", "", *_table(rows, headers, centred=len(m.columns())), ""]
+    lines += [f"- {_md(line)}" for line in summaries(m)]
+    return [*lines, "", "### Programs", ""]
 
 
 def _reason_item(n: Footnote) -> str:
@@ -89,7 +101,8 @@ def _kernels_table(m: Matrix) -> list[str]:
 def render_markdown(m: Matrix) -> str:
     """A GitHub-flavoured Markdown table and its reasons, stable from run to run (no times)."""
     notes, cites = collect_footnotes(m)
-    lines = _matrix_table(m, cites)
+    lines = _groups(m)
+    lines += _matrix_table(m, cites)
     lines += ["", "Legend: " + render_legend(MARKDOWN_SYMBOLS) + ".", "", _md(render_counts(m)) + "."]
     if notes:
         lines += ["", "### Reasons", ""]

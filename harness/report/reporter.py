@@ -11,7 +11,16 @@ from typing import Any
 import pytest
 
 from harness.files import atomic_write
-from harness.report.results import CellResult, Check, KernelRun, Matrix, Outcome, Probe, merge_matrices
+from harness.report.results import (
+    Alternatives,
+    CellResult,
+    Check,
+    KernelRun,
+    Matrix,
+    Outcome,
+    Probe,
+    merge_matrices,
+)
 
 PROP_RESULTS = "bpf_matrix_results"  # user property of a matrix test: its results, serialized
 PROP_KERNEL = "bpf_matrix_kernel"  # user property of a matrix test: its kernel's record, serialized
@@ -53,11 +62,13 @@ class MatrixReporter:
     """Collects every cell's results on the controlling process and writes the matrix once at the end."""
 
     def __init__(
-        self, config: pytest.Config, order: Sequence[tuple[str, str]], baseline: str | None = None
+        self, config: pytest.Config, order: Sequence[tuple[str, str]], baseline: str | None = None,
+        groups: Sequence[Alternatives] = (),
     ) -> None:
         self.config = config
         self.order = list(order)  # (kernel, arch) columns in kernels.yaml order
         self.baseline = baseline  # the kernels.yaml baseline id the drift checks diffed against
+        self.groups = tuple(groups)  # the sidecars' alternatives groups
         self.records: dict[tuple[Probe, str, str, Check], CellResult] = {}
         self.kernels: dict[tuple[str, str], KernelRun] = {}
         self.written: list[Path] = []
@@ -80,7 +91,8 @@ class MatrixReporter:
         order = self.order
         kernels = [self.kernels[c] for c in order if c in self.kernels]
         kernels += [k for c, k in self.kernels.items() if c not in order]
-        return merge_matrices([Matrix(tuple(self.records.values()), tuple(kernels), self.baseline)])
+        found = Matrix(tuple(self.records.values()), tuple(kernels), self.baseline, self.groups)
+        return merge_matrices([found])
 
     @pytest.hookimpl(tryfirst=True)
     def pytest_sessionfinish(self, session: pytest.Session) -> None:

@@ -182,12 +182,30 @@ class KernelRun:
 
 
 @dataclass(frozen=True)
+class Alternatives:
+    """An alternatives group of a sidecar: programs of one object that do one job (a loader picks one)."""
+
+    object: str
+    group: str
+    members: tuple[str, ...]
+
+    def serialize(self) -> dict[str, Any]:
+        return {"object": self.object, "group": self.group, "members": list(self.members)}
+
+    @classmethod
+    def deserialize(cls, data: Mapping[str, Any]) -> Alternatives:
+        return cls(str(data["object"]), str(data["group"]), tuple(str(m) for m in data["members"]))
+
+
+@dataclass(frozen=True)
 class Matrix:
-    """Every record of a run (or of merged runs), plus what is known of each kernel."""
+    """Every record of a run (or of merged runs), plus what is known of each kernel and the
+    alternatives groups of its sidecars."""
 
     records: tuple[CellResult, ...]
     kernels: tuple[KernelRun, ...] = ()
     baseline: str | None = None  # the kernels.yaml id prototypes were diffed against; None: unknown
+    groups: tuple[Alternatives, ...] = ()
 
     def columns(self) -> list[tuple[str, str]]:
         """(kernel, arch) pairs in kernels.yaml order, then any seen only in records."""
@@ -226,6 +244,7 @@ class Matrix:
             "baseline": self.baseline,
             "kernels": [k.serialize() for k in self.kernels],
             "records": [r.serialize() for r in self.records],
+            "groups": [g.serialize() for g in self.groups],
         }
 
     @classmethod
@@ -239,11 +258,12 @@ class Matrix:
         try:
             records = tuple(CellResult.deserialize(r) for r in data["records"])
             kernels = tuple(KernelRun.deserialize(k) for k in data.get("kernels", []))
+            groups = tuple(Alternatives.deserialize(g) for g in data.get("groups", []))
         except (KeyError, TypeError) as exc:
             raise ResultsError(f"malformed results record: {exc}") from exc
         except ValueError as exc:  # an unknown check or outcome
             raise ResultsError(str(exc)) from exc
-        return cls(records=records, kernels=kernels, baseline=baseline or None)
+        return cls(records=records, kernels=kernels, baseline=baseline or None, groups=groups)
 
 
 def migrate_document(data: Mapping[str, Any]) -> dict[str, Any]:
@@ -328,7 +348,9 @@ def merge_matrices(matrices: Iterable[Matrix], names: Sequence[str] = ()) -> Mat
     records: dict[CellKey, tuple[CellResult, str]] = {}
     kernels: dict[tuple[str, str], KernelRun] = {}
     conflicts: dict[CellKey, str] = {}
+    groups: dict[Alternatives, None] = {}
     for name, m in zip(label, shards):
+        groups.update(dict.fromkeys(m.groups))
         for k in m.kernels:
             kernels[(k.kernel, k.arch)] = k
         for r in m.records:
@@ -351,7 +373,8 @@ def merge_matrices(matrices: Iterable[Matrix], names: Sequence[str] = ()) -> Mat
             lines,
         )
     return Matrix(
-        records=tuple(r for r, _ in records.values()), kernels=tuple(kernels.values()), baseline=baseline
+        records=tuple(r for r, _ in records.values()), kernels=tuple(kernels.values()), baseline=baseline,
+        groups=tuple(groups),
     )
 
 

@@ -5,12 +5,14 @@ from __future__ import annotations
 from tabulate import tabulate
 
 from harness.report.footnotes import collect_footnotes, kernel_problems
-from harness.report.labels import ASCII_SYMBOLS, UNICODE_SYMBOLS, render_counts, render_legend
+from harness.report.groups import group_rows, summaries
+from harness.report.labels import ASCII_SYMBOLS, UNICODE_SYMBOLS, cell_label, render_counts, render_legend
 from harness.report.results import Matrix
 
 
 def render_terminal(m: Matrix, ascii_only: bool = False) -> str:
-    """A compact table for a terminal: one row per probe, one column per kernel/arch, footnotes.
+    """A compact table for a terminal: one row per probe, one column per kernel/arch, each cell its
+    outcome and the checks that gave it (``✗ fire[3]``), footnotes with the reasons.
 
     With ``ascii_only`` every symbol is plain ASCII (for terminals and logs without UTF-8).
     """
@@ -22,7 +24,7 @@ def render_terminal(m: Matrix, ascii_only: bool = False) -> str:
     for probe in m.probes():
         row = [probe.id, probe.kind, probe.target]
         for kernel, arch in columns:
-            text = symbols[m.summary(probe, kernel, arch)]
+            text = cell_label(m, probe, kernel, arch, symbols)
             numbers = cites.get((probe, kernel, arch), [])
             if numbers:
                 text += "[" + ",".join(str(n) for n in numbers) + "]"
@@ -32,7 +34,14 @@ def render_terminal(m: Matrix, ascii_only: bool = False) -> str:
     counts = render_counts(m)
     if ascii_only:
         counts = counts.replace("×", "x")
-    lines = [table, "", "legend: " + render_legend(symbols), counts]
+    lines = []
+    if m.groups:
+        # The release gate first: a group works where one of its members passes every check.
+        group_headers = ["alternatives", "members", *headers[3:]]
+        lines += [tabulate(group_rows(m, symbols), headers=group_headers, tablefmt="simple",
+                           disable_numparse=True), ""]
+        lines += [*summaries(m), ""]
+    lines += [table, "", "legend: " + render_legend(symbols), counts]
     if notes:
         lines.append("")
         lines.extend(f"[{n.number}] {n.text()}" for n in notes)

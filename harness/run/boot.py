@@ -37,6 +37,26 @@ class GuestOutcome:
     error: str = ""
     console_tail: str = ""
 
+    def serialize(self) -> dict[str, Any]:
+        """A JSON-ready dict: how the other processes of a run read this boot (checks/across.py)."""
+        return {
+            "kernel": self.kernel.serialize(),
+            "results": [r.serialize() for r in self.results.values()],
+            "error": self.error,
+            "console_tail": self.console_tail,
+        }
+
+    @classmethod
+    def deserialize(cls, data: Mapping[str, Any]) -> GuestOutcome:
+        """Inverse of serialize(); raises KeyError, TypeError or ValueError on a malformed dict."""
+        results = [CellResult.deserialize(r) for r in data["results"]]
+        return cls(
+            KernelRun.deserialize(data["kernel"]),
+            {(r.probe, r.check): r for r in results},
+            str(data.get("error", "")),
+            str(data.get("console_tail", "")),
+        )
+
 
 @dataclass(frozen=True)
 class BootJob:

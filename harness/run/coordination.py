@@ -8,13 +8,16 @@ exactly as long as the boot lasts, and then reads the marker. Workers on another
 
 from __future__ import annotations
 
+import json
 import time
-from collections.abc import Collection, Iterator, Sequence
+from collections.abc import Collection, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 from filelock import FileLock, Timeout
 
+from harness.files import atomic_write
 from harness.kernels.config import KernelSpec
 from harness.vm.runner import Accelerator, scaled_timeout
 
@@ -51,6 +54,22 @@ class BootMarkers:
 
     def record(self, key: str, outcome: str) -> None:
         self.marker(key).write_text(outcome)
+
+    def outcome_file(self, key: str) -> Path:
+        return self.work_dir / f"{key}.outcome.json"
+
+    def store_outcome(self, key: str, document: Mapping[str, Any]) -> None:
+        """Leave the in-guest results of ``key``'s boot for the run's other processes (before its
+        marker: a process that saw the marker finds them)."""
+        atomic_write(self.outcome_file(key), json.dumps(document))
+
+    def read_outcome(self, key: str) -> dict[str, Any] | None:
+        """The in-guest results ``key``'s boot left, None when there are none (or they are unreadable)."""
+        try:
+            data = json.loads(self.outcome_file(key).read_text())
+        except (OSError, ValueError):
+            return None
+        return data if isinstance(data, dict) else None
 
     def wait(self, key: str, timeout: float) -> str | None:
         """The outcome of ``key``'s boot by another process, waiting up to ``timeout`` seconds for it.

@@ -9,7 +9,9 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TypeVar
 
+from harness.checks import across
 from harness.checks.features import with_load_result
+from harness.checks.symbols import check_symbol
 from harness.checks.uprobe import build_user_samples
 from harness.errors import BuildError, ConfigError, HarnessError
 from harness.kernels.cache import resolve_cache_root
@@ -20,9 +22,9 @@ from harness.programs.build import find_sources
 from harness.programs.inventory import BPFObject
 from harness.programs.loader import plan_loader
 from harness.programs.sidecar import Sidecar, load_sidecar, load_sidecars
-from harness.report.results import CellResult, Check, KernelRun, Probe
+from harness.report.results import Alternatives, CellResult, Check, KernelRun, Outcome, Probe
 from harness.run import cells
-from harness.run.boot import BootJob, BootSteps, GuestOutcome, boot, failed
+from harness.run.boot import GUEST_CHECKS, BootJob, BootSteps, GuestOutcome, boot, failed
 from harness.run.coordination import BootMarkers, boot_wait
 from harness.run.facts import complete_facts_dir, no_facts_error
 from harness.run.memo import Memo
@@ -77,6 +79,9 @@ class MatrixRun:
         # Set when this process also reports the offline checks (no xdist): they are then computed
         # while the first VM boots, when their facts are all cached.
         self.overlap_offline = False
+        # Set in a pytest-xdist worker that shares the run directory: the planned boots are another
+        # worker's, whose outcomes it waits for instead of booting them again.
+        self.boots_elsewhere = False
         self._builds: Memo[KernelBuild] = Memo()
         self._objects: dict[str, ArchObjects] = {}
         self._facts: Memo[KernelFacts] = Memo()
@@ -225,6 +230,10 @@ class MatrixRun:
             outcome = self._boot(spec, objects)
             if with_objects:
                 self._objects_run.add(spec.key)
+                try:
+                    self.markers.store_outcome(spec.key, outcome.serialize())
+                except OSError:
+                    pass  # the FIRE tests of other processes then boot this kernel again
             self.markers.record(spec.key, outcome.error or "ok")
         self._guest[spec.key] = outcome
         self._kernel_runs[spec.key] = outcome.kernel
@@ -273,7 +282,33 @@ class MatrixRun:
     # --- results -----------------------------------------------------------------------------------
 
     def guest_result(self, spec: KernelSpec, probe: Probe, check: Check) -> CellResult:
-        """The result of an in-guest ``check`` of ``probe`` on ``spec``, booting on first use."""
+        """The result of an in-guest ``check`` of ``probe`` on ``spec``, booting on first use, judged
+        with what the run knows beyond the cell (checks/across.py): FIRE against every kernel of the
+        arch, LOAD and ATTACH against this kernel's facts."""
+        if check is Check.FIRE:
+            same_arch = [s for s in self.config.kernels if s.arch == spec.arch]
+            peers = [self._guest_result(s, probe, check, self.guest_elsewhere(s)) for s in same_arch]
+            here = peers[same_arch.index(spec)]
+            if not across.never_fired(here):
+                return here
+            fired = [s for s, r in zip(same_arch, peers) if across.fired(r)]
+            hint = across.fire_hint(
+                probe.target, probe.kind, self._known_facts(spec),
+                [f for f in map(self._known_facts, fired) if f is not None],
+            )
+            return across.judge_fire(here, peers, self._triggered(probe), hint)
+        # A member's checks are judged in the across group too: the boot is another worker's.
+        outcome = self.guest_elsewhere(spec) if self.is_alternative(probe) else self.guest(spec)
+        result = self._guest_result(spec, probe, check, outcome)
+        if check in across.DEFERRED_CHECKS and result.outcome is Outcome.FAIL:
+            facts = self._known_facts(spec)
+            if facts is not None:
+                result = across.defer_to_symbol(result, check_symbol(probe, spec.id, spec.arch, facts))
+        return result
+
+    def _guest_result(
+        self, spec: KernelSpec, probe: Probe, check: Check, outcome: GuestOutcome
+    ) -> CellResult:
         built = self.objects(spec.arch)
         if probe.object in built.absent:
             return cells.not_built(spec, probe, check)
@@ -285,15 +320,102 @@ class MatrixRun:
             return cells.left_out(spec, probe, check)
         if why := built.relocation_error(probe, check):
             return cells.error_cell(spec, probe, check, why)
-        cell = cells.guest_cell(spec, probe, check, self.guest(spec))
+        cell = cells.guest_cell(spec, probe, check, outcome)
         digest = built.digests.get(probe.object)
         if check == Check.LOAD and digest:
             # Which build this arch loaded: per-arch objects differ, and a cell must say whose it is.
             cell = dataclasses.replace(cell, details={**cell.details, "object_sha256": digest})
         return cell
 
+
+    def guest_elsewhere(self, spec: KernelSpec) -> GuestOutcome:
+        """The outcome of ``spec``'s boot with its objects: this process's, or, in a pytest-xdist
+        worker, the one the worker that booted it left in the run directory (waited for)."""
+        cached = self._guest.get(spec.key)
+        if cached is not None and (cached.error or spec.key in self._objects_run):
+            return cached
+        if not self.boots_elsewhere or spec.key not in self.guest_planned:
+            return self.guest(spec)
+        wait = boot_wait(self.config.kernels, self.accelerator, self.retries, self.guest_planned)
+        marker = self.markers.wait(spec.key, wait)
+        document = self.markers.read_outcome(spec.key)
+        if document is not None:
+            try:
+                return GuestOutcome.deserialize(document)
+            except (KeyError, TypeError, ValueError):
+                pass
+        return failed(self.kernel_run(spec), f"no in-guest results from the boot of {spec.key}: "
+                      f"{marker or 'it did not finish in time'}")
+
+    def _known_facts(self, spec: KernelSpec) -> KernelFacts | None:
+        """The facts of ``spec`` when cached (never a boot for them), else None."""
+        if self.facts_dir(spec) is None:
+            return None
+        try:
+            return self.facts(spec)
+        except HarnessError:
+            return None
+
+    def _triggered(self, probe: Probe) -> bool:
+        """Whether the sidecar gives ``probe`` a trigger of its own (then it should fire)."""
+        try:
+            return bool(self.sidecar(probe.object).triggers_for([probe]))
+        except HarnessError:
+            return False
+
+    def alternatives(self) -> list[Alternatives]:
+        """The alternatives groups of the sidecars read so far (all of them after check_inputs)."""
+        return [
+            Alternatives(name, group, members)
+            for name, side in sorted(self._sidecars.items())
+            for group, members in side.alternatives.items()
+        ]
+
+    def is_alternative(self, probe: Probe) -> bool:
+        """Whether ``probe`` is a member of an alternatives group of its sidecar."""
+        try:
+            return self.sidecar(probe.object).group_of(probe.program) is not None
+        except HarnessError:
+            return False
+
+    def cell_results(self, spec: KernelSpec, probe: Probe) -> list[CellResult]:
+        """Every check that applies to ``probe`` on ``spec`` (before expectations)."""
+        built = next((b for p, b in self.arch_probes(spec.arch) if p == probe), None)
+        found = []
+        for check in Check:
+            if built is None or not built.applies(probe, check):
+                continue
+            if check in GUEST_CHECKS:
+                found.append(self.guest_result(spec, probe, check))
+            else:
+                found.append(self.offline_result(spec, probe, check))
+        return found
+
+    def alternatives_result(self, spec: KernelSpec, probe: Probe, result: CellResult) -> CellResult:
+        """A FAIL of a member of an alternatives group where another member passes every check:
+        XFAIL, the group named as what accepts it (a loader picks the member that works)."""
+        if result.outcome is not Outcome.FAIL:
+            return result
+        try:
+            found = self.sidecar(probe.object).group_of(probe.program)
+        except HarnessError:
+            return result
+        if found is None:
+            return result
+        group, members = found
+        probes = {p.program: p for p, _ in self.arch_probes(spec.arch) if p.object == probe.object}
+        others = {
+            m: self.cell_results(spec, probes[m]) for m in members if m != probe.program and m in probes
+        }
+        verdict = across.judge_group(probe.object, group, spec.id, spec.arch.name, others)
+        if verdict.outcome is not Outcome.PASS:
+            return result
+        return result.with_outcome(Outcome.XFAIL, f"alternatives `{group}`: {verdict.reason} here")
+
     def offline_result(self, spec: KernelSpec, probe: Probe, check: Check) -> CellResult:
-        """The result of an offline ``check`` of ``probe`` on ``spec`` (facts from the cache)."""
+        """The result of an offline ``check`` of ``probe`` on ``spec`` (facts from the cache); a SYMBOL
+        is judged against the other kernels of the run (a target absent on every one), a FEATURES
+        prediction against this process's own boot of the kernel."""
         if probe.object in self.objects(spec.arch).absent:
             return cells.not_built(spec, probe, check)
         if why := self.input_error(spec, probe):
@@ -302,14 +424,17 @@ class MatrixRun:
             return cells.unchecked(spec, probe, check)
         if probe.program in self.sidecar(probe.object).loader.autoload_off:
             return cells.left_out(spec, probe, check)
-        found = cells.found_or_skip(spec, probe, check, self.offline(spec))
+        result = cells.found_or_skip(spec, probe, check, self.offline(spec))
+        if check is Check.SYMBOL and across.absent(result):
+            peers = [cells.found_or_skip(s, probe, check, self.offline(s)) for s in self.config.kernels]
+            result = across.judge_absent(result, peers)
         booted = self._guest.get(spec.key) if spec.key in self._objects_run else None
         if check == Check.FEATURES and booted is not None:
             # This process booted the kernel: its load result is the truth the prediction answers to.
             load = booted.results.get((probe, Check.LOAD))
             if load is not None:
-                return with_load_result(found, load)
-        return found
+                return with_load_result(result, load)
+        return result
 
     def offline(self, spec: KernelSpec) -> Cells:
         if self._offline is None:
