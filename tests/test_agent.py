@@ -481,14 +481,6 @@ def test_run_object_falls_back_to_one_load_per_program_when_libbpf_names_none(tm
     assert [result["programs"][n]["load"]["ok"] for n in "abc"] == [True, False, True]
 
 
-def test_default_workload_runs_and_leaves_nothing_behind(monkeypatch: pytest.MonkeyPatch) -> None:
-    calls: list[str] = []
-    monkeypatch.setattr(agent, "block_io", lambda: calls.append("block_io"))  # guests only: it may modprobe
-    agent.default_workload("/nonexistent")
-    assert calls == ["block_io"]
-    assert not Path(f"/tmp/bpfmatrix-{os.getpid()}").exists()
-
-
 # ---------------------------------------------------------------- the guest's userland
 
 
