@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from tools import needs
 
-from harness.btf.bpf_object import load_object_core_relos
+from harness.btf.bpf_object import load_object_code
 from harness.btf.core import Accessor, CoreRelo, CoreReloKind
 from harness.btf.spec import BTFSpec, load_btf, parse_btf
 from harness.checks.drift import (
@@ -27,8 +27,11 @@ from harness.checks.drift import (
 )
 from harness.kernels.cache import resolve_cache_root
 from harness.programs.clones import strip_clone_suffix
+from harness.programs.flow import Function, ProgramCode
+from harness.programs.insns import decode_instructions
 from harness.report.results import CellResult, Check, Outcome, Probe
 from tests.conftest import CIRun
+from tests.test_insns import insn
 
 
 class Builder:
@@ -240,7 +243,9 @@ def task_kernel(with_real_parent: bool, state_name: str, pad: int) -> BTFSpec:
     return b.spec()
 
 
-def relo(kind: CoreReloKind, root: str, *names: str | int, root_kind: str = "struct") -> CoreRelo:
+def relo(
+    kind: CoreReloKind, root: str, *names: str | int, root_kind: str = "struct", at: int = 8
+) -> CoreRelo:
     accessors = [Accessor(None, 0)]
     path = root
     for n in names:
@@ -252,7 +257,20 @@ def relo(kind: CoreReloKind, root: str, *names: str | int, root_kind: str = "str
             path += f".{n}"
     if kind.is_type:
         accessors, path = [], root
-    return CoreRelo("kprobe/do_exit", 8, 1, "0", kind, root_kind, root, path, tuple(accessors))
+    return CoreRelo("kprobe/do_exit", at, 1, "0", kind, root_kind, root, path, tuple(accessors))
+
+
+def guarded_code() -> ProgramCode:
+    """``if (exists at slot 0) read at slot 2; else read at slot 4``, in section kprobe/do_exit."""
+    data = (
+        insn(0xB7, dst=1, imm=1)  # r1 = 1 (the existence relocation)
+        + insn(0x15, dst=1, off=2)  # if r1 == 0 goto 4
+        + insn(0x79, dst=2, src=6)  # r2 = *(u64 *)(r6 + 0): the guarded read
+        + insn(0x95)
+        + insn(0x79, dst=2, src=6, off=8)  # the other branch's read
+        + insn(0x95)
+    )
+    return ProgramCode("on_exit", (Function("on_exit", "kprobe/do_exit", 0, tuple(decode_instructions(data))),))
 
 
 OFF, EXISTS = CoreReloKind.FIELD_BYTE_OFFSET, CoreReloKind.FIELD_EXISTS
@@ -287,20 +305,41 @@ def test_layout_missing_field_fails_unless_guarded() -> None:
     assert rows["task_struct.real_parent"]["guarded"] is False
     assert rows["task_struct.pid"]["offset"] == 0 and rows["task_struct.pid"]["status"] == "ok"
 
-    guarded = [relo(EXISTS, "task_struct", "real_parent"), *relos]
+    # Read only on the branch where its own exists check is true: that check is false on 6.1.
+    guarded = [relo(EXISTS, "task_struct", "real_parent", at=0), relo(OFF, "task_struct", "real_parent", at=16),
+               relo(OFF, "task_struct", "pid", at=32)]
+    r = check_layout(EXIT, "6.1", "x86_64", guarded, new, "5.10", old, guarded_code())
+    assert r is not None and r.outcome == Outcome.PASS
+    assert r.reason == ("`task_struct.real_parent` field missing: unresolved on 6.1, on a path the exists "
+                        "check of `task_struct.real_parent` rules out")
+    assert all(row["guarded"] for row in r.details["relocations"] if row["kind"] == "field_byte_offset"
+               and row["path"].endswith("real_parent"))
+    # Without the code, nothing shows the read unreachable.
     r = check_layout(EXIT, "6.1", "x86_64", guarded, new, "5.10", old)
-    assert r is not None and r.outcome == Outcome.PASS
-    assert "task_struct.real_parent" in r.reason
-    assert all(row["guarded"] for row in r.details["relocations"] if row["path"].endswith("real_parent"))
+    assert r is not None and r.outcome == Outcome.FAIL
 
 
-def test_layout_guard_on_type_and_flavour() -> None:
+def test_layout_sibling_guard_on_another_flavour() -> None:
     new = task_kernel(False, "__state", 8)
-    relos = [relo(CoreReloKind.TYPE_EXISTS, "task_struct___old"), relo(OFF, "task_struct___old", "state")]
-    r = check_layout(EXIT, "6.1", "x86_64", relos, new, "6.1", new)
+    relos = [relo(EXISTS, "task_struct___old", "state", at=0), relo(OFF, "task_struct___old", "state", at=16),
+             relo(OFF, "task_struct", "__state", at=32)]
+    r = check_layout(EXIT, "6.1", "x86_64", relos, new, "6.1", new, guarded_code())
     assert r is not None and r.outcome == Outcome.PASS
+    assert "exists check of `task_struct___old.state` rules out" in r.reason
+    # The guard on the wrong branch: the missing field is read where the check says it is absent.
+    swapped = [relos[0], relo(OFF, "task_struct___old", "state", at=32), relo(OFF, "task_struct", "__state", at=16)]
+    r = check_layout(EXIT, "6.1", "x86_64", swapped, new, "6.1", new, guarded_code())
+    assert r is not None and r.outcome == Outcome.FAIL
+    assert r.reason.startswith("`task_struct___old.state` field missing on 6.1")
+
+
+def test_layout_guard_on_type() -> None:
+    new = task_kernel(False, "__state", 8)
+    relos = [relo(CoreReloKind.TYPE_EXISTS, "mm_struct___old", at=0), relo(OFF, "mm_struct___old", "pgd", at=16)]
+    r = check_layout(EXIT, "6.1", "x86_64", relos, new, "6.1", new, guarded_code())
+    assert r is not None and r.outcome == Outcome.PASS and "`mm_struct___old`" in r.reason
     # The same read in another program, without the guard, fails.
-    r = check_layout(EXIT, "6.1", "x86_64", relos[1:], new, "6.1", new)
+    r = check_layout(EXIT, "6.1", "x86_64", relos[1:], new, "6.1", new, guarded_code())
     assert r is not None and r.outcome == Outcome.FAIL
 
 
@@ -370,22 +409,25 @@ def test_compiled_object_against_kernels(tmp_path: Path) -> None:
     obj = tmp_path / "exit.bpf.o"
     subprocess.run(["clang", "-g", "-O2", "-target", "bpf", "-c", str(src), "-o", str(obj)],
                    check=True, capture_output=True, timeout=120)
-    relos = load_object_core_relos(obj)
+    found = load_object_code(obj)
+    relos, code = found.relocations, found.programs
     old, new = task_kernel(True, "state", 0), task_kernel(False, "__state", 8)
     on_exit = Probe("exit", "on_exit", "kprobe/do_exit", "kprobe", "do_exit")
     parent = Probe("exit", "parent", "kprobe/do_exit", "kprobe", "do_exit")
-    # On the old kernel __state is missing, unguarded; the ___old read is guarded.
-    r = check_layout(on_exit, "5.10", "x86_64", relos["on_exit"], old, "5.10", old)
+    # On the old kernel __state is missing, and read on every path.
+    r = check_layout(on_exit, "5.10", "x86_64", relos["on_exit"], old, "5.10", old, code["on_exit"])
     assert r is not None and r.outcome == Outcome.FAIL
     assert r.reason.startswith("`task_struct.__state` field missing on 5.10")
     rows = {(row["path"], row["kind"]): row for row in r.details["relocations"]}
     assert rows[("task_struct___old.state", "field_byte_offset")]["offset"] == 8
-    assert rows[("task_struct___old.state", "field_byte_offset")]["guarded"] is True
     assert rows[("task_struct.comm[2]", "field_byte_offset")]["offset"] == 16 + 8 + 2
-    r = check_layout(on_exit, "6.1", "x86_64", relos["on_exit"], new, "5.10", old)
+    # On the new kernel the ___old read sits behind its exists check, which 6.1 answers "no".
+    r = check_layout(on_exit, "6.1", "x86_64", relos["on_exit"], new, "5.10", old, code["on_exit"])
     assert r is not None and r.outcome == Outcome.PASS
-    assert "task_struct___old.state" in r.reason
-    r = check_layout(parent, "6.1", "x86_64", relos["parent"], new, "5.10", old)
+    assert "exists check of `task_struct___old.state` rules out" in r.reason
+    rows = {(row["path"], row["kind"]): row for row in r.details["relocations"]}
+    assert rows[("task_struct___old.state", "field_byte_offset")]["guarded"] is True
+    r = check_layout(parent, "6.1", "x86_64", relos["parent"], new, "5.10", old, code["parent"])
     assert r is not None and r.outcome == Outcome.FAIL and "real_parent" in r.reason
 
 

@@ -113,7 +113,7 @@ def check_probe(
         layout = drift.check_layout(
             probe, spec.id, spec.arch.name,
             list(built.relocations.get(probe.object, {}).get(probe.program, [])),
-            btf, baseline.kernel, base_btf,
+            btf, baseline.kernel, base_btf, built.code_of(probe),
         )
         if layout is not None:
             cells[(probe, Check.LAYOUT)] = layout
