@@ -270,7 +270,8 @@ def guarded_code() -> ProgramCode:
         + insn(0x79, dst=2, src=6, off=8)  # the other branch's read
         + insn(0x95)
     )
-    return ProgramCode("on_exit", (Function("on_exit", "kprobe/do_exit", 0, tuple(decode_instructions(data))),))
+    func = Function("on_exit", "kprobe/do_exit", 0, tuple(decode_instructions(data)))
+    return ProgramCode("on_exit", (func,))
 
 
 OFF, EXISTS = CoreReloKind.FIELD_BYTE_OFFSET, CoreReloKind.FIELD_EXISTS
@@ -306,8 +307,8 @@ def test_layout_missing_field_fails_unless_guarded() -> None:
     assert rows["task_struct.pid"]["offset"] == 0 and rows["task_struct.pid"]["status"] == "ok"
 
     # Read only on the branch where its own exists check is true: that check is false on 6.1.
-    guarded = [relo(EXISTS, "task_struct", "real_parent", at=0), relo(OFF, "task_struct", "real_parent", at=16),
-               relo(OFF, "task_struct", "pid", at=32)]
+    guarded = [relo(EXISTS, "task_struct", "real_parent", at=0),
+               relo(OFF, "task_struct", "real_parent", at=16), relo(OFF, "task_struct", "pid", at=32)]
     r = check_layout(EXIT, "6.1", "x86_64", guarded, new, "5.10", old, guarded_code())
     assert r is not None and r.outcome == Outcome.PASS
     assert r.reason == ("`task_struct.real_parent` field missing: unresolved on 6.1, on a path the exists "
@@ -321,13 +322,14 @@ def test_layout_missing_field_fails_unless_guarded() -> None:
 
 def test_layout_sibling_guard_on_another_flavour() -> None:
     new = task_kernel(False, "__state", 8)
-    relos = [relo(EXISTS, "task_struct___old", "state", at=0), relo(OFF, "task_struct___old", "state", at=16),
-             relo(OFF, "task_struct", "__state", at=32)]
+    relos = [relo(EXISTS, "task_struct___old", "state", at=0),
+             relo(OFF, "task_struct___old", "state", at=16), relo(OFF, "task_struct", "__state", at=32)]
     r = check_layout(EXIT, "6.1", "x86_64", relos, new, "6.1", new, guarded_code())
     assert r is not None and r.outcome == Outcome.PASS
     assert "exists check of `task_struct___old.state` rules out" in r.reason
     # The guard on the wrong branch: the missing field is read where the check says it is absent.
-    swapped = [relos[0], relo(OFF, "task_struct___old", "state", at=32), relo(OFF, "task_struct", "__state", at=16)]
+    swapped = [relos[0], relo(OFF, "task_struct___old", "state", at=32),
+               relo(OFF, "task_struct", "__state", at=16)]
     r = check_layout(EXIT, "6.1", "x86_64", swapped, new, "6.1", new, guarded_code())
     assert r is not None and r.outcome == Outcome.FAIL
     assert r.reason.startswith("`task_struct___old.state` field missing on 6.1")
@@ -335,7 +337,8 @@ def test_layout_sibling_guard_on_another_flavour() -> None:
 
 def test_layout_guard_on_type() -> None:
     new = task_kernel(False, "__state", 8)
-    relos = [relo(CoreReloKind.TYPE_EXISTS, "mm_struct___old", at=0), relo(OFF, "mm_struct___old", "pgd", at=16)]
+    relos = [relo(CoreReloKind.TYPE_EXISTS, "mm_struct___old", at=0),
+             relo(OFF, "mm_struct___old", "pgd", at=16)]
     r = check_layout(EXIT, "6.1", "x86_64", relos, new, "6.1", new, guarded_code())
     assert r is not None and r.outcome == Outcome.PASS and "`mm_struct___old`" in r.reason
     # The same read in another program, without the guard, fails.

@@ -48,13 +48,15 @@ def test_ctx_reads_follow_copies_spills_and_probe_reads() -> None:
         + insn(0x95)
     )
     reads = ctx_reads(program(data))
-    assert [(r.offset, r.size, r.via_helper) for r in reads] == [(80, 8, True), (104, 4, False), (112, 8, False)]
+    found = [(r.offset, r.size, r.via_helper) for r in reads]
+    assert found == [(80, 8, True), (104, 4, False), (112, 8, False)]
     assert all(isinstance(r, CtxRead) for r in reads)
 
 
 def test_ctx_passed_to_a_subprogram() -> None:
     main = insn(0x85, src=1, imm=1) + insn(0x95)  # call sub (slot 2)
-    sub = Function("sub", ".text", 0, tuple(decode_instructions(insn(0x79, dst=0, src=1, off=8) + insn(0x95))),)
+    sub_insns = decode_instructions(insn(0x79, dst=0, src=1, off=8) + insn(0x95))
+    sub = Function("sub", ".text", 0, tuple(sub_insns))
     code = ProgramCode("p", (Function("p", SEC, 0, tuple(decode_instructions(main)), {0: "sub"}), sub))
     assert [(r.offset, r.site) for r in ctx_reads(code)] == [(8, (".text", 0))]
 

@@ -242,7 +242,8 @@ def check_core(probe: Probe, relos: list[Relocation], loaded: bool, ctx: GuestCo
         names = ", ".join(f"`{r.spec}`" for r in failed)
         return _result(
             probe, ctx, Check.CORE, Outcome.PASS,
-            f"relocation {names} unresolved on {ctx.kernel}, on no path the verifier walks (the program loaded)",
+            f"relocation {names} unresolved on {ctx.kernel}, on no path the verifier walks"
+            " (the program loaded)",
             relocations=relo_details,
         )
     return _result(probe, ctx, Check.CORE, Outcome.PASS, f"{len(relos)} relocations resolved",
