@@ -27,7 +27,7 @@ from harness.checks.drift import (
 )
 from harness.kernels.cache import resolve_cache_root
 from harness.programs.clones import strip_clone_suffix
-from harness.programs.flow import Function, ProgramCode
+from harness.programs.flow import CtxRead, Function, ProgramCode
 from harness.programs.insns import decode_instructions
 from harness.report.results import CellResult, Check, Outcome, Probe
 from tests.conftest import CIRun
@@ -532,3 +532,52 @@ def test_tp_format_skip_and_none() -> None:
     assert check_tp_format(KPROBE, "6.1", "x86_64", FMT_510, "5.10", FMT_510) is None
     r = check_tp_format(TP, "6.1", "x86_64", FMT_510, "5.10", None)
     assert r is not None and r.outcome == Outcome.PASS and "no format on baseline 5.10" in r.reason
+
+
+# --- Prototypes judged by the arguments the program reads ----------------------------------------
+
+
+def reads_at(*offsets: int) -> list[CtxRead]:
+    return [CtxRead(off, 8, False, False, ("s", 8 * n)) for n, off in enumerate(offsets)]
+
+
+def test_read_param_that_moved_fails_and_unread_changes_pass() -> None:
+    old, new = vfs_kernel("5.10"), vfs_kernel("6.1")
+    # PARM2 (si, pt_regs offset 104 on x86_64) is `dentry` on 5.10 and `dir` on 6.1.
+    r = check_prototype(KPROBE, "6.1", "x86_64", new, "5.10", old, reads_at(104))
+    assert r is not None and r.outcome == Outcome.FAIL
+    assert r.reason == ("prototype differs from 5.10: read param 1 `dentry` struct dentry * "
+                        "moved to position 2")
+    assert r.details["args_read"] == {"params": [1], "returns": False}
+    # The same positions on arm64 are regs[1].
+    r = check_prototype(KPROBE, "6.1", "arm64", new, "5.10", old, reads_at(8))
+    assert r is not None and r.outcome == Outcome.FAIL and "read param 1 `dentry`" in r.reason
+    # A program that reads no argument of vfs_unlink is not broken by the new first parameter.
+    r = check_prototype(KPROBE, "6.1", "x86_64", new, "5.10", old, reads_at())
+    assert r is not None and r.outcome == Outcome.PASS
+    assert r.reason.startswith("changed since 5.10 where the program does not read: param 0 `dir`")
+
+
+@pytest.mark.parametrize(
+    ("kind", "new_params", "offsets", "outcome", "reason"),
+    [
+        # A read parameter retyped to another size.
+        ("fentry", [("a", "long"), ("b", "long")], (0,), Outcome.FAIL,
+         "prototype differs from 5.10: read param 0 `a` int -> long (size 4 -> 8)"),
+        # The same change to a parameter it does not read.
+        ("fentry", [("a", "long"), ("b", "long")], (8,), Outcome.PASS,
+         "changed since 5.10 where the program does not read: param 0 `a` int -> `a` long (type changed)"),
+        # fexit reads its return value in the slot after the parameters: a removed one moves it.
+        ("fexit", [("a", "int")], (16,), Outcome.FAIL,
+         "prototype differs from 5.10: read return value moved from slot 2 to 1"),
+        ("kretprobe", [("a", "int")], (80,), Outcome.PASS,
+         "changed since 5.10 where the program does not read: param 1 `b` long -> (none) (param removed)"),
+    ],
+)
+def test_read_arguments_decide(
+    kind: str, new_params: list[tuple[str, str]], offsets: tuple[int, ...], outcome: Outcome, reason: str
+) -> None:
+    probe = Probe("o", "p", f"{kind}/f", kind, "f")
+    base = proto_kernel([("a", "int"), ("b", "long")])
+    r = check_prototype(probe, "6.1", "x86_64", proto_kernel(new_params), "5.10", base, reads_at(*offsets))
+    assert r is not None and (r.outcome, r.reason) == (outcome, reason)

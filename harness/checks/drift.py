@@ -4,18 +4,40 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from harness.btf.core import CoreRelo, CoreReloKind, essential_name
 from harness.btf.spec import BTFSpec
-from harness.btf.types import Array, BTFType, Composite, Enum, FuncProto, Kind, Member, Pointer, Typedef
+from harness.btf.types import Array, BTFType, Composite, Enum, FuncProto, Int, Kind, Member, Pointer, Typedef
+from harness.programs.args import RETURN_SLOT_KINDS, ArgsRead, resolve_args_read
 from harness.programs.clones import strip_clone_suffix
-from harness.programs.flow import ProgramCode, Site, deciding_guards, sites_of
+from harness.programs.flow import CtxRead, ProgramCode, Site, deciding_guards, sites_of
 from harness.programs.hooks import Target, resolve_hook
 from harness.report.results import CellResult, Check, Outcome, Probe
 
 # --- Prototypes ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Shape:
+    """What a value in a context slot is to the program that loads it: its kind, size and signedness."""
+
+    kind: str  # "pointer", "scalar", "aggregate", "void"
+    size: int
+    signed: bool = False
+
+
+def shape_of(spec: BTFSpec, type_id: int) -> Shape:
+    """The Shape of a BTF type (typedefs and modifiers skipped)."""
+    if type_id == 0:
+        return Shape("void", 0)
+    t = spec.type(spec.skip_mods_and_typedefs(type_id))
+    if isinstance(t, Pointer):
+        return Shape("pointer", 8)
+    if isinstance(t, Int | Enum):
+        return Shape("scalar", spec.sizeof(t.id), t.signed)
+    return Shape("aggregate", spec.sizeof(t.id))
 
 
 @dataclass(frozen=True)
@@ -25,6 +47,9 @@ class Prototype:
     btf_name: str  # the FUNC or typedef it came from
     return_type: str
     params: tuple[tuple[str, str], ...]
+    # Derived from the types, so not part of a prototype's identity: one per parameter, and the return's.
+    shapes: tuple[Shape, ...] = field(default=(), compare=False)
+    return_shape: Shape | None = field(default=None, compare=False)
 
     def serialize_params(self) -> list[dict[str, str]]:
         return [{"name": n, "type": t} for n, t in self.params]
@@ -32,12 +57,15 @@ class Prototype:
 
 def _proto_of(spec: BTFSpec, btf_name: str, proto: FuncProto, drop_first: bool) -> Prototype:
     params = []
+    shapes = []
     for p in proto.params:
         text = "..." if p.type_id == 0 and not p.name else spec.type_text(p.type_id)
         params.append((p.name, text))
+        shapes.append(shape_of(spec, p.type_id))
     if drop_first:
-        params = params[1:]
-    return Prototype(btf_name, spec.type_text(proto.return_type_id), tuple(params))
+        params, shapes = params[1:], shapes[1:]
+    return Prototype(btf_name, spec.type_text(proto.return_type_id), tuple(params), tuple(shapes),
+                     shape_of(spec, proto.return_type_id))
 
 
 def resolve_btf_name(kind: str, target: str) -> str | None:
@@ -183,6 +211,40 @@ def _compatible_change(
     return None
 
 
+def _read_breaks(kind: str, base: Prototype, cur: Prototype, read: ArgsRead) -> list[str]:
+    """Why the parameters and return value ``read`` (positions in the baseline's context) no longer
+    mean what they did: moved, removed, or another size, signedness or kind (pointer or scalar)."""
+    found: list[str] = []
+    cnames = [n for n, _ in cur.params]
+    for i in sorted(read.params):
+        if i >= len(base.params):
+            continue
+        bname = base.params[i][0]
+        what = f"read param {i} {_param_text(base.params[i])}"
+        if i >= len(cur.params):
+            found.append(f"{what} removed")
+            continue
+        cname, ctext = cur.params[i]
+        if bname and cname != bname and bname in cnames:
+            found.append(f"{what} moved to position {cnames.index(bname)}")
+        elif base.shapes and cur.shapes and base.shapes[i] != cur.shapes[i]:
+            found.append(f"{what} -> {ctext} ({_shape_change(base.shapes[i], cur.shapes[i])})")
+    if read.returns:
+        if kind in RETURN_SLOT_KINDS and len(base.params) != len(cur.params):
+            found.append(f"read return value moved from slot {len(base.params)} to {len(cur.params)}")
+        elif base.return_shape != cur.return_shape:
+            found.append(f"read return value {base.return_type} -> {cur.return_type}")
+    return found
+
+
+def _shape_change(old: Shape, new: Shape) -> str:
+    if old.kind != new.kind:
+        return f"{old.kind} -> {new.kind}"
+    if old.size != new.size:
+        return f"size {old.size} -> {new.size}"
+    return "signedness changed"
+
+
 def check_prototype(
     probe: Probe,
     kernel: str,
@@ -190,13 +252,17 @@ def check_prototype(
     spec: BTFSpec | None,
     baseline_kernel: str,
     baseline_spec: BTFSpec | None,
+    reads: Sequence[CtxRead] | None = None,
 ) -> CellResult | None:
     """Compare the probe target's prototype on ``kernel`` with the baseline kernel's.
 
-    FAIL when a parameter the probe sees changed; PASS with a note when parameters were only renamed, or
-    appended where nothing follows them in the context. None for hooks without a BTF prototype
-    (ksyscall, tracepoint, uprobe, ...). SKIP when the kernel has no BTF or its BTF lacks the target
-    (the symbol check reports that).
+    With the program's context loads (``reads``, flow.ctx_reads), FAIL only when a parameter it reads
+    moved, went away or changed size, signedness or kind (pointer or scalar), or when the return value it
+    reads changed or moved; other changes are a passing cell's note. Without them, FAIL when any
+    parameter the probe sees changed. PASS with a note when parameters were only renamed, or appended
+    where nothing follows them in the context. None for hooks without a BTF prototype (ksyscall,
+    tracepoint, uprobe, ...). SKIP when the kernel has no BTF or its BTF lacks the target (the symbol
+    check reports that).
     """
     btf_name = resolve_btf_name(probe.kind, probe.target)
     if btf_name is None:
@@ -230,6 +296,18 @@ def check_prototype(
     note = _compatible_change(probe.kind, base, changes, baseline_kernel)
     if note is not None:
         return result(Outcome.PASS, note, details)
+    read = resolve_args_read(probe.kind, arch, reads, len(base.params)) if reads is not None else None
+    if read is not None:
+        details["args_read"] = {"params": sorted(read.params), "returns": read.returns}
+        breaks = _read_breaks(probe.kind, base, cur, read)
+        if not breaks:
+            first = _describe_first_change(base, cur, changes)
+            return result(Outcome.PASS, f"changed since {baseline_kernel} where the program does not read: "
+                          f"{first}", details)
+        reason = f"prototype differs from {baseline_kernel}: {breaks[0]}"
+        if len(breaks) > 1:
+            reason += f" (+{len(breaks) - 1} more)"
+        return result(Outcome.FAIL, reason, details)
     reason = f"prototype differs from {baseline_kernel}: {_describe_first_change(base, cur, changes)}"
     if len(changes) > 1:
         reason += f" (+{len(changes) - 1} more)"

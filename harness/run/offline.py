@@ -12,6 +12,7 @@ from harness.checks.uprobe import check_uprobe
 from harness.errors import HarnessError
 from harness.kernels.config import Arch, KernelsConfig, KernelSpec
 from harness.kernels.facts import KernelFacts
+from harness.programs.flow import ProgramCode, ctx_reads
 from harness.programs.hooks import USER_KINDS
 from harness.report.results import CellResult, Check, Outcome, Probe
 from harness.run.programs import ArchObjects
@@ -102,7 +103,8 @@ def check_probe(
     sym = symbols.check_symbol(probe, spec.id, spec.arch, kfacts)
     (sym,) = symbols.with_alternatives([sym], probe, alternatives)
     cells[(probe, Check.SYMBOL)] = sym
-    for res in drift_cells(probe, spec, kfacts, baseline):
+    code = built.code_of(probe)
+    for res in drift_cells(probe, spec, kfacts, baseline, code):
         cells[(probe, res.check)] = res
     btf, base_btf = kernel_btf(kfacts), kernel_btf(baseline.facts)
     if why := built.relocation_error(probe, Check.LAYOUT):
@@ -133,8 +135,11 @@ def kernel_btf(facts: KernelFacts | None) -> BTFSpec | None:
     raise TypeError(f"vmlinux BTF parsed as {type(btf).__name__}, not as a BTFSpec")
 
 
-def drift_cells(probe: Probe, spec: KernelSpec, kfacts: KernelFacts, baseline: Baseline) -> list[CellResult]:
-    """The prototype and tracepoint-format results of one probe against the baseline kernel."""
+def drift_cells(
+    probe: Probe, spec: KernelSpec, kfacts: KernelFacts, baseline: Baseline, code: ProgramCode | None = None
+) -> list[CellResult]:
+    """The prototype and tracepoint-format results of one probe against the baseline kernel (the
+    prototype judged by the arguments ``code`` reads, when it is known)."""
     base = baseline.facts
     if baseline.spec is None or base is None:
         note = (
@@ -151,7 +156,8 @@ def drift_cells(probe: Probe, spec: KernelSpec, kfacts: KernelFacts, baseline: B
         ]
     btf, base_btf = kernel_btf(kfacts), kernel_btf(base)
     found: list[CellResult | None] = [
-        drift.check_prototype(probe, spec.id, spec.arch.name, btf, baseline.kernel, base_btf)
+        drift.check_prototype(probe, spec.id, spec.arch.name, btf, baseline.kernel, base_btf,
+                              ctx_reads(code) if code is not None else None)
     ]
     if probe.kind == "tracepoint":
         fmt = kfacts.tracepoint_format(probe.target)
