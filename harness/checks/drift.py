@@ -10,7 +10,7 @@ from typing import Any
 from harness.btf.core import CoreRelo, CoreReloKind, essential_name
 from harness.btf.spec import BTFSpec
 from harness.btf.types import Array, BTFType, Composite, Enum, FuncProto, Int, Kind, Member, Pointer, Typedef
-from harness.programs.args import RETURN_SLOT_KINDS, ArgsRead, resolve_args_read
+from harness.programs.args import RETURN_SLOT_KINDS, ArgsRead, diagnose_pt_regs, resolve_args_read
 from harness.programs.clones import strip_clone_suffix
 from harness.programs.flow import CtxRead, ProgramCode, Site, deciding_guards, sites_of
 from harness.programs.hooks import Target, resolve_hook
@@ -260,7 +260,9 @@ def check_prototype(
     moved, went away or changed size, signedness or kind (pointer or scalar), or when the return value it
     reads changed or moved; other changes are a passing cell's note. Without them, FAIL when any
     parameter the probe sees changed. PASS with a note when parameters were only renamed, or appended
-    where nothing follows them in the context. None for hooks without a BTF prototype (ksyscall,
+    where nothing follows them in the context. A kprobe whose pt_regs loads are another arch's
+    registers, or a syscall wrapper's PARM2+, fails whatever the BTF (args.diagnose_pt_regs). None for
+    hooks without a BTF prototype (ksyscall,
     tracepoint, uprobe, ...). SKIP when the kernel has no BTF or its BTF lacks the target (the symbol
     check reports that).
     """
@@ -271,6 +273,8 @@ def check_prototype(
     def result(outcome: Outcome, reason: str, details: dict[str, Any] | None = None) -> CellResult:
         return CellResult(probe, kernel, arch, Check.PROTOTYPE, outcome, reason, details or {})
 
+    if reads is not None and (why := diagnose_pt_regs(probe.kind, probe.target, arch, reads)):
+        return result(Outcome.FAIL, why)
     if spec is None:
         return result(Outcome.SKIP, "no BTF")
     cur = resolve_prototype(spec, probe.kind, probe.target)

@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
+from harness.kernels.config import ARCHES
 from harness.programs.flow import CtxRead
 
 # struct pt_regs by arch: byte offset -> register (arch/x86/include/asm/ptrace.h; arm64's
@@ -71,4 +72,40 @@ def resolve_args_read(kind: str, arch: str, reads: Sequence[CtxRead], nparams: i
             else:
                 params.add(slot)
         return ArgsRead(frozenset(params), returns)
+    return None
+
+
+def diagnose_pt_regs(kind: str, target: str, arch: str, reads: Sequence[CtxRead]) -> str | None:
+    """Why a kprobe's pt_regs loads cannot mean what the program intends on ``arch``, or None.
+
+    Two mistakes, both about which registers a pt_regs holds (so the prototype check, the check of the
+    arguments a program reads, carries them): a load of another arch's argument register (the object was
+    built for that arch: ``__TARGET_ARCH_x86`` reads ``di`` at 112, which is ``regs[14]`` on arm64), and a
+    direct load of PARM2 and later on a syscall wrapper, whose one argument (since 4.17,
+    ARCH_HAS_SYSCALL_WRAPPER) is the pt_regs of the syscall, with the real arguments one level down.
+    """
+    if kind not in PT_REGS_KINDS:
+        return None
+    own = set(PARAM_REGS.get(arch, ())) | {RETURN_REG.get(arch, "")}
+    for read in reads:
+        reg = register_at(arch, read.offset)
+        if reg in own:
+            continue
+        for other in sorted(PT_REGS):
+            theirs = register_at(other, read.offset)
+            if other != arch and theirs is not None and (
+                theirs in PARAM_REGS[other] or theirs == RETURN_REG[other]
+            ):
+                return f"reads pt_regs offset {read.offset} ({other} {theirs}): built for {other}?"
+    prefix = ARCHES[arch].syscall_prefix if arch in ARCHES else ""
+    if kind == "kprobe" and prefix and target.startswith(prefix):
+        regs = PARAM_REGS.get(arch, ())
+        later = sorted({regs.index(r) for r in (register_at(arch, x.offset) for x in reads) if r in regs[1:]})
+        if later:
+            n = later[0] + 1
+            syscall = target[len(prefix):]
+            return (
+                f"reads PARM{n} of syscall wrapper `{target}` directly, whose one argument is the syscall's "
+                f"struct pt_regs *: use BPF_KSYSCALL (ksyscall/{syscall}) or PT_REGS_PARM{n}_CORE_SYSCALL"
+            )
     return None
