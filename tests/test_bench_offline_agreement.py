@@ -42,7 +42,7 @@ def test_agreement_counts_only_unresolved_cells(
         rec("a", "core", "pass", relocations=[{"status": "failed"}]),
         # unguarded read, refused for the relocation: agrees
         rec("b", "layout", "fail", relocations=MISSING),
-        rec("b", "load", "fail", reason="verifier rejected it (EINVAL): failed to resolve CO-RE relocation x"),
+        rec("b", "load", "fail", reason="verifier rejected it: failed to resolve CO-RE relocation x"),
         # predicted a failure, but it loaded: disagrees
         rec("c", "layout", "fail", relocations=MISSING), rec("c", "load", "pass"),
         # refused for a helper: strict disagrees, cause agrees
