@@ -61,3 +61,9 @@ def test_syscall_wrapper_read_directly() -> None:
     # PARM1 is the inner pt_regs pointer itself: reading it is how the CORE_SYSCALL accessors start.
     assert diagnose_pt_regs("kprobe", "__x64_sys_openat", "x86_64", at(112)) is None
     assert diagnose_pt_regs("kprobe", "__arm64_sys_openat", "arm64", at(0, 8)) is not None
+
+
+def test_a_computed_offset_reads_any_argument() -> None:
+    reads = [*at(0), CtxRead(None, 8, False, True, ("s", 64))]
+    assert resolve_args_read("fentry", "x86_64", reads, 3) is None
+    assert diagnose_pt_regs("kprobe", "vfs_read", "arm64", reads) is None

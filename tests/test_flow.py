@@ -128,3 +128,22 @@ def test_clang_sibling_guard(tmp_path: Path) -> None:
     assert new_read in on_new.sites and old_read not in on_new.sites
     assert deciding_guards(code, {check: 0}, old_read) == (check,)
     assert [r.offset for r in ctx_reads(code)] == [0]
+
+
+def test_a_computed_ctx_offset_is_unknown() -> None:
+    # r3 = ctx + (exists ? 16 : 8), then bpf_probe_read_kernel(r1, 8, r3): the slot is chosen at run time.
+    data = (
+        insn(0xBF, dst=3, src=1)  # r3 = ctx
+        + insn(0xB7, dst=2, imm=1)  # r2 = exists
+        + insn(0x15, dst=2, off=2)  # if r2 == 0 goto +2
+        + insn(0x07, dst=3, imm=16)
+        + insn(0x05, off=1)  # goto +1
+        + insn(0x07, dst=3, imm=8)
+        + insn(0xB7, dst=2, imm=8)
+        + insn(0x85, imm=113)
+        + insn(0x95)
+    )
+    (read,) = ctx_reads(program(data))
+    assert read.offset is None and read.via_helper
+    # With the kernel's answer the branch is decided, but ctx_reads is kernel-independent.
+    assert (SEC, 40) not in reach(program(data), {(SEC, 8): 1}).sites

@@ -34,9 +34,9 @@ SLOT_KINDS = frozenset({"fentry", "fexit", "fmod_ret", "lsm", "lsm_cgroup", "tp_
 RETURN_SLOT_KINDS = frozenset({"fexit", "fmod_ret", "lsm", "lsm_cgroup"})
 
 
-def register_at(arch: str, offset: int) -> str | None:
+def register_at(arch: str, offset: int | None) -> str | None:
     """The pt_regs register of ``arch`` at byte ``offset`` (None past the end or mid-register)."""
-    return PT_REGS.get(arch, {}).get(offset)
+    return PT_REGS.get(arch, {}).get(offset) if offset is not None else None
 
 
 @dataclass(frozen=True)
@@ -51,10 +51,13 @@ def resolve_args_read(kind: str, arch: str, reads: Sequence[CtxRead], nparams: i
     """The parameters a ``kind`` program on ``arch`` reads, from its context loads (see flow.ctx_reads).
 
     ``nparams`` is the target's parameter count, where a return slot follows. None for kinds whose
-    context is not the target's arguments (tracepoints, uprobes, ...).
+    context is not the target's arguments (tracepoints, uprobes, ...), and when a load's offset is
+    computed at run time (which slot it reads is unknown).
     """
     params: set[int] = set()
     returns = False
+    if any(read.offset is None for read in reads):
+        return None  # a slot chosen at run time: any argument may be read
     if kind in PT_REGS_KINDS:
         regs = PARAM_REGS.get(arch, ())
         for read in reads:
@@ -66,7 +69,7 @@ def resolve_args_read(kind: str, arch: str, reads: Sequence[CtxRead], nparams: i
         return ArgsRead(frozenset(params), returns)
     if kind in SLOT_KINDS:
         for read in reads:
-            slot = read.offset // 8
+            slot = (read.offset or 0) // 8
             if kind in RETURN_SLOT_KINDS and slot == nparams:
                 returns = True
             else:

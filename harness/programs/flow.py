@@ -111,9 +111,9 @@ def build_blocks(insns: Sequence[Instruction]) -> dict[int, BasicBlock]:
 
 @dataclass(frozen=True)
 class CtxPointer:
-    """The context pointer plus ``offset`` bytes."""
+    """The context pointer plus ``offset`` bytes (None: an offset the analysis does not know)."""
 
-    offset: int = 0
+    offset: int | None = 0
 
 
 @dataclass(frozen=True)
@@ -130,9 +130,10 @@ Value = CtxPointer | Constant
 @dataclass(frozen=True)
 class CtxRead:
     """A load of ``size`` bytes at ``offset`` into the context: directly, or through a probe-read helper
-    (``via_helper``, as BPF_CORE_READ of a pt_regs field does), at instruction ``site``."""
+    (``via_helper``, as BPF_CORE_READ of a pt_regs field does), at instruction ``site``. ``offset`` is
+    None for a computed one (``&ctx[cond ? 2 : 1]``): then any slot may be read."""
 
-    offset: int
+    offset: int | None
     size: int
     signed: bool
     via_helper: bool
@@ -148,11 +149,23 @@ class _State:
         return _State(dict(self.regs), dict(self.stack))
 
     def join(self, other: _State) -> bool:
-        """Keep what both agree on; True when this state lost something."""
-        before = (len(self.regs), len(self.stack))
-        self.regs = {r: v for r, v in self.regs.items() if other.regs.get(r) == v}
-        self.stack = {s: v for s, v in self.stack.items() if other.stack.get(s) == v}
-        return (len(self.regs), len(self.stack)) != before
+        """Keep what both agree on (the context at two offsets is the context at an unknown one); True
+        when this state lost something."""
+        before = (self.regs, self.stack)
+        self.regs = _join_values(self.regs, other.regs)
+        self.stack = _join_values(self.stack, other.stack)
+        return (self.regs, self.stack) != before
+
+
+def _join_values(mine: dict[int, Value], theirs: dict[int, Value]) -> dict[int, Value]:
+    joined: dict[int, Value] = {}
+    for key, value in mine.items():
+        other = theirs.get(key)
+        if other == value:
+            joined[key] = value
+        elif isinstance(value, CtxPointer) and isinstance(other, CtxPointer):
+            joined[key] = CtxPointer(None)
+    return joined
 
 
 _MASK64 = (1 << 64) - 1
@@ -193,7 +206,8 @@ class _Analysis:
         self.by_name = {f.name: f for f in code.functions}
         self.blocks = {f.name: build_blocks(f.insns) for f in code.functions}
         self.states: dict[tuple[str, int], _State] = {}
-        self.reads: dict[tuple[Site, int], CtxRead] = {}
+        # One read per instruction, from its last (most general) visit: states only widen.
+        self.reads: dict[Site, CtxRead] = {}
         self.deciding: set[Site] = set()
 
     def run(self) -> None:
@@ -264,16 +278,15 @@ class _Analysis:
             return
         if insn.cls == CLASS_ALU64 and insn.op == ALU_ADD and not insn.uses_src_reg:
             value = regs.get(insn.dst)
-            self._set(regs, insn.dst, CtxPointer(value.offset + insn.imm) if isinstance(value, CtxPointer)
-                      else None)
+            self._set(regs, insn.dst, _moved(value, insn.imm) if isinstance(value, CtxPointer) else None)
             return
         if insn.cls == CLASS_ALU64 and insn.op == ALU_ADD and insn.uses_src_reg:
             value, other = regs.get(insn.dst), regs.get(insn.src)
             # ctx + a constant register: how clang adds a relocated offset (``r1 = 112; r3 += r1``).
-            if isinstance(value, CtxPointer) and isinstance(other, Constant):
-                self._set(regs, insn.dst, CtxPointer(value.offset + other.value))
-            elif isinstance(other, CtxPointer) and isinstance(value, Constant):
-                self._set(regs, insn.dst, CtxPointer(other.offset + value.value))
+            if isinstance(value, CtxPointer):
+                self._set(regs, insn.dst, _moved(value, other.value if isinstance(other, Constant) else None))
+            elif isinstance(other, CtxPointer):
+                self._set(regs, insn.dst, _moved(other, value.value if isinstance(value, Constant) else None))
             else:
                 regs.pop(insn.dst, None)
             return
@@ -299,8 +312,8 @@ class _Analysis:
         if insn.src == FRAME_REG and insn.size == 8 and insn.is_load:
             value = state.stack.get(insn.off)
         elif isinstance(base, CtxPointer) and insn.is_load:
-            offset = base.offset + insn.off
-            self.reads[(site, offset)] = CtxRead(offset, insn.size, insn.is_signed_load, False, site)
+            offset = None if base.offset is None else base.offset + insn.off
+            self.reads[site] = CtxRead(offset, insn.size, insn.is_signed_load, False, site)
         self._set(state.regs, insn.dst, value)
 
     def _store(self, insn: Instruction, state: _State) -> None:
@@ -317,9 +330,10 @@ class _Analysis:
         regs = state.regs
         if insn.is_helper_call and insn.imm in PROBE_READ_HELPERS:
             src, size = regs.get(3), regs.get(2)
-            if isinstance(src, CtxPointer) and isinstance(size, Constant):
+            if isinstance(src, CtxPointer):
                 site = func.site(insn)
-                self.reads[(site, src.offset)] = CtxRead(src.offset, size.value, False, True, site)
+                width = size.value if isinstance(size, Constant) else 0
+                self.reads[site] = CtxRead(src.offset, width, False, True, site)
         callee = func.calls.get(insn.index)
         if callee is not None and callee in self.by_name and self.blocks[callee]:
             args = {r: v for r, v in regs.items() if r in _ARG_REGS}
@@ -336,6 +350,12 @@ class _Analysis:
         return frozenset(found)
 
 
+def _moved(pointer: CtxPointer, by: int | None) -> CtxPointer:
+    if pointer.offset is None or by is None:
+        return CtxPointer(None)
+    return CtxPointer(pointer.offset + by)
+
+
 def reach(code: ProgramCode, exists: Mapping[Site, int]) -> Reach:
     """The sites a kernel can reach, given the value each existence relocation site (``exists``) takes
     there (1 when the field, type or enumerator exists, else 0)."""
@@ -348,7 +368,7 @@ def ctx_reads(code: ProgramCode) -> tuple[CtxRead, ...]:
     """Every context slot the program loads, on any path, ordered by offset."""
     analysis = _Analysis(code, {})
     analysis.run()
-    return tuple(sorted(analysis.reads.values(), key=lambda r: (r.offset, r.site)))
+    return tuple(sorted(analysis.reads.values(), key=lambda r: (r.offset is None, r.offset or 0, r.site)))
 
 
 def deciding_guards(code: ProgramCode, exists: Mapping[Site, int], site: Site) -> tuple[Site, ...]:
