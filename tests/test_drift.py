@@ -581,3 +581,13 @@ def test_read_arguments_decide(
     base = proto_kernel([("a", "int"), ("b", "long")])
     r = check_prototype(probe, "6.1", "x86_64", proto_kernel(new_params), "5.10", base, reads_at(*offsets))
     assert r is not None and (r.outcome, r.reason) == (outcome, reason)
+
+
+def test_pt_regs_mistakes_fail_without_btf() -> None:
+    wrapper = Probe("w", "p", "kprobe/__arm64_sys_openat", "kprobe", "__arm64_sys_openat")
+    r = check_prototype(wrapper, "6.1", "arm64", None, "5.10", None, reads_at(0, 8))
+    assert r is not None and r.outcome == Outcome.FAIL and "PT_REGS_PARM2_CORE_SYSCALL" in r.reason
+    r = check_prototype(KPROBE, "6.1", "arm64", None, "5.10", None, reads_at(112))
+    assert r is not None and r.reason == "reads pt_regs offset 112 (x86_64 di): built for x86_64?"
+    r = check_prototype(KPROBE, "6.1", "arm64", None, "5.10", None, reads_at(8))
+    assert r is not None and r.outcome == Outcome.SKIP

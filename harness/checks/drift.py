@@ -245,6 +245,17 @@ def _shape_change(old: Shape, new: Shape) -> str:
     return "signedness changed"
 
 
+def check_pt_regs(
+    probe: Probe, kernel: str, arch: str, reads: Sequence[CtxRead] | None
+) -> CellResult | None:
+    """The prototype FAIL of a kprobe whose pt_regs loads are wrong on ``arch`` whatever the kernel's BTF
+    or the baseline (args.diagnose_pt_regs); None when they are not, or are unknown."""
+    why = diagnose_pt_regs(probe.kind, probe.target, arch, reads) if reads is not None else None
+    if why is None:
+        return None
+    return CellResult(probe, kernel, arch, Check.PROTOTYPE, Outcome.FAIL, why, {})
+
+
 def check_prototype(
     probe: Probe,
     kernel: str,
@@ -273,8 +284,8 @@ def check_prototype(
     def result(outcome: Outcome, reason: str, details: dict[str, Any] | None = None) -> CellResult:
         return CellResult(probe, kernel, arch, Check.PROTOTYPE, outcome, reason, details or {})
 
-    if reads is not None and (why := diagnose_pt_regs(probe.kind, probe.target, arch, reads)):
-        return result(Outcome.FAIL, why)
+    if (regs := check_pt_regs(probe, kernel, arch, reads)) is not None:
+        return regs
     if spec is None:
         return result(Outcome.SKIP, "no BTF")
     cur = resolve_prototype(spec, probe.kind, probe.target)

@@ -141,6 +141,7 @@ def drift_cells(
     """The prototype and tracepoint-format results of one probe against the baseline kernel (the
     prototype judged by the arguments ``code`` reads, when it is known)."""
     base = baseline.facts
+    reads = ctx_reads(code) if code is not None else None
     if baseline.spec is None or base is None:
         note = (
             f"baseline {baseline.kernel} is not in kernels.yaml for {spec.arch.name}"
@@ -150,14 +151,16 @@ def drift_cells(
         # No baseline in the file is a choice (SKIP); a baseline whose facts could not be had is
         # the harness's failure (ERROR).
         unknown = Outcome.SKIP if baseline.spec is None else Outcome.ERROR
+        # What the pt_regs loads mean on this arch needs no baseline.
+        regs = drift.check_pt_regs(probe, spec.id, spec.arch.name, reads)
         return [
-            CellResult(probe, spec.id, spec.arch.name, check, unknown, note)
+            regs if regs is not None and check == Check.PROTOTYPE
+            else CellResult(probe, spec.id, spec.arch.name, check, unknown, note)
             for check in (Check.PROTOTYPE, Check.TP_FORMAT)
         ]
     btf, base_btf = kernel_btf(kfacts), kernel_btf(base)
     found: list[CellResult | None] = [
-        drift.check_prototype(probe, spec.id, spec.arch.name, btf, baseline.kernel, base_btf,
-                              ctx_reads(code) if code is not None else None)
+        drift.check_prototype(probe, spec.id, spec.arch.name, btf, baseline.kernel, base_btf, reads)
     ]
     if probe.kind == "tracepoint":
         fmt = kfacts.tracepoint_format(probe.target)
