@@ -20,8 +20,8 @@ from harness.report.results import CellResult, Check, Matrix, Outcome
 ROOT = Path(__file__).resolve().parent.parent
 CORPUS = (
     "blk_account", "vfs_unlink", "syscalls", "task_state", "exec_clone", "recursion", "lsm_file_open",
-    "helper_not_allowed",
-    "loader_sets",
+    "helper_not_allowed", "loader_sets",
+    "core_sibling_guard", "args_unread_change", "args_read_moved", "ptregs_wrapper_direct",
 )
 
 P, F, X, S = Outcome.PASS, Outcome.FAIL, Outcome.XFAIL, Outcome.SKIP
@@ -48,15 +48,15 @@ EXPECTED: dict[tuple[str, tuple[str, str], Check], tuple[Outcome, str]] = {
     # vfs_unlink: blind kprobe silently wrong (only the prototype shows it), blind fentry refused by
     # the verifier, CO-RE-guarded ones fire everywhere they can attach.
     ("kprobe_vfs_unlink", K510, Check.PROTOTYPE): (P, ""),
-    ("kprobe_vfs_unlink", K61, Check.PROTOTYPE): (X, "param added"),
+    ("kprobe_vfs_unlink", K61, Check.PROTOTYPE): (X, "read param 1 `dentry` struct dentry * moved"),
     ("kprobe_vfs_unlink", K61, Check.FIRE): (P, "ran"),
     ("kprobe_vfs_unlink", A61, Check.FIRE): (P, "ran"),
     ("fentry_vfs_unlink", K510, Check.FIRE): (P, "ran"),
-    ("fentry_vfs_unlink", K61, Check.PROTOTYPE): (X, "param added"),
+    ("fentry_vfs_unlink", K61, Check.PROTOTYPE): (X, "read param 1 `dentry` struct dentry * moved"),
     ("fentry_vfs_unlink", K61, Check.LOAD): (X, "struct inode"),
     ("fentry_vfs_unlink", A61, Check.LOAD): (X, "struct inode"),
     ("kprobe_vfs_unlink_core", K510, Check.FIRE): (P, "ran"),
-    ("kprobe_vfs_unlink_core", K61, Check.PROTOTYPE): (X, "param added"),
+    ("kprobe_vfs_unlink_core", K61, Check.PROTOTYPE): (X, "moved to position 2"),
     ("kprobe_vfs_unlink_core", K61, Check.FIRE): (P, "ran"),
     ("kprobe_vfs_unlink_core", A61, Check.FIRE): (P, "ran"),
     ("fentry_vfs_unlink_core", K510, Check.FIRE): (P, "ran"),
@@ -78,9 +78,9 @@ EXPECTED: dict[tuple[str, tuple[str, str], Check], tuple[Outcome, str]] = {
     ("state_old_blind", K510, Check.FIRE): (P, "ran"),
     ("state_old_blind", K61, Check.LOAD): (X, "CO-RE relocation"),
     ("state_old_blind", A61, Check.CORE): (X, "task_struct___pre514.state"),
-    ("state_guarded", K510, Check.LAYOUT): (P, "guarded"),
+    ("state_guarded", K510, Check.LAYOUT): (P, "the exists check of `task_struct.__state` rules out"),
     ("state_guarded", K510, Check.FIRE): (P, "ran"),
-    ("state_guarded", K61, Check.CORE): (P, "guarded"),
+    ("state_guarded", K61, Check.CORE): (P, "on no path the verifier walks"),
     ("state_guarded", A61, Check.FIRE): (P, "ran"),
     # exec_clone: the source name on 5.10, only the .isra clone on 6.1; bprm_execve and the
     # tracepoint on both.
@@ -128,6 +128,22 @@ EXPECTED: dict[tuple[str, tuple[str, str], Check], tuple[Outcome, str]] = {
     ("file_open", A61, Check.ATTACH): (X, "ENOTSUPP"),
     ("never_loaded", K61, Check.SYMBOL): (S, "left out by the loader (autoload off)"),
     ("never_loaded", K61, Check.LOAD): (S, "left out by the loader (autoload off)"),
+    # core_sibling_guard: the exists check of one field guards the read of the other, both ways.
+    ("sibling_guarded", K510, Check.LAYOUT): (P, "exists check of `task_struct___pre514.state` rules out"),
+    ("sibling_guarded", K61, Check.LAYOUT): (P, "exists check of `task_struct___pre514.state` rules out"),
+    ("sibling_guarded", K510, Check.LOAD): (P, ""),
+    ("sibling_guarded", A61, Check.FIRE): (P, "ran"),
+    # args_unread_change: vfs_unlink's parameters moved, but the kprobe reads none of them.
+    ("count_unlinks", K61, Check.PROTOTYPE): (P, "where the program does not read"),
+    ("count_unlinks", K61, Check.FIRE): (P, "ran"),
+    # args_read_moved: the fentry reads slot 1, the dentry on 5.10 and the directory's inode on 6.1.
+    ("read_dentry", K510, Check.PROTOTYPE): (P, ""),
+    ("read_dentry", K61, Check.PROTOTYPE): (X, "read param 1 `dentry` struct dentry * moved to position 2"),
+    ("read_dentry", K61, Check.FIRE): (P, "ran"),
+    # ptregs_wrapper_direct: PARM2 of the wrapper's own pt_regs, on both arches.
+    ("wrapper_parm2", K61, Check.PROTOTYPE): (X, "use BPF_KSYSCALL"),
+    ("wrapper_parm2", A61, Check.PROTOTYPE): (X, "reads PARM2 of syscall wrapper `__arm64_sys_openat`"),
+    ("wrapper_parm2", K61, Check.FIRE): (P, "ran"),
 }
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from tools import needs
 
-from harness.btf.bpf_object import load_object_core_relos
+from harness.btf.bpf_object import load_object_code
 from harness.btf.core import Accessor, CoreRelo, CoreReloKind
 from harness.btf.spec import BTFSpec, load_btf, parse_btf
 from harness.checks.drift import (
@@ -27,8 +27,11 @@ from harness.checks.drift import (
 )
 from harness.kernels.cache import resolve_cache_root
 from harness.programs.clones import strip_clone_suffix
+from harness.programs.flow import CtxRead, Function, ProgramCode
+from harness.programs.insns import decode_instructions
 from harness.report.results import CellResult, Check, Outcome, Probe
 from tests.conftest import CIRun
+from tests.test_insns import insn
 
 
 class Builder:
@@ -240,7 +243,9 @@ def task_kernel(with_real_parent: bool, state_name: str, pad: int) -> BTFSpec:
     return b.spec()
 
 
-def relo(kind: CoreReloKind, root: str, *names: str | int, root_kind: str = "struct") -> CoreRelo:
+def relo(
+    kind: CoreReloKind, root: str, *names: str | int, root_kind: str = "struct", at: int = 8
+) -> CoreRelo:
     accessors = [Accessor(None, 0)]
     path = root
     for n in names:
@@ -252,7 +257,21 @@ def relo(kind: CoreReloKind, root: str, *names: str | int, root_kind: str = "str
             path += f".{n}"
     if kind.is_type:
         accessors, path = [], root
-    return CoreRelo("kprobe/do_exit", 8, 1, "0", kind, root_kind, root, path, tuple(accessors))
+    return CoreRelo("kprobe/do_exit", at, 1, "0", kind, root_kind, root, path, tuple(accessors))
+
+
+def guarded_code() -> ProgramCode:
+    """``if (exists at slot 0) read at slot 2; else read at slot 4``, in section kprobe/do_exit."""
+    data = (
+        insn(0xB7, dst=1, imm=1)  # r1 = 1 (the existence relocation)
+        + insn(0x15, dst=1, off=2)  # if r1 == 0 goto 4
+        + insn(0x79, dst=2, src=6)  # r2 = *(u64 *)(r6 + 0): the guarded read
+        + insn(0x95)
+        + insn(0x79, dst=2, src=6, off=8)  # the other branch's read
+        + insn(0x95)
+    )
+    func = Function("on_exit", "kprobe/do_exit", 0, tuple(decode_instructions(data)))
+    return ProgramCode("on_exit", (func,))
 
 
 OFF, EXISTS = CoreReloKind.FIELD_BYTE_OFFSET, CoreReloKind.FIELD_EXISTS
@@ -287,20 +306,43 @@ def test_layout_missing_field_fails_unless_guarded() -> None:
     assert rows["task_struct.real_parent"]["guarded"] is False
     assert rows["task_struct.pid"]["offset"] == 0 and rows["task_struct.pid"]["status"] == "ok"
 
-    guarded = [relo(EXISTS, "task_struct", "real_parent"), *relos]
+    # Read only on the branch where its own exists check is true: that check is false on 6.1.
+    guarded = [relo(EXISTS, "task_struct", "real_parent", at=0),
+               relo(OFF, "task_struct", "real_parent", at=16), relo(OFF, "task_struct", "pid", at=32)]
+    r = check_layout(EXIT, "6.1", "x86_64", guarded, new, "5.10", old, guarded_code())
+    assert r is not None and r.outcome == Outcome.PASS
+    assert r.reason == ("`task_struct.real_parent` field missing: unresolved on 6.1, on a path the exists "
+                        "check of `task_struct.real_parent` rules out")
+    assert all(row["guarded"] for row in r.details["relocations"] if row["kind"] == "field_byte_offset"
+               and row["path"].endswith("real_parent"))
+    # Without the code, nothing shows the read unreachable.
     r = check_layout(EXIT, "6.1", "x86_64", guarded, new, "5.10", old)
-    assert r is not None and r.outcome == Outcome.PASS
-    assert "task_struct.real_parent" in r.reason
-    assert all(row["guarded"] for row in r.details["relocations"] if row["path"].endswith("real_parent"))
+    assert r is not None and r.outcome == Outcome.FAIL
 
 
-def test_layout_guard_on_type_and_flavour() -> None:
+def test_layout_sibling_guard_on_another_flavour() -> None:
     new = task_kernel(False, "__state", 8)
-    relos = [relo(CoreReloKind.TYPE_EXISTS, "task_struct___old"), relo(OFF, "task_struct___old", "state")]
-    r = check_layout(EXIT, "6.1", "x86_64", relos, new, "6.1", new)
+    relos = [relo(EXISTS, "task_struct___old", "state", at=0),
+             relo(OFF, "task_struct___old", "state", at=16), relo(OFF, "task_struct", "__state", at=32)]
+    r = check_layout(EXIT, "6.1", "x86_64", relos, new, "6.1", new, guarded_code())
     assert r is not None and r.outcome == Outcome.PASS
+    assert "exists check of `task_struct___old.state` rules out" in r.reason
+    # The guard on the wrong branch: the missing field is read where the check says it is absent.
+    swapped = [relos[0], relo(OFF, "task_struct___old", "state", at=32),
+               relo(OFF, "task_struct", "__state", at=16)]
+    r = check_layout(EXIT, "6.1", "x86_64", swapped, new, "6.1", new, guarded_code())
+    assert r is not None and r.outcome == Outcome.FAIL
+    assert r.reason.startswith("`task_struct___old.state` field missing on 6.1")
+
+
+def test_layout_guard_on_type() -> None:
+    new = task_kernel(False, "__state", 8)
+    relos = [relo(CoreReloKind.TYPE_EXISTS, "mm_struct___old", at=0),
+             relo(OFF, "mm_struct___old", "pgd", at=16)]
+    r = check_layout(EXIT, "6.1", "x86_64", relos, new, "6.1", new, guarded_code())
+    assert r is not None and r.outcome == Outcome.PASS and "`mm_struct___old`" in r.reason
     # The same read in another program, without the guard, fails.
-    r = check_layout(EXIT, "6.1", "x86_64", relos[1:], new, "6.1", new)
+    r = check_layout(EXIT, "6.1", "x86_64", relos[1:], new, "6.1", new, guarded_code())
     assert r is not None and r.outcome == Outcome.FAIL
 
 
@@ -370,22 +412,25 @@ def test_compiled_object_against_kernels(tmp_path: Path) -> None:
     obj = tmp_path / "exit.bpf.o"
     subprocess.run(["clang", "-g", "-O2", "-target", "bpf", "-c", str(src), "-o", str(obj)],
                    check=True, capture_output=True, timeout=120)
-    relos = load_object_core_relos(obj)
+    found = load_object_code(obj)
+    relos, code = found.relocations, found.programs
     old, new = task_kernel(True, "state", 0), task_kernel(False, "__state", 8)
     on_exit = Probe("exit", "on_exit", "kprobe/do_exit", "kprobe", "do_exit")
     parent = Probe("exit", "parent", "kprobe/do_exit", "kprobe", "do_exit")
-    # On the old kernel __state is missing, unguarded; the ___old read is guarded.
-    r = check_layout(on_exit, "5.10", "x86_64", relos["on_exit"], old, "5.10", old)
+    # On the old kernel __state is missing, and read on every path.
+    r = check_layout(on_exit, "5.10", "x86_64", relos["on_exit"], old, "5.10", old, code["on_exit"])
     assert r is not None and r.outcome == Outcome.FAIL
     assert r.reason.startswith("`task_struct.__state` field missing on 5.10")
     rows = {(row["path"], row["kind"]): row for row in r.details["relocations"]}
     assert rows[("task_struct___old.state", "field_byte_offset")]["offset"] == 8
-    assert rows[("task_struct___old.state", "field_byte_offset")]["guarded"] is True
     assert rows[("task_struct.comm[2]", "field_byte_offset")]["offset"] == 16 + 8 + 2
-    r = check_layout(on_exit, "6.1", "x86_64", relos["on_exit"], new, "5.10", old)
+    # On the new kernel the ___old read sits behind its exists check, which 6.1 answers "no".
+    r = check_layout(on_exit, "6.1", "x86_64", relos["on_exit"], new, "5.10", old, code["on_exit"])
     assert r is not None and r.outcome == Outcome.PASS
-    assert "task_struct___old.state" in r.reason
-    r = check_layout(parent, "6.1", "x86_64", relos["parent"], new, "5.10", old)
+    assert "exists check of `task_struct___old.state` rules out" in r.reason
+    rows = {(row["path"], row["kind"]): row for row in r.details["relocations"]}
+    assert rows[("task_struct___old.state", "field_byte_offset")]["guarded"] is True
+    r = check_layout(parent, "6.1", "x86_64", relos["parent"], new, "5.10", old, code["parent"])
     assert r is not None and r.outcome == Outcome.FAIL and "real_parent" in r.reason
 
 
@@ -487,3 +532,62 @@ def test_tp_format_skip_and_none() -> None:
     assert check_tp_format(KPROBE, "6.1", "x86_64", FMT_510, "5.10", FMT_510) is None
     r = check_tp_format(TP, "6.1", "x86_64", FMT_510, "5.10", None)
     assert r is not None and r.outcome == Outcome.PASS and "no format on baseline 5.10" in r.reason
+
+
+# --- Prototypes judged by the arguments the program reads ----------------------------------------
+
+
+def reads_at(*offsets: int) -> list[CtxRead]:
+    return [CtxRead(off, 8, False, False, ("s", 8 * n)) for n, off in enumerate(offsets)]
+
+
+def test_read_param_that_moved_fails_and_unread_changes_pass() -> None:
+    old, new = vfs_kernel("5.10"), vfs_kernel("6.1")
+    # PARM2 (si, pt_regs offset 104 on x86_64) is `dentry` on 5.10 and `dir` on 6.1.
+    r = check_prototype(KPROBE, "6.1", "x86_64", new, "5.10", old, reads_at(104))
+    assert r is not None and r.outcome == Outcome.FAIL
+    assert r.reason == ("prototype differs from 5.10: read param 1 `dentry` struct dentry * "
+                        "moved to position 2")
+    assert r.details["args_read"] == {"params": [1], "returns": False}
+    # The same positions on arm64 are regs[1].
+    r = check_prototype(KPROBE, "6.1", "arm64", new, "5.10", old, reads_at(8))
+    assert r is not None and r.outcome == Outcome.FAIL and "read param 1 `dentry`" in r.reason
+    # A program that reads no argument of vfs_unlink is not broken by the new first parameter.
+    r = check_prototype(KPROBE, "6.1", "x86_64", new, "5.10", old, reads_at())
+    assert r is not None and r.outcome == Outcome.PASS
+    assert r.reason.startswith("changed since 5.10 where the program does not read: param 0 `dir`")
+
+
+@pytest.mark.parametrize(
+    ("kind", "new_params", "offsets", "outcome", "reason"),
+    [
+        # A read parameter retyped to another size.
+        ("fentry", [("a", "long"), ("b", "long")], (0,), Outcome.FAIL,
+         "prototype differs from 5.10: read param 0 `a` int -> long (size 4 -> 8)"),
+        # The same change to a parameter it does not read.
+        ("fentry", [("a", "long"), ("b", "long")], (8,), Outcome.PASS,
+         "changed since 5.10 where the program does not read: param 0 `a` int -> `a` long (type changed)"),
+        # fexit reads its return value in the slot after the parameters: a removed one moves it.
+        ("fexit", [("a", "int")], (16,), Outcome.FAIL,
+         "prototype differs from 5.10: read return value moved from slot 2 to 1"),
+        ("kretprobe", [("a", "int")], (80,), Outcome.PASS,
+         "changed since 5.10 where the program does not read: param 1 `b` long -> (none) (param removed)"),
+    ],
+)
+def test_read_arguments_decide(
+    kind: str, new_params: list[tuple[str, str]], offsets: tuple[int, ...], outcome: Outcome, reason: str
+) -> None:
+    probe = Probe("o", "p", f"{kind}/f", kind, "f")
+    base = proto_kernel([("a", "int"), ("b", "long")])
+    r = check_prototype(probe, "6.1", "x86_64", proto_kernel(new_params), "5.10", base, reads_at(*offsets))
+    assert r is not None and (r.outcome, r.reason) == (outcome, reason)
+
+
+def test_pt_regs_mistakes_fail_without_btf() -> None:
+    wrapper = Probe("w", "p", "kprobe/__arm64_sys_openat", "kprobe", "__arm64_sys_openat")
+    r = check_prototype(wrapper, "6.1", "arm64", None, "5.10", None, reads_at(0, 8))
+    assert r is not None and r.outcome == Outcome.FAIL and "PT_REGS_PARM2_CORE_SYSCALL" in r.reason
+    r = check_prototype(KPROBE, "6.1", "arm64", None, "5.10", None, reads_at(112))
+    assert r is not None and r.reason == "reads pt_regs offset 112 (x86_64 di): built for x86_64?"
+    r = check_prototype(KPROBE, "6.1", "arm64", None, "5.10", None, reads_at(8))
+    assert r is not None and r.outcome == Outcome.SKIP

@@ -724,7 +724,7 @@ def test_unreadable_core_relocations_are_error_cells_with_the_cause(
     def malformed(path: Path) -> dict[str, Any]:
         raise BTFError(f"{path.name}:.BTF.ext: bad BTF.ext magic 0x0000 (expected 0xeb9f)")
 
-    monkeypatch.setattr(programs, "load_object_core_relos", malformed)
+    monkeypatch.setattr(programs, "load_object_code", malformed)
     s = make_run(tmp_path)
     built = s.run.objects(ARCH)
     assert built.relocation_errors == {"sleepy": f"CO-RE relocations unreadable: {BAD_EXT}"}

@@ -1,9 +1,8 @@
-"""CO-RE relocations of a BPF object file, by program: its .BTF.ext read, and the BPF-to-BPF calls that link
-subprograms (and their relocations) into programs."""
+"""A BPF object file's code by program: its CO-RE relocations (.BTF.ext), its instructions, and the
+BPF-to-BPF calls that link subprograms (and their relocations) into programs."""
 
 from __future__ import annotations
 
-import struct
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,6 +14,8 @@ from elftools.elf.sections import SymbolTableSection
 from harness.btf.core import CoreRelo, parse_btf_ext_core_relos
 from harness.btf.spec import parse_btf
 from harness.programs.elf import open_elf
+from harness.programs.flow import Function, ProgramCode
+from harness.programs.insns import INSN_SIZE, Instruction, decode_instructions
 
 
 @dataclass(frozen=True)
@@ -26,8 +27,12 @@ class _FuncSym:
     is_global: bool
 
 
-_BPF_CALL = 0x85  # BPF_JMP | BPF_CALL
-_BPF_PSEUDO_CALL = 1  # src_reg of a call to a BPF subprogram
+@dataclass(frozen=True)
+class ObjectCode:
+    """What one object's code says by program (function symbol) name."""
+
+    relocations: dict[str, list[CoreRelo]]  # a program's own and its subprograms' CO-RE relocations
+    programs: dict[str, ProgramCode]  # every global function, with the subprograms it may call
 
 
 def _owner(funcs: list[_FuncSym], offset: int) -> _FuncSym | None:
@@ -37,37 +42,52 @@ def _owner(funcs: list[_FuncSym], offset: int) -> _FuncSym | None:
     return None
 
 
+def _function_insns(data: bytes, f: _FuncSym, little_endian: bool) -> list[Instruction]:
+    end = min(len(data), f.offset + f.size)
+    usable = end - f.offset - (end - f.offset) % INSN_SIZE
+    return decode_instructions(data[f.offset:f.offset + max(usable, 0)], little_endian,
+                               f"{f.section}:{f.name}")
+
+
 def _subprogram_calls(
-    code: dict[str, bytes],
+    insns: dict[_FuncSym, list[Instruction]],
     rel_targets: dict[tuple[str, int], tuple[str, int]],
     by_section: dict[str, list[_FuncSym]],
-    little_endian: bool,
-) -> dict[_FuncSym, set[_FuncSym]]:
-    """Which functions each function calls directly (BPF-to-BPF calls, same section or via .rel)."""
-    order = "<" if little_endian else ">"
-    calls: dict[_FuncSym, set[_FuncSym]] = {}
-    for section, funcs in by_section.items():
-        data = code.get(section, b"")
-        for f in funcs:
-            callees: set[_FuncSym] = set()
-            end = min(len(data), f.offset + f.size)
-            for off in range(f.offset, end - 7, 8):
-                op, regs, _, imm = struct.unpack_from(order + "BBhi", data, off)
-                src = regs >> 4 if little_endian else regs & 0x0F
-                if op != _BPF_CALL or src != _BPF_PSEUDO_CALL:
-                    continue
-                # A call into another section is resolved through its ELF relocation (symbol value
-                # plus the instruction's relative offset, as libbpf computes it).
-                target_sec, base = rel_targets.get((section, off), (section, off))
-                callee = _owner(by_section.get(target_sec, []), base + (imm + 1) * 8)
-                if callee is not None and callee != f:
-                    callees.add(callee)
-            calls[f] = callees
+) -> dict[_FuncSym, dict[int, _FuncSym]]:
+    """The functions each function calls directly (BPF-to-BPF calls, same section or via .rel), by the
+    slot of the call instruction in the caller."""
+    calls: dict[_FuncSym, dict[int, _FuncSym]] = {}
+    for f, code in insns.items():
+        callees: dict[int, _FuncSym] = {}
+        for insn in code:
+            if not insn.is_subprogram_call:
+                continue
+            off = f.offset + insn.index * INSN_SIZE
+            # A call into another section is resolved through its ELF relocation (symbol value
+            # plus the instruction's relative offset, as libbpf computes it).
+            target_sec, base = rel_targets.get((f.section, off), (f.section, off))
+            callee = _owner(by_section.get(target_sec, []), base + (insn.imm + 1) * INSN_SIZE)
+            if callee is not None and callee != f:
+                callees[insn.index] = callee
+        calls[f] = callees
     return calls
 
 
+def _reachable_functions(f: _FuncSym, calls: dict[_FuncSym, dict[int, _FuncSym]]) -> list[_FuncSym]:
+    """``f`` then every function it calls, directly or not, each once."""
+    seen: list[_FuncSym] = [f]
+    todo = list(calls.get(f, {}).values())
+    while todo:
+        callee = todo.pop(0)
+        if callee in seen:
+            continue
+        seen.append(callee)
+        todo.extend(calls.get(callee, {}).values())
+    return seen
+
+
 def _assign_programs(
-    relos: list[CoreRelo], funcs: list[_FuncSym], calls: dict[_FuncSym, set[_FuncSym]]
+    relos: list[CoreRelo], funcs: list[_FuncSym], calls: dict[_FuncSym, dict[int, _FuncSym]]
 ) -> dict[str, list[CoreRelo]]:
     by_section: dict[str, list[_FuncSym]] = {}
     for f in funcs:
@@ -85,16 +105,7 @@ def _assign_programs(
     for f in funcs:
         if not f.is_global:
             continue
-        seen: set[_FuncSym] = {f}
-        todo = list(calls.get(f, ()))
-        extra: list[CoreRelo] = []
-        while todo:
-            callee = todo.pop()
-            if callee in seen:
-                continue
-            seen.add(callee)
-            extra.extend(own.get(callee, []))
-            todo.extend(calls.get(callee, ()))
+        extra = [r for callee in _reachable_functions(f, calls)[1:] for r in own.get(callee, [])]
         if extra:
             result.setdefault(f.name, []).extend(extra)
     return result
@@ -108,15 +119,21 @@ def load_object_core_relos(path: Path) -> dict[str, list[CoreRelo]]:
     {} when the object has no .BTF.ext. Raises ObjectError for an unreadable or non-ELF file and
     BTFError for malformed BTF.
     """
+    return load_object_code(path).relocations
+
+
+def load_object_code(path: Path) -> ObjectCode:
+    """The CO-RE relocations (see load_object_core_relos) and the code of every program of a BPF object.
+
+    Raises ObjectError for an unreadable or non-ELF file or cut instructions, BTFError for malformed BTF.
+    """
     with open_elf(path) as elf:
+        relos: list[CoreRelo] = []
         btf_sec = elf.get_section_by_name(".BTF")
         ext_sec = elf.get_section_by_name(".BTF.ext")
-        if btf_sec is None or ext_sec is None:
-            return {}
-        spec = parse_btf(btf_sec.data(), f"{path}:.BTF")
-        relos = parse_btf_ext_core_relos(ext_sec.data(), spec, f"{path}:.BTF.ext")
-        if not relos:
-            return {}
+        if btf_sec is not None and ext_sec is not None:
+            spec = parse_btf(btf_sec.data(), f"{path}:.BTF")
+            relos = parse_btf_ext_core_relos(ext_sec.data(), spec, f"{path}:.BTF.ext")
         funcs: list[_FuncSym] = []
         rel_targets: dict[tuple[str, int], tuple[str, int]] = {}
         symtab = elf.get_section_by_name(".symtab")
@@ -128,13 +145,28 @@ def load_object_core_relos(path: Path) -> dict[str, list[CoreRelo]]:
         by_section: dict[str, list[_FuncSym]] = {}
         for f in funcs:
             by_section.setdefault(f.section, []).append(f)
-        code: dict[str, bytes] = {}
-        for name in by_section:
+        insns: dict[_FuncSym, list[Instruction]] = {}
+        for name, in_section in by_section.items():
             section = elf.get_section_by_name(name)
-            if section is not None:
-                code[name] = section.data()
-        calls = _subprogram_calls(code, rel_targets, by_section, elf.little_endian)
-    return _assign_programs(relos, funcs, calls)
+            data = section.data() if section is not None else b""
+            for f in in_section:
+                insns[f] = _function_insns(data, f, elf.little_endian)
+        calls = _subprogram_calls(insns, rel_targets, by_section)
+    programs = {
+        f.name: _program_code(f, insns, calls) for f in funcs if f.is_global
+    }
+    return ObjectCode(_assign_programs(relos, funcs, calls) if relos else {}, programs)
+
+
+def _program_code(
+    f: _FuncSym, insns: dict[_FuncSym, list[Instruction]], calls: dict[_FuncSym, dict[int, _FuncSym]]
+) -> ProgramCode:
+    functions = tuple(
+        Function(g.name, g.section, g.offset, tuple(insns.get(g, ())),
+                 {slot: callee.name for slot, callee in calls.get(g, {}).items()})
+        for g in _reachable_functions(f, calls)
+    )
+    return ProgramCode(f.name, functions)
 
 
 def _function_symbols(elf: ELFFile, symtab: SymbolTableSection) -> list[_FuncSym]:

@@ -4,17 +4,40 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from harness.btf.core import CoreRelo, CoreReloKind, essential_name
 from harness.btf.spec import BTFSpec
-from harness.btf.types import Array, BTFType, Composite, Enum, FuncProto, Kind, Member, Pointer, Typedef
+from harness.btf.types import Array, BTFType, Composite, Enum, FuncProto, Int, Kind, Member, Pointer, Typedef
+from harness.programs.args import RETURN_SLOT_KINDS, ArgsRead, diagnose_pt_regs, resolve_args_read
 from harness.programs.clones import strip_clone_suffix
+from harness.programs.flow import CtxRead, ProgramCode, Site, deciding_guards, sites_of
 from harness.programs.hooks import Target, resolve_hook
 from harness.report.results import CellResult, Check, Outcome, Probe
 
 # --- Prototypes ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Shape:
+    """What a value in a context slot is to the program that loads it: its kind, size and signedness."""
+
+    kind: str  # "pointer", "scalar", "aggregate", "void"
+    size: int
+    signed: bool = False
+
+
+def shape_of(spec: BTFSpec, type_id: int) -> Shape:
+    """The Shape of a BTF type (typedefs and modifiers skipped)."""
+    if type_id == 0:
+        return Shape("void", 0)
+    t = spec.type(spec.skip_mods_and_typedefs(type_id))
+    if isinstance(t, Pointer):
+        return Shape("pointer", 8)
+    if isinstance(t, Int | Enum):
+        return Shape("scalar", spec.sizeof(t.id), t.signed)
+    return Shape("aggregate", spec.sizeof(t.id))
 
 
 @dataclass(frozen=True)
@@ -24,6 +47,9 @@ class Prototype:
     btf_name: str  # the FUNC or typedef it came from
     return_type: str
     params: tuple[tuple[str, str], ...]
+    # Derived from the types, so not part of a prototype's identity: one per parameter, and the return's.
+    shapes: tuple[Shape, ...] = field(default=(), compare=False)
+    return_shape: Shape | None = field(default=None, compare=False)
 
     def serialize_params(self) -> list[dict[str, str]]:
         return [{"name": n, "type": t} for n, t in self.params]
@@ -31,12 +57,15 @@ class Prototype:
 
 def _proto_of(spec: BTFSpec, btf_name: str, proto: FuncProto, drop_first: bool) -> Prototype:
     params = []
+    shapes = []
     for p in proto.params:
         text = "..." if p.type_id == 0 and not p.name else spec.type_text(p.type_id)
         params.append((p.name, text))
+        shapes.append(shape_of(spec, p.type_id))
     if drop_first:
-        params = params[1:]
-    return Prototype(btf_name, spec.type_text(proto.return_type_id), tuple(params))
+        params, shapes = params[1:], shapes[1:]
+    return Prototype(btf_name, spec.type_text(proto.return_type_id), tuple(params), tuple(shapes),
+                     shape_of(spec, proto.return_type_id))
 
 
 def resolve_btf_name(kind: str, target: str) -> str | None:
@@ -182,6 +211,51 @@ def _compatible_change(
     return None
 
 
+def _read_breaks(kind: str, base: Prototype, cur: Prototype, read: ArgsRead) -> list[str]:
+    """Why the parameters and return value ``read`` (positions in the baseline's context) no longer
+    mean what they did: moved, removed, or another size, signedness or kind (pointer or scalar)."""
+    found: list[str] = []
+    cnames = [n for n, _ in cur.params]
+    for i in sorted(read.params):
+        if i >= len(base.params):
+            continue
+        bname = base.params[i][0]
+        what = f"read param {i} {_param_text(base.params[i])}"
+        if i >= len(cur.params):
+            found.append(f"{what} removed")
+            continue
+        cname, ctext = cur.params[i]
+        if bname and cname != bname and bname in cnames:
+            found.append(f"{what} moved to position {cnames.index(bname)}")
+        elif base.shapes and cur.shapes and base.shapes[i] != cur.shapes[i]:
+            found.append(f"{what} -> {ctext} ({_shape_change(base.shapes[i], cur.shapes[i])})")
+    if read.returns:
+        if kind in RETURN_SLOT_KINDS and len(base.params) != len(cur.params):
+            found.append(f"read return value moved from slot {len(base.params)} to {len(cur.params)}")
+        elif base.return_shape != cur.return_shape:
+            found.append(f"read return value {base.return_type} -> {cur.return_type}")
+    return found
+
+
+def _shape_change(old: Shape, new: Shape) -> str:
+    if old.kind != new.kind:
+        return f"{old.kind} -> {new.kind}"
+    if old.size != new.size:
+        return f"size {old.size} -> {new.size}"
+    return "signedness changed"
+
+
+def check_pt_regs(
+    probe: Probe, kernel: str, arch: str, reads: Sequence[CtxRead] | None
+) -> CellResult | None:
+    """The prototype FAIL of a kprobe whose pt_regs loads are wrong on ``arch`` whatever the kernel's BTF
+    or the baseline (args.diagnose_pt_regs); None when they are not, or are unknown."""
+    why = diagnose_pt_regs(probe.kind, probe.target, arch, reads) if reads is not None else None
+    if why is None:
+        return None
+    return CellResult(probe, kernel, arch, Check.PROTOTYPE, Outcome.FAIL, why, {})
+
+
 def check_prototype(
     probe: Probe,
     kernel: str,
@@ -189,13 +263,19 @@ def check_prototype(
     spec: BTFSpec | None,
     baseline_kernel: str,
     baseline_spec: BTFSpec | None,
+    reads: Sequence[CtxRead] | None = None,
 ) -> CellResult | None:
     """Compare the probe target's prototype on ``kernel`` with the baseline kernel's.
 
-    FAIL when a parameter the probe sees changed; PASS with a note when parameters were only renamed, or
-    appended where nothing follows them in the context. None for hooks without a BTF prototype
-    (ksyscall, tracepoint, uprobe, ...). SKIP when the kernel has no BTF or its BTF lacks the target
-    (the symbol check reports that).
+    With the program's context loads (``reads``, flow.ctx_reads), FAIL only when a parameter it reads
+    moved, went away or changed size, signedness or kind (pointer or scalar), or when the return value it
+    reads changed or moved; other changes are a passing cell's note. Without them, FAIL when any
+    parameter the probe sees changed. PASS with a note when parameters were only renamed, or appended
+    where nothing follows them in the context. A kprobe whose pt_regs loads are another arch's
+    registers, or a syscall wrapper's PARM2+, fails whatever the BTF (args.diagnose_pt_regs). None for
+    hooks without a BTF prototype (ksyscall,
+    tracepoint, uprobe, ...). SKIP when the kernel has no BTF or its BTF lacks the target (the symbol
+    check reports that).
     """
     btf_name = resolve_btf_name(probe.kind, probe.target)
     if btf_name is None:
@@ -204,6 +284,8 @@ def check_prototype(
     def result(outcome: Outcome, reason: str, details: dict[str, Any] | None = None) -> CellResult:
         return CellResult(probe, kernel, arch, Check.PROTOTYPE, outcome, reason, details or {})
 
+    if (regs := check_pt_regs(probe, kernel, arch, reads)) is not None:
+        return regs
     if spec is None:
         return result(Outcome.SKIP, "no BTF")
     cur = resolve_prototype(spec, probe.kind, probe.target)
@@ -229,6 +311,18 @@ def check_prototype(
     note = _compatible_change(probe.kind, base, changes, baseline_kernel)
     if note is not None:
         return result(Outcome.PASS, note, details)
+    read = resolve_args_read(probe.kind, arch, reads, len(base.params)) if reads is not None else None
+    if read is not None:
+        details["args_read"] = {"params": sorted(read.params), "returns": read.returns}
+        breaks = _read_breaks(probe.kind, base, cur, read)
+        if not breaks:
+            first = _describe_first_change(base, cur, changes)
+            return result(Outcome.PASS, f"changed since {baseline_kernel} where the program does not read: "
+                          f"{first}", details)
+        reason = f"prototype differs from {baseline_kernel}: {breaks[0]}"
+        if len(breaks) > 1:
+            reason += f" (+{len(breaks) - 1} more)"
+        return result(Outcome.FAIL, reason, details)
     reason = f"prototype differs from {baseline_kernel}: {_describe_first_change(base, cur, changes)}"
     if len(changes) > 1:
         reason += f" (+{len(changes) - 1} more)"
@@ -350,55 +444,53 @@ def resolve_core_relo(relo: CoreRelo, spec: BTFSpec) -> ReloResolution:
     return matches[0]
 
 
-_GUARD_KINDS = {
-    CoreReloKind.FIELD_EXISTS: "field",
-    CoreReloKind.TYPE_EXISTS: "type",
-    CoreReloKind.TYPE_MATCHES: "type",
-    CoreReloKind.ENUMVAL_EXISTS: "enumval",
-}
+# The existence checks: their answer is a 0 or 1 the program branches on, and "missing" is an answer.
+EXISTS_KINDS = frozenset({
+    CoreReloKind.FIELD_EXISTS, CoreReloKind.TYPE_EXISTS, CoreReloKind.TYPE_MATCHES,
+    CoreReloKind.ENUMVAL_EXISTS,
+})
 
 
-def _path_key(relo: CoreRelo) -> tuple[str, tuple[str, ...]]:
-    steps = tuple(a.name if a.name is not None else f"[{a.index}]" for a in relo.accessors[1:])
-    if relo.kind.is_enumval:
-        steps = tuple(a.name or "" for a in relo.accessors)
-    return relo.root_name, steps
+def exists_answers(relos: Sequence[CoreRelo], spec: BTFSpec) -> dict[Site, int]:
+    """The value (1 or 0) each existence relocation of a program takes on the kernel of ``spec``."""
+    return {
+        (r.section, r.insn_off): int(resolve_core_relo(r, spec).ok) for r in relos if r.kind in EXISTS_KINDS
+    }
 
 
-def _is_guarded(relo: CoreRelo, guards: set[tuple[str, str, tuple[str, ...]]]) -> bool:
-    if relo.kind in _GUARD_KINDS:
-        return True  # an existence check is the guard itself: "missing" is its answer
-    root, steps = _path_key(relo)
-    if ("type", root, ()) in guards:
-        return True
-    if relo.kind.is_enumval:
-        return ("enumval", root, steps) in guards
-    # A guard on the field itself or on any prefix of its path (the enclosing member).
-    return any(("field", root, steps[:n]) in guards for n in range(1, len(steps) + 1))
+def guard_of(
+    relo: CoreRelo, relos: Sequence[CoreRelo], answers: dict[Site, int], code: ProgramCode | None
+) -> str | None:
+    """The existence check (its path) that rules out every path to ``relo``'s instruction on the kernel
+    whose ``answers`` are given, or None when a path reaches it (or the code is unknown).
+
+    The check may be on another type or field than the read it guards (``if
+    (bpf_core_field_exists(old___o->f)) read old; else read new___x->g``): what counts is that the
+    verifier, seeing the patched constant, never walks the branch with the unresolved read.
+    """
+    site = (relo.section, relo.insn_off)
+    if code is None or site not in set(sites_of(code)):
+        return None
+    guards = deciding_guards(code, answers, site)
+    if not guards:
+        return None
+    paths = {(r.section, r.insn_off): r.path for r in relos if r.kind in EXISTS_KINDS}
+    return paths.get(guards[0], f"instruction {guards[0][1] // 8} of {guards[0][0]}")
 
 
-_Guards = set[tuple[str, str, tuple[str, ...]]]
-
-
-def _guards_of(relos: list[CoreRelo]) -> _Guards:
-    """What the program's existence checks (field_exists, type_exists, ...) guard."""
-    guards: _Guards = set()
-    for relo in relos:
-        if relo.kind in _GUARD_KINDS:
-            root, steps = _path_key(relo)
-            guards.add((_GUARD_KINDS[relo.kind], root, steps if relo.kind.is_field or
-                        relo.kind.is_enumval else ()))
-    return guards
+@dataclass(frozen=True)
+class _Resolved:
+    rows: list[dict[str, Any]]
+    failing: list[str]
+    guarded: list[tuple[str, str]]  # (unresolved relocation, the exists check that rules it out)
 
 
 def _resolve_relos(
-    relos: list[CoreRelo], spec: BTFSpec, baseline_spec: BTFSpec | None
-) -> tuple[list[dict[str, Any]], list[str], list[str]]:
-    """(a row per relocation, unguarded failures, guarded absences) of ``relos`` against ``spec``."""
-    guards = _guards_of(relos)
-    rows: list[dict[str, Any]] = []
-    failing: list[str] = []
-    guarded_missing: list[str] = []
+    relos: list[CoreRelo], spec: BTFSpec, baseline_spec: BTFSpec | None, code: ProgramCode | None
+) -> _Resolved:
+    """A row per relocation of ``relos`` against ``spec``, the unguarded failures and the guarded ones."""
+    answers = exists_answers(relos, spec)
+    found = _Resolved([], [], [])
     seen: set[tuple[str, str, int]] = set()
     for relo in relos:
         key = (relo.path, relo.kind_name, relo.insn_off)
@@ -407,8 +499,9 @@ def _resolve_relos(
         seen.add(key)
         res = resolve_core_relo(relo, spec)
         base = resolve_core_relo(relo, baseline_spec) if baseline_spec is not None else None
-        guarded = _is_guarded(relo, guards)
-        rows.append({
+        # An existence check answering "no" is fine: that is what it is for.
+        guard = None if res.ok or relo.kind in EXISTS_KINDS else guard_of(relo, relos, answers, code)
+        found.rows.append({
             "path": relo.path,
             "kind": relo.kind_name,
             "offset": res.offset,
@@ -416,16 +509,19 @@ def _resolve_relos(
             "bitfield_bits": res.bitfield_bits,
             "value": res.value,
             "status": res.status,
-            "guarded": guarded,
+            "guarded": guard is not None,
+            "guard": guard,
             "baseline_offset": base.offset if base is not None else None,
             "insn_off": relo.insn_off,
         })
-        if not res.ok and relo.kind not in _GUARD_KINDS:  # an existence check answering "no" is fine
-            label = f"`{relo.path}` {res.status}"
-            target = guarded_missing if guarded else failing
-            if label not in target:
-                target.append(label)
-    return rows, failing, guarded_missing
+        if res.ok or relo.kind in EXISTS_KINDS:
+            continue
+        label = f"`{relo.path}` {res.status}"
+        if guard is None and label not in found.failing:
+            found.failing.append(label)
+        elif guard is not None and label not in [g[0] for g in found.guarded]:
+            found.guarded.append((label, guard))
+    return found
 
 
 def check_layout(
@@ -436,11 +532,14 @@ def check_layout(
     spec: BTFSpec | None,
     baseline_kernel: str,
     baseline_spec: BTFSpec | None,
+    code: ProgramCode | None = None,
 ) -> CellResult | None:
     """Resolve the program's CO-RE relocations against the kernel's BTF.
 
-    FAIL when a field or type the program reads is missing and no field_exists / type_exists relocation
-    of the same program guards it. None when the program has no relocations; SKIP without BTF.
+    FAIL when a field or type the program reads is missing on a path the kernel can take: one that no
+    existence check (field_exists, type_exists, enumval_exists, type_matches, on any type) rules out on
+    that kernel, as ``code`` shows (without it every unresolved read counts as reachable). None when the
+    program has no relocations; SKIP without BTF.
     """
     if not relos:
         return None
@@ -450,17 +549,26 @@ def check_layout(
 
     if spec is None:
         return result(Outcome.SKIP, "no BTF")
-    rows, failing, guarded_missing = _resolve_relos(relos, spec, baseline_spec)
+    found = _resolve_relos(relos, spec, baseline_spec, code)
+    rows, failing = found.rows, found.failing
     details: dict[str, Any] = {"relocations": rows, "baseline_kernel": baseline_kernel}
     if failing:
         reason = f"{failing[0]} on {kernel} ({_rows_kind(rows, failing[0])}, not guarded by an exists check)"
         if len(failing) > 1:
             reason += f" (+{len(failing) - 1} more: {', '.join(failing[1:3])})"
         return result(Outcome.FAIL, reason, details)
-    if guarded_missing:
-        return result(Outcome.PASS, f"guarded, absent on {kernel}: {', '.join(guarded_missing)}",
-                      details)
+    if found.guarded:
+        return result(Outcome.PASS, render_guarded(kernel, found.guarded), details)
     return result(Outcome.PASS, "", details)
+
+
+def render_guarded(kernel: str, guarded: Sequence[tuple[str, str]]) -> str:
+    """The note of a passing cell whose unresolved relocations no path reaches."""
+    label, guard = guarded[0]
+    text = f"{label}: unresolved on {kernel}, on a path the exists check of `{guard}` rules out"
+    if len(guarded) > 1:
+        text += f" (+{len(guarded) - 1} more)"
+    return text
 
 
 def _rows_kind(rows: list[dict[str, Any]], label: str) -> str:

@@ -13,6 +13,7 @@ from harness.checks.uprobe import check_uprobe
 from harness.errors import HarnessError
 from harness.kernels.config import Arch, KernelsConfig, KernelSpec
 from harness.kernels.facts import KernelFacts
+from harness.programs.flow import ProgramCode, ctx_reads
 from harness.programs.hooks import USER_KINDS
 from harness.report.results import CellResult, Check, Outcome, Probe
 from harness.run.programs import ArchObjects
@@ -103,7 +104,8 @@ def check_probe(
     sym = symbols.check_symbol(probe, spec.id, spec.arch, kfacts)
     (sym,) = symbols.with_alternatives([sym], probe, alternatives)
     cells[(probe, Check.SYMBOL)] = sym
-    for res in drift_cells(probe, spec, kfacts, baseline):
+    code = built.code_of(probe)
+    for res in drift_cells(probe, spec, kfacts, baseline, code):
         cells[(probe, res.check)] = res
     btf, base_btf = kernel_btf(kfacts), kernel_btf(baseline.facts)
     if why := built.relocation_error(probe, Check.LAYOUT):
@@ -114,7 +116,7 @@ def check_probe(
         layout = drift.check_layout(
             probe, spec.id, spec.arch.name,
             list(built.relocations.get(probe.object, {}).get(probe.program, [])),
-            btf, baseline.kernel, base_btf,
+            btf, baseline.kernel, base_btf, built.code_of(probe),
         )
         if layout is not None:
             cells[(probe, Check.LAYOUT)] = layout
@@ -151,9 +153,13 @@ def kernel_btf(facts: KernelFacts | None) -> BTFSpec | None:
     raise TypeError(f"vmlinux BTF parsed as {type(btf).__name__}, not as a BTFSpec")
 
 
-def drift_cells(probe: Probe, spec: KernelSpec, kfacts: KernelFacts, baseline: Baseline) -> list[CellResult]:
-    """The prototype and tracepoint-format results of one probe against the baseline kernel."""
+def drift_cells(
+    probe: Probe, spec: KernelSpec, kfacts: KernelFacts, baseline: Baseline, code: ProgramCode | None = None
+) -> list[CellResult]:
+    """The prototype and tracepoint-format results of one probe against the baseline kernel (the
+    prototype judged by the arguments ``code`` reads, when it is known)."""
     base = baseline.facts
+    reads = ctx_reads(code) if code is not None else None
     if baseline.spec is None or base is None:
         note = (
             f"baseline {baseline.kernel} is not in kernels.yaml for {spec.arch.name}"
@@ -163,13 +169,16 @@ def drift_cells(probe: Probe, spec: KernelSpec, kfacts: KernelFacts, baseline: B
         # No baseline in the file is a choice (SKIP); a baseline whose facts could not be had is
         # the harness's failure (ERROR).
         unknown = Outcome.SKIP if baseline.spec is None else Outcome.ERROR
+        # What the pt_regs loads mean on this arch needs no baseline.
+        regs = drift.check_pt_regs(probe, spec.id, spec.arch.name, reads)
         return [
-            CellResult(probe, spec.id, spec.arch.name, check, unknown, note)
+            regs if regs is not None and check == Check.PROTOTYPE
+            else CellResult(probe, spec.id, spec.arch.name, check, unknown, note)
             for check in (Check.PROTOTYPE, Check.TP_FORMAT)
         ]
     btf, base_btf = kernel_btf(kfacts), kernel_btf(base)
     found: list[CellResult | None] = [
-        drift.check_prototype(probe, spec.id, spec.arch.name, btf, baseline.kernel, base_btf)
+        drift.check_prototype(probe, spec.id, spec.arch.name, btf, baseline.kernel, base_btf, reads)
     ]
     if probe.kind == "tracepoint":
         fmt = kfacts.tracepoint_format(probe.target)

@@ -7,13 +7,14 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from harness.btf.bpf_object import load_object_core_relos
+from harness.btf.bpf_object import load_object_code
 from harness.btf.core import CoreRelo
 from harness.errors import HarnessError, ObjectError
 from harness.kernels.config import Arch, KernelsConfig, KernelSpec
 from harness.kernels.fetch import KernelBuild
 from harness.kernels.version import version_key
 from harness.programs.build import build_source, find_sources, generate_vmlinux_h
+from harness.programs.flow import ProgramCode
 from harness.programs.hooks import HOOKS, USER_KINDS
 from harness.programs.inventory import BPFObject, load_object
 from harness.programs.uses import ProgramUses, load_object_uses
@@ -46,6 +47,8 @@ class ArchObjects:
     uses: Mapping[str, Mapping[str, ProgramUses]] = field(default_factory=dict)
     # object name -> why those could not be read (its features cells are ERROR)
     uses_errors: Mapping[str, str] = field(default_factory=dict)
+    # object name -> program -> its instructions and subprograms (what it reads, what guards what)
+    code: Mapping[str, Mapping[str, ProgramCode]] = field(default_factory=dict)
 
     def applies(self, probe: Probe, check: Check) -> bool:
         """Whether ``check`` says anything about ``probe``: tests are generated only where it does."""
@@ -70,6 +73,10 @@ class ArchObjects:
         found += [Probe(o.name, prog, sec, UNKNOWN_KIND, "") for o in self.objects for prog, sec in o.unknown]
         found += [Probe(name, BUILD_PROGRAM, "", "build", "") for name in sorted(self.errors)]
         return found
+
+    def code_of(self, probe: Probe) -> ProgramCode | None:
+        """The instructions of ``probe``'s program (None when its object's code could not be read)."""
+        return self.code.get(probe.object, {}).get(probe.program)
 
     def relocation_error(self, probe: Probe, check: Check) -> str:
         """Why a layout or core cell of ``probe`` cannot be decided (empty when it can)."""
@@ -123,9 +130,9 @@ def build_objects(
             objects.append(load_object(built.object))
         except ObjectError as exc:
             errors[source.name] = str(exc)
-    relocations, relocation_errors = index_relocations(objects)
+    index = index_relocations(objects)
     relocated = frozenset(
-        (name, prog) for name, progs in relocations.items() for prog, items in progs.items() if items
+        (name, prog) for name, progs in index.relocations.items() for prog, items in progs.items() if items
     )
     digests = {o.name: hashlib.sha256(o.path.read_bytes()).hexdigest() for o in objects}
     uses, uses_errors = index_uses(objects)
@@ -135,12 +142,13 @@ def build_objects(
         errors,
         where,
         relocated,
-        relocations,
-        relocation_errors,
+        index.relocations,
+        index.errors,
         absent=absent,
         digests=digests,
         uses=uses,
         uses_errors=uses_errors,
+        code=index.code,
     )
 
 
@@ -158,18 +166,27 @@ def with_loader_targets(built: ArchObjects, targets: Callable[[str], Mapping[str
     return replace(built, objects=tuple(objects))
 
 
-def index_relocations(
-    objects: Iterable[BPFObject],
-) -> tuple[dict[str, dict[str, list[CoreRelo]]], dict[str, str]]:
-    """The CO-RE relocations of each object by program, and why those of an object could not be read."""
-    relocations: dict[str, dict[str, list[CoreRelo]]] = {}
-    errors: dict[str, str] = {}
+@dataclass(frozen=True)
+class CodeIndex:
+    """The CO-RE relocations and the code of each object by program, and why an object's could not be read."""
+
+    relocations: dict[str, dict[str, list[CoreRelo]]]
+    errors: dict[str, str]
+    code: dict[str, dict[str, ProgramCode]]
+
+
+def index_relocations(objects: Iterable[BPFObject]) -> CodeIndex:
+    """The CO-RE relocations and code of each object by program (see CodeIndex)."""
+    index = CodeIndex({}, {}, {})
     for obj in objects:
         try:
-            relocations[obj.name] = load_object_core_relos(obj.path)
+            found = load_object_code(obj.path)
         except HarnessError as exc:
-            errors[obj.name] = f"CO-RE relocations unreadable: {exc}"
-    return relocations, errors
+            index.errors[obj.name] = f"CO-RE relocations unreadable: {exc}"
+            continue
+        index.relocations[obj.name] = found.relocations
+        index.code[obj.name] = found.programs
+    return index
 
 
 def index_uses(
