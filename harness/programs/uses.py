@@ -12,17 +12,13 @@ from elftools.elf.elffile import ELFFile
 from elftools.elf.relocation import RelocationSection
 from elftools.elf.sections import SymbolTableSection
 
-from harness.btf.bpf_object import (
-    _call_relocation_targets,
-    _FuncSym,
-    _function_symbols,
-    _subprogram_calls,
-)
+from harness.btf.bpf_object import load_object_code
 from harness.btf.spec import BTFSpec, parse_btf
 from harness.btf.types import Array, Datasec, Pointer, Struct, Var
 from harness.errors import BTFError, ObjectError
 from harness.programs.elf import open_elf
-from harness.programs.insns import INSN_SIZE, Instruction, iter_instructions
+from harness.programs.flow import Function
+from harness.programs.insns import INSN_SIZE
 from harness.programs.uapi import map_type_name
 
 BTF_MAPS_SECTION = ".maps"  # maps defined through BTF: struct { __uint(type, ...); ... } name SEC(".maps")
@@ -65,39 +61,29 @@ class _Reloc:
 
 
 def load_object_uses(path: Path) -> dict[str, ProgramUses]:
-    """Helpers, kfuncs and maps of every function of a BPF object, by function name.
+    """Helpers, kfuncs and maps of every program of a BPF object, by program (function symbol) name.
 
-    A program's entry includes what the static subprograms it calls use, directly or not. Raises
-    ObjectError for an unreadable or non-ELF file; BTF that cannot be parsed only leaves map types
-    unknown.
+    A program's entry includes what the static subprograms it calls use, directly or not (the code as
+    btf/bpf_object.py links it). Raises ObjectError for an unreadable or non-ELF file, BTFError for
+    malformed BTF.
     """
+    code = load_object_code(path)
     with open_elf(path) as elf:
         symtab = elf.get_section_by_name(".symtab")
         if not isinstance(symtab, SymbolTableSection):
             raise ObjectError(f"{path}: BPF object has no symbol table")
-        funcs = _function_symbols(elf, symtab)
-        funcs.sort(key=lambda f: (f.section, f.offset, not f.is_global))
-        by_section: dict[str, list[_FuncSym]] = {}
-        for f in funcs:
-            by_section.setdefault(f.section, []).append(f)
-        code = {name: _section_data(elf, name) for name in by_section}
-        calls = _subprogram_calls(code, _call_relocation_targets(elf, symtab), by_section, elf.little_endian)
         relocs = _code_relocations(elf, symtab)
         map_types = object_map_types(elf, symtab, str(path))
-        own = {
-            f: _function_uses(f, code.get(f.section, b""), relocs, map_types, elf.little_endian, str(path))
-            for f in funcs
-        }
+    own: dict[tuple[str, int], ProgramUses] = {}
     result: dict[str, ProgramUses] = {}
-    for f in funcs:
-        seen = {f}
-        todo = list(calls.get(f, ()))
-        while todo:
-            callee = todo.pop()
-            if callee not in seen:
-                seen.add(callee)
-                todo.extend(calls.get(callee, ()))
-        result.setdefault(f.name, _merge([own[g] for g in seen]))
+    for name, program in code.programs.items():
+        parts = []
+        for function in program.functions:
+            key = (function.section, function.offset)
+            if key not in own:
+                own[key] = _function_uses(function, relocs, map_types)
+            parts.append(own[key])
+        result[name] = _merge(parts)
     return result
 
 
@@ -156,11 +142,6 @@ def _btf_map_type(spec: BTFSpec, type_id: int) -> str:
     return ""
 
 
-def _section_data(elf: ELFFile, name: str) -> bytes:
-    section = elf.get_section_by_name(name)
-    return b"" if section is None or section["sh_type"] == "SHT_NOBITS" else bytes(section.data())
-
-
 def _code_relocations(elf: ELFFile, symtab: SymbolTableSection) -> dict[tuple[str, int], _Reloc]:
     """(code section, instruction offset) -> the symbol its relocation names, for every code section."""
     symbols = list(symtab.iter_symbols())
@@ -182,21 +163,13 @@ def _code_relocations(elf: ELFFile, symtab: SymbolTableSection) -> dict[tuple[st
 
 
 def _function_uses(
-    f: _FuncSym,
-    data: bytes,
-    relocs: Mapping[tuple[str, int], _Reloc],
-    map_types: Mapping[str, str],
-    little_endian: bool,
-    name: str,
+    f: Function, relocs: Mapping[tuple[str, int], _Reloc], map_types: Mapping[str, str]
 ) -> ProgramUses:
-    end = min(len(data), f.offset + max(f.size, 0))
-    chunk = data[f.offset:end - (end - f.offset) % INSN_SIZE]
     helpers: set[int] = set()
     kfuncs: dict[str, KfuncUse] = {}
     addresses: set[str] = set()  # externs whose address the function loads
     maps: dict[str, MapUse] = {}
-    insn: Instruction
-    for insn in iter_instructions(chunk, little_endian, f"{name}:{f.name}"):
+    for insn in f.insns:
         rel = relocs.get((f.section, f.offset + insn.index * INSN_SIZE))
         if insn.is_call:
             if rel is not None and rel.section is None:
