@@ -19,6 +19,7 @@ from harness.checks.features import (
     refused_helper,
     with_load_result,
 )
+from harness.checks.guest import GuestContext, check_guest_program
 from harness.kernels.facts import FactsError, KernelFacts, load_facts
 from harness.kernels.features import FeaturesError, KernelFeatures, Support, parse_features
 from harness.programs.uapi import HELPER_IDS
@@ -29,6 +30,7 @@ from tests.tools import needs
 
 FACTS = Path(__file__).parent / "data" / "facts"
 FIXTURES = ("5.10-x86_64", "6.1-x86_64", "6.1-arm64", "6.12-x86_64")
+GUESTLOGS = Path(__file__).parent / "data" / "guestlogs"
 
 
 def probe_json(
@@ -306,3 +308,25 @@ def test_the_in_guest_load_wins_over_the_prediction() -> None:
     assert dead.details["notes"] == ["predicted: bpf_x not available to kprobes; the verifier accepted it"]
     assert with_load_result(failed, refused) is failed
     assert with_load_result(passed, loaded) is passed
+
+
+def test_the_recorded_5_10_guest_refuses_what_the_features_check_fails(tmp_path: Path) -> None:
+    # objects.json of bpf_progs/helper_not_allowed on Debian's 5.10 x86_64 (libbpf 1.1), as the agent
+    # wrote it in a real boot.
+    recorded = json.loads((GUESTLOGS / "5.10-x86_64" / "helper_not_allowed.objects.json").read_text())
+    (record,) = recorded
+    tp = Probe("helper_not_allowed", "tp_ancestor_cgroup_id", "tp/syscalls/sys_enter_openat", "tracepoint",
+               "syscalls/sys_enter_openat")
+    ctx = GuestContext("5.10", "x86_64")
+    load = next(r for r in check_guest_program(tp, record["programs"][tp.program], record, ctx)
+                if r.check is Check.LOAD)
+    assert load.outcome is Outcome.FAIL
+    assert load.reason == "verifier rejected it (EINVAL): unknown func bpf_get_current_ancestor_cgroup_id#123"
+    used = ProgramUses(helpers=(HELPER_IDS["bpf_get_current_ancestor_cgroup_id"],))
+    features = check_features(tp, "5.10", "x86_64", used, load_facts(FACTS / "5.10-x86_64"))
+    assert features is not None and features.outcome is Outcome.FAIL
+    assert contradiction(features, load) == ""
+    assert with_load_result(features, load) is features
+    ok = next(r for r in check_guest_program(tp, record["programs"]["tp_cgroup_id"], record, ctx)
+              if r.check is Check.LOAD)
+    assert ok.outcome is Outcome.PASS
