@@ -41,6 +41,7 @@ def files(tmp: str) -> None:
     os.unlink(path + ".2")
     os.mkdir(os.path.join(tmp, "d"))
     os.rmdir(os.path.join(tmp, "d"))
+    os.sync()  # sync(2): what syncsnoop-like tools watch besides fsync
 
 
 def processes() -> None:
