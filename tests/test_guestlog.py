@@ -419,6 +419,41 @@ def test_stats_disabled_is_error() -> None:
     assert (res.outcome, res.reason) == (Outcome.ERROR, "kernel.bpf_stats_enabled could not be set")
 
 
+@pytest.mark.parametrize(
+    ("log", "reason"),
+    [
+        # libbpf 1.x: the attach target of an fentry is not in the kernel's BTF.
+        ("libbpf: prog 'fentry_start': failed to find kernel BTF type ID of 'blk_account_io_start': -3\n"
+         "libbpf: prog 'fentry_start': failed to prepare load attributes: -3\n"
+         "libbpf: prog 'fentry_start': failed to load: -3\n"
+         "libbpf: failed to load object '/mnt/objs/biolatency.bpf.o'\n",
+         "no `blk_account_io_start` in the kernel's BTF to attach to "
+         "(failed to find kernel BTF type ID of 'blk_account_io_start')"),
+        # A map the loader sizes, loaded without it: the first try, then the summary line.
+        ("libbpf: map 'stackmap': created successfully, fd=4\n"
+         "libbpf: Error in bpf_create_map_xattr(counts):Invalid argument(-22). Retrying without BTF.\n"
+         "libbpf: map 'counts': failed to create: Invalid argument(-22)\n"
+         "libbpf: failed to load object '/mnt/objs/x.bpf.o'\n",
+         "map 'counts': failed to create: Invalid argument"),
+        ("libbpf: extern (func ksym) 'bpf_task_acquire': not found in kernel or module BTFs\n"
+         "libbpf: failed to load object 'x'\n",
+         "func ksym `bpf_task_acquire` is not in the kernel's BTF "
+         "(a kfunc or kernel variable this kernel lacks)"),
+        # Debug chatter before the cause does not win over it.
+        ("libbpf: elf: section(3) kprobe/x, size 120, link 0, flags 6, type=1\n"
+         "libbpf: sec 'kprobe/x': found program 'x' at insn offset 0 (0 bytes), code size 15 insns\n"
+         "libbpf: prog 'x': failed to find kernel BTF type ID of 'y': -3\n",
+         "no `y` in the kernel's BTF to attach to (failed to find kernel BTF type ID of 'y')"),
+        ("libbpf: failed to load object 'x'\n", "libbpf names no cause (its log is in the details)"),
+    ],
+)
+def test_load_reason_is_the_root_cause_not_the_generic_tail(log: str, reason: str) -> None:
+    record = {"load": {"ok": False, "errno": 22, "log": log}}
+    load = only(check_guest_program(probe("p"), record, {"object": "obj"}, CTX), Check.LOAD)
+    assert load.reason == f"load failed (EINVAL): {reason}"
+    assert not load.reason.endswith("failed to load object 'x'")
+
+
 # ---------------------------------------------------------------- what the loader set
 
 FENTRY_OPEN = Probe("loader_sets", "file_open", "fentry/dummy_file_open", "fentry", "vfs_open")

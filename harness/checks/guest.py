@@ -203,8 +203,11 @@ ROOT_CAUSES: tuple[tuple[re.Pattern[str], str], ...] = tuple(
         (r"(?P<line>failed to resolve CO-RE relocation .+)", "{line}"),
         (r"(?P<line>(?:Error loading vmlinux BTF|failed to find valid kernel BTF|kernel BTF is missing).*)",
          "the kernel's BTF could not be read: {line}"),
-        (r"(?P<line>(?:failed to guess program type|missing BPF prog type|unrecognized ELF section|"
-         r"(?:elf|ELF): .*|sec '[^']+': .*|unsupported .*|.*not supported.*))",
+        (r"(?P<line>(?:failed to guess program type|missing BPF prog type|unrecognized ELF section).*)",
+         "{line}"),
+        # Last: lines that name a failure among libbpf's debug chatter ("elf: section(3) ...").
+        (r"(?P<line>(?:elf|sec '[^']+'|prog '[^']+'): .*(?:failed|invalid|corrupted|unsupported|unknown|"
+         r"not found|not supported).*)",
          "{line}"),
     )
 )
@@ -218,21 +221,19 @@ _GENERIC = re.compile(
 
 
 def root_cause(log: str) -> str:
-    """The first line of a libbpf log that says why a load (or an open) failed, in words; else libbpf's
-    first error line that is not its generic tail; "" when it says nothing."""
+    """Why a load (or an open) failed, from a libbpf log: the first line the most telling pattern of
+    ROOT_CAUSES matches, in words; else libbpf's first error line that is not its generic tail; else ""."""
     lines = [raw.removeprefix("libbpf: ").strip() for raw in log.splitlines()]
-    for line in lines:
-        for pattern, text in ROOT_CAUSES:
+    for pattern, text in ROOT_CAUSES:
+        for line in lines:
             found = pattern.search(line)
             if found:
                 return text.format(**found.groupdict())
-    fallback = ""
     for line in lines:
-        if line and ("fail" in line or "error" in line.lower() or "Err" in line):
-            if not _GENERIC.search(line):
-                return line
-            fallback = fallback or line
-    return fallback
+        said = "fail" in line or "error" in line.lower() or "Err" in line
+        if said and not _GENERIC.search(line):
+            return line
+    return ""
 
 
 # Kernel-internal error numbers (include/linux/errno.h) that reach user space from bpf(2) and that
@@ -393,7 +394,11 @@ def check_load(
     elif VERIFIER_BEGIN in log:
         reason = f"verifier rejected it ({why.strip() or 'error'}): {tail[-1] if tail else ''}".strip()
     else:
-        reason = f"load failed ({why.strip() or 'error'}): {root_cause(log)}".strip()
+        cause = root_cause(log)
+        if not cause:
+            cause = "libbpf names no cause (its log is in the details)"
+            extra["log"] = log[-3000:]
+        reason = f"load failed ({why.strip() or 'error'}): {cause}"
     if notes:
         extra["notes"] = notes
     return _result(probe, ctx, Check.LOAD, Outcome.FAIL, reason[:300], verifier_tail=tail, errno=err, **extra)

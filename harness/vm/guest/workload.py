@@ -41,7 +41,7 @@ def files(tmp: str) -> None:
     os.unlink(path + ".2")
     os.mkdir(os.path.join(tmp, "d"))
     os.rmdir(os.path.join(tmp, "d"))
-    os.sync()
+    os.sync()  # sync(2): what syncsnoop-like tools watch besides fsync
 
 
 def processes() -> None:
@@ -133,7 +133,7 @@ def futex_contention() -> None:
         with lock:
             pass
 
-    for _ in range(3):
+    for _ in range(2):
         lock.acquire()
         thread = threading.Thread(target=contend)
         thread.start()
@@ -158,12 +158,12 @@ def memory_burst() -> None:
     if size <= 0:
         return
     with mmap.mmap(-1, size) as region:
-        region.write(b"\1" * size)  # every page faulted in, in one call
+        region[::BLOCK] = b"\1" * (size // BLOCK)  # one byte a page: every page faulted in, in one call
 
 
 def scheduling() -> None:
     """Sleeps and yields: the scheduler switches away from this task and wakes it up again."""
-    for _ in range(3):
+    for _ in range(2):
         time.sleep(0.001)
         os.sched_yield()
 
