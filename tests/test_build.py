@@ -116,13 +116,13 @@ def test_find_sources_missing_dir(tmp_path: Path) -> None:
 def test_find_sources_a_file_is_not_a_dir(tmp_path: Path) -> None:
     path = tmp_path / "file.bpf.c"
     path.write_text("")
-    with pytest.raises(ConfigError, match="does not exist"):
+    with pytest.raises(ConfigError, match="file.bpf.c: not a directory of BPF programs, nor an executable"):
         find_sources(path)
 
 
 def test_find_sources_empty_dir(tmp_path: Path) -> None:
     d = progs(tmp_path, **{"README.md": "", "helper.h": ""})
-    with pytest.raises(ConfigError, match=rf"^{re.escape(str(d))}: no \*\.bpf\.c or \*\.bpf\.o files$"):
+    with pytest.raises(ConfigError, match=rf"^{re.escape(str(d))}: no \*\.bpf\.c or \*\.bpf\.o files, no binaries"):
         find_sources(d)
 
 

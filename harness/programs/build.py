@@ -70,6 +70,10 @@ def find_sources(directory: Path, arch: Arch | None = None) -> list[Source]:
     a binary given alone embeds no BPF object.
     """
     if directory.is_file():
+        if read_elf_machine(directory) is None:
+            raise ConfigError(
+                f"{directory}: not a directory of BPF programs, nor an executable or shared library"
+            )
         found = _binary_sources(directory, None)
         if not found:
             raise ConfigError(f"{directory}: no BPF object embedded in it (no ELF image of machine EM_BPF)")

@@ -322,7 +322,7 @@ class MatrixRun:
             return cells.error_cell(spec, probe, check, why)
         cell = cells.guest_cell(spec, probe, check, outcome)
         digest = built.digests.get(probe.object)
-        if check == Check.LOAD and digest:
+        if check == Check.LOAD and digest and not outcome.error:
             # Which build this arch loaded: per-arch objects differ, and a cell must say whose it is.
             cell = dataclasses.replace(cell, details={**cell.details, "object_sha256": digest})
         return cell
