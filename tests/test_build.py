@@ -122,7 +122,8 @@ def test_find_sources_a_file_is_not_a_dir(tmp_path: Path) -> None:
 
 def test_find_sources_empty_dir(tmp_path: Path) -> None:
     d = progs(tmp_path, **{"README.md": "", "helper.h": ""})
-    with pytest.raises(ConfigError, match=rf"^{re.escape(str(d))}: no \*\.bpf\.c or \*\.bpf\.o files, no binaries"):
+    empty = rf"^{re.escape(str(d))}: no \*\.bpf\.c or \*\.bpf\.o files, no binaries"
+    with pytest.raises(ConfigError, match=empty):
         find_sources(d)
 
 

@@ -104,7 +104,9 @@ NOT_IN_THIS_RUN = {
     protocol.RunRecord: {"error"},
     protocol.ModeRecord: {"error"},
     protocol.ScenarioRecord: {"error", "traceback"},
-    protocol.DoneRecord: {"facts", "facts_seconds", "loader_error", "error", "traceback", "bpftool", "os_release"},
+    protocol.DoneRecord: {
+        "facts", "facts_seconds", "loader_error", "error", "traceback", "bpftool", "os_release",
+    },
 }
 
 
