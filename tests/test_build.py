@@ -116,7 +116,7 @@ def test_find_sources_missing_dir(tmp_path: Path) -> None:
 def test_find_sources_a_file_is_not_a_dir(tmp_path: Path) -> None:
     path = tmp_path / "file.bpf.c"
     path.write_text("")
-    with pytest.raises(ConfigError, match=r"file\.bpf\.c: not a directory of BPF programs, nor an executable"):
+    with pytest.raises(ConfigError, match=r"file\.bpf\.c: not a directory of BPF programs, nor an exec"):
         find_sources(path)
 
 
