@@ -457,3 +457,14 @@ def test_unquoted_version_is_refused_quoting_what_was_written(text: str, message
 def test_numbers_elsewhere_keep_the_text_they_were_written_as() -> None:
     cfg = parse("kernels: [{id: '6.1', suite: bookworm, package: 5.10, memory: 2.50}]\n")
     assert (cfg.kernels[0].package, cfg.kernels[0].memory) == ("5.10", "2.50")
+
+
+def test_arch_names_and_elf_machines_come_from_one_table() -> None:
+    from harness.kernels.config import arch_names, resolve_elf_machine
+
+    names = arch_names()
+    assert list(names) == ["x86_64", "arm64", "amd64", "aarch64"]
+    assert names["amd64"] is ARCHES["x86_64"] and names["aarch64"] is ARCHES["arm64"]
+    assert resolve_elf_machine(62) is ARCHES["x86_64"]  # EM_X86_64
+    assert resolve_elf_machine(183) is ARCHES["arm64"]  # EM_AARCH64
+    assert resolve_elf_machine(243) is None  # EM_RISCV: no guest runs it
