@@ -22,6 +22,7 @@ CORPUS = (
     "blk_account", "vfs_unlink", "syscalls", "task_state", "exec_clone", "recursion", "lsm_file_open",
     "helper_not_allowed", "loader_sets",
     "core_sibling_guard", "args_unread_change", "args_read_moved", "ptregs_wrapper_direct",
+    "ptregs_x86_on_arm64",
 )
 
 P, F, X, S = Outcome.PASS, Outcome.FAIL, Outcome.XFAIL, Outcome.SKIP
@@ -144,6 +145,10 @@ EXPECTED: dict[tuple[str, tuple[str, str], Check], tuple[Outcome, str]] = {
     ("wrapper_parm2", K61, Check.PROTOTYPE): (X, "use BPF_KSYSCALL"),
     ("wrapper_parm2", A61, Check.PROTOTYPE): (X, "reads PARM2 of syscall wrapper `__arm64_sys_openat`"),
     ("wrapper_parm2", K61, Check.FIRE): (P, "ran"),
+    # ptregs_x86_on_arm64: x86_64's di read from an arm64 pt_regs, where offset 112 is regs[14].
+    ("x86_parm1", K61, Check.PROTOTYPE): (P, ""),
+    ("x86_parm1", A61, Check.PROTOTYPE): (X, "reads pt_regs offset 112 (x86_64 di): built for x86_64?"),
+    ("x86_parm1", A61, Check.FIRE): (P, "ran"),
 }
 
 
