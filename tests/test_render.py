@@ -108,7 +108,7 @@ def test_json_is_the_sample_document() -> None:
 def test_terminal_symbol_per_outcome(ascii_only: bool) -> None:
     symbols = ASCII_SYMBOLS if ascii_only else UNICODE_SYMBOLS
     text = render_terminal(every_outcome(), ascii_only=ascii_only)
-    row = next(line for line in text.splitlines() if line.startswith("blk:"))
+    row = next(line for line in text.splitlines() if line.startswith(KPROBE.id + " "))
     cells = re.split(r"\s{2,}", row.strip())[3:]
     # A failing, erring or expected cell names the check that gave it; a pass or a skip does not.
     named = (Outcome.FAIL, Outcome.XPASS, Outcome.XFAIL, Outcome.ERROR)

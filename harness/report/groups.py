@@ -1,5 +1,5 @@
-"""Alternatives groups in a matrix: each group's verdict per column and each object's line across
-kernels, as every renderer shows them (pure)."""
+"""Alternatives groups in a matrix and each object's line across kernels, as every renderer shows
+them (pure)."""
 
 from __future__ import annotations
 
@@ -85,8 +85,11 @@ def object_summary(m: Matrix, object_name: str) -> str:
                 partial.setdefault(v.working, []).append(names[column])
         for working, columns in partial.items():
             parts.append(f"`{g.group}` only through {', '.join(working)} on {', '.join(columns)}")
+    not_on: dict[tuple[str, ...], list[str]] = {}
     for name, bad in broken:
-        parts.append(f"not on {name} ({', '.join(bad)})")
+        not_on.setdefault(tuple(bad), []).append(name)
+    for bad_here, names_here in not_on.items():
+        parts.append(f"not on {', '.join(names_here)} ({', '.join(bad_here)})")
     return "; ".join(parts)
 
 
@@ -118,6 +121,6 @@ def group_rows(m: Matrix, symbols: Mapping[Outcome | None, str]) -> list[list[st
 
 
 def summaries(m: Matrix) -> list[str]:
-    """``object: summary`` for each object with alternatives groups, in object order."""
-    objects = sorted({g.object for g in m.groups})
+    """``object: summary`` for each object of the matrix, in object order."""
+    objects = sorted({p.object for p in m.probes()})
     return [f"{o}: {object_summary(m, o)}" for o in objects]

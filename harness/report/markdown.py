@@ -65,12 +65,14 @@ def _matrix_table(m: Matrix, cites: Mapping[tuple[Probe, str, str], list[int]]) 
 
 
 def _groups(m: Matrix) -> list[str]:
-    """The alternatives groups and each object's line, before the matrix (the release gate)."""
-    if not m.groups:
-        return []
-    headers = ["alternatives", "members"] + [f"{_md(k)}<br>{_md(a)}" for k, a in m.columns()]
-    rows = [[_md_code(r[0]), _md(r[1]), *(_md(c) for c in r[2:])] for r in group_rows(m, MARKDOWN_SYMBOLS)]
-    lines = ["### Alternatives", "", *_table(rows, headers, centred=len(m.columns())), ""]
+    """The alternatives groups (the release gate) and each object's line, before the matrix."""
+    lines: list[str] = []
+    if m.groups:
+        headers = ["alternatives", "members"] + [f"{_md(k)}<br>{_md(a)}" for k, a in m.columns()]
+        found = group_rows(m, MARKDOWN_SYMBOLS)
+        rows = [[_md_code(r[0]), _md(r[1]), *(_md(c) for c in r[2:])] for r in found]
+        lines += ["### Alternatives", "", *_table(rows, headers, centred=len(m.columns())), ""]
+    lines += ["### Objects", ""]
     lines += [f"- {_md(line)}" for line in summaries(m)]
     return [*lines, "", "### Programs", ""]
 

@@ -40,7 +40,7 @@ def render_terminal(m: Matrix, ascii_only: bool = False) -> str:
         group_headers = ["alternatives", "members", *headers[3:]]
         lines += [tabulate(group_rows(m, symbols), headers=group_headers, tablefmt="simple",
                            disable_numparse=True), ""]
-        lines += [*summaries(m), ""]
+    lines += [*summaries(m), ""]
     lines += [table, "", "legend: " + render_legend(symbols), counts]
     if notes:
         lines.append("")
