@@ -23,6 +23,7 @@ CORPUS = (
     "helper_not_allowed", "loader_sets",
     "core_sibling_guard", "args_unread_change", "args_read_moved", "ptregs_wrapper_direct",
     "ptregs_x86_on_arm64",
+    "fire_one_kernel",
 )
 
 P, F, X, S = Outcome.PASS, Outcome.FAIL, Outcome.XFAIL, Outcome.SKIP
@@ -149,6 +150,14 @@ EXPECTED: dict[tuple[str, tuple[str, str], Check], tuple[Outcome, str]] = {
     ("x86_parm1", K61, Check.PROTOTYPE): (P, ""),
     ("x86_parm1", A61, Check.PROTOTYPE): (X, "reads pt_regs offset 112 (x86_64 di): built for x86_64?"),
     ("x86_parm1", A61, Check.FIRE): (P, "ran"),
+    # fire_one_kernel: attaches on both, fires on 5.10 only (fire by difference); arm64 has one kernel.
+    ("kprobe_lru_cache_add", K510, Check.FIRE): (P, "ran"),
+    ("kprobe_lru_cache_add", K61, Check.ATTACH): (P, ""),
+    ("kprobe_lru_cache_add", K61, Check.FIRE): (X, "fired on 5.10 (run_cnt "),
+    ("kprobe_lru_cache_add", A61, Check.FIRE): (S, "not reached by the workload on any kernel"),
+    ("kprobe_folio_add_lru", K510, Check.SYMBOL): (X, "not in kallsyms on 5.10"),
+    ("kprobe_folio_add_lru", K510, Check.ATTACH): (S, "absent on 5.10: see symbol"),
+    ("kprobe_folio_add_lru", K61, Check.FIRE): (P, "ran"),
 }
 
 
