@@ -9,6 +9,10 @@ Packages SHA256). Every regular file the packages install is scanned for embedde
 machine EM_BPF (libbpf skeletons carry their object verbatim); each one that opens and has program
 sections is written as OUTDIR/<arch>/<name>.bpf.o, identical objects once. OUTDIR/manifest.json says
 which package, version and binary each came from. OUTDIR is replaced whole, or left as it was.
+
+``--keep-binaries BINDIR`` also keeps the verified binaries the objects came from, as
+BINDIR/<arch>/<file name> (e.g. ``arm64/opensnoop-libbpf``), with BINDIR/manifest.json naming each
+one's package and digest: the loaders a sidecar's ``own_loader`` can run in the guests.
 """
 
 from __future__ import annotations
@@ -386,6 +390,41 @@ def write_corpus(outdir: Path, suite: str, arches: dict[str, ArchCorpus]) -> Non
         (tmp / "manifest.json").write_text(json.dumps(doc, indent=1) + "\n")
 
 
+def binary_sources(objects: Sequence[CorpusObject]) -> list[tuple[str, str]]:
+    """(package, installed path) of every binary that embeds one of ``objects``, each once, in order
+    (pure)."""
+    found: dict[str, str] = {}
+    for obj in objects:
+        for source in (obj.source, *obj.also_in):
+            found.setdefault(source, obj.package)
+    return [(pkg, source) for source, pkg in found.items()]
+
+
+def write_binaries(bindir: Path, trees: Path, arches: dict[str, ArchCorpus]) -> None:
+    """Copy the binaries the objects came from out of the unpacked packages under ``trees``
+    (``<arch>/<package>/...``, as fetch_arch_corpus leaves them) into ``bindir/<arch>/``, with a
+    manifest; ``bindir`` is replaced whole, or left as it was. Raises OSError, ConfigError when two
+    binaries of one arch have the same file name."""
+    bindir.parent.mkdir(parents=True, exist_ok=True)
+    doc: dict[str, Any] = {"schema": MANIFEST_SCHEMA, "arches": {}}
+    with atomic_directory(bindir) as tmp:
+        for arch, (_part, objects) in arches.items():
+            (tmp / arch).mkdir()
+            kept: list[dict[str, Any]] = []
+            for package, source in binary_sources(objects):
+                name = Path(source).name
+                dest = tmp / arch / name
+                if dest.exists():
+                    raise ConfigError(f"{arch}: two binaries are called {name!r}; the second is {source}")
+                data = (trees / arch / package / source.lstrip("/")).read_bytes()
+                dest.write_bytes(data)
+                dest.chmod(0o755)
+                kept.append({"file": f"{arch}/{name}", "package": package, "source": source,
+                             "sha256": hashlib.sha256(data).hexdigest()})
+            doc["arches"][arch] = kept
+        (tmp / "manifest.json").write_text(json.dumps(doc, indent=1) + "\n")
+
+
 def render_summary(arches: dict[str, ArchCorpus]) -> str:
     """One line per arch and package: version, objects, programs (pure)."""
     lines: list[str] = []
@@ -412,6 +451,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--mirror", default="", help="default: $BPF_MATRIX_MIRROR, else the apt sources'")
     parser.add_argument("--package", action="append", dest="packages",
                         help=f"repeatable; default: {' '.join(DEFAULT_PACKAGES)}")
+    parser.add_argument("--keep-binaries", type=Path, metavar="BINDIR",
+                        help="also keep the binaries the objects came from in BINDIR/<arch>/")
     parser.add_argument("-v", "--verbose", action="store_true")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
@@ -425,6 +466,8 @@ def main(argv: list[str] | None = None) -> int:
         with tempfile.TemporaryDirectory(prefix="real-corpus-") as work:
             for arch in arches:
                 results[arch] = fetch_arch_corpus(mirror, args.suite, arch, packages, cache_root, Path(work))
+            if args.keep_binaries is not None:
+                write_binaries(args.keep_binaries, Path(work), results)
         write_corpus(args.outdir, args.suite, results)
     except HarnessError as exc:
         print(f"real_corpus: {exc}", file=sys.stderr)
@@ -436,7 +479,7 @@ def main(argv: list[str] | None = None) -> int:
         print("real_corpus: interrupted; nothing written", file=sys.stderr)
         return 130
     print(render_summary(results))
-    print(f"wrote {args.outdir}")
+    print(f"wrote {args.outdir}" + (f" and {args.keep_binaries}" if args.keep_binaries else ""))
     return 0
 
 

@@ -168,3 +168,26 @@ def test_unreachable_mirror_is_one_line(tmp_path: Path, capsys: pytest.CaptureFi
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "unreachable" in err and "Traceback" not in err
     assert not out.exists()
+
+
+def test_kept_binaries_are_the_ones_the_objects_came_from(tmp_path: Path) -> None:
+    obj = compile_bpf(tmp_path, "opensnoop")
+    trees = tmp_path / "work"
+    sbin = trees / "arm64" / "libbpf-tools" / "usr/sbin"
+    sbin.mkdir(parents=True)
+    host = b"\x7fELF\x02\x01\x01" + b"\0" * 11 + struct.pack("<H", 183) + noise(20, 500)
+    (sbin / "opensnoop-libbpf").write_bytes(host + obj)
+    (sbin / "opensnoop-copy").write_bytes(host + obj + b"x")
+    (sbin / "unrelated").write_bytes(host)
+    objects = real_corpus.merge_objects(real_corpus.scan_tree(trees / "arm64" / "libbpf-tools", "libbpf-tools"))
+    bindir = tmp_path / "bins"
+    real_corpus.write_binaries(bindir, trees, {"arm64": ({}, objects)})
+    assert sorted(p.name for p in (bindir / "arm64").iterdir()) == ["opensnoop-copy", "opensnoop-libbpf"]
+    assert (bindir / "arm64" / "opensnoop-libbpf").read_bytes() == host + obj
+    assert (bindir / "arm64" / "opensnoop-libbpf").stat().st_mode & 0o111
+    import json
+
+    manifest = json.loads((bindir / "manifest.json").read_text())
+    assert {b["source"] for b in manifest["arches"]["arm64"]} == {
+        "/usr/sbin/opensnoop-libbpf", "/usr/sbin/opensnoop-copy",
+    }
