@@ -50,8 +50,10 @@ def test_imports_only_the_standard_library() -> None:
             modules |= {a.name.split(".")[0] for a in node.names}
         elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
             modules.add(node.module.split(".")[0])
-    # scenarios, protocol and version (harness/kernels/version.py) are copied beside it into the share.
-    foreign = modules - set(sys.stdlib_module_names) - {"__future__", "scenarios", "protocol", "version"}
+    # scenarios, ownloader, protocol and version (harness/kernels/version.py) are copied beside it into the
+    # share.
+    beside = {"__future__", "scenarios", "ownloader", "protocol", "version"}
+    foreign = modules - set(sys.stdlib_module_names) - beside
     assert foreign == set()
 
 
@@ -69,7 +71,7 @@ def test_imports_little_at_startup(tmp_path: Path) -> None:
     assert proc.stdout.strip() == "[]"
 
 
-@pytest.mark.parametrize("name", ["agent.py", "protocol.py", "scenarios.py"])
+@pytest.mark.parametrize("name", ["agent.py", "protocol.py", "scenarios.py", "ownloader.py"])
 def test_parses_as_the_oldest_guest_python(name: str) -> None:
     # bullseye root filesystems have Python 3.9.
     ast.parse(AGENT.with_name(name).read_text(), feature_version=(3, 9))

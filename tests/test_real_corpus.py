@@ -179,7 +179,8 @@ def test_kept_binaries_are_the_ones_the_objects_came_from(tmp_path: Path) -> Non
     (sbin / "opensnoop-libbpf").write_bytes(host + obj)
     (sbin / "opensnoop-copy").write_bytes(host + obj + b"x")
     (sbin / "unrelated").write_bytes(host)
-    objects = real_corpus.merge_objects(real_corpus.scan_tree(trees / "arm64" / "libbpf-tools", "libbpf-tools"))
+    tree = trees / "arm64" / "libbpf-tools"
+    objects = real_corpus.merge_objects(real_corpus.scan_tree(tree, "libbpf-tools"))
     bindir = tmp_path / "bins"
     real_corpus.write_binaries(bindir, trees, {"arm64": ({}, objects)})
     assert sorted(p.name for p in (bindir / "arm64").iterdir()) == ["opensnoop-copy", "opensnoop-libbpf"]

@@ -11,9 +11,10 @@ import yaml
 
 from harness.errors import ConfigError
 from harness.kernels.version import KernelVersion
+from harness.programs.loader import OwnLoader, parse_own_loader
 from harness.report.results import Check, Outcome, Probe
 
-SIDE_KEYS = {"trigger", "programs", "expect", "description"}
+SIDE_KEYS = {"trigger", "programs", "expect", "description", "own_loader"}
 PROGRAM_KEYS = {"trigger", "expect", "description"}
 
 
@@ -54,6 +55,7 @@ class Sidecar:
     program_triggers: Mapping[str, Any] = field(default_factory=dict)
     expectations: Mapping[str, tuple[Expectation, ...]] = field(default_factory=dict)  # program or "*"
     program_lines: Mapping[str, int] = field(default_factory=dict)  # program -> its line under programs:
+    own_loader: OwnLoader | None = None  # the object is loaded by this command in the guest, not by libbpf
 
     def triggers_for(self, probes: Iterable[Probe]) -> dict[str, Any]:
         out: dict[str, Any] = {}
@@ -218,7 +220,10 @@ def parse_sidecar(text: str, path: Path) -> Sidecar:
             expectations[str(name)] = parse_expectations(where, settings["expect"])
     trigger = _check_trigger(str(path), data["trigger"]) if data.get("trigger") is not None else None
     program_lines = {str(n): lines[("programs", str(n))] for n in programs if ("programs", str(n)) in lines}
-    return Sidecar(path, trigger, triggers, expectations, program_lines)
+    own = None
+    if "own_loader" in data:
+        own = parse_own_loader(_at(path, lines.get(("own_loader",))), data["own_loader"], path.parent)
+    return Sidecar(path, trigger, triggers, expectations, program_lines, own)
 
 
 def load_sidecar(directory: Path, object_name: str) -> Sidecar:

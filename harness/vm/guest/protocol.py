@@ -20,6 +20,7 @@ DONE_FILE = "done.json"
 FACTS_DIR = "facts"
 OBJECTS_DIR = "objs"
 USER_DIR = "user"
+LOADERS_DIR = "loaders"  # own loaders' binaries, each directory mounted read-only at LOADERS_DIR/<n>
 
 # The facts directory (FACTS_DIR in the share; the kernel's facts cache entry on the host).
 UNAME_FILE = "uname.json"
@@ -41,12 +42,25 @@ PathLike = Union[str, "os.PathLike[str]"]
 # The plan (host → guest)
 
 
-class PlanObject(TypedDict):
-    """One object to load: its name, its path in the share, and the trigger of each program."""
+class PlanLoader(TypedDict):
+    """An object's own loader: run instead of the agent's libbpf load, while the triggers run."""
 
+    command: Trigger  # an argv list, or a shell command string
+    binaries: str  # its binaries, relative to the share (LOADERS_DIR/<n>); "" for none
+    time_limit: float  # seconds it may run before it is stopped
+    ready: str  # a regular expression its output matches once attached; "" to watch its programs
+
+
+class _PlanObjectRequired(TypedDict):
     name: str
     path: str  # relative to the share: OBJECTS_DIR/<file>
     triggers: dict[str, Trigger]
+
+
+class PlanObject(_PlanObjectRequired, total=False):
+    """One object to load: its name, its path in the share, and the trigger of each program."""
+
+    loader: PlanLoader  # loaded by this command, not by the agent
 
 
 class UpdateScenario(TypedDict):
@@ -144,6 +158,52 @@ class Phases(TypedDict, total=False):
     trigger: float
 
 
+class LoaderAttachment(TypedDict, total=False):
+    """Where one of an own loader's programs is attached: a BPF link, or a perf event it holds open."""
+
+    via: str  # "link" or "perf_event"
+    id: int  # the link's id
+    type: str  # the link type, or the perf event's (kprobe, kretprobe, tracepoint, uprobe, ...)
+    target: str  # the function, tracepoint or file, where the kernel tells
+    btf_id: int  # a tracing link's target BTF id
+    attach_type: int
+
+
+class _LoadedRequired(TypedDict):
+    id: int
+    name: str  # as the kernel keeps it: at most 15 characters (BPF_OBJ_NAME_LEN)
+    type: str  # bpf_prog_type, without BPF_PROG_TYPE_ ("kprobe", "tracing", ...)
+
+
+class LoadedProgram(_LoadedRequired, total=False):
+    """A program an own loader loaded, as last seen in the kernel."""
+
+    run_cnt: int
+    run_time_ns: int
+    recursion_misses: int
+    attached: list[LoaderAttachment]
+
+
+class _LoaderRequired(TypedDict):
+    command: Trigger
+    seconds: float
+
+
+class LoaderRecord(_LoaderRequired, total=False):
+    """What an own loader did: how it ended, what it printed, what it loaded and attached."""
+
+    error: str  # it could not be started at all
+    returncode: int  # its exit status (negative: the signal that ended it)
+    exited: bool  # it ended on its own, before the agent stopped it
+    stopped: str  # how the agent stopped it: "SIGINT", or "SIGKILL" when SIGINT did not do
+    ready: str  # what readiness was judged by: "output", "programs", "exited" or "time limit"
+    output: str  # the last 2000 characters of its stdout and stderr
+    time_limit: float
+    programs: list[LoadedProgram]  # programs it loaded (those present before it started left out)
+    links: int  # BPF links it created
+    triggers: list[TriggerRun]
+
+
 class _ObjectRequired(TypedDict):
     object: str
 
@@ -154,6 +214,7 @@ class ObjectRecord(_ObjectRequired, total=False):
     load_log: str  # the whole object's load log, when it loaded at once
     phases: Phases
     triggers: list[TriggerRun]
+    loader: LoaderRecord  # the object's own loader ran instead of the agent's load
     seconds: float
     error: str  # the object could not be handled at all: every program's checks are ERROR
     traceback: str
