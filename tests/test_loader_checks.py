@@ -20,9 +20,13 @@ OPEN2 = Probe("opensnoop", "tracepoint__syscalls__sys_enter_open", "tracepoint/s
               "tracepoint", "syscalls/sys_enter_open")
 
 
-def prog(name: str, pid: int, run_cnt: int = 0, attached: bool = True, **extra: Any) -> protocol.LoadedProgram:
-    rec: protocol.LoadedProgram = {"id": pid, "name": kernel_name(name), "type": "tracepoint", "run_cnt": run_cnt,
-                                   "run_time_ns": 10 * run_cnt}
+def prog(
+    name: str, pid: int, run_cnt: int = 0, attached: bool = True, **extra: Any
+) -> protocol.LoadedProgram:
+    rec: protocol.LoadedProgram = {
+        "id": pid, "name": kernel_name(name), "type": "tracepoint",
+        "run_cnt": run_cnt, "run_time_ns": 10 * run_cnt,
+    }
     if attached:
         rec["attached"] = [{"via": "perf_event", "type": "tracepoint", "target": name.rsplit("__", 1)[-1]}]
     rec.update(extra)  # type: ignore[typeddict-item]
@@ -101,7 +105,9 @@ def test_loaded_then_failed_to_attach_is_an_attach_fail() -> None:
                     output="failed to attach BPF programs: -22\n")
     attach = cells(record)[(OPEN.program, Check.ATTACH)]
     assert attach.outcome == Outcome.FAIL
-    assert attach.reason == "loaded but not attached: opensnoop-libbpf exited 1: failed to attach BPF programs: -22"
+    assert attach.reason == (
+        "loaded but not attached: opensnoop-libbpf exited 1: failed to attach BPF programs: -22"
+    )
 
 
 @pytest.mark.parametrize(
@@ -114,7 +120,8 @@ def test_loaded_then_failed_to_attach_is_an_attach_fail() -> None:
          "own loader: opensnoop-libbpf could not run in the guest (exited 1): opensnoop-libbpf: "
          "/lib/x86_64-linux-gnu/libc.so.6: version `GLIBC_2.38' not found"),
         ({"exited": True, "returncode": 127, "output": "sh: 1: opensnoop-libbpf: not found\n"},
-         "own loader: opensnoop-libbpf could not run in the guest (exited 127): sh: 1: opensnoop-libbpf: not found"),
+         "own loader: opensnoop-libbpf could not run in the guest (exited 127): "
+         "sh: 1: opensnoop-libbpf: not found"),
     ],
 )
 def test_a_loader_that_could_not_run_is_an_error(extra: dict[str, Any], reason: str) -> None:
@@ -152,3 +159,13 @@ def test_an_object_the_agent_could_not_handle_is_an_error() -> None:
 )
 def test_loader_name(command: object, name: str) -> None:
     assert loader_name(command) == name
+
+
+def test_the_btf_name_tells_apart_programs_the_kernel_names_alike() -> None:
+    # opensnoop on arm64 loads the openat programs and leaves out open (no such syscall there).
+    loaded = [prog(p.program, i, i - 36, full_name=p.program) for i, p in ((41, OPEN), (42, EXIT))]
+    found = cells(loader(loaded), OPEN, EXIT, OPEN2)
+    assert found[(OPEN.program, Check.FIRE)].details["run_cnt"] == 5
+    assert found[(EXIT.program, Check.FIRE)].details["run_cnt"] == 6
+    assert found[(OPEN2.program, Check.LOAD)].outcome == Outcome.SKIP
+    assert found[(OPEN2.program, Check.LOAD)].reason.startswith("left out by the loader")

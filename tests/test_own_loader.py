@@ -45,7 +45,7 @@ def test_just_a_shell_command_takes_the_defaults(tmp_path: Path) -> None:
         ({"command": "x", "time_limit": True}, "'time_limit' must be a positive number"),
         ({"command": "x", "ready": "(unclosed"}, "'ready' is not a regular expression"),
         ({"command": "x", "binaries": "missing"}, "'binaries' 'missing' is not a directory"),
-        ({"command": "x", "timeout": 3}, "unknown key 'timeout' (known: binaries, command, ready, time_limit)"),
+        ({"command": "x", "timeout": 3}, "key 'timeout' (known: binaries, command, ready, time_limit)"),
         (42, "'own_loader' must be a mapping"),
     ],
 )

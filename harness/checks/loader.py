@@ -1,8 +1,10 @@
 """LOAD, CORE, ATTACH and FIRE of an object run by its own loader, from what the loader did (pure).
 
 The agent records how the loader ended and which programs appeared in the kernel while it ran, with
-where they attached and how often they ran. A program of the object is matched to the kernel's by its
-name, which the kernel cuts to 15 characters (BPF_OBJ_NAME_LEN is 16 with the NUL).
+where they attached and how often they ran. A program of the object is matched to the kernel's by the
+function name in the program's BTF, else by the name the kernel keeps, cut to 15 characters
+(BPF_OBJ_NAME_LEN is 16 with the NUL): libbpf-tools' `tracepoint__syscalls__sys_enter_open` and
+`..._openat` are both `tracepoint__sys` there.
 """
 
 from __future__ import annotations
@@ -30,6 +32,15 @@ LOADER_KEYS = ("command", "returncode", "exited", "stopped", "ready", "seconds",
 def kernel_name(program: str) -> str:
     """The name the kernel keeps for a program called ``program`` (libbpf passes it cut to 15)."""
     return program[:KERNEL_NAME_LEN]
+
+
+def same_program(program: str, loaded: LoadedProgram) -> bool:
+    """Whether the kernel's ``loaded`` is the object's ``program``: by the whole function name its BTF
+    gives when it has one, else by the 15 characters the kernel keeps (which programs may share)."""
+    full = loaded.get("full_name")
+    if full:
+        return full == program
+    return loaded.get("name") == kernel_name(program)
 
 
 def loader_name(command: object) -> str:
@@ -117,7 +128,7 @@ def check_loader_program(probe: Probe, record: LoaderRecord, ctx: GuestContext) 
     """LOAD, CORE, ATTACH and FIRE of one program of an object its own loader ran."""
     tool = loader_name(record.get("command"))
     programs = list(record.get("programs") or [])
-    matched = [p for p in programs if p.get("name") == kernel_name(probe.program)]
+    matched = [p for p in programs if same_program(probe.program, p)]
     details = _details(record, matched)
     if why := not_started(record):
         return [_cell(probe, ctx, c, Outcome.ERROR, f"own loader: {why}", details) for c in CHECKS]

@@ -56,6 +56,7 @@ class KernelView:
     def __init__(self, lib: ctypes.CDLL, prog_info_type: type) -> None:
         self.lib = lib
         self.prog_info_type = prog_info_type  # the agent's struct bpf_prog_info
+        self.full_names: dict[int, str] = {}  # program id -> its function's name from its BTF
         u32p = ctypes.POINTER(ctypes.c_uint32)
         for name in ("bpf_prog_get_next_id", "bpf_link_get_next_id"):
             fn = getattr(lib, name)
@@ -100,9 +101,48 @@ class KernelView:
             }
             if size.value >= type(info).recursion_misses.offset + 8:
                 record["recursion_misses"] = info.recursion_misses
+            if prog_id not in self.full_names:
+                has_btf = info.btf_id and info.nr_func_info
+                self.full_names[prog_id] = self._full_name(fd, info.btf_id) if has_btf else ""
+            if self.full_names[prog_id]:
+                record["full_name"] = self.full_names[prog_id]
             return record
         finally:
             os.close(fd)
+
+    def _full_name(self, fd: int, btf_id: int) -> str:
+        """The program's whole function name, from its BTF (its first func_info names its FUNC): the
+        kernel keeps only 15 characters of it, which libbpf-tools' names often share."""
+        func = (ctypes.c_uint32 * 2)()  # struct bpf_func_info: insn_off, type_id
+        info = self.prog_info_type()
+        info.nr_func_info = 1
+        info.func_info_rec_size = ctypes.sizeof(func)
+        info.func_info = ctypes.addressof(func)
+        size = ctypes.c_uint32(ctypes.sizeof(info))
+        if self.lib.bpf_obj_get_info_by_fd(fd, ctypes.byref(info), ctypes.byref(size)) != 0:
+            return ""
+        try:
+            load = self.lib.btf__load_from_kernel_by_id  # libbpf 0.6+
+        except AttributeError:
+            return ""
+        load.restype, load.argtypes = ctypes.c_void_p, [ctypes.c_uint32]
+        self.lib.btf__type_by_id.restype = ctypes.c_void_p
+        self.lib.btf__type_by_id.argtypes = [ctypes.c_void_p, ctypes.c_uint32]
+        self.lib.btf__name_by_offset.restype = ctypes.c_char_p
+        self.lib.btf__name_by_offset.argtypes = [ctypes.c_void_p, ctypes.c_uint32]
+        self.lib.btf__free.restype, self.lib.btf__free.argtypes = None, [ctypes.c_void_p]
+        btf = load(btf_id)
+        if not btf:
+            return ""
+        try:
+            btf_type = self.lib.btf__type_by_id(btf, func[1])
+            if not btf_type:
+                return ""
+            name_off = ctypes.cast(btf_type, ctypes.POINTER(ctypes.c_uint32))[0]  # struct btf_type.name_off
+            name = self.lib.btf__name_by_offset(btf, name_off)
+            return name.decode(errors="replace") if name else ""
+        finally:
+            self.lib.btf__free(btf)
 
     def link(self, link_id: int) -> tuple[int, protocol.LoaderAttachment] | None:
         """(program id, attachment) of a link; None when it is gone."""
@@ -227,6 +267,55 @@ class Watch:
             return out
 
 
+class Output:
+    """The loader's output, read from the pseudo-terminal it writes to into a file in the background.
+
+    A terminal, not a pipe or a file: C programs buffer what they print to a file until they exit, so a
+    readiness line (a tool's header, printed once attached) would only appear at the end. The whole
+    output is searched for the readiness pattern as it arrives; tools print on, and a tail would lose it.
+    """
+
+    def __init__(self, path: str, ready: str) -> None:
+        self.path = path
+        self.pattern = re.compile(ready.encode()) if ready else None
+        self.ready = threading.Event()
+        try:
+            self.master, self.slave = os.openpty()
+        except OSError:  # no devpts in the guest: a pipe, with what buffering the loader gives it
+            self.master, self.slave = os.pipe()
+        self.thread = threading.Thread(target=self._read, name="loader-output", daemon=True)
+
+    def start(self) -> None:
+        os.close(self.slave)  # the loader holds it now: reads end (EIO) once it and its children exit
+        self.thread.start()
+
+    def _read(self) -> None:
+        carry = b""
+        with open(self.path, "wb") as fh:
+            while True:
+                try:
+                    chunk = os.read(self.master, 65536)
+                except OSError:
+                    break
+                if not chunk:
+                    break
+                fh.write(chunk)
+                fh.flush()
+                if self.pattern is not None and not self.ready.is_set():
+                    text = carry + chunk
+                    if self.pattern.search(text.replace(b"\r\n", b"\n")):
+                        self.ready.set()
+                    carry = text[-4096:]
+
+    def close(self, timeout: float = 2.0) -> None:
+        self.thread.join(timeout)
+        try:
+            os.close(self.master)
+        except OSError:
+            pass
+        self.thread.join(timeout)
+
+
 def tail_of(path: str) -> str:
     try:
         with open(path, "rb") as fh:
@@ -237,28 +326,27 @@ def tail_of(path: str) -> str:
         return ""
 
 
-def start_loader(loader: protocol.PlanLoader, share: str, obj_path: str, out: str) -> subprocess.Popen[bytes]:
-    """Start the loader in its own process group, in its binaries' directory, its output into ``out``;
-    raises OSError."""
+def start_loader(
+    loader: protocol.PlanLoader, share: str, obj_path: str, out: Output
+) -> subprocess.Popen[bytes]:
+    """Start the loader in its own session, in its binaries' directory, its output to ``out``'s
+    terminal; raises OSError."""
     command = loader["command"]
     argv = [str(a) for a in command] if isinstance(command, list) else ["/bin/sh", "-c", str(command)]
     bindir = os.path.join(share, loader["binaries"]) if loader.get("binaries") else share
     env = dict(os.environ)
     env["PATH"] = os.pathsep.join([bindir, env.get("PATH") or "/usr/sbin:/usr/bin:/sbin:/bin"])
     env["BPF_MATRIX_OBJECT"] = obj_path  # the harness's build of the object, for loaders that take one
-    with open(out, "wb") as fh:
-        return subprocess.Popen(
-            argv, cwd=bindir, env=env, stdin=subprocess.DEVNULL, stdout=fh, stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
+    env.setdefault("TERM", "dumb")
+    return subprocess.Popen(
+        argv, cwd=bindir, env=env, stdin=subprocess.DEVNULL, stdout=out.slave, stderr=out.slave,
+        start_new_session=True,
+    )
 
 
-def wait_ready(
-    proc: subprocess.Popen[bytes], watch: Watch, ready: str, out: str, deadline: float
-) -> str:
+def wait_ready(proc: subprocess.Popen[bytes], watch: Watch, out: Output, deadline: float) -> str:
     """Wait until the loader is ready (its output matches ``ready``, or its programs and attachments
     have not changed for STABLE_SECONDS), exits, or reaches ``deadline``; returns which."""
-    pattern = re.compile(ready) if ready else None
     last: tuple[int, int, int] = (0, 0, 0)
     since = time.monotonic()
     while True:
@@ -266,8 +354,8 @@ def wait_ready(
         if proc.poll() is not None:
             return "exited"
         now = time.monotonic()
-        if pattern is not None:
-            if pattern.search(tail_of(out)):
+        if out.pattern is not None:
+            if out.ready.is_set():
                 return "output"
         elif counts != last:
             last, since = counts, now
@@ -335,15 +423,19 @@ def run_loader_object(
                                      "time_limit": float(loader["time_limit"])}
     result: protocol.ObjectRecord = {"object": spec["name"], "loader": record}
     watch = Watch(view)
-    out = f"/tmp/bpfmatrix-loader-{os.getpid()}-{spec['name']}.out"
+    path = f"/tmp/bpfmatrix-loader-{os.getpid()}-{spec['name']}.out"
+    out = Output(path, loader.get("ready", ""))
     try:
         proc = start_loader(loader, share, os.path.join(share, spec["path"]), out)
     except OSError as exc:
+        os.close(out.slave)
+        os.close(out.master)
         record["error"] = f"cannot run {loader['command']!r}: {exc.strerror or exc}"
         record["seconds"] = time.monotonic() - start
         return result
+    out.start()
     try:
-        record["ready"] = wait_ready(proc, watch, loader.get("ready", ""), out, start + loader["time_limit"])
+        record["ready"] = wait_ready(proc, watch, out, start + loader["time_limit"])
         if record["ready"] != "exited" or watch.sample(None)[0]:
             # An exited loader may have pinned what it attached: fire it all the same.
             triggers = _distinct(spec.get("triggers") or {})
@@ -357,13 +449,14 @@ def run_loader_object(
     finally:
         if proc.poll() is None:
             stop(proc)
+    out.close()
     record["returncode"] = proc.returncode
-    record["output"] = tail_of(out)
+    record["output"] = tail_of(path)
     record["programs"] = watch.records()
     record["links"] = len(watch.links)
     record["seconds"] = time.monotonic() - start
     try:
-        os.unlink(out)
+        os.unlink(path)
     except OSError:
         pass
     return result

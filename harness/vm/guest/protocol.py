@@ -178,6 +178,7 @@ class _LoadedRequired(TypedDict):
 class LoadedProgram(_LoadedRequired, total=False):
     """A program an own loader loaded, as last seen in the kernel."""
 
+    full_name: str  # its function's whole name, from the program's BTF, where it has one
     run_cnt: int
     run_time_ns: int
     recursion_misses: int
