@@ -154,7 +154,9 @@ def test_an_object_the_agent_could_not_handle_is_an_error() -> None:
     [
         (["/mnt/loaders/0/opensnoop-libbpf", "-T"], "opensnoop-libbpf"),
         ("LIBBPF_LOG=1 exec ./biolatency-libbpf 30 1", "biolatency-libbpf"),
-        ("python3 load.py", "python3"),
+        ("python3 -S load.py", "load.py"),
+        (["python3", "-S", "my-loader.py"], "my-loader.py"),
+        (["python3"], "python3"),
     ],
 )
 def test_loader_name(command: object, name: str) -> None:

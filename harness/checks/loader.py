@@ -26,6 +26,8 @@ NOT_STARTED_CODES = (126, 127)
 NOT_STARTED_OUTPUT = ("error while loading shared libraries", "version `GLIBC_", "exec format error",
                       "cannot execute binary file")
 REASON_CHARS = 300
+WRAPPERS = ("exec", "env", "sudo", "nice", "stdbuf")
+INTERPRETERS = ("python", "sh", "bash", "dash", "perl", "ruby", "node")
 LOADER_KEYS = ("command", "returncode", "exited", "stopped", "ready", "seconds", "time_limit", "links")
 
 
@@ -44,18 +46,23 @@ def same_program(program: str, loaded: LoadedProgram) -> bool:
 
 
 def loader_name(command: object) -> str:
-    """What to call a loader in a reason: its program's file name (``opensnoop-libbpf``)."""
-    if isinstance(command, list) and command:
-        first = str(command[0])
+    """What to call a loader in a reason: its program's file name (``opensnoop-libbpf``), or its
+    script's when an interpreter runs one (``python3 -S load.py`` is ``load.py``)."""
+    if isinstance(command, (list, tuple)):
+        words = [str(w) for w in command]
     else:
         try:
             words = shlex.split(str(command))
         except ValueError:
             words = str(command).split()
         # A shell command may set variables or start with `exec` before the program.
-        words = [w for w in words if "=" not in w.split("/")[0] and w not in ("exec", "env", "sudo")]
-        first = words[0] if words else str(command)
-    return first.rsplit("/", 1)[-1] or "the loader"
+        words = [w for w in words if "=" not in w.split("/")[0] and w not in WRAPPERS]
+    names = [w.rsplit("/", 1)[-1] for w in words]
+    if len(names) > 1 and names[0].rstrip("0123456789.") in INTERPRETERS:
+        script = next((n for n in names[1:] if not n.startswith("-")), "")
+        if script:
+            return script
+    return (names[0] if names else "") or "the loader"
 
 
 def last_line(output: str) -> str:
