@@ -746,3 +746,60 @@ def test_vm_request_is_built_from_the_job_alone(tmp_path: Path) -> None:
     assert req.root is None and req.accelerator is KVM and req.share == where / "share"
     # Nothing was written: the request is a value.
     assert list(where.iterdir()) == []
+
+
+# ---------------------------------------------------------------- own loaders
+
+
+def act_own_loader(req: VMRequest, plan: protocol.Plan) -> VMResult:
+    """The agent's records when each object ran its own loader: it loaded and attached kp_sleep only."""
+    records: list[protocol.ObjectRecord] = []
+    for entry in plan["objects"]:
+        assert "loader" in entry
+        programs: list[protocol.LoadedProgram] = [{
+            "id": 40, "name": "kp_sleep", "full_name": "kp_sleep", "type": "kprobe", "run_cnt": 3,
+            "attached": [{"via": "perf_event", "type": "kprobe", "target": "do_nanosleep"}],
+        }]
+        loader: protocol.LoaderRecord = {"command": entry["loader"]["command"], "seconds": 1.0,
+                                         "ready": "output", "exited": False, "returncode": 0,
+                                         "programs": programs, "output": "ready\n", "time_limit": 20.0}
+        records.append({"object": entry["name"], "loader": loader})
+    protocol.write_objects(req.share, records)
+    done = done_record(lsm="bpf", libbpf="1.5.0", stats_enabled=True, seconds=0.25)
+    protocol.write_done(req.share, done)
+    return VMResult(done, "console", 0.5, 0, req.accelerator)
+
+
+def test_an_own_loader_is_planned_shared_and_judged(tmp_path: Path) -> None:
+    progs = bpf_progs(tmp_path)
+    bins = tmp_path / "bins" / ARCH.name
+    bins.mkdir(parents=True)
+    (progs / "sleepy.yaml").write_text(
+        "own_loader:\n  command: [my-loader, --fast]\n  binaries: ../bins\n  ready: ready\n"
+    )
+    s = make_run(tmp_path, progs=progs, acts={"6.1-" + ARCH.name: [act_own_loader]})
+    spec = s.spec("6.1")
+    cells = {(p.program, c): s.run.guest_result(spec, p, c) for p in probes_of(s) for c in GUEST_CHECKS}
+    (boot,) = s.runner.boots
+    (entry,) = boot.plan["objects"]
+    assert entry["loader"] == {"command": ["my-loader", "--fast"], "binaries": "loaders/0",
+                               "time_limit": 20.0, "ready": "ready"}
+    assert entry["triggers"] == {"kp_sleep": "default", "tp_openat": "default"}  # each program's, all run
+    assert "loaders/0" in boot.files  # the mount point of the binaries
+    assert cells[("kp_sleep", Check.LOAD)].reason.startswith("loaded by my-loader (kprobe program")
+    assert cells[("kp_sleep", Check.ATTACH)].reason == "attached by my-loader: kprobe do_nanosleep"
+    assert cells[("kp_sleep", Check.FIRE)].reason == "fired 3 times under my-loader"
+    assert cells[("tp_openat", Check.LOAD)].outcome == Outcome.SKIP
+    assert cells[("tp_openat", Check.LOAD)].reason.startswith("left out by the loader")
+
+
+def test_the_own_loader_option_serves_objects_without_one(tmp_path: Path) -> None:
+    from harness.programs.loader import OwnLoader
+
+    s = make_run(tmp_path, acts={"6.1-" + ARCH.name: [act_own_loader]})
+    s.run.own_loader = OwnLoader("{object}-loader -v")
+    spec = s.spec("6.1")
+    s.run.guest_result(spec, probes_of(s)[0], Check.LOAD)
+    (entry,) = s.runner.boots[0].plan["objects"]
+    assert entry["loader"]["command"] == "sleepy-loader -v"
+    assert entry["loader"]["binaries"] == ""
