@@ -93,7 +93,7 @@ def not_started(record: LoaderRecord) -> str:
 def _details(record: LoaderRecord, matched: Sequence[LoadedProgram]) -> dict[str, Any]:
     return {
         "loader": {key: record.get(key) for key in LOADER_KEYS},
-        "loader_output": str(record.get("output") or "")[-2000:],
+        "loader_log": str(record.get("output") or "")[-2000:],
         "kernel_programs": [dict(p) for p in matched],
         "loaded_by_loader": sorted({p.get("name", "") for p in record.get("programs") or []}),
     }
