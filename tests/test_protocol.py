@@ -20,6 +20,9 @@ from harness.report.results import Check, Outcome, Probe
 from harness.vm.guest import protocol
 
 SHARE = Path(__file__).resolve().parent / "data" / "guestlogs" / "6.1-x86_64"
+# A boot of Debian's 6.1 arm64 whose objects ran their own loaders (libbpf-tools' opensnoop, execsnoop
+# and biolatency): plan, objects and completion records.
+OWN_LOADER_SHARE = SHARE.with_name("6.1-arm64-own-loader")
 CTX = GuestContext("6.1", "x86_64")
 
 
@@ -93,7 +96,8 @@ def record_problems(cls: type, record: Mapping[str, Any]) -> list[str]:
 # Declared keys this boot had no occasion to write: a 6.1 kernel reports no kprobe missed count (6.7+),
 # every object opened, every program's counters could be read, the loader was there, facts were cached.
 NOT_IN_THIS_RUN = {
-    protocol.ObjectRecord: {"error", "traceback"},
+    protocol.ObjectRecord: {"error", "traceback", "loader"},  # own loaders: OWN_LOADER_SHARE
+    protocol.PlanObject: {"loader"},
     protocol.LoadRecord: set(),
     protocol.FireRecord: {"kprobe_missed", "error"},
     protocol.TriggerRun: {"error"},
@@ -266,3 +270,59 @@ def test_the_fake_runners_records_match_the_protocol() -> None:
         (protocol.DoneRecord, done_record(loader_error="no libbpf")),
     ]
     assert [p for cls, rec in checks for p in record_problems(cls, rec)] == []
+
+
+# ---------------------------------------------------------------- own loaders
+
+
+def walk_own_loader_share() -> Iterator[tuple[type, str, Mapping[str, Any]]]:
+    for obj in protocol.read_plan(OWN_LOADER_SHARE)["objects"]:
+        yield from _typed(obj, protocol.PlanObject, f"plan.objects[{obj['name']}]")
+        yield from _typed(obj["loader"], protocol.PlanLoader, f"plan.objects[{obj['name']}].loader")
+    for rec in protocol.read_objects(OWN_LOADER_SHARE):
+        where = f"objects[{rec['object']}]"
+        yield from _typed(rec, protocol.ObjectRecord, where)
+        loader = rec["loader"]
+        yield from _typed(loader, protocol.LoaderRecord, where + ".loader")
+        for i, run in enumerate(loader.get("triggers", [])):
+            yield from _typed(run, protocol.TriggerRun, f"{where}.loader.triggers[{i}]")
+        for prog in loader.get("programs", []):
+            at = f"{where}.loader.programs[{prog['id']}]"
+            yield from _typed(prog, protocol.LoadedProgram, at)
+            for j, att in enumerate(prog.get("attached", [])):
+                yield from _typed(att, protocol.LoaderAttachment, f"{at}.attached[{j}]")
+
+
+def test_own_loader_records_match_the_protocol() -> None:
+    records = list(walk_own_loader_share())
+    assert {cls for cls, _w, _r in records} >= {
+        protocol.PlanLoader, protocol.LoaderRecord, protocol.LoadedProgram, protocol.LoaderAttachment,
+    }
+    problems = [f"{where}: {p}" for cls, where, rec in records for p in record_problems(cls, rec)]
+    assert problems == []
+
+
+def test_own_loader_recording_gives_the_cells_the_tools_earned() -> None:
+    from harness.checks.loader import check_loader_objects
+
+    ctx = GuestContext("6.1", "arm64")
+    probes = [
+        Probe("opensnoop", "tracepoint__syscalls__sys_enter_openat", "tp/syscalls/sys_enter_openat",
+              "tracepoint", "syscalls/sys_enter_openat"),
+        Probe("opensnoop", "tracepoint__syscalls__sys_enter_open", "tp/syscalls/sys_enter_open",
+              "tracepoint", "syscalls/sys_enter_open"),
+        Probe("biolatency", "block_rq_issue_btf", "tp_btf/block_rq_issue", "tp_btf", "block_rq_issue"),
+        Probe("biolatency", "block_rq_issue", "raw_tp/block_rq_issue", "raw_tp", "block_rq_issue"),
+    ]
+    cells = {(r.probe.program, r.check): r for r in check_loader_objects(
+        probes, protocol.read_objects(OWN_LOADER_SHARE), ctx)}
+    openat = cells[("tracepoint__syscalls__sys_enter_openat", Check.ATTACH)]
+    assert (openat.outcome, openat.reason) == (
+        Outcome.PASS, "attached by opensnoop-libbpf: perf_event link, tracepoint sys_enter_openat"
+    )
+    assert cells[("tracepoint__syscalls__sys_enter_openat", Check.FIRE)].outcome == Outcome.PASS
+    # arm64 has no open(2): opensnoop leaves its open programs out.
+    assert cells[("tracepoint__syscalls__sys_enter_open", Check.LOAD)].outcome == Outcome.SKIP
+    # biolatency picks the BTF-typed tracepoints where the kernel has them, and leaves out raw_tp.
+    assert cells[("block_rq_issue_btf", Check.FIRE)].outcome == Outcome.PASS
+    assert cells[("block_rq_issue", Check.LOAD)].reason.startswith("left out by the loader")
