@@ -24,6 +24,7 @@ from harness.vm.guest.protocol import FACTS_DIR, read_objects, read_scenarios
 from harness.vm.runner import Accelerator, VMRequest, VMResult, scaled_timeout
 
 GUEST_CHECKS = (Check.LOAD, Check.CORE, Check.ATTACH, Check.FIRE)
+LOADER_STOP_SECONDS = 5.0  # an own loader's SIGINT grace in the guest, and some
 SCRATCH_DISK_BYTES = 4 << 20  # a virtio disk so that block-layer probes have I/O to see
 # LSMs of Debian's CONFIG_LSM; `bpf` is appended when missing so that lsm/ programs can attach.
 DEFAULT_LSM = ("lockdown", "capability", "landlock", "yama", "apparmor", "bpf")
@@ -99,7 +100,9 @@ def vm_request(job: BootJob, share: Path, disk: Path) -> VMRequest:
         append=[lsm_append(job.config_text), *spec.append],
         disks=[disk],
         modules=Path(build.modules) if build.modules else None,
-        timeout=scaled_timeout(spec.timeout, spec.arch, job.accelerator),
+        # Own loaders may each take their time limit to be ready, however fast the guest is.
+        timeout=scaled_timeout(spec.timeout, spec.arch, job.accelerator)
+        + sum(own.time_limit + LOADER_STOP_SECONDS for own in job.loaders.values()),
         readonly=loader_mounts(job.loaders, spec.arch),
     )
 
