@@ -786,7 +786,7 @@ def test_an_own_loader_is_planned_shared_and_judged(tmp_path: Path) -> None:
                                "time_limit": 20.0, "ready": "ready"}
     assert entry["triggers"] == {"kp_sleep": "default", "tp_openat": "default"}  # each program's, all run
     assert "loaders/0" in boot.files  # the mount point of the binaries
-    assert boot.timeout == 123.0 + 20.0 + 5.0  # the loader's time limit and its stop on top
+    assert boot.timeout == 123.0 + 20.0 + 8.0  # the loader's time limit and its stop on top
     assert cells[("kp_sleep", Check.LOAD)].reason.startswith("loaded by my-loader (kprobe program")
     assert cells[("kp_sleep", Check.ATTACH)].reason == "attached by my-loader: kprobe do_nanosleep"
     assert cells[("kp_sleep", Check.FIRE)].reason == "fired 3 times under my-loader"

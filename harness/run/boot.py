@@ -24,7 +24,7 @@ from harness.vm.guest.protocol import FACTS_DIR, read_objects, read_scenarios
 from harness.vm.runner import Accelerator, VMRequest, VMResult, scaled_timeout
 
 GUEST_CHECKS = (Check.LOAD, Check.CORE, Check.ATTACH, Check.FIRE)
-LOADER_STOP_SECONDS = 5.0  # an own loader's SIGINT grace in the guest, and some
+LOADER_STOP_SECONDS = 8.0  # an own loader's SIGINT grace in the guest, and some
 SCRATCH_DISK_BYTES = 4 << 20  # a virtio disk so that block-layer probes have I/O to see
 # LSMs of Debian's CONFIG_LSM; `bpf` is appended when missing so that lsm/ programs can attach.
 DEFAULT_LSM = ("lockdown", "capability", "landlock", "yama", "apparmor", "bpf")

@@ -28,7 +28,7 @@ POLL_SECONDS = 0.2
 # Without a readiness pattern the loader is taken as ready once its programs and attachments have not
 # changed for this long: libbpf skeletons load every program, then attach them one after another.
 STABLE_SECONDS = 1.0
-STOP_GRACE_SECONDS = 3.0  # between SIGINT (tools print their summary and detach) and SIGKILL
+STOP_GRACE_SECONDS = 5.0  # between SIGINT (tools print their summary and detach) and SIGKILL
 OUTPUT_TAIL = 2000
 
 # enum bpf_prog_type (include/uapi/linux/bpf.h), the types tracing loaders use.
