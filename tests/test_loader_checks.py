@@ -171,3 +171,13 @@ def test_the_btf_name_tells_apart_programs_the_kernel_names_alike() -> None:
     assert found[(EXIT.program, Check.FIRE)].details["run_cnt"] == 6
     assert found[(OPEN2.program, Check.LOAD)].outcome == Outcome.SKIP
     assert found[(OPEN2.program, Check.LOAD)].reason.startswith("left out by the loader")
+
+
+def test_a_loader_that_exited_during_its_trigger_is_told_to_run_longer() -> None:
+    # `biolatency 30 1` whose trigger took 37 s: its interval ended, and its programs with it.
+    record = loader([prog(OPEN.program, 41, run_cnt=0)], exited=True, stopped=None, ready="output")
+    fire = cells(record)[(OPEN.program, Check.FIRE)]
+    assert fire.outcome == Outcome.FAIL
+    assert fire.reason == (
+        "opensnoop-libbpf exited by itself before its trigger ended, and never fired: give it longer to run"
+    )

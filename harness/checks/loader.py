@@ -115,7 +115,7 @@ def describe_attachment(att: LoaderAttachment) -> str:
 
 
 def _fire(probe: Probe, ctx: GuestContext, matched: Sequence[LoadedProgram], tool: str,
-          details: dict[str, Any]) -> CellResult:
+          details: dict[str, Any], exited_early: bool) -> CellResult:
     fire: FireRecord = {
         "run_cnt": sum(int(p.get("run_cnt") or 0) for p in matched),
         "run_time_ns": sum(int(p.get("run_time_ns") or 0) for p in matched),
@@ -128,6 +128,9 @@ def _fire(probe: Probe, ctx: GuestContext, matched: Sequence[LoadedProgram], too
         reason = f"fired {fire['run_cnt']} times under {tool}"
     else:
         reason = f"under {tool}: {res.reason}"
+        if exited_early and not fire["run_cnt"]:
+            # Its programs went with it: the trigger may have come too late for them.
+            reason = f"{tool} exited by itself before its trigger ended, and never fired: " "give it longer to run"
     return dataclasses.replace(res, reason=reason[:REASON_CHARS], details={**res.details, **details})
 
 
@@ -172,7 +175,8 @@ def check_loader_program(probe: Probe, record: LoaderRecord, ctx: GuestContext) 
         return [load, core, attach, _cell(probe, ctx, Check.FIRE, Outcome.SKIP, "not attached", details)]
     where = ", ".join(dict.fromkeys(describe_attachment(a) for a in attached))
     attach = _cell(probe, ctx, Check.ATTACH, Outcome.PASS, f"attached by {tool}: {where}", details)
-    return [load, core, attach, _fire(probe, ctx, matched, tool, details)]
+    early = bool(record.get("exited")) and not record.get("stopped") and record.get("ready") != "exited"
+    return [load, core, attach, _fire(probe, ctx, matched, tool, details, early)]
 
 
 def check_loader_objects(
