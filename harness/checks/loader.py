@@ -130,7 +130,8 @@ def _fire(probe: Probe, ctx: GuestContext, matched: Sequence[LoadedProgram], too
         reason = f"under {tool}: {res.reason}"
         if exited_early and not fire["run_cnt"]:
             # Its programs went with it: the trigger may have come too late for them.
-            reason = f"{tool} exited by itself before its trigger ended, and never fired: " "give it longer to run"
+            reason = f"{tool} exited by itself before its trigger ended, and never fired: give it longer"
+            reason += " to run"
     return dataclasses.replace(res, reason=reason[:REASON_CHARS], details={**res.details, **details})
 
 
