@@ -181,3 +181,14 @@ def test_a_loader_that_exited_during_its_trigger_is_told_to_run_longer() -> None
     assert fire.reason == (
         "opensnoop-libbpf exited by itself before its trigger ended, and never fired: give it longer to run"
     )
+
+
+def test_a_loader_not_ready_in_time_that_never_fired_is_told_to_take_longer() -> None:
+    # execsnoop on a loaded machine: its header came after its 90 s, the trigger ran before it attached.
+    record = loader([prog(OPEN.program, 41, run_cnt=0)], ready="time limit", time_limit=90.0)
+    fire = cells(record)[(OPEN.program, Check.FIRE)]
+    assert fire.outcome == Outcome.FAIL
+    assert fire.reason == (
+        "opensnoop-libbpf was not ready within its time limit of 90 s when the trigger ran, and never fired: "
+        "raise its time_limit"
+    )

@@ -115,7 +115,7 @@ def describe_attachment(att: LoaderAttachment) -> str:
 
 
 def _fire(probe: Probe, ctx: GuestContext, matched: Sequence[LoadedProgram], tool: str,
-          details: dict[str, Any], exited_early: bool) -> CellResult:
+          details: dict[str, Any], exited_early: bool, late: float | None) -> CellResult:
     fire: FireRecord = {
         "run_cnt": sum(int(p.get("run_cnt") or 0) for p in matched),
         "run_time_ns": sum(int(p.get("run_time_ns") or 0) for p in matched),
@@ -132,6 +132,10 @@ def _fire(probe: Probe, ctx: GuestContext, matched: Sequence[LoadedProgram], too
             # Its programs went with it: the trigger may have come too late for them.
             reason = f"{tool} exited by itself before its trigger ended, and never fired: give it longer"
             reason += " to run"
+        elif late is not None and not fire["run_cnt"]:
+            # The trigger may have run before the loader had attached.
+            reason = f"{tool} was not ready within its time limit of {late:.0f} s when the trigger ran, and"
+            reason += " never fired: raise its time_limit"
     return dataclasses.replace(res, reason=reason[:REASON_CHARS], details={**res.details, **details})
 
 
@@ -177,7 +181,8 @@ def check_loader_program(probe: Probe, record: LoaderRecord, ctx: GuestContext) 
     where = ", ".join(dict.fromkeys(describe_attachment(a) for a in attached))
     attach = _cell(probe, ctx, Check.ATTACH, Outcome.PASS, f"attached by {tool}: {where}", details)
     early = bool(record.get("exited")) and not record.get("stopped") and record.get("ready") != "exited"
-    return [load, core, attach, _fire(probe, ctx, matched, tool, details, early)]
+    late = float(record.get("time_limit") or 0) if record.get("ready") == "time limit" else None
+    return [load, core, attach, _fire(probe, ctx, matched, tool, details, early, late)]
 
 
 def check_loader_objects(
