@@ -19,7 +19,7 @@ from harness.errors import HarnessError
 from harness.kernels.cache import resolve_cache_root
 from harness.kernels.config import KernelsConfig, KernelSpec, load_kernels_yaml
 from harness.kernels.fetch import verify_local_images
-from harness.programs.loader import resolve_cli_loader
+from harness.programs.own_loader import resolve_cli_loader
 from harness.report.expectations import apply_expectations
 from harness.report.reporter import PROP_KERNEL, PROP_RESULTS, MatrixReporter, output_error, output_paths
 from harness.report.results import (

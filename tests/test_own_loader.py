@@ -1,4 +1,4 @@
-"""harness.programs.loader: a sidecar's own_loader and the --own-loader options, parsed and resolved."""
+"""harness.programs.own_loader: a sidecar's own_loader and the --own-loader options, parsed and resolved."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import pytest
 
 from harness.errors import ConfigError
 from harness.kernels.config import ARCHES
-from harness.programs.loader import (
+from harness.programs.own_loader import (
     DEFAULT_TIME_LIMIT,
     OwnLoader,
     parse_own_loader,

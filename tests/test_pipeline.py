@@ -795,7 +795,7 @@ def test_an_own_loader_is_planned_shared_and_judged(tmp_path: Path) -> None:
 
 
 def test_the_own_loader_option_serves_objects_without_one(tmp_path: Path) -> None:
-    from harness.programs.loader import OwnLoader
+    from harness.programs.own_loader import OwnLoader
 
     s = make_run(tmp_path, acts={"6.1-" + ARCH.name: [act_own_loader]})
     s.run.own_loader = OwnLoader("{object}-loader -v")

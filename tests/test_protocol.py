@@ -303,7 +303,7 @@ def test_own_loader_records_match_the_protocol() -> None:
 
 
 def test_own_loader_recording_gives_the_cells_the_tools_earned() -> None:
-    from harness.checks.loader import check_loader_objects
+    from harness.checks.own_loader import check_loader_objects
 
     ctx = GuestContext("6.1", "arm64")
     probes = [

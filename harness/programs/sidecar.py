@@ -11,7 +11,7 @@ import yaml
 
 from harness.errors import ConfigError
 from harness.kernels.version import KernelVersion
-from harness.programs.loader import OwnLoader, parse_own_loader
+from harness.programs.own_loader import OwnLoader, parse_own_loader
 from harness.report.results import Check, Outcome, Probe
 
 SIDE_KEYS = {"trigger", "programs", "expect", "description", "own_loader"}

@@ -16,7 +16,7 @@ from harness.kernels.config import KernelSpec
 from harness.kernels.facts import parse_config
 from harness.kernels.fetch import KernelBuild
 from harness.programs.inventory import BPFObject
-from harness.programs.loader import OwnLoader
+from harness.programs.own_loader import OwnLoader
 from harness.report.results import CellResult, Check, KernelRun, Outcome, Probe
 from harness.run.facts import facts_note, store_facts
 from harness.run.share import AGENT, loader_mounts
@@ -196,7 +196,7 @@ def read_outcome(job: BootJob, share: Path, done: Mapping[str, Any], kernel: Ker
                     f"loader unavailable in the guest: {done['loader_error']}",
                 )
         return outcome
-    from harness.checks.loader import check_loader_objects
+    from harness.checks.own_loader import check_loader_objects
 
     # Objects run by their own loader are judged by what it did; the others by the agent's loads.
     own = [r for r in records if "loader" in r]

@@ -16,7 +16,7 @@ from harness.kernels.facts import KernelFacts
 from harness.kernels.fetch import KernelBuild
 from harness.programs.build import find_sources
 from harness.programs.inventory import BPFObject
-from harness.programs.loader import OwnLoader
+from harness.programs.own_loader import OwnLoader
 from harness.programs.sidecar import Sidecar, load_sidecar, load_sidecars
 from harness.report.results import CellResult, Check, KernelRun, Probe
 from harness.run import cells

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from harness.kernels.config import Arch
 from harness.programs.inventory import BPFObject
-from harness.programs.loader import OwnLoader
+from harness.programs.own_loader import OwnLoader
 from harness.programs.sidecar import Sidecar
 from harness.vm.guest import protocol
 

@@ -1,4 +1,4 @@
-"""harness.checks.loader: the load, attach and fire cells of an object its own loader ran."""
+"""harness.checks.own_loader: the load, attach and fire cells of an object its own loader ran."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 
 from harness.checks.guest import GuestContext
-from harness.checks.loader import check_loader_objects, kernel_name, loader_name
+from harness.checks.own_loader import check_loader_objects, kernel_name, loader_name
 from harness.report.results import CellResult, Check, Outcome, Probe
 from harness.vm.guest import protocol
 

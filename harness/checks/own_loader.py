@@ -28,7 +28,7 @@ NOT_STARTED_OUTPUT = ("error while loading shared libraries", "version `GLIBC_",
 REASON_CHARS = 300
 WRAPPERS = ("exec", "env", "sudo", "nice", "stdbuf")
 INTERPRETERS = ("python", "sh", "bash", "dash", "perl", "ruby", "node")
-LOADER_KEYS = ("command", "returncode", "exited", "stopped", "ready", "seconds", "time_limit", "links")
+OWN_LOADER_RECORD_KEYS = ("command", "returncode", "exited", "stopped", "ready", "seconds", "time_limit", "links")
 
 
 def kernel_name(program: str) -> str:
@@ -92,7 +92,7 @@ def not_started(record: LoaderRecord) -> str:
 
 def _details(record: LoaderRecord, matched: Sequence[LoadedProgram]) -> dict[str, Any]:
     return {
-        "loader": {key: record.get(key) for key in LOADER_KEYS},
+        "loader": {key: record.get(key) for key in OWN_LOADER_RECORD_KEYS},
         "loader_log": str(record.get("output") or "")[-2000:],
         "kernel_programs": [dict(p) for p in matched],
         "loaded_by_loader": sorted({p.get("name", "") for p in record.get("programs") or []}),

@@ -12,7 +12,7 @@ from typing import Any
 from harness.errors import ConfigError
 from harness.kernels.config import ARCH_ALIASES, Arch
 
-LOADER_KEYS = {"command", "binaries", "time_limit", "ready"}
+OWN_LOADER_KEYS = {"command", "binaries", "time_limit", "ready"}
 DEFAULT_TIME_LIMIT = 20.0
 # Where the command line's {object} stands for the object's name (--own-loader's placeholder).
 OBJECT_PLACEHOLDER = "{object}"
@@ -102,9 +102,9 @@ def parse_own_loader(where: str, raw: Any, base: Path) -> OwnLoader:
         raw = {"command": raw}
     if not isinstance(raw, Mapping):
         raise ConfigError(f"{where}: 'own_loader' must be a mapping with a 'command', or the command")
-    unknown = sorted(set(raw) - LOADER_KEYS, key=str)
+    unknown = sorted(set(raw) - OWN_LOADER_KEYS, key=str)
     if unknown:
-        known, bad = ", ".join(sorted(LOADER_KEYS)), ", ".join(map(repr, unknown))
+        known, bad = ", ".join(sorted(OWN_LOADER_KEYS)), ", ".join(map(repr, unknown))
         raise ConfigError(f"{where}: own_loader: unknown key {bad} (known: {known})")
     if "command" not in raw:
         raise ConfigError(f"{where}: own_loader needs a 'command'")
