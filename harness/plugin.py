@@ -20,6 +20,7 @@ from harness.errors import HarnessError
 from harness.kernels.cache import resolve_cache_root
 from harness.kernels.config import KernelsConfig, KernelSpec, load_kernels_yaml
 from harness.kernels.fetch import verify_local_images
+from harness.programs.own_loader import resolve_cli_loader
 from harness.report.expectations import apply_expectations
 from harness.report.reporter import PROP_KERNEL, PROP_RESULTS, MatrixReporter, output_error, output_paths
 from harness.report.results import (
@@ -80,6 +81,20 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         help="keep each boot's shared directory under DIR: plan, agent records (with per-phase timings) "
         "and console log",
     )
+    group.addoption(
+        "--own-loader", metavar="COMMAND",
+        help="load every object whose sidecar names no own_loader with this command in the guest instead "
+        "of libbpf ({object} is the object's name); its load, attach and fire cells say what it did",
+    )
+    group.addoption(
+        "--own-loader-binaries", metavar="DIR",
+        help="the loader's binaries, shared read-only with the guest as its working directory "
+        "(DIR/<arch>/ when there is one)",
+    )
+    group.addoption("--own-loader-time-limit", type=float, metavar="SECONDS",
+                    help="how long the loader may take to be ready before it is stopped (default 20)")
+    group.addoption("--own-loader-ready", metavar="REGEX",
+                    help="the loader is ready (attached) once its output matches this")
     group.addoption(
         "--cache-dir-kernels", metavar="DIR",
         help="cache of kernels, facts and builds (default: $BPF_MATRIX_CACHE or ~/.cache/bpf-kernel-matrix)",
@@ -194,6 +209,13 @@ def pytest_configure(config: pytest.Config) -> None:
         raise pytest.UsageError(str(exc)) from None
     if not _is_worker(config):
         _check_outputs(config)
+    try:
+        own_loader = resolve_cli_loader(
+            config.getoption("--own-loader"), config.getoption("--own-loader-binaries"),
+            config.getoption("--own-loader-time-limit"), config.getoption("--own-loader-ready"),
+        )
+    except HarnessError as exc:
+        raise pytest.UsageError(str(exc)) from None
     progs = config.getoption("--bpf-progs")
     progs_dir = Path(progs) if progs else _rootdir(config) / "bpf_progs"
     runner = _make_runner()
@@ -208,6 +230,7 @@ def pytest_configure(config: pytest.Config) -> None:
         work_dir=work_dir,
         retries=max(0, config.getoption("--vm-retries")),
         keep_dir=Path(keep) if (keep := config.getoption("--keep-guest-files")) else None,
+        own_loader=own_loader,
     )
     config.stash[RUN_KEY] = run
     config.stash[COORDINATED_KEY] = coordinated

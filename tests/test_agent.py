@@ -51,9 +51,9 @@ def test_imports_only_the_standard_library() -> None:
             modules |= {a.name.split(".")[0] for a in node.names}
         elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
             modules.add(node.module.split(".")[0])
-    # scenarios, workload, protocol and version (harness/kernels/version.py) are copied beside it into
-    # the share.
-    beside = {"__future__", "scenarios", "protocol", "version", "workload"}
+    # scenarios, workload, ownloader, protocol and version (harness/kernels/version.py) are copied beside
+    # it into the share.
+    beside = {"__future__", "scenarios", "ownloader", "protocol", "version", "workload"}
     foreign = modules - set(sys.stdlib_module_names) - beside
     assert foreign == set()
 
@@ -72,7 +72,7 @@ def test_imports_little_at_startup(tmp_path: Path) -> None:
     assert proc.stdout.strip() == "[]"
 
 
-@pytest.mark.parametrize("name", ["agent.py", "protocol.py", "scenarios.py", "workload.py"])
+@pytest.mark.parametrize("name", ["agent.py", "protocol.py", "scenarios.py", "workload.py", "ownloader.py"])
 def test_parses_as_the_oldest_guest_python(name: str) -> None:
     # bullseye root filesystems have Python 3.9.
     ast.parse(AGENT.with_name(name).read_text(), feature_version=(3, 9))

@@ -846,6 +846,8 @@ def test_each_arch_loads_its_own_build_and_an_arch_s_only_object_skips_elsewhere
         res = result_of(x86_spec, armonly, check)
         assert res.outcome is Outcome.SKIP
         assert res.reason.startswith("not built for x86_64: the programs directory has armonly for other")
+
+
 def act_helper_refused(req: VMRequest, plan: protocol.Plan) -> VMResult:
     """A good boot whose verifier refuses a helper call of every program."""
     result = act_ok(req, plan)
@@ -879,3 +881,61 @@ def test_the_features_cell_of_a_booted_kernel_answers_to_its_load(tmp_path: Path
     # A kernel this process did not boot keeps the prediction.
     other = setup.run.offline_result(setup.spec("6.12"), probe, Check.FEATURES)
     assert other.outcome is Outcome.PASS
+
+
+# ---------------------------------------------------------------- own loaders
+
+
+def act_own_loader(req: VMRequest, plan: protocol.Plan) -> VMResult:
+    """The agent's records when each object ran its own loader: it loaded and attached kp_sleep only."""
+    records: list[protocol.ObjectRecord] = []
+    for entry in plan["objects"]:
+        assert "own_loader" in entry
+        programs: list[protocol.LoadedProgram] = [{
+            "id": 40, "name": "kp_sleep", "full_name": "kp_sleep", "type": "kprobe", "run_cnt": 3,
+            "attached": [{"via": "perf_event", "type": "kprobe", "target": "do_nanosleep"}],
+        }]
+        loader: protocol.OwnLoaderRecord = {"command": entry["own_loader"]["command"], "seconds": 1.0,
+                                         "ready": "output", "exited": False, "returncode": 0,
+                                         "programs": programs, "output": "ready\n", "time_limit": 20.0}
+        records.append({"object": entry["name"], "own_loader": loader})
+    protocol.write_objects(req.share, records)
+    done = done_record(lsm="bpf", libbpf="1.5.0", stats_enabled=True, seconds=0.25)
+    protocol.write_done(req.share, done)
+    return VMResult(done, "console", 0.5, 0, req.accelerator)
+
+
+def test_an_own_loader_is_planned_shared_and_judged(tmp_path: Path) -> None:
+    progs = bpf_progs(tmp_path)
+    bins = tmp_path / "bins" / ARCH.name
+    bins.mkdir(parents=True)
+    (progs / "sleepy.yaml").write_text(
+        "own_loader:\n  command: [my-loader, --fast]\n  binaries: ../bins\n  ready: ready\n"
+    )
+    s = make_run(tmp_path, progs=progs, acts={"6.1-" + ARCH.name: [act_own_loader]})
+    spec = s.spec("6.1")
+    cells = {(p.program, c): s.run.guest_result(spec, p, c) for p in probes_of(s) for c in GUEST_CHECKS}
+    (boot,) = s.runner.boots
+    (entry,) = boot.plan["objects"]
+    assert entry["own_loader"] == {"command": ["my-loader", "--fast"], "binaries": "loaders/0",
+                               "time_limit": 20.0, "ready": "ready"}
+    assert entry["triggers"] == {"kp_sleep": "default", "tp_openat": "default"}  # each program's, all run
+    assert "loaders/0" in boot.files  # the mount point of the binaries
+    assert boot.timeout == 123.0 + 20.0 + 8.0  # the loader's time limit and its stop on top
+    assert cells[("kp_sleep", Check.LOAD)].reason.startswith("loaded by my-loader (kprobe program")
+    assert cells[("kp_sleep", Check.ATTACH)].reason == "attached by my-loader: kprobe do_nanosleep"
+    assert cells[("kp_sleep", Check.FIRE)].reason == "fired 3 times under my-loader"
+    assert cells[("tp_openat", Check.LOAD)].outcome == Outcome.SKIP
+    assert cells[("tp_openat", Check.LOAD)].reason.startswith("left out by the loader")
+
+
+def test_the_own_loader_option_serves_objects_without_one(tmp_path: Path) -> None:
+    from harness.programs.own_loader import OwnLoader
+
+    s = make_run(tmp_path, acts={"6.1-" + ARCH.name: [act_own_loader]})
+    s.run.own_loader = OwnLoader("{object}-loader -v")
+    spec = s.spec("6.1")
+    s.run.guest_result(spec, probes_of(s)[0], Check.LOAD)
+    (entry,) = s.runner.boots[0].plan["objects"]
+    assert entry["own_loader"]["command"] == "sleepy-loader -v"
+    assert entry["own_loader"]["binaries"] == ""

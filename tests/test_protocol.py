@@ -20,6 +20,10 @@ from harness.report.results import Check, Outcome, Probe
 from harness.vm.guest import protocol
 
 SHARE = Path(__file__).resolve().parent / "data" / "guestlogs" / "6.1-x86_64"
+# A boot of Debian's 6.1 arm64 whose objects ran their own loaders (libbpf-tools' opensnoop, execsnoop
+# and biolatency): plan, objects and completion records. Its plan entries' and object records' key for the
+# loader is named `own_loader`, as the protocol names it now (the recording called it `loader`).
+OWN_LOADER_SHARE = SHARE.with_name("6.1-arm64-own-loader")
 CTX = GuestContext("6.1", "x86_64")
 
 
@@ -96,8 +100,8 @@ def record_problems(cls: type, record: Mapping[str, Any]) -> list[str]:
 # bpftool and os_release are younger than the recording (the guest's userland, reported since x86_64
 # guests boot a built root too); test_agent covers how they are written.
 NOT_IN_THIS_RUN = {
-    protocol.PlanObject: {"loader"},
-    protocol.ObjectRecord: {"error", "traceback", "loader_set", "left_out"},
+    protocol.PlanObject: {"loader", "own_loader"},  # own loaders: OWN_LOADER_SHARE
+    protocol.ObjectRecord: {"error", "traceback", "loader_set", "left_out", "own_loader"},
     protocol.LoadRecord: {"set", "refused", "target"},
     protocol.FireRecord: {"kprobe_missed", "error"},
     protocol.TriggerRun: {"error"},
@@ -273,3 +277,60 @@ def test_the_fake_runners_records_match_the_protocol() -> None:
         (protocol.DoneRecord, done_record(loader_error="no libbpf")),
     ]
     assert [p for cls, rec in checks for p in record_problems(cls, rec)] == []
+
+
+# ---------------------------------------------------------------- own loaders
+
+
+def walk_own_loader_share() -> Iterator[tuple[type, str, Mapping[str, Any]]]:
+    for obj in protocol.read_plan(OWN_LOADER_SHARE)["objects"]:
+        yield from _typed(obj, protocol.PlanObject, f"plan.objects[{obj['name']}]")
+        at = f"plan.objects[{obj['name']}]"
+        yield from _typed(obj["own_loader"], protocol.OwnLoaderPlan, f"{at}.own_loader")
+    for rec in protocol.read_objects(OWN_LOADER_SHARE):
+        where = f"objects[{rec['object']}]"
+        yield from _typed(rec, protocol.ObjectRecord, where)
+        loader = rec["own_loader"]
+        yield from _typed(loader, protocol.OwnLoaderRecord, where + ".own_loader")
+        for i, run in enumerate(loader.get("triggers", [])):
+            yield from _typed(run, protocol.TriggerRun, f"{where}.own_loader.triggers[{i}]")
+        for prog in loader.get("programs", []):
+            at = f"{where}.own_loader.programs[{prog['id']}]"
+            yield from _typed(prog, protocol.LoadedProgram, at)
+            for j, att in enumerate(prog.get("attached", [])):
+                yield from _typed(att, protocol.LoaderAttachment, f"{at}.attached[{j}]")
+
+
+def test_own_loader_records_match_the_protocol() -> None:
+    records = list(walk_own_loader_share())
+    assert {cls for cls, _w, _r in records} >= {
+        protocol.OwnLoaderPlan, protocol.OwnLoaderRecord, protocol.LoadedProgram, protocol.LoaderAttachment,
+    }
+    problems = [f"{where}: {p}" for cls, where, rec in records for p in record_problems(cls, rec)]
+    assert problems == []
+
+
+def test_own_loader_recording_gives_the_cells_the_tools_earned() -> None:
+    from harness.checks.own_loader import check_loader_objects
+
+    ctx = GuestContext("6.1", "arm64")
+    probes = [
+        Probe("opensnoop", "tracepoint__syscalls__sys_enter_openat", "tp/syscalls/sys_enter_openat",
+              "tracepoint", "syscalls/sys_enter_openat"),
+        Probe("opensnoop", "tracepoint__syscalls__sys_enter_open", "tp/syscalls/sys_enter_open",
+              "tracepoint", "syscalls/sys_enter_open"),
+        Probe("biolatency", "block_rq_issue_btf", "tp_btf/block_rq_issue", "tp_btf", "block_rq_issue"),
+        Probe("biolatency", "block_rq_issue", "raw_tp/block_rq_issue", "raw_tp", "block_rq_issue"),
+    ]
+    cells = {(r.probe.program, r.check): r for r in check_loader_objects(
+        probes, protocol.read_objects(OWN_LOADER_SHARE), ctx)}
+    openat = cells[("tracepoint__syscalls__sys_enter_openat", Check.ATTACH)]
+    assert (openat.outcome, openat.reason) == (
+        Outcome.PASS, "attached by opensnoop-libbpf: perf_event link, tracepoint sys_enter_openat"
+    )
+    assert cells[("tracepoint__syscalls__sys_enter_openat", Check.FIRE)].outcome == Outcome.PASS
+    # arm64 has no open(2): opensnoop leaves its open programs out.
+    assert cells[("tracepoint__syscalls__sys_enter_open", Check.LOAD)].outcome == Outcome.SKIP
+    # biolatency picks the BTF-typed tracepoints where the kernel has them, and leaves out raw_tp.
+    assert cells[("block_rq_issue_btf", Check.FIRE)].outcome == Outcome.PASS
+    assert cells[("block_rq_issue", Check.LOAD)].reason.startswith("left out by the loader")

@@ -293,3 +293,14 @@ def test_kill_group_reaps_its_leader_instead_of_waiting_out_the_grace() -> None:
     kill_group(proc.pid, grace=10.0, reap=proc.poll)
     assert time.monotonic() - start < 5
     assert proc.poll() is not None
+
+
+def test_argv_shares_loader_binaries_read_only_inside_the_share(tmp_path: Path) -> None:
+    bins = tmp_path / "bins" / "arm64"
+    argv = build_vng_argv(request(tmp_path, arch=OTHER_ARCH, root=tmp_path / "rootfs",
+                                  readonly=[("loaders/0", bins)]))
+    rw = [a for a in argv if a.startswith("--rwdir")]
+    ro = [a for a in argv if a.startswith("--rodir")]
+    assert ro == [f"--rodir=/mnt/loaders/0={bins}"]
+    # virtme-ng mounts every --rwdir before any --rodir: the share is there when the binaries go in it.
+    assert argv.index(rw[0]) < argv.index(ro[0])

@@ -12,9 +12,10 @@ import yaml
 
 from harness.errors import ConfigError
 from harness.kernels.version import KernelVersion
+from harness.programs.own_loader import OwnLoader, parse_own_loader
 from harness.report.results import Check, Outcome, Probe
 
-SIDE_KEYS = {"trigger", "programs", "expect", "description", "loader", "alternatives"}
+SIDE_KEYS = {"trigger", "programs", "expect", "description", "loader", "alternatives", "own_loader"}
 PROGRAM_KEYS = {"trigger", "expect", "description"}
 LOADER_KEYS = {"attach_targets", "maps", "rodata", "autoload"}
 MAP_SIZE_KEYS = ("max_entries", "value_size", "key_size")
@@ -78,6 +79,7 @@ class Sidecar:
     # Programs that do one job, of which a loader picks one that works: group name -> members.
     alternatives: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
     alternative_lines: Mapping[str, int] = field(default_factory=dict)  # group -> its line
+    own_loader: OwnLoader | None = None  # the object is loaded by this command in the guest, not by libbpf
 
     def group_of(self, program: str) -> tuple[str, tuple[str, ...]] | None:
         """(group name, members) of the alternatives group ``program`` is in, None when in none."""
@@ -308,7 +310,18 @@ def parse_sidecar(text: str, path: Path) -> Sidecar:
     loader = parse_loader(_at(path, lines.get(("loader",))), data.get("loader"))
     groups = _parse_alternatives(path, data.get("alternatives"), lines)
     group_lines = {g: lines[("alternatives", g)] for g in groups if ("alternatives", g) in lines}
-    return Sidecar(path, trigger, triggers, expectations, program_lines, loader, groups, group_lines)
+    own = None
+    if "own_loader" in data:
+        where = _at(path, lines.get(("own_loader",)))
+        if "loader" in data:
+            raise ConfigError(
+                f"{where}: 'own_loader' and 'loader' exclude each other: an own loader sets targets, map"
+                " sizes and .rodata itself"
+            )
+        own = parse_own_loader(where, data["own_loader"], path.parent)
+    return Sidecar(
+        path, trigger, triggers, expectations, program_lines, loader, groups, group_lines, own
+    )
 
 
 def _parse_alternatives(

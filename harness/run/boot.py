@@ -16,13 +16,15 @@ from harness.kernels.config import KernelSpec
 from harness.kernels.facts import parse_config
 from harness.kernels.fetch import KernelBuild
 from harness.programs.inventory import BPFObject
+from harness.programs.own_loader import OwnLoader
 from harness.report.results import CellResult, Check, KernelRun, Outcome, Probe
 from harness.run.facts import facts_note, store_facts
-from harness.run.share import AGENT
+from harness.run.share import AGENT, loader_mounts
 from harness.vm.guest.protocol import FACTS_DIR, SCRATCH_DISK_BYTES, read_objects, read_scenarios
 from harness.vm.runner import Accelerator, VMRequest, VMResult, scaled_timeout
 
 GUEST_CHECKS = (Check.LOAD, Check.CORE, Check.ATTACH, Check.FIRE)
+LOADER_STOP_SECONDS = 8.0  # an own loader's SIGINT grace in the guest, and some
 # SCRATCH_DISK_BYTES: a virtio disk so that block-layer probes have I/O to see.
 # LSMs of Debian's CONFIG_LSM; `bpf` is appended when missing so that lsm/ programs can attach.
 DEFAULT_LSM = ("lockdown", "capability", "landlock", "yama", "apparmor", "bpf")
@@ -71,6 +73,7 @@ class BootJob:
     root: Path | None  # the guest's root filesystem; None for the host's own
     accelerator: Accelerator
     config_text: str | None  # the package's kernel config
+    loaders: Mapping[str, OwnLoader] = field(default_factory=dict)  # object -> its own loader
 
 
 @dataclass(frozen=True)
@@ -117,7 +120,10 @@ def vm_request(job: BootJob, share: Path, disk: Path) -> VMRequest:
         append=[lsm_append(job.config_text), *spec.append],
         disks=[disk],
         modules=Path(build.modules) if build.modules else None,
-        timeout=scaled_timeout(spec.timeout, spec.arch, job.accelerator),
+        # Own loaders may each take their time limit to be ready, however fast the guest is.
+        timeout=scaled_timeout(spec.timeout, spec.arch, job.accelerator)
+        + sum(own.time_limit + LOADER_STOP_SECONDS for own in job.loaders.values()),
+        readonly=loader_mounts(job.loaders, spec.arch),
     )
 
 
@@ -213,7 +219,16 @@ def read_outcome(job: BootJob, share: Path, done: Mapping[str, Any], kernel: Ker
                     f"loader unavailable in the guest: {done['loader_error']}",
                 )
         return outcome
-    for res in guestlog.check_guest_objects(job.probes, records, ctx):
+    from harness.checks.own_loader import check_loader_objects
+
+    # Objects run by their own loader are judged by what it did; the others by the agent's loads.
+    own = [r for r in records if "own_loader" in r]
+    own_names = {str(r.get("object")) for r in own}
+    agent_probes = [p for p in job.probes if p.object not in own_names]
+    for res in guestlog.check_guest_objects(agent_probes, [r for r in records if "own_loader" not in r], ctx):
+        outcome.results[(res.probe, res.check)] = res
+    own_probes = [p for p in job.probes if p.object in own_names]
+    for res in check_loader_objects(own_probes, own, ctx):
         outcome.results[(res.probe, res.check)] = res
     from harness.checks.scenarios import check_scenarios
 

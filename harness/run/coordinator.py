@@ -21,6 +21,7 @@ from harness.kernels.fetch import KernelBuild
 from harness.programs.build import find_sources
 from harness.programs.inventory import BPFObject
 from harness.programs.loader import plan_loader
+from harness.programs.own_loader import OwnLoader
 from harness.programs.sidecar import Sidecar, load_sidecar, load_sidecars
 from harness.report.results import Alternatives, CellResult, Check, KernelRun, Outcome, Probe
 from harness.run import cells
@@ -63,6 +64,7 @@ class MatrixRun:
         fetch: Fetch | None = None,
         guest_planned: frozenset[str] = frozenset(),
         keep_dir: Path | None = None,
+        own_loader: OwnLoader | None = None,
     ) -> None:
         self.config = config
         self.progs_dir = progs_dir
@@ -76,6 +78,7 @@ class MatrixRun:
         # the offline checks wait for their facts instead of booting them a second time.
         self.guest_planned = guest_planned
         self.keep_dir = keep_dir  # where each boot's directory is copied before it is removed
+        self.own_loader = own_loader  # the loader of every object whose sidecar names none
         # Set when this process also reports the offline checks (no xdist): they are then computed
         # while the first VM boots, when their facts are all cached.
         self.overlap_offline = False
@@ -144,6 +147,13 @@ class MatrixRun:
         if object_name not in self._sidecars:
             self._sidecars[object_name] = load_sidecar(self.progs_dir, object_name)
         return self._sidecars[object_name]
+
+    def loader_for(self, object_name: str) -> OwnLoader | None:
+        """The own loader of an object: its sidecar's, else --own-loader's; None to load it with libbpf."""
+        own = self.sidecar(object_name).own_loader
+        if own is None and self.own_loader is not None:
+            own = self.own_loader.for_object(object_name)
+        return own
 
     def check_inputs(self) -> None:
         """Refuse bpf_progs/ before a boot: raises ConfigError when it holds no program, or a sidecar is
@@ -256,7 +266,8 @@ class MatrixRun:
         config_text = Path(build.config).read_text(errors="replace") if build.config else None
         probes = [p for o in objects for p in o.probes]
         accel = accelerator_for(spec.arch, self.accelerator)
-        job = BootJob(spec, build, base, objects, probes, want_facts, root, accel, config_text)
+        loaders = {o.name: x for o in objects if (x := self.loader_for(o.name)) is not None}
+        job = BootJob(spec, build, base, objects, probes, want_facts, root, accel, config_text, loaders)
         steps = BootSteps(self._run_vm, self._prepare_share, self.work_dir, self.retries, self.keep_dir)
         return boot(job, steps)
 
@@ -265,7 +276,10 @@ class MatrixRun:
             samples = self.user_samples(job.spec.arch)
         except BuildError:
             samples = {}  # the probes on them are ERROR cells (input_error)
-        prepare_share(share, job.objects, job.want_facts, self.sidecar, self.progs_dir, samples)
+        prepare_share(
+            share, job.objects, job.want_facts, self.sidecar, self.progs_dir, samples,
+            job.loaders, job.spec.arch,
+        )
 
     def _run_vm(self, req: VMRequest) -> VMResult:
         """Run one VM; meanwhile compute the offline checks, when this process reports them and every

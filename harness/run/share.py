@@ -6,8 +6,10 @@ import shutil
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
+from harness.kernels.config import Arch
 from harness.programs.inventory import BPFObject
 from harness.programs.loader import plan_loader
+from harness.programs.own_loader import OwnLoader
 from harness.programs.sidecar import Sidecar
 from harness.vm.guest import protocol
 
@@ -22,10 +24,17 @@ def prepare_share(
     sidecar: Callable[[str], Sidecar],
     progs_dir: Path,
     samples: Mapping[str, Path],
+    loaders: Mapping[str, OwnLoader] | None = None,
+    arch: Arch | None = None,
 ) -> None:
     """The agent, its helpers, the objects and the plan in ``share``; ``samples`` are the user-space
-    samples built for the guest's arch (empty when they did not build: their probes are ERROR cells)."""
+    samples built for the guest's arch (empty when they did not build: their probes are ERROR cells).
+    The objects named in ``loaders`` are loaded by their own loader, its binaries those of ``arch``
+    (mounted by the VM at the places loader_mounts gives)."""
     shutil.copy2(AGENT, share / AGENT.name)
+    mounts = loader_mounts(loaders or {}, arch) if arch is not None else []
+    for where, _host in mounts:
+        (share / where).mkdir(parents=True)  # the mount points: the guest mounts the binaries over them
     objdir = share / protocol.OBJECTS_DIR
     objdir.mkdir()
     entries: list[protocol.PlanObject] = []
@@ -37,8 +46,12 @@ def prepare_share(
             "name": obj.name, "path": f"{protocol.OBJECTS_DIR}/{dest.name}",
             "triggers": side.triggers_for(obj.probes),
         }
-        loader = plan_loader(side.loader, obj.path, str(side.path))
-        if loader:
+        own = (loaders or {}).get(obj.name)
+        if own is not None and arch is not None:
+            entry["own_loader"] = loader_plan(own, arch, mounts)
+            # Every program fires under the loader at once: each trigger is run, the default one too.
+            entry["triggers"] = {p.program: entry["triggers"].get(p.program, "default") for p in obj.probes}
+        elif loader := plan_loader(side.loader, obj.path, str(side.path)):
             entry["loader"] = loader
         entries.append(entry)
     from harness.checks.scenarios import plan_scenarios
@@ -53,3 +66,18 @@ def prepare_share(
             shutil.copy2(helper, share / helper.name)
     shutil.copy2(KERNEL_VERSION_PY, share / KERNEL_VERSION_PY.name)  # the agent's `import version`
     protocol.write_plan(share, plan)
+
+
+def loader_mounts(loaders: Mapping[str, OwnLoader], arch: Arch) -> list[tuple[str, Path]]:
+    """(place in the share, host directory) of the binaries of every own loader on ``arch``, each
+    directory once, in the order of ``loaders``: what the VM shares read-only."""
+    dirs = dict.fromkeys(d for own in loaders.values() if (d := own.binaries_for(arch)) is not None)
+    return [(f"{protocol.LOADERS_DIR}/{i}", d) for i, d in enumerate(dirs)]
+
+
+def loader_plan(own: OwnLoader, arch: Arch, mounts: Sequence[tuple[str, Path]]) -> protocol.OwnLoaderPlan:
+    """The plan's entry for an own loader on ``arch``, its binaries at their place in ``mounts``."""
+    binaries = own.binaries_for(arch)
+    where = next((w for w, d in mounts if d == binaries), "")
+    command: protocol.Trigger = own.command if isinstance(own.command, str) else list(own.command)
+    return {"command": command, "binaries": where, "time_limit": own.time_limit, "ready": own.ready}

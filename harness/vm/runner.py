@@ -54,6 +54,8 @@ class VMRequest:
     disks: Sequence[Path] = ()
     timeout: float = 300.0
     modules: Path | None = None  # the kernel's lib/modules/<release>, for guests on their own root
+    # (place inside the share, host directory): directories shared read-only over places in the share
+    readonly: Sequence[tuple[str, Path]] = ()
 
 
 @dataclass(frozen=True)
@@ -99,6 +101,9 @@ def build_vng_argv(req: VMRequest, vng: str = "vng") -> list[str]:
     argv += ["--memory", req.memory, "--cpus", str(req.cpus)]
     # With --root a share must be given as GUEST=HOST; the same form works on the host's root.
     argv.append(f"--rwdir={GUEST_SHARE}={req.share}")
+    # virtme-ng mounts the read-write directories first, so these land inside the share.
+    for where, host in req.readonly:
+        argv.append(f"--rodir={GUEST_SHARE}/{where}={host}")
     if req.root is not None and req.modules is not None:
         # vng finds the modules of a kernel booted on the host's root itself; a guest root filesystem
         # has none, so without them no module loads (virtio_blk for the scratch disk, for one).

@@ -914,6 +914,25 @@ def fire_programs(
     return ran
 
 
+def run_own_loader(
+    lb: Libbpf, spec: protocol.PlanObject, share: str, detacher: Detacher
+) -> protocol.ObjectRecord:
+    """Run the object's own loader instead of loading it (ownloader.py beside this file)."""
+    try:
+        if TYPE_CHECKING or __package__:
+            from . import ownloader
+        else:
+            import ownloader  # copied beside the agent
+    except ImportError as exc:
+        return {"object": spec["name"], "error": f"no own-loader support in the guest: {exc}"}
+    detacher.wait()  # the previous object's programs are gone: they are not the loader's
+    try:
+        view = ownloader.KernelView(lb.lib, BpfProgInfo)
+    except AttributeError as exc:
+        return {"object": spec["name"], "error": f"libbpf {lb.version} cannot list programs: {exc}"}
+    return ownloader.run_loader_object(view, spec, share, run_trigger)
+
+
 def run_scenarios(
     lb: Libbpf, scenarios: list[protocol.UpdateScenario], share: str
 ) -> list[protocol.ScenarioRecord]:
@@ -963,7 +982,8 @@ def run_plan_objects(plan: protocol.Plan, share: str, done: protocol.DoneRecord)
     results: list[protocol.ObjectRecord] = []
     for spec in plan.get("objects") or []:
         try:
-            results.append(run_object(lb, spec, share, detacher))
+            run = run_own_loader if spec.get("own_loader") else run_object
+            results.append(run(lb, spec, share, detacher))
         except Exception as exc:  # one object's crash must not lose the others
             results.append({"object": str(spec.get("name")), "error": f"agent crashed: {exc!r}",
                             "traceback": format_exc()})

@@ -20,6 +20,7 @@ DONE_FILE = "done.json"
 FACTS_DIR = "facts"
 OBJECTS_DIR = "objs"
 USER_DIR = "user"
+LOADERS_DIR = "loaders"  # own loaders' binaries, each directory mounted read-only at LOADERS_DIR/<n>
 
 # The scratch disk the guest gets (a sparse image beside the share): the agent writes only to a disk of
 # exactly this size, never to one it did not get from the host.
@@ -76,6 +77,15 @@ class LoaderPlan(TypedDict, total=False):
     autoload_off: list[str]  # programs the loader leaves out
 
 
+class OwnLoaderPlan(TypedDict):
+    """An object's own loader: run instead of the agent's libbpf load, while the triggers run."""
+
+    command: Trigger  # an argv list, or a shell command string
+    binaries: str  # its binaries, relative to the share (LOADERS_DIR/<n>); "" for none
+    time_limit: float  # seconds it may run before it is stopped
+    ready: str  # a regular expression its output matches once attached; "" to watch its programs
+
+
 class _PlanObjectRequired(TypedDict):
     name: str
     path: str  # relative to the share: OBJECTS_DIR/<file>
@@ -84,9 +94,11 @@ class _PlanObjectRequired(TypedDict):
 
 class PlanObject(_PlanObjectRequired, total=False):
     """One object to load: its name, its path in the share, the trigger of each program, and what its
-    loader sets (the sidecar's; the agent also sizes maps the object leaves at zero)."""
+    loader sets (the sidecar's; the agent also sizes maps the object leaves at zero), or the command
+    that loads it instead of the agent."""
 
     loader: LoaderPlan
+    own_loader: OwnLoaderPlan  # loaded by this command, not by the agent
 
 
 class UpdateScenario(TypedDict):
@@ -198,6 +210,53 @@ class Phases(TypedDict, total=False):
     trigger: float
 
 
+class LoaderAttachment(TypedDict, total=False):
+    """Where one of an own loader's programs is attached: a BPF link, or a perf event it holds open."""
+
+    via: str  # "link" or "perf_event"
+    id: int  # the link's id
+    type: str  # the link type, or the perf event's (kprobe, kretprobe, tracepoint, uprobe, ...)
+    target: str  # the function, tracepoint or file, where the kernel tells
+    btf_id: int  # a tracing link's target BTF id
+    attach_type: int
+
+
+class _LoadedRequired(TypedDict):
+    id: int
+    name: str  # as the kernel keeps it: at most 15 characters (BPF_OBJ_NAME_LEN)
+    type: str  # bpf_prog_type, without BPF_PROG_TYPE_ ("kprobe", "tracing", ...)
+
+
+class LoadedProgram(_LoadedRequired, total=False):
+    """A program an own loader loaded, as last seen in the kernel."""
+
+    full_name: str  # its function's whole name, from the program's BTF, where it has one
+    run_cnt: int
+    run_time_ns: int
+    recursion_misses: int
+    attached: list[LoaderAttachment]
+
+
+class _LoaderRequired(TypedDict):
+    command: Trigger
+    seconds: float
+
+
+class OwnLoaderRecord(_LoaderRequired, total=False):
+    """What an own loader did: how it ended, what it printed, what it loaded and attached."""
+
+    error: str  # it could not be started at all
+    returncode: int  # its exit status (negative: the signal that ended it)
+    exited: bool  # it ended on its own, before the agent stopped it
+    stopped: str  # how the agent stopped it: "SIGINT", or "SIGKILL" when SIGINT did not do
+    ready: str  # what readiness was judged by: "output", "programs", "exited" or "time limit"
+    output: str  # the last 2000 characters of its stdout and stderr
+    time_limit: float
+    programs: list[LoadedProgram]  # programs it loaded (those present before it started left out)
+    links: int  # BPF links it created
+    triggers: list[TriggerRun]
+
+
 class _ObjectRequired(TypedDict):
     object: str
 
@@ -210,6 +269,7 @@ class ObjectRecord(_ObjectRequired, total=False):
     triggers: list[TriggerRun]
     loader_set: list[SetRecord]  # what was set before each load, in plan order
     left_out: list[str]  # programs not loaded: the loader leaves them out (autoload off)
+    own_loader: OwnLoaderRecord  # the object's own loader ran instead of the agent's load
     seconds: float
     error: str  # the object could not be handled at all: every program's checks are ERROR
     traceback: str
