@@ -321,7 +321,10 @@ def test_the_recorded_5_10_guest_refuses_what_the_features_check_fails(tmp_path:
     load = next(r for r in check_guest_program(tp, record["programs"][tp.program], record, ctx)
                 if r.check is Check.LOAD)
     assert load.outcome is Outcome.FAIL
-    assert load.reason == "verifier rejected it (EINVAL): unknown func bpf_get_current_ancestor_cgroup_id#123"
+    assert load.reason == (
+        "verifier rejected it (EINVAL): unknown func bpf_get_current_ancestor_cgroup_id#123"
+        " at insn 1 `call bpf_get_current_ancestor_cgroup_id#123`"
+    )
     used = ProgramUses(helpers=(HELPER_IDS["bpf_get_current_ancestor_cgroup_id"],))
     features = check_features(tp, "5.10", "x86_64", used, load_facts(FACTS / "5.10-x86_64"))
     assert features is not None and features.outcome is Outcome.FAIL

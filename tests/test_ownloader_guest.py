@@ -199,9 +199,12 @@ def test_link_info_of_a_tracing_link() -> None:
 
 def test_readiness_is_seen_though_the_loader_never_flushes(tmp_path: Path, state: Path) -> None:
     # Like a C tool's stdio, Python buffers a file or pipe until exit; on a terminal it writes each line.
+    # SIGINT waits until the lines are out (the stop may come as soon as the first line is seen).
     body = (
+        "signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})\n"
         "print(\"Tracing block device I/O... Hit Ctrl-C to end.\")\n"
-        "for i in range(3000): print(i)\ntime.sleep(120)\n"
+        "for i in range(3000): print(i)\n"
+        "signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})\ntime.sleep(120)\n"
     )
     record, ran = run(tmp_path, plan(loader_script(tmp_path, body), ready="Tracing block device"),
                       FakeView(state))

@@ -444,9 +444,12 @@ def test_the_boot_request(tmp_path: Path) -> None:
     assert boot.root is None  # guest: {root: host}
     assert kernel.agent_seconds == 0.25
     assert (s.run.work_dir / f"{spec.key}.booted").read_text() == "ok"
-    # The boot's own directory (share, scratch disk) is gone once its results are read.
+    # The boot's own directory (share, scratch disk) is gone once its results are read; what stays is its
+    # marker, lock and in-guest results for the run's other processes (the verdicts across kernels).
     marker = f"{spec.key}.booted"
-    assert sorted(p.name for p in s.run.work_dir.iterdir()) == [marker, f"{marker}.lock"]
+    assert sorted(p.name for p in s.run.work_dir.iterdir()) == [
+        marker, f"{marker}.lock", f"{spec.key}.outcome.json",
+    ]
 
 
 def test_keep_guest_files_copies_each_boot_without_its_scratch_disk(tmp_path: Path) -> None:
@@ -461,7 +464,9 @@ def test_keep_guest_files_copies_each_boot_without_its_scratch_disk(tmp_path: Pa
     assert not (boot / "scratch.img").exists()
     # The run's own directory is cleaned up as before.
     key = s.spec("6.1").key
-    assert sorted(p.name for p in s.run.work_dir.iterdir()) == [f"{key}.booted", f"{key}.booted.lock"]
+    assert sorted(p.name for p in s.run.work_dir.iterdir()) == [
+        f"{key}.booted", f"{key}.booted.lock", f"{key}.outcome.json",
+    ]
 
 
 @pytest.mark.parametrize("value,expected", [(3.5, 3.5), (2, 2.0), (None, 0.0), ("3", 0.0), (True, 0.0),

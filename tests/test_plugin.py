@@ -734,7 +734,9 @@ def test_parallel_runs_never_share_a_share_dir(
     assert sorted(p.name for p in (tmp_path / "tmp").iterdir()) == sorted(r.work_dir.name for r in runs)
     for r in runs:
         marker = f"{spec.key}.booted"
-        assert sorted(p.name for p in r.work_dir.iterdir()) == [marker, f"{marker}.lock"]
+        assert sorted(p.name for p in r.work_dir.iterdir()) == [
+            marker, f"{marker}.lock", f"{spec.key}.outcome.json",
+        ]
 
 
 def test_matrix_group_from_node_ids() -> None:
@@ -742,7 +744,11 @@ def test_matrix_group_from_node_ids() -> None:
 
     keys = ["5.10-x86_64", "6.1-x86_64", "1-x86_64", "6.1-arm64"]
     assert matrix_group("matrix/test_matrix.py::test_load[kp-6.1-x86_64]", keys) == "6.1-x86_64"
-    assert matrix_group("matrix/test_matrix.py::test_fire[a.b-5.10-x86_64]", keys) == "5.10-x86_64"
+    # FIRE is judged against every kernel of the arch, a member of alternatives against its group.
+    assert matrix_group("matrix/test_matrix.py::test_fire[a.b-5.10-x86_64]", keys) == "across"
+    member = "m.kp-6.1-x86_64"
+    assert matrix_group(f"matrix/test_matrix.py::test_load[{member}]", keys, {member}) == "across"
+    assert matrix_group(f"matrix/test_matrix.py::test_symbol[{member}]", keys, {member}) == "across"
     assert matrix_group("matrix/test_matrix.py::test_attach[kp-6.1-arm64]", keys) == "6.1-arm64"
     assert matrix_group("matrix/test_matrix.py::test_symbol[kp-6.1-x86_64]", keys) == "offline"
     assert matrix_group("tests/test_x.py::test_other[1-x86_64]", keys) is None

@@ -410,6 +410,8 @@ def test_groups_come_first_naming_the_member_that_works() -> None:
         "✓ fentry_start, kprobe_start", "✓ kprobe_start", "✓ kprobe_start"
     ]
     assert "alt_io: works on 5.10–6.12; `io_start` only through kprobe_start on 6.1, 6.12" in text
+    ascii_text = render_terminal(alternatives_sample(), ascii_only=True)
+    assert "alt_io: works on 5.10-6.12;" in ascii_text  # the range in ASCII, not "?"
     assert_golden("alternatives.terminal.txt", text)
     assert_golden("alternatives.md", render_markdown(alternatives_sample()))
 
@@ -418,6 +420,17 @@ def test_object_summary_says_where_it_does_not_work_and_why() -> None:
     m = alternatives_sample(other_fails_on="6.12")
     assert object_summary(m, "alt_io") == (
         "works on 5.10, 6.1; `io_start` only through kprobe_start on 6.1, 6.12; not on 6.12 (io_done)"
+    )
+
+
+def test_object_summary_with_two_arches_names_each_arch_s_kernels() -> None:
+    m = alternatives_sample(other_fails_on="6.12")
+    arm = tuple(dataclasses.replace(r, arch="arm64") for r in m.records if r.kernel != "6.12")
+    kernels = (*m.kernels, KernelRun("5.10", "arm64"), KernelRun("6.1", "arm64"))
+    both = Matrix(m.records + arm, kernels, "5.10", m.groups)
+    assert object_summary(both, "alt_io") == (
+        "works on 5.10, 6.1 (x86_64, arm64); `io_start` only through kprobe_start on 6.1, 6.12 (x86_64)"
+        " and 6.1 (arm64); not on 6.12 (x86_64) (io_done)"
     )
 
 

@@ -122,13 +122,16 @@ def judge_absent(result: CellResult, same_probe: Sequence[CellResult]) -> CellRe
 
 
 def defer_to_symbol(result: CellResult, symbol: CellResult | None) -> CellResult:
-    """A LOAD or ATTACH failure on a kernel whose facts lack the target: SKIP, naming the SYMBOL
-    check that says so (once, with the reason across kernels), the guest's reason in the details."""
+    """An ATTACH failure, or the LOAD failure of a program whose load looks its target up (fentry, lsm,
+    tp_btf), on a kernel whose facts lack the target: SKIP, naming the SYMBOL check that says so (once, with the reason across kernels), the guest's reason in the details."""
+    hook = resolve_hook(result.probe.kind)
     if (
         result.check not in DEFERRED_CHECKS
         or result.outcome is not Outcome.FAIL
         or symbol is None
         or not absent(symbol)
+        # A load that does not look the target up failed for a reason of its own.
+        or (result.check is Check.LOAD and not (hook is not None and hook.target_at_load))
     ):
         return result
     details = {**result.details, "guest_reason": result.reason}

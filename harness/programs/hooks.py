@@ -44,6 +44,12 @@ class Hook:
         return self.target in (Target.LSM, Target.RAW_TRACEPOINT)
 
     @property
+    def target_at_load(self) -> bool:
+        """Whether the kernel resolves the target when the program loads (a BTF ID for trampolines and
+        tp_btf): an absent target then fails the load; for the others it fails only the attach."""
+        return self.trampoline or self.name == "tp_btf"
+
+    @property
     def checks(self) -> frozenset[Check]:
         """The offline checks that apply to a probe of this kind (the in-guest ones apply to all)."""
         out = {Check.SYMBOL, Check.FEATURES}

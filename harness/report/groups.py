@@ -38,34 +38,39 @@ def group_verdicts(m: Matrix, group: Alternatives) -> list[GroupVerdict]:
     return found
 
 
-def _span(columns: Sequence[str], order: Sequence[str]) -> str:
-    """``5.10–6.1`` for columns that follow each other in ``order``, else ``5.10, 6.12``."""
-    if not columns:
-        return ""
-    idx = [order.index(c) for c in columns]
-    if len(columns) > 2 and idx == list(range(idx[0], idx[0] + len(idx))):
-        return f"{columns[0]}–{columns[-1]}"
-    return ", ".join(columns)
+def _span(kernels: Sequence[str], order: Sequence[str]) -> str:
+    """``5.10–6.1`` for three or more kernels that follow each other in ``order``, else ``5.10, 6.12``."""
+    idx = [order.index(k) for k in kernels]
+    if len(kernels) > 2 and idx == list(range(idx[0], idx[0] + len(idx))):
+        return f"{kernels[0]}–{kernels[-1]}"
+    return ", ".join(kernels)
 
 
-def _names(m: Matrix) -> dict[tuple[str, str], str]:
-    """A column's short name: its kernel id, with the arch when the matrix has several."""
-    columns = m.columns()
-    several = len({a for _, a in columns}) > 1
-    return {(k, a): f"{k}/{a}" if several else k for k, a in columns}
+def _where(m: Matrix, columns: Sequence[tuple[str, str]]) -> str:
+    """Columns of ``m`` in words: ``5.10–6.1`` with one arch in the matrix, else the kernels of each
+    arch followed by the arches that have just those: ``5.10–6.12 (x86_64) and 6.1 (arm64)``,
+    ``5.10 (x86_64, arm64)``."""
+    arches = list(dict.fromkeys(a for _, a in m.columns()))
+    spans: dict[str, list[str]] = {}  # span -> arches
+    for arch in arches:
+        order = [k for k, a in m.columns() if a == arch]
+        kernels = [k for k, a in columns if a == arch]
+        if kernels:
+            spans.setdefault(_span(kernels, order), []).append(arch)
+    if len(arches) == 1:
+        return ", ".join(spans)
+    return " and ".join(f"{span} ({', '.join(on)})" for span, on in spans.items())
 
 
 def object_summary(m: Matrix, object_name: str) -> str:
     """``works on 5.10–6.1; `io_start` only through kprobe_start on 6.1``: the columns where every
     program of the object is accepted and every group passes, then the groups that work through
     only some members somewhere, then where it does not work and why."""
-    names = _names(m)
-    order = [names[c] for c in m.columns()]
     groups = [g for g in m.groups if g.object == object_name]
     members = {p for g in groups for p in g.members}
     verdicts = {g: {(v.kernel, v.arch): v for v in group_verdicts(m, g)} for g in groups}
-    works: list[tuple[str, list[str]]] = []
-    broken: list[tuple[str, list[str]]] = []
+    works: list[tuple[tuple[str, str], list[str]]] = []
+    broken: list[tuple[tuple[str, str], list[str]]] = []
     for column in m.columns():
         bad = [
             p.program for p in m.probes()
@@ -76,20 +81,20 @@ def object_summary(m: Matrix, object_name: str) -> str:
         bad += [f"`{g.group}`" for g in failing]
         if not any(m.cell(p, *column) for p in m.probes() if p.object == object_name):
             continue
-        (broken if bad else works).append((names[column], bad))
-    parts = [f"works on {_span([c for c, _ in works], order)}" if works else "works on no kernel"]
+        (broken if bad else works).append((column, bad))
+    parts = [f"works on {_where(m, [c for c, _ in works])}" if works else "works on no kernel"]
     for g in groups:
-        partial: dict[tuple[str, ...], list[str]] = {}
+        partial: dict[tuple[str, ...], list[tuple[str, str]]] = {}
         for column, v in verdicts[g].items():
             if v.outcome is Outcome.PASS and len(v.working) < len(g.members):
-                partial.setdefault(v.working, []).append(names[column])
+                partial.setdefault(v.working, []).append(column)
         for working, columns in partial.items():
-            parts.append(f"`{g.group}` only through {', '.join(working)} on {', '.join(columns)}")
-    not_on: dict[tuple[str, ...], list[str]] = {}
-    for name, bad in broken:
-        not_on.setdefault(tuple(bad), []).append(name)
-    for bad_here, names_here in not_on.items():
-        parts.append(f"not on {', '.join(names_here)} ({', '.join(bad_here)})")
+            parts.append(f"`{g.group}` only through {', '.join(working)} on {_where(m, columns)}")
+    not_on: dict[tuple[str, ...], list[tuple[str, str]]] = {}
+    for column, bad in broken:
+        not_on.setdefault(tuple(bad), []).append(column)
+    for bad_here, columns in not_on.items():
+        parts.append(f"not on {_where(m, columns)} ({', '.join(bad_here)})")
     return "; ".join(parts)
 
 

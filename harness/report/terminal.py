@@ -9,6 +9,11 @@ from harness.report.groups import group_rows, summaries
 from harness.report.labels import ASCII_SYMBOLS, UNICODE_SYMBOLS, cell_label, render_counts, render_legend
 from harness.report.results import Matrix
 
+# What the text itself holds beyond ASCII (ranges of kernels, counts, quotes), spelled in ASCII.
+ASCII_PUNCTUATION = str.maketrans({
+    "–": "-", "—": "-", "×": "x", "→": "->", "…": "...", "‘": "'", "’": "'", "“": '"', "”": '"',
+})
+
 
 def render_terminal(m: Matrix, ascii_only: bool = False) -> str:
     """A compact table for a terminal: one row per probe, one column per kernel/arch, each cell its
@@ -32,8 +37,6 @@ def render_terminal(m: Matrix, ascii_only: bool = False) -> str:
         rows.append(row)
     table = tabulate(rows, headers=headers, tablefmt="simple", disable_numparse=True)
     counts = render_counts(m)
-    if ascii_only:
-        counts = counts.replace("×", "x")
     lines = []
     if m.groups:
         # The release gate first: a group works where one of its members passes every check.
@@ -51,5 +54,5 @@ def render_terminal(m: Matrix, ascii_only: bool = False) -> str:
         lines.extend(f"kernel {p}" for p in problems)
     text = "\n".join(lines) + "\n"
     if ascii_only:
-        text = text.encode("ascii", "replace").decode("ascii")
+        text = text.translate(ASCII_PUNCTUATION).encode("ascii", "replace").decode("ascii")
     return text

@@ -300,11 +300,14 @@ class MatrixRun:
         with what the run knows beyond the cell (checks/across.py): FIRE against every kernel of the
         arch, LOAD and ATTACH against this kernel's facts."""
         if check is Check.FIRE:
-            same_arch = [s for s in self.config.kernels if s.arch == spec.arch]
-            peers = [self._guest_result(s, probe, check, self.guest_elsewhere(s)) for s in same_arch]
-            here = peers[same_arch.index(spec)]
+            here = self._guest_result(spec, probe, check, self.guest_elsewhere)
             if not across.never_fired(here):
-                return here
+                return here  # the other kernels are looked at (booted) only when this one never fired
+            same_arch = [s for s in self.config.kernels if s.arch == spec.arch]
+            peers = [
+                here if s == spec else self._guest_result(s, probe, check, self.guest_elsewhere)
+                for s in same_arch
+            ]
             fired = [s for s, r in zip(same_arch, peers) if across.fired(r)]
             hint = across.fire_hint(
                 probe.target, probe.kind, self._known_facts(spec),
@@ -312,7 +315,7 @@ class MatrixRun:
             )
             return across.judge_fire(here, peers, self._triggered(probe), hint)
         # A member's checks are judged in the across group too: the boot is another worker's.
-        outcome = self.guest_elsewhere(spec) if self.is_alternative(probe) else self.guest(spec)
+        outcome = self.guest_elsewhere if self.is_alternative(probe) else self.guest
         result = self._guest_result(spec, probe, check, outcome)
         if check in across.DEFERRED_CHECKS and result.outcome is Outcome.FAIL:
             facts = self._known_facts(spec)
@@ -321,8 +324,10 @@ class MatrixRun:
         return result
 
     def _guest_result(
-        self, spec: KernelSpec, probe: Probe, check: Check, outcome: GuestOutcome
+        self, spec: KernelSpec, probe: Probe, check: Check, outcome_of: Callable[[KernelSpec], GuestOutcome]
     ) -> CellResult:
+        """The cell of an in-guest check; ``outcome_of`` gives the boot's outcome (this process's or another's),
+        asked only when the cell needs it."""
         built = self.objects(spec.arch)
         if probe.object in built.absent:
             return cells.not_built(spec, probe, check)
@@ -334,6 +339,7 @@ class MatrixRun:
             return cells.left_out(spec, probe, check)
         if why := built.relocation_error(probe, check):
             return cells.error_cell(spec, probe, check, why)
+        outcome = outcome_of(spec)
         cell = cells.guest_cell(spec, probe, check, outcome)
         digest = built.digests.get(probe.object)
         if check == Check.LOAD and digest and not outcome.error:
