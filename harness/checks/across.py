@@ -123,7 +123,8 @@ def judge_absent(result: CellResult, same_probe: Sequence[CellResult]) -> CellRe
 
 def defer_to_symbol(result: CellResult, symbol: CellResult | None) -> CellResult:
     """An ATTACH failure, or the LOAD failure of a program whose load looks its target up (fentry, lsm,
-    tp_btf), on a kernel whose facts lack the target: SKIP, naming the SYMBOL check that says so (once, with the reason across kernels), the guest's reason in the details."""
+    tp_btf), on a kernel whose facts lack the target: SKIP, naming the SYMBOL check that says so
+    (once, with the reason across kernels), the guest's reason in the details."""
     hook = resolve_hook(result.probe.kind)
     if (
         result.check not in DEFERRED_CHECKS

@@ -324,10 +324,14 @@ class MatrixRun:
         return result
 
     def _guest_result(
-        self, spec: KernelSpec, probe: Probe, check: Check, outcome_of: Callable[[KernelSpec], GuestOutcome]
+        self,
+        spec: KernelSpec,
+        probe: Probe,
+        check: Check,
+        outcome_of: Callable[[KernelSpec], GuestOutcome],
     ) -> CellResult:
-        """The cell of an in-guest check; ``outcome_of`` gives the boot's outcome (this process's or another's),
-        asked only when the cell needs it."""
+        """The cell of an in-guest check; ``outcome_of`` gives the boot's outcome (this process's or
+        another's), asked only when the cell needs it."""
         built = self.objects(spec.arch)
         if probe.object in built.absent:
             return cells.not_built(spec, probe, check)
