@@ -140,7 +140,7 @@ def test_a_group_with_no_working_member_fails_naming_each_members_checks() -> No
     }
     verdict = across.judge_group("alt", "io_start", "6.1", "x86_64", cells)
     assert verdict.outcome is Outcome.FAIL
-    assert verdict.reason == "no member works: fentry_start (load); kprobe_start (symbol)"
+    assert verdict.reason == "no member works: fentry_start (load); kprobe_start (symbol,load)"
     cells["kprobe_start"] = cell("kprobe_start", "6.1", Outcome.ERROR)
     assert across.judge_group("alt", "io_start", "6.1", "x86_64", cells).outcome is Outcome.ERROR
 
@@ -149,6 +149,10 @@ def test_a_member_of_skips_alone_does_not_work() -> None:
     assert not across.member_works(cell("x", "6.1", Outcome.SKIP, Outcome.SKIP))
     assert not across.member_works([])
     assert across.member_works(cell("x", "6.1", Outcome.SKIP, Outcome.PASS))
+    # A target absent on every kernel skips symbol and load alike: nothing runs, the member does not work.
+    assert not across.member_works(cell("x", "6.1", Outcome.SKIP, Outcome.SKIP, Outcome.SKIP)[:2] + [
+        CellResult(Probe("alt", "x", "kprobe/x", "kprobe", "x"), "6.1", "x86_64", Check.FEATURES, Outcome.PASS)
+    ])
 
 
 def test_a_target_present_on_another_arch_only_is_not_absent_everywhere() -> None:

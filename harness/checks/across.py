@@ -149,10 +149,19 @@ def _q(names: Sequence[str]) -> str:
 WORKING = frozenset({Outcome.PASS, Outcome.SKIP})
 
 
+# A member works only where it loads and attaches: a skip of those (an absent target, a program its
+# loader leaves out) is no failure, but nothing runs there either.
+MUST_PASS = frozenset({Check.LOAD, Check.ATTACH})
+
+
 def member_works(records: Sequence[CellResult]) -> bool:
-    """Whether a program passes every check of one cell (a skip is no failure; one pass at least)."""
-    return bool(records) and all(r.outcome in WORKING for r in records) and any(
-        r.outcome is Outcome.PASS for r in records
+    """Whether a program passes every check of one cell: no failure (other skips are none), and its
+    load and attach passed where the cell has them (one pass at least)."""
+    return (
+        bool(records)
+        and all(r.outcome in WORKING for r in records)
+        and all(r.outcome is Outcome.PASS for r in records if r.check in MUST_PASS)
+        and any(r.outcome is Outcome.PASS for r in records)
     )
 
 
@@ -187,7 +196,10 @@ def judge_group(
         return GroupVerdict(object_name, group, kernel, arch, Outcome.PASS, working, reason)
     failing = []
     for member, recs in cells.items():
-        bad = [r.check.value for r in recs if r.outcome not in WORKING]
+        bad = [
+            r.check.value for r in recs
+            if r.outcome not in WORKING or (r.check in MUST_PASS and r.outcome is not Outcome.PASS)
+        ]
         failing.append(f"{member} ({','.join(bad) or 'no record'})")
     undecided = any(r.outcome is Outcome.ERROR for recs in cells.values() for r in recs)
     outcome = Outcome.ERROR if undecided else Outcome.FAIL
