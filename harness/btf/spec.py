@@ -28,6 +28,8 @@ from harness.btf.types import (
     Pointer,
     Qualifier,
     Typedef,
+    Var,
+    VarSecinfo,
     Void,
 )
 from harness.errors import BTFError
@@ -359,6 +361,16 @@ class BTFSpec:
             if kind is None or self._kinds[tid - self._first_id] == kind:
                 found.append(self.type(tid))
         return found
+
+    def section_vars(self, section: str) -> Iterator[tuple[VarSecinfo, Var]]:
+        """The variables of every DATASEC named ``section`` (``.maps``, ``.rodata``), with where each
+        sits in it."""
+        for sec in self.by_name(section, Kind.DATASEC):
+            assert isinstance(sec, Datasec)
+            for info in sec.vars:
+                var = self.type(info.type_id)
+                if isinstance(var, Var):
+                    yield info, var
 
     def func_names(self) -> frozenset[str]:
         """Names of every FUNC type (cached)."""

@@ -11,7 +11,7 @@ from typing import Literal, cast
 from elftools.elf.sections import SymbolTableSection
 
 from harness.btf.spec import BTFSpec, parse_btf
-from harness.btf.types import Array, Datasec, Enum, Int, Var
+from harness.btf.types import Array, Enum, Int
 from harness.errors import BTFError, ConfigError
 from harness.programs.elf import open_elf
 from harness.programs.sidecar import LoaderSettings
@@ -39,17 +39,11 @@ def _datasec_vars(
     has them (objects linked from skeletons leave the DATASEC's offsets 0, and libbpf takes the
     symbols' values instead when it opens them)."""
     found: dict[str, DataVar] = {}
-    for sec in spec.by_name(section):
-        if not isinstance(sec, Datasec):
-            continue
-        for info in sec.vars:
-            var = spec.type(info.type_id)
-            if not isinstance(var, Var):
-                continue
-            typ = spec.type(spec.skip_mods_and_typedefs(var.type_id))
-            kept = typ if isinstance(typ, (Int, Enum, Array)) else None
-            offset = symbols.get(var.name, info.offset) if symbols else info.offset
-            found[var.name] = DataVar(section, var.name, offset, info.size, kept)
+    for info, var in spec.section_vars(section):
+        typ = spec.type(spec.skip_mods_and_typedefs(var.type_id))
+        kept = typ if isinstance(typ, (Int, Enum, Array)) else None
+        offset = symbols.get(var.name, info.offset) if symbols else info.offset
+        found[var.name] = DataVar(section, var.name, offset, info.size, kept)
     return found
 
 

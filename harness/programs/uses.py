@@ -14,7 +14,7 @@ from elftools.elf.sections import SymbolTableSection
 
 from harness.btf.bpf_object import load_object_code
 from harness.btf.spec import BTFSpec, parse_btf
-from harness.btf.types import Array, Datasec, Pointer, Struct, Var
+from harness.btf.types import Array, Pointer, Struct
 from harness.errors import BTFError, ObjectError
 from harness.programs.elf import open_elf
 from harness.programs.flow import Function
@@ -114,16 +114,7 @@ def object_map_types(elf: ELFFile, symtab: SymbolTableSection, name: str = "obje
 
 
 def _btf_map_types(spec: BTFSpec) -> dict[str, str]:
-    found: dict[str, str] = {}
-    for sec in spec.by_name(BTF_MAPS_SECTION):
-        if not isinstance(sec, Datasec):
-            continue
-        for info in sec.vars:
-            var = spec.type(info.type_id)
-            if not isinstance(var, Var):
-                continue
-            found[var.name] = _btf_map_type(spec, var.type_id)
-    return found
+    return {var.name: _btf_map_type(spec, var.type_id) for _info, var in spec.section_vars(BTF_MAPS_SECTION)}
 
 
 def _btf_map_type(spec: BTFSpec, type_id: int) -> str:
