@@ -150,9 +150,9 @@ def test_a_member_of_skips_alone_does_not_work() -> None:
     assert not across.member_works([])
     assert across.member_works(cell("x", "6.1", Outcome.SKIP, Outcome.PASS))
     # A target absent on every kernel skips symbol and load alike: nothing runs, the member does not work.
-    assert not across.member_works(cell("x", "6.1", Outcome.SKIP, Outcome.SKIP, Outcome.SKIP)[:2] + [
-        CellResult(Probe("alt", "x", "kprobe/x", "kprobe", "x"), "6.1", "x86_64", Check.FEATURES, Outcome.PASS)
-    ])
+    probe = Probe("alt", "x", "kprobe/x", "kprobe", "x")
+    features = CellResult(probe, "6.1", "x86_64", Check.FEATURES, Outcome.PASS)
+    assert not across.member_works([*cell("x", "6.1", Outcome.SKIP, Outcome.SKIP), features])
 
 
 def test_a_target_present_on_another_arch_only_is_not_absent_everywhere() -> None:
@@ -167,3 +167,50 @@ def test_a_run_of_one_kernel_cannot_tell_a_placeholder_from_drift() -> None:
     dummy = Probe("tool", "fe", "fentry/dummy_file_open", "fentry", "dummy_file_open")
     only = symbol("6.1", dummy)
     assert across.judge_absent(only, [only]) == only
+
+
+# ---------------------------------------------------------------- CORE of a program that did not load
+
+FENTRY = Probe("bio", "fe", "fentry/blk_account_io_start", "fentry", "blk_account_io_start")
+
+
+def core_fail(probe: Probe, *specs: str) -> CellResult:
+    relos = [{"index": i, "spec": s, "status": "failed"} for i, s in enumerate(specs)]
+    reason = f"relocation {', '.join(specs)} failed on 6.1"
+    return CellResult(probe, "6.1", "x86_64", Check.CORE, Outcome.FAIL, reason, {"relocations": relos})
+
+
+def layout(outcome: Outcome, *guarded: tuple[str, str]) -> CellResult:
+    relos = [{"path": p, "guard": g, "guarded": True} for p, g in guarded]
+    relos.append({"path": "request___x.q", "guard": None, "guarded": False})
+    return CellResult(FENTRY, "6.1", "x86_64", Check.LAYOUT, outcome, "", {"relocations": relos})
+
+
+def test_a_core_failure_the_layout_check_finds_guarded_passes_with_a_note() -> None:
+    core = core_fail(FENTRY, "struct request___x.rq_disk")
+    judged = across.core_guarded(core, layout(Outcome.PASS, ("request___x.rq_disk", "request___x.rq_disk")))
+    assert judged.outcome is Outcome.PASS
+    assert judged.reason.startswith(
+        "relocation `request___x.rq_disk` unresolved on 6.1, on a path the exists check of"
+        " `request___x.rq_disk` rules out"
+    )
+    assert judged.details["guest_reason"] == core.reason
+
+
+def test_a_core_failure_stays_where_one_relocation_is_unguarded_or_layout_fails() -> None:
+    core = core_fail(FENTRY, "struct request___x.rq_disk", "struct request___x.q")
+    guarded = layout(Outcome.PASS, ("request___x.rq_disk", "request___x.rq_disk"))
+    assert across.core_guarded(core, guarded) == core  # request___x.q is read unguarded
+    one = core_fail(FENTRY, "struct request___x.rq_disk")
+    assert across.core_guarded(one, layout(Outcome.FAIL, ("request___x.rq_disk", "x"))) == one
+    assert across.core_guarded(one, None) == one
+
+
+def test_core_defers_to_an_absent_target_only_where_the_load_looks_it_up() -> None:
+    sym = symbol("6.1", FENTRY)
+    judged = across.defer_to_symbol(core_fail(FENTRY, "struct request___x.rq_disk"), sym)
+    assert judged.outcome is Outcome.SKIP
+    assert judged.reason == "target `blk_account_io_start` absent on 6.1: see symbol"
+    # A kprobe loads without its target: its CORE and LOAD failures are its own.
+    kprobe_core = core_fail(KPROBE, "struct request___x.rq_disk")
+    assert across.defer_to_symbol(kprobe_core, symbol("6.1", KPROBE)) == kprobe_core

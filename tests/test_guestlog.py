@@ -139,6 +139,17 @@ def test_relocations_of_one_program_only() -> None:
     assert parse_relocations(FAILED_RELO_LOG, "absent") == []
 
 
+def test_a_kfunc_libbpf_poisons_is_no_core_relocation() -> None:
+    # systemd's userns_restrict on Debian's 6.1, libbpf 1.5: the kfunc is the load's failure, not CO-RE's.
+    log = (
+        "libbpf: prog 'p': relo #0: <byte_off> [7] struct user_namespace.ns.inum (0:9:2 @ offset 276)\n"
+        "libbpf: prog 'p': relo #0: patched insn #3 (LDX/ST/STX) off 276 -> 276\n"
+        "libbpf: prog 'p': relo #4: poisoning insn #13 that calls kfunc 'bpf_rdonly_cast'\n"
+    )
+    (relo,) = parse_relocations(log, "p")
+    assert (relo.index, relo.spec, relo.status) == (0, "struct user_namespace.ns.inum", "resolved")
+
+
 def test_failed_to_resolve_wording() -> None:
     log = (
         "libbpf: prog 'p': relo #4: <enumval_value> [30] enum bpf_func_id::BPF_FUNC_x = 200\n"

@@ -29,7 +29,8 @@ from harness.report.results import CellResult, Check, Outcome
 
 NOT_REACHED = "not reached by the workload on any kernel: give a trigger in the sidecar"
 ABSENT_EVERYWHERE = "target absent on every kernel: set by the loader at run time? name it in the sidecar"
-DEFERRED_CHECKS = (Check.LOAD, Check.ATTACH)
+DEFERRED_CHECKS = (Check.LOAD, Check.CORE, Check.ATTACH)
+LOADS = (Check.LOAD, Check.CORE)  # decided when the program loads
 MAX_FIRED = 4  # kernels named in a "fired on" reason
 
 
@@ -122,8 +123,8 @@ def judge_absent(result: CellResult, same_probe: Sequence[CellResult]) -> CellRe
 
 
 def defer_to_symbol(result: CellResult, symbol: CellResult | None) -> CellResult:
-    """An ATTACH failure, or the LOAD failure of a program whose load looks its target up (fentry, lsm,
-    tp_btf), on a kernel whose facts lack the target: SKIP, naming the SYMBOL check that says so
+    """An ATTACH failure, or the LOAD or CORE failure of a program whose load looks its target up
+    (fentry, lsm, tp_btf), on a kernel whose facts lack the target: SKIP, naming the SYMBOL check that says so
     (once, with the reason across kernels), the guest's reason in the details."""
     hook = resolve_hook(result.probe.kind)
     if (
@@ -132,12 +133,44 @@ def defer_to_symbol(result: CellResult, symbol: CellResult | None) -> CellResult
         or symbol is None
         or not absent(symbol)
         # A load that does not look the target up failed for a reason of its own.
-        or (result.check is Check.LOAD and not (hook is not None and hook.target_at_load))
+        or (result.check in LOADS and not (hook is not None and hook.target_at_load))
     ):
         return result
     details = {**result.details, "guest_reason": result.reason}
     reason = f"target `{result.probe.target}` absent on {result.kernel}: see symbol"
     return dataclasses.replace(result, outcome=Outcome.SKIP, reason=reason, details=details)
+
+
+def _path(spec: str) -> str:
+    """A libbpf relocation spec (``struct request___x.rq_disk``) as the layout check's path."""
+    return spec.split(" ", 1)[1] if spec.startswith(("struct ", "union ", "enum ")) else spec
+
+
+def core_guarded(core: CellResult, layout: CellResult | None) -> CellResult:
+    """A CORE failure of a program that did not load (no verifier's word on reachability), where the
+    offline layout check of the same kernel finds every failed relocation on a path an exists check
+    rules out: PASS with a note; the program's load cell says why it did not load."""
+    if core.check is not Check.CORE or core.outcome is not Outcome.FAIL or layout is None:
+        return core
+    if layout.outcome is not Outcome.PASS:
+        return core
+    guarded = {
+        str(r.get("path")): str(r.get("guard"))
+        for r in (layout.details or {}).get("relocations", [])
+        if isinstance(r, dict) and r.get("guarded")
+    }
+    failed = [r for r in (core.details or {}).get("relocations", [])
+              if isinstance(r, dict) and r.get("status") == "failed"]
+    paths = [_path(str(r.get("spec", ""))) for r in failed]
+    if not paths or not all(p in guarded for p in paths):
+        return core
+    guards = sorted({guarded[p] for p in paths})
+    reason = (
+        f"relocation {_q(paths)} unresolved on {core.kernel}, on a path the exists check of {_q(guards)}"
+        " rules out (see layout; the load cell says why the program did not load)"
+    )
+    details = {**core.details, "guest_reason": core.reason}
+    return dataclasses.replace(core, outcome=Outcome.PASS, reason=reason, details=details)
 
 
 def _q(names: Sequence[str]) -> str:

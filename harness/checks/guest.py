@@ -75,6 +75,8 @@ def parse_relocations(log: str, program: str) -> list[Relocation]:
         event = _RELO_EVENT.search(line)
         if not event or event["prog"] != program:
             continue
+        if "calls kfunc" in event["rest"]:
+            continue  # "relo #4: poisoning insn #13 that calls kfunc 'x'": a ksym, not CO-RE (the load says)
         idx = int(event["idx"])
         rest = event["rest"]
         rec = found.setdefault(idx, {"index": idx, "kind": "", "spec": "", "status": "unknown"})

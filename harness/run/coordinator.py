@@ -321,6 +321,8 @@ class MatrixRun:
             facts = self._known_facts(spec)
             if facts is not None:
                 result = across.defer_to_symbol(result, check_symbol(probe, spec.id, spec.arch, facts))
+        if check is Check.CORE and result.outcome is Outcome.FAIL and self._known_facts(spec) is not None:
+            result = across.core_guarded(result, self.offline_result(spec, probe, Check.LAYOUT))
         return result
 
     def _guest_result(
