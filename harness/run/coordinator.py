@@ -29,7 +29,7 @@ from harness.run.boot import GUEST_CHECKS, BootJob, BootSteps, GuestOutcome, boo
 from harness.run.coordination import BootMarkers, boot_wait
 from harness.run.facts import complete_facts_dir, no_facts_error
 from harness.run.memo import Memo
-from harness.run.offline import Cells, UserSpace, compute_offline, facts_cached, gather_facts
+from harness.run.offline import Cells, UserSpace, compute_offline, facts_cached, gather_facts, layout_cell
 from harness.run.programs import (
     UNKNOWN_KIND,
     ArchObjects,
@@ -321,8 +321,13 @@ class MatrixRun:
             facts = self._known_facts(spec)
             if facts is not None:
                 result = across.defer_to_symbol(result, check_symbol(probe, spec.id, spec.arch, facts))
-        if check is Check.CORE and result.outcome is Outcome.FAIL and self._known_facts(spec) is not None:
-            result = across.core_guarded(result, self.offline_result(spec, probe, Check.LAYOUT))
+        if check is Check.CORE and result.outcome is Outcome.FAIL:
+            facts = self._known_facts(spec)
+            if facts is not None:
+                # This kernel's facts alone (never the whole offline run: other workers' boots).
+                built = self.objects(spec.arch)
+                layout = layout_cell(probe, spec, facts, built, self.config.baseline_id, None)
+                result = across.core_guarded(result, layout)
         return result
 
     def _guest_result(

@@ -107,19 +107,9 @@ def check_probe(
     code = built.code_of(probe)
     for res in drift_cells(probe, spec, kfacts, baseline, code):
         cells[(probe, res.check)] = res
-    btf, base_btf = kernel_btf(kfacts), kernel_btf(baseline.facts)
-    if why := built.relocation_error(probe, Check.LAYOUT):
-        cells[(probe, Check.LAYOUT)] = CellResult(
-            probe, spec.id, spec.arch.name, Check.LAYOUT, Outcome.ERROR, why
-        )
-    else:
-        layout = drift.check_layout(
-            probe, spec.id, spec.arch.name,
-            list(built.relocations.get(probe.object, {}).get(probe.program, [])),
-            btf, baseline.kernel, base_btf, built.code_of(probe),
-        )
-        if layout is not None:
-            cells[(probe, Check.LAYOUT)] = layout
+    layout = layout_cell(probe, spec, kfacts, built, baseline.kernel, kernel_btf(baseline.facts))
+    if layout is not None:
+        cells[(probe, Check.LAYOUT)] = layout
     if (feat := features_cell(probe, spec, kfacts, built)) is not None:
         cells[(probe, Check.FEATURES)] = feat
     if probe.kind in USER_KINDS and not user.input_error(spec, probe):
@@ -128,6 +118,25 @@ def check_probe(
         if up is not None:
             cells[(probe, Check.UPROBE)] = up
     return cells
+
+
+def layout_cell(
+    probe: Probe,
+    spec: KernelSpec,
+    kfacts: KernelFacts,
+    built: ArchObjects,
+    baseline_kernel: str,
+    baseline_btf: BTFSpec | None,
+) -> CellResult | None:
+    """The LAYOUT cell of ``probe`` on ``spec`` (None without relocations). Whether an unresolved read is
+    guarded needs this kernel alone; the baseline's BTF (None: not compared) adds the offsets that moved."""
+    if why := built.relocation_error(probe, Check.LAYOUT):
+        return CellResult(probe, spec.id, spec.arch.name, Check.LAYOUT, Outcome.ERROR, why)
+    return drift.check_layout(
+        probe, spec.id, spec.arch.name,
+        list(built.relocations.get(probe.object, {}).get(probe.program, [])),
+        kernel_btf(kfacts), baseline_kernel, baseline_btf, built.code_of(probe),
+    )
 
 
 def features_cell(
