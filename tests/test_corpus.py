@@ -23,7 +23,7 @@ CORPUS = (
     "helper_not_allowed", "loader_sets",
     "core_sibling_guard", "args_unread_change", "args_read_moved", "ptregs_wrapper_direct",
     "ptregs_x86_on_arm64",
-    "fire_one_kernel",
+    "fire_one_kernel", "alt_io_start",
 )
 
 P, F, X, S = Outcome.PASS, Outcome.FAIL, Outcome.XFAIL, Outcome.SKIP
@@ -158,6 +158,14 @@ EXPECTED: dict[tuple[str, tuple[str, str], Check], tuple[Outcome, str]] = {
     ("kprobe_folio_add_lru", K510, Check.SYMBOL): (X, "not in kallsyms on 5.10"),
     ("kprobe_folio_add_lru", K510, Check.ATTACH): (S, "absent on 5.10: see symbol"),
     ("kprobe_folio_add_lru", K61, Check.FIRE): (P, "ran"),
+    # alt_io_start: four programs for one job; each member's own cells, the group's verdict below.
+    ("fentry_io_start", K510, Check.FIRE): (P, "ran"),
+    ("kprobe_io_start", K510, Check.FIRE): (P, "ran"),
+    ("fentry_io_start", K61, Check.LOAD): (S, "target `blk_account_io_start` absent on 6.1: see symbol"),
+    ("kprobe_io_start", A61, Check.ATTACH): (S, "target `blk_account_io_start` absent on 6.1: see symbol"),
+    ("tp_btf_io_start", K510, Check.SYMBOL): (S, "target absent on every kernel"),
+    ("tp_rq_issue", K61, Check.FIRE): (P, "ran"),
+    ("tp_rq_issue", A61, Check.FIRE): (P, "ran"),
 }
 
 
@@ -198,6 +206,18 @@ def test_corpus_cell(ci_matrix, program: str, column: tuple[str, str], check: Ch
         assert rec.expected and rec.expected.startswith(f"{check.value} fail"), rec.expected
     if check == Check.FIRE and outcome == Outcome.PASS:
         assert int(rec.details["run_cnt"]) > 0
+
+
+@pytest.mark.integration
+def test_the_alternatives_group_works_through_the_members_that_load_and_attach(ci_matrix) -> None:  # type: ignore[no-untyped-def]
+    (group,) = [g for g in json.loads(ci_matrix.json_path.read_text())["groups"] if g["group"] == "io_start"]
+    working = {(v["kernel"], v["arch"]): (v["outcome"], v["working"]) for v in group["verdicts"]}
+    assert working == {
+        K510: ("pass", ["fentry_io_start", "kprobe_io_start", "tp_rq_issue"]),
+        K61: ("pass", ["tp_rq_issue"]),
+        A61: ("pass", ["tp_rq_issue"]),
+    }
+    assert "`io_start` only through tp_rq_issue on 6.1 (x86_64, arm64)" in group["summary"]
 
 
 @pytest.mark.integration
