@@ -227,6 +227,13 @@ def test_broken_done_record_is_lost_and_guest_cannot_write_to_the_host(boot: Boo
 # ---------------------------------------------------------------- signals to a matrix run
 
 
+def signals_at_default() -> None:
+    """In the child before exec: SIGINT and SIGQUIT at their defaults, even where this test run was started
+    with them ignored (in the background, under nohup): an ignored signal stays ignored across exec."""
+    for signum in (signal.SIGINT, signal.SIGQUIT):
+        signal.signal(signum, signal.SIG_DFL)
+
+
 @pytest.fixture
 def bystander(tmp_path: Path) -> Iterator[subprocess.Popen[bytes]]:
     """An unrelated process that looks like a VM: a copy of sleep named qemu-system-x86_64."""
@@ -255,7 +262,10 @@ def test_signal_stops_the_runs_vms_and_no_others(
         sys.executable, "-m", "pytest", "matrix/", "-p", "no:cacheprovider", "-q", "-k", "test_load",
         "--kernels", str(CI_KERNELS), "--kernel", "6.1-x86_64", "--matrix-json", str(tmp_path / "m.json"),
     ]
-    proc = subprocess.Popen(argv, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    proc = subprocess.Popen(
+        argv, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        preexec_fn=signals_at_default,
+    )
     try:
         wait_for(lambda: bool(qemu_of(str(run_tmp))) or proc.poll() is not None, BOOT_TIMEOUT, "a qemu")
         assert proc.poll() is None, proc.communicate()[0].decode()[-3000:]
@@ -701,7 +711,10 @@ def test_signal_stops_a_working_guest_at_once(
     (stand_in / "vng").chmod(0o755)
     stand_in_env = {"BPF_MATRIX_RUNNER": "test_faults:stand_in_runner", STAND_IN_ENV: str(stand_in / "vng")}
     argv, env = project.command(*selection, env=stand_in_env)
-    proc = subprocess.Popen(argv, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    proc = subprocess.Popen(
+        argv, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        preexec_fn=signals_at_default,
+    )
     try:
         started = stand_in / "started"
         wait_for(lambda: started.exists() or proc.poll() is not None, 120, "the stand-in guest")

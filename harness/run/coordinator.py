@@ -424,7 +424,8 @@ class MatrixRun:
 
     def alternatives_result(self, spec: KernelSpec, probe: Probe, result: CellResult) -> CellResult:
         """A FAIL of a member of an alternatives group where another member passes every check:
-        XFAIL, the group named as what accepts it (a loader picks the member that works)."""
+        XFAIL, the group named as what accepts it (a loader picks the member that works). In a run
+        that boots nothing for ``spec`` (an offline-only selection) the member keeps its own verdict."""
         if result.outcome is not Outcome.FAIL:
             return result
         try:
@@ -433,6 +434,8 @@ class MatrixRun:
             return result
         if found is None:
             return result
+        if spec.key not in self.guest_planned and spec.key not in self._guest:
+            return result  # an offline-only selection: the group's in-guest results need a boot it has not
         group, members = found
         probes = {p.program: p for p, _ in self.arch_probes(spec.arch) if p.object == probe.object}
         others = {

@@ -10,6 +10,7 @@ without perf-event links (before 5.15) and how their targets are named on every 
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import os
 import re
@@ -17,6 +18,7 @@ import signal
 import subprocess
 import threading
 import time
+from collections.abc import Iterator
 from typing import TYPE_CHECKING, Callable
 
 if TYPE_CHECKING or __package__:
@@ -338,10 +340,28 @@ def start_loader(
     env["PATH"] = os.pathsep.join([bindir, env.get("PATH") or "/usr/sbin:/usr/bin:/sbin:/bin"])
     env["BPF_MATRIX_OBJECT"] = obj_path  # the harness's build of the object, for loaders that take one
     env.setdefault("TERM", "dumb")
-    return subprocess.Popen(
-        argv, cwd=bindir, env=env, stdin=subprocess.DEVNULL, stdout=out.slave, stderr=out.slave,
-        start_new_session=True,
-    )
+    with stop_signal_at_default():
+        return subprocess.Popen(
+            argv, cwd=bindir, env=env, stdin=subprocess.DEVNULL, stdout=out.slave, stderr=out.slave,
+            start_new_session=True,
+        )
+
+
+@contextlib.contextmanager
+def stop_signal_at_default() -> Iterator[None]:
+    """SIGINT at its default action while a loader starts, where this process ignores it (started in
+    the background, say): an ignored signal stays ignored across exec, and ``stop`` must reach the tool."""
+    saved = None
+    try:
+        if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+            saved = signal.signal(signal.SIGINT, signal.SIG_DFL)
+    except ValueError:
+        pass  # not the main thread: signals cannot be set here
+    try:
+        yield
+    finally:
+        if saved is not None:
+            signal.signal(signal.SIGINT, saved)
 
 
 def wait_ready(proc: subprocess.Popen[bytes], watch: Watch, out: Output, deadline: float) -> str:
