@@ -6,6 +6,7 @@ Nothing here loads BPF or collects facts: those read the kernel and run only ins
 from __future__ import annotations
 
 import ast
+import ctypes
 import json
 import os
 import re
@@ -211,6 +212,26 @@ def test_kernel_version_compares_for_feature_gates() -> None:
     # link_missed reads a kprobe's missed count only from 6.7 (perf-event links) and 6.9 (multi).
     assert agent.kernel_version("6.10.0-1-amd64") >= (6, 9)
     assert agent.kernel_version("6.1.0-27-amd64") < (6, 7)
+
+
+@pytest.mark.parametrize(("pe_type", "missed"), [(1, None), (2, None), (3, 7), (4, 7), (5, None)])
+def test_link_missed_reads_kprobes_and_kretprobes_only(pe_type: int, missed: int | None) -> None:
+    # struct bpf_link_info of a perf-event link: type, id, prog_id, then at 16 the perf event's type
+    # (enum bpf_perf_event_type) and at 48 a kprobe's missed count; a uprobe's union has no such field.
+    import struct
+
+    info = struct.pack("=IIIIII", agent.LINK_TYPE_PERF_EVENT, 1, 2, 0, pe_type, 0) + bytes(24)
+    info += struct.pack("=Q", 7) + bytes(256 - 56)
+
+    class Lib:
+        def bpf_obj_get_info_by_fd(self, fd: int, buf: Any, size: Any) -> int:
+            ctypes.memmove(buf, info, len(info))
+            return 0
+
+    lb = agent.Libbpf.__new__(agent.Libbpf)
+    lb.lib = Lib()  # type: ignore[assignment]
+    assert lb.link_missed(3, (6, 7)) == missed
+    assert lb.link_missed(3, (6, 6)) is None  # the kernel reports no missed count before 6.7
 
 
 # ---------------------------------------------------------------- main

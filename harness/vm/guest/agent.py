@@ -238,8 +238,9 @@ class BpfProgInfo(ctypes.Structure):
 # for kprobe_multi links (BPF_LINK_TYPE_KPROBE_MULTI) `missed` sits at byte 32 (6.9+).
 LINK_TYPE_KPROBE_MULTI = 8
 LINK_TYPE_PERF_EVENT = 7
-PERF_EVENT_TYPE_KPROBE = 2
-PERF_EVENT_TYPE_KRETPROBE = 3
+# enum bpf_perf_event_type: unspec 0, uprobe 1, uretprobe 2, kprobe 3, kretprobe 4, tracepoint 5, event 6.
+PERF_EVENT_TYPE_KPROBE = 3
+PERF_EVENT_TYPE_KRETPROBE = 4
 
 
 class Libbpf:
