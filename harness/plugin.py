@@ -82,6 +82,11 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         "and console log",
     )
     group.addoption(
+        "--fresh-boots", action="store_true",
+        help="boot every (kernel, arch) for every object: reuse no guest record of an earlier run with the "
+        "same kernel, guest root, agent, object and sidecar",
+    )
+    group.addoption(
         "--own-loader", metavar="COMMAND",
         help="load every object whose sidecar names no own_loader with this command in the guest instead "
         "of libbpf ({object} is the object's name); its load, attach and fire cells say what it did",
@@ -231,6 +236,7 @@ def pytest_configure(config: pytest.Config) -> None:
         retries=max(0, config.getoption("--vm-retries")),
         keep_dir=Path(keep) if (keep := config.getoption("--keep-guest-files")) else None,
         own_loader=own_loader,
+        reuse=not config.getoption("--fresh-boots"),
     )
     config.stash[RUN_KEY] = run
     config.stash[COORDINATED_KEY] = coordinated

@@ -944,3 +944,133 @@ def test_the_own_loader_option_serves_objects_without_one(tmp_path: Path) -> Non
     (entry,) = s.runner.boots[0].plan["objects"]
     assert entry["own_loader"]["command"] == "sleepy-loader -v"
     assert entry["own_loader"]["binaries"] == ""
+
+
+# ---------------------------------------------------------------- guest records reused
+
+
+def guest_root(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, libbpf: bytes = b"libbpf 1.5") -> Path:
+    """A built guest root (its manifest and libbpf) for every boot of the run."""
+    import harness.kernels.rootfs as rootfs
+
+    root = tmp_path / "rootfs" / "root"
+    lib = root / "usr" / "lib" / "x86_64-linux-gnu" / "libbpf.so.1.5.0"
+    lib.parent.mkdir(parents=True, exist_ok=True)
+    lib.write_bytes(libbpf)
+    (root.parent / "manifest.json").write_text('{"meta": {"suite": "trixie"}}')
+    monkeypatch.setattr(rootfs, "fetch_rootfs", lambda arch, guest, cache_root, mirror: root)
+    return root
+
+
+def rerun(tmp_path: Path, first: Setup, **kwargs: Any) -> Setup:
+    """A second process on the same cache and bpf_progs/ (a warm rerun)."""
+    again = make_run(tmp_path, cache=first.cache, progs=first.run.progs_dir, **kwargs)
+    again.run.config = first.run.config
+    return again
+
+
+def one_kernel(s: Setup, tmp_path: Path) -> KernelSpec:
+    s.run.config = parse_kernels_yaml(
+        f"guest: {{suite: trixie}}\nkernels:\n  - {{id: '6.1', suite: bookworm, arch: {ARCH.name}}}\n",
+        tmp_path / "k.yaml",
+    )
+    return s.run.config.kernels[0]
+
+
+def all_cells(s: Setup, spec: KernelSpec) -> dict[tuple[str, Check], tuple[Outcome, str]]:
+    return {
+        (p.program, c): (r.outcome, r.reason)
+        for p in probes_of(s) for c in GUEST_CHECKS for r in [s.run.guest_result(spec, p, c)]
+    }
+
+
+def test_an_identical_rerun_reuses_the_guest_records_and_boots_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    guest_root(tmp_path, monkeypatch)
+    first = make_run(tmp_path)
+    spec = one_kernel(first, tmp_path)
+    cells_first = all_cells(first, spec)
+    assert first.runner.count() == 1
+    assert not any("reused" in n for n in first.run.kernel_run(spec).notes)
+
+    second = rerun(tmp_path, first)
+    assert all_cells(second, spec) == cells_first
+    assert second.runner.count() == 0  # facts cached, every record known: no VM
+    kernel = second.run.kernel_run(spec)
+    assert kernel.libbpf == "1.1.0" and kernel.boot_seconds == 0.0
+    assert any("1 of 1 objects reused" in n and "no VM this run" in n for n in kernel.notes), kernel.notes
+
+    fresh = rerun(tmp_path, first)
+    fresh.run.reuse = False  # --fresh-boots
+    assert all_cells(fresh, spec) == cells_first
+    assert fresh.runner.count() == 1
+
+
+def test_a_changed_guest_root_or_object_boots_again(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    guest_root(tmp_path, monkeypatch)
+    first = make_run(tmp_path)
+    spec = one_kernel(first, tmp_path)
+    all_cells(first, spec)
+    # A new libbpf in the guest root: every record is stale.
+    guest_root(tmp_path, monkeypatch, libbpf=b"libbpf 1.6")
+    second = rerun(tmp_path, first)
+    all_cells(second, spec)
+    assert second.runner.count() == 1
+    # A changed object (its source edited): booted again, with it in the plan.
+    src = first.run.progs_dir / "sleepy.bpf.c"
+    src.write_text(src.read_text().replace("return 0;", "return 1;", 1))
+    third = rerun(tmp_path, first)
+    all_cells(third, spec)
+    assert third.runner.count() == 1
+    assert [e["name"] for e in third.runner.boots[0].plan["objects"]] == ["sleepy"]
+
+
+def test_only_the_objects_without_a_record_are_loaded(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    guest_root(tmp_path, monkeypatch)
+    first = make_run(tmp_path)
+    spec = one_kernel(first, tmp_path)
+    all_cells(first, spec)
+    progs = first.run.progs_dir
+    (progs / "other.bpf.c").write_text(SAMPLE)
+    second = rerun(tmp_path, first)
+    cells = {
+        (p.object, p.program, c): r.outcome
+        for p in probes_of(second) for c in GUEST_CHECKS for r in [second.run.guest_result(spec, p, c)]
+    }
+    assert second.runner.count() == 1
+    assert [e["name"] for e in second.runner.boots[0].plan["objects"]] == ["other"]
+    # Both objects' cells are there: one from the store, one from this boot.
+    assert {o for o, _, _ in cells} == {"other", "sleepy"}
+    assert cells[("sleepy", "kp_sleep", Check.FIRE)] is Outcome.PASS
+    assert cells[("other", "kp_sleep", Check.FIRE)] is Outcome.PASS
+    notes = second.run.kernel_run(spec).notes
+    assert any("1 of 2 objects reused" in n and "the rest booted" in n for n in notes), notes
+
+
+def test_records_of_a_failed_boot_or_a_crashed_object_are_not_kept(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    guest_root(tmp_path, monkeypatch)
+
+    def act_crash_on_object(req: VMRequest, plan: protocol.Plan) -> VMResult:
+        result = act_ok(req, plan)
+        records = protocol.read_objects(req.share)
+        protocol.write_objects(req.share, [{"object": r["object"], "error": "agent crashed: boom"}
+                                           for r in records])
+        return result
+
+    first = make_run(tmp_path, acts={f"6.1-{ARCH.name}": [act_crash_on_object]})
+    spec = one_kernel(first, tmp_path)
+    all_cells(first, spec)
+    second = rerun(tmp_path, first)
+    assert all(o is Outcome.PASS or c is Check.CORE for (_, c), (o, _) in all_cells(second, spec).items())
+    assert second.runner.count() == 1
+
+    (tmp_path / "x").mkdir()
+    failing = make_run(tmp_path / "x", acts={f"6.1-{ARCH.name}": [act_agent_crash]}, retries=0)
+    spec = one_kernel(failing, tmp_path)
+    all_cells(failing, spec)
+    assert not (failing.cache / "guest-records").exists()

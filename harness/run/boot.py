@@ -19,8 +19,18 @@ from harness.programs.inventory import BPFObject
 from harness.programs.own_loader import OwnLoader
 from harness.report.results import CellResult, Check, KernelRun, Outcome, Probe
 from harness.run.facts import facts_note, store_facts
+from harness.run.reuse import Lookup, RecordStore, boot_identity, merged_records, remaining_plan
 from harness.run.share import AGENT, loader_mounts
-from harness.vm.guest.protocol import FACTS_DIR, SCRATCH_DISK_BYTES, read_objects, read_scenarios
+from harness.vm.guest.protocol import (
+    FACTS_DIR,
+    SCRATCH_DISK_BYTES,
+    read_objects,
+    read_plan,
+    read_scenarios,
+    write_objects,
+    write_plan,
+    write_scenarios,
+)
 from harness.vm.runner import Accelerator, VMRequest, VMResult, scaled_timeout
 
 GUEST_CHECKS = (Check.LOAD, Check.CORE, Check.ATTACH, Check.FIRE)
@@ -85,6 +95,7 @@ class BootSteps:
     work_dir: Path
     retries: int
     keep_dir: Path | None = None  # where each boot's directory is copied before it is removed
+    records: RecordStore | None = None  # guest records of earlier identical boots (run/reuse.py)
 
 
 def lsm_append(config_text: str | None) -> str:
@@ -162,6 +173,12 @@ def _attempt(job: BootJob, steps: BootSteps, work: Path, attempt: int) -> GuestO
     with disk.open("wb") as fh:
         fh.truncate(SCRATCH_DISK_BYTES)
     req = vm_request(job, share, disk)
+    lookup = look_up_records(job, steps.records, share, req)
+    if lookup is not None and lookup.done is not None and lookup.everything and not job.want_facts:
+        # Every record is an earlier identical boot's: no VM.
+        write_objects(share, merged_records(lookup.plan, lookup, []))
+        write_scenarios(share, lookup.scenarios or [])
+        return read_outcome(job, share, lookup.done, booted_kernel(job, lookup.done, 0.0, 0, lookup))
     start = time.monotonic()
     try:
         result = steps.run_vm(req)
@@ -175,12 +192,49 @@ def _attempt(job: BootJob, steps: BootSteps, work: Path, attempt: int) -> GuestO
         return why, str(done.get("traceback", ""))[-3000:]
     if job.want_facts:
         store_facts(share / FACTS_DIR, Path(job.build.facts_dir), job.build.config)
-    kernel = booted_kernel(job, done, time.monotonic() - start, attempt)
+    seconds = time.monotonic() - start
+    if lookup is not None and steps.records is not None and not done.get("loader_error"):
+        merge_records(share, lookup, steps.records, done)
+    kernel = booted_kernel(job, done, seconds, attempt, lookup if lookup and lookup.found else None)
     return read_outcome(job, share, done, kernel)
 
 
-def booted_kernel(job: BootJob, done: Mapping[str, Any], seconds: float, attempt: int) -> KernelRun:
-    """The record of a kernel whose guest finished, from the agent's done.json (pure)."""
+def look_up_records(
+    job: BootJob, records: RecordStore | None, share: Path, req: VMRequest
+) -> Lookup | None:
+    """What earlier identical boots left for ``job`` (None when nothing is reused: no store, or the
+    host's own root); the share's plan is cut down to what the guest still has to do."""
+    if records is None or job.root is None:
+        return None
+    vm = {"memory": req.memory, "cpus": req.cpus, "append": list(req.append),
+          "accelerator": req.accelerator.name, "modules": req.modules.name if req.modules else ""}
+    try:
+        identity = boot_identity(share, job.build.digest, job.spec.arch.name, job.root, vm)
+        plan = read_plan(share)
+        lookup = records.lookup(identity, share, plan)
+    except (OSError, ValueError):
+        return None  # an unreadable root manifest or share: boot as if nothing were stored
+    if lookup.found or lookup.scenarios is not None:
+        write_plan(share, remaining_plan(plan, lookup))
+    return lookup
+
+
+def merge_records(share: Path, lookup: Lookup, records: RecordStore, done: Mapping[str, Any]) -> None:
+    """Store what the guest just did, and put the reused records beside it in the share."""
+    fresh = read_objects(share)
+    scenarios = read_scenarios(share)
+    records.store(lookup, done, fresh, scenarios)
+    if lookup.found:
+        write_objects(share, merged_records(lookup.plan, lookup, fresh))
+    if lookup.scenarios is not None:
+        write_scenarios(share, lookup.scenarios)
+
+
+def booted_kernel(
+    job: BootJob, done: Mapping[str, Any], seconds: float, attempt: int, reused: Lookup | None = None
+) -> KernelRun:
+    """The record of a kernel whose guest finished, from the agent's done.json (pure); ``reused``
+    says which records came from an earlier identical boot."""
     spec, build, accel = job.spec, job.build, job.accelerator
     notes = (
         build.verified,
@@ -189,6 +243,7 @@ def booted_kernel(job: BootJob, done: Mapping[str, Any], seconds: float, attempt
         f"booted with {lsm_append(job.config_text)} so that lsm/ programs can attach",
         f"guest userland: {done['os_release']}" if done.get("os_release") else "",
         f"attempt {attempt + 1}" if attempt else "",
+        reuse_note(reused),
     )
     return KernelRun(
         spec.id, spec.arch.name,
@@ -203,6 +258,18 @@ def booted_kernel(job: BootJob, done: Mapping[str, Any], seconds: float, attempt
         bpftool=str(done.get("bpftool") or ""),
         notes=tuple(n for n in notes if n),
     )
+
+
+def reuse_note(reused: Lookup | None) -> str:
+    """What a kernel's note says of records taken from an earlier identical boot ("" for none)."""
+    if reused is None or not (reused.found or reused.scenarios is not None):
+        return ""
+    which = f"{len(reused.found)} of {len(reused.keys)} objects"
+    if reused.scenarios is not None:
+        which += " and the scenarios"
+    how = "no VM this run" if reused.everything else "the rest booted"
+    return (f"in-guest records of {which} reused from an identical boot of {reused.when} ({how}; "
+            "--fresh-boots boots again)")
 
 
 def read_outcome(job: BootJob, share: Path, done: Mapping[str, Any], kernel: KernelRun) -> GuestOutcome:

@@ -38,6 +38,7 @@ from harness.run.programs import (
     vmlinux_btf_for_arch,
     with_loader_targets,
 )
+from harness.run.reuse import RecordStore
 from harness.run.share import prepare_share
 from harness.vm.runner import Accelerator, Runner, VMRequest, VMResult, accelerator_for, stop_all_vms
 
@@ -65,6 +66,7 @@ class MatrixRun:
         guest_planned: frozenset[str] = frozenset(),
         keep_dir: Path | None = None,
         own_loader: OwnLoader | None = None,
+        reuse: bool = True,
     ) -> None:
         self.config = config
         self.progs_dir = progs_dir
@@ -79,6 +81,8 @@ class MatrixRun:
         self.guest_planned = guest_planned
         self.keep_dir = keep_dir  # where each boot's directory is copied before it is removed
         self.own_loader = own_loader  # the loader of every object whose sidecar names none
+        # Whether a boot reuses the guest records of an identical earlier boot (run/reuse.py).
+        self.reuse = reuse
         # Set when this process also reports the offline checks (no xdist): they are then computed
         # while the first VM boots, when their facts are all cached.
         self.overlap_offline = False
@@ -268,7 +272,10 @@ class MatrixRun:
         accel = accelerator_for(spec.arch, self.accelerator)
         loaders = {o.name: x for o in objects if (x := self.loader_for(o.name)) is not None}
         job = BootJob(spec, build, base, objects, probes, want_facts, root, accel, config_text, loaders)
-        steps = BootSteps(self._run_vm, self._prepare_share, self.work_dir, self.retries, self.keep_dir)
+        steps = BootSteps(
+            self._run_vm, self._prepare_share, self.work_dir, self.retries, self.keep_dir,
+            RecordStore(self.cache_root, lookups=self.reuse),
+        )
         return boot(job, steps)
 
     def _prepare_share(self, share: Path, job: BootJob) -> None:
