@@ -253,6 +253,8 @@ def _start(config: pytest.Config, run: MatrixRun, kernels: KernelsConfig) -> Non
         signal.signal(signal.SIGINT, _raise_interrupt_once)
         signal.signal(signal.SIGTERM, _raise_interrupt_once)
     else:
+        # Downloads overlap the build of the objects and the boots (daemon threads, never waited for).
+        run.prefetch()
         try:
             run.check_inputs()
         except HarnessError as exc:

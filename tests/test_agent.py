@@ -502,6 +502,126 @@ def test_run_object_falls_back_to_one_load_per_program_when_libbpf_names_none(tm
     assert [result["programs"][n]["load"]["ok"] for n in "abc"] == [True, False, True]
 
 
+# ---------------------------------------------------------------- batches of objects
+
+
+def batch_loader(runs: dict[int, list[int]]) -> tuple[Any, Any, list[str]]:
+    """A fake libbpf over objects of one program "p" each; ``runs`` gives object n's run_cnt readings
+    in order (the last repeats). Records the calls that matter, in order."""
+    lb, lib = fake_object_loader(["p"], {})
+    calls: list[str] = []
+    reads: dict[int, int] = {}
+
+    def prog_info(fd: int) -> dict[str, int]:
+        n = fd // 100
+        seen = runs.get(n, [1])
+        value = seen[min(reads.get(n, 0), len(seen) - 1)]
+        reads[n] = reads.get(n, 0) + 1
+        calls.append(f"count {n}")
+        return {"run_cnt": value, "run_time_ns": 10 * value, "recursion_misses": 0}
+
+    attach = lib.bpf_program__attach
+    destroy = lib.bpf_link__destroy
+
+    def attached(prog: int) -> int:
+        calls.append(f"attach {prog // 100}")
+        return int(attach(prog))
+
+    def destroyed(link: int) -> int:
+        calls.append(f"destroy {(link - 5000) // 100}")
+        return int(destroy(link))
+
+    lb.prog_info = prog_info
+    lib.bpf_program__attach = attached
+    lib.bpf_link__destroy = destroyed
+    return lb, lib, calls
+
+
+def batch_specs(count: int) -> list[dict[str, Any]]:
+    return [{"name": f"o{i}", "path": "o.bpf.o", "triggers": {}} for i in range(1, count + 1)]
+
+
+@pytest.fixture
+def triggers(monkeypatch: pytest.MonkeyPatch) -> list[Any]:
+    ran: list[Any] = []
+
+    def fake_trigger(trigger: Any, share: str) -> dict[str, Any]:
+        ran.append(trigger)
+        return {"trigger": "default", "ok": True, "seconds": 0.0}
+
+    monkeypatch.setattr(agent, "run_trigger", fake_trigger)
+    return ran
+
+
+def test_a_batch_is_attached_together_and_fired_by_one_trigger_run(
+    tmp_path: Path, triggers: list[Any]
+) -> None:
+    lb, lib, calls = batch_loader({})
+    detacher = agent.Detacher(lb)
+    records = agent.run_batch(lb, batch_specs(3), str(tmp_path), detacher)
+    detacher.wait()
+    assert triggers == ["default"]  # once for the three objects
+    assert calls[:3] == ["attach 1", "attach 2", "attach 3"]
+    assert calls[3:6] == ["count 1", "count 2", "count 3"]
+    assert [r["batch"] for r in records] == [["o2", "o3"], ["o1", "o3"], ["o1", "o2"]]
+    assert all(r["programs"]["p"]["fire"]["run_cnt"] == 1 for r in records)
+    assert not any(r["programs"]["p"]["fire"].get("alone") for r in records)
+    assert agent.phase_totals(records)["trigger"] == records[0]["phases"]["trigger"]  # counted once
+    assert sorted(lib.closed) == [100, 200, 300]
+
+
+def test_an_object_that_never_ran_in_its_batch_is_counted_again_alone(
+    tmp_path: Path, triggers: list[Any]
+) -> None:
+    # o2 reads 0 in the batch, then 5 after its run alone: the record says 5 runs, alone.
+    lb, _lib, calls = batch_loader({2: [0, 5]})
+    detacher = agent.Detacher(lb)
+    records = agent.run_batch(lb, batch_specs(3), str(tmp_path), detacher)
+    detacher.wait()
+    assert triggers == ["default", "default"]
+    # Every link of the batch is gone before o2 is attached again alone, and o2 alone is counted.
+    tail = calls[calls.index("count 3") + 1:]
+    assert tail[:3] == ["destroy 1", "destroy 2", "destroy 3"]
+    assert tail[3:] == ["attach 2", "count 2", "destroy 2"]  # the last by the detacher
+    fire = records[1]["programs"]["p"]["fire"]
+    assert fire["alone"] is True and fire["run_cnt"] == 5 and fire["batch"]["run_cnt"] == 0
+    assert "alone" in records[1]["phases"]
+    first = records[0]["programs"]["p"]["fire"]
+    assert first["run_cnt"] == 1 and "alone" not in first
+
+
+def test_counts_alone_are_the_differences_of_the_counters(tmp_path: Path, triggers: list[Any]) -> None:
+    # Misses in the batch: alone, the counters went on from 4 to 9 runs (5 of its own).
+    lb, _, _ = batch_loader({})
+    readings = iter([{"run_cnt": 4, "run_time_ns": 40, "recursion_misses": 2},
+                     {"run_cnt": 9, "run_time_ns": 90, "recursion_misses": 2}])
+    plain = lb.prog_info
+    lb.prog_info = lambda fd: next(readings) if fd // 100 == 1 else plain(fd)
+    records = agent.run_batch(lb, batch_specs(2), str(tmp_path), agent.Detacher(lb))
+    fire = records[0]["programs"]["p"]["fire"]
+    assert (fire["run_cnt"], fire["run_time_ns"], fire["recursion_misses"]) == (5, 50, 0)
+    assert fire["batch"] == {"run_cnt": 4, "run_time_ns": 40, "recursion_misses": 2}
+
+
+def test_a_lone_object_is_never_counted_twice(tmp_path: Path, triggers: list[Any]) -> None:
+    lb, _, _ = batch_loader({1: [0]})
+    record = agent.run_object(lb, batch_specs(1)[0], str(tmp_path), agent.Detacher(lb))
+    assert triggers == ["default"] and "batch" not in record
+    assert record["programs"]["p"]["fire"]["run_cnt"] == 0 and "alone" not in record["programs"]["p"]["fire"]
+
+
+def test_plan_batches_keeps_apart_what_asks_for_it() -> None:
+    specs = batch_specs(5)
+    specs[1]["isolate"] = "its sidecar asks for isolation"
+    specs[2]["triggers"] = {"p": "true"}
+    specs[3]["own_loader"] = {"command": "x"}
+    specs += batch_specs(3)
+    batches = agent.plan_batches(specs, 2)
+    assert [[s["name"] for s in b] for b in batches] == [
+        ["o2"], ["o3"], ["o4"], ["o1", "o5"], ["o1", "o2"], ["o3"]
+    ]
+
+
 # ---------------------------------------------------------------- the guest's userland
 
 
@@ -687,6 +807,26 @@ def opened(lb: Any, tmp_path: Path) -> tuple[int, dict[str, int], dict[str, int]
     progs = {lb.prog_name(p): p for p in lb.programs(obj)}
     maps = {lb.map_name(m): m for m in lb.maps(obj)}
     return obj, progs, maps
+
+
+def test_libbpf_messages_are_captured_in_c_in_order_and_the_fds_restored(tmp_path: Path) -> None:
+    lb = host_libbpf()
+    assert lb._sink is not None  # a memfd and libc's vdprintf: no Python per message
+    before = [os.readlink(f"/proc/self/fd/{i}") for i in (0, 1, 2)]
+    missing = tmp_path / "missing.bpf.o"
+    with lb.capture():
+        lb.take_log()
+        assert not lb.lib.bpf_object__open_file(str(missing).encode(), None)
+        with lb.capture():  # nested: still captured
+            lb.lib.bpf_object__open_file(b"/second/missing.bpf.o", None)
+        log = lb.take_log()
+    assert [os.readlink(f"/proc/self/fd/{i}") for i in (0, 1, 2)] == before
+    assert str(missing) in log and "/second/missing.bpf.o" in log
+    assert log.index(str(missing)) < log.index("/second/missing.bpf.o")
+    assert lb.take_log() == ""  # drained
+    # Outside a capture nothing is kept for a load.
+    lb.lib.bpf_object__open_file(b"/third/missing.bpf.o", None)
+    assert "/third" not in lb.take_log()
 
 
 def test_apply_loader_sizes_maps_and_patches_rodata_before_load(tmp_path: Path) -> None:

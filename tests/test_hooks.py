@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import pytest
+
 from harness.programs.hooks import (
     HOOKS,
     SECTION_PREFIXES,
     USER_KINDS,
     Target,
     kinds_where,
+    observes_bpf,
     prog_type_of,
     resolve_hook,
 )
@@ -56,3 +59,36 @@ def test_program_types_are_the_kernels() -> None:
     assert prog_type_of("lsm") == prog_type_of("lsm_cgroup") == "lsm"
     assert prog_type_of("socket") is None
     assert all(h.prog_type for h in HOOKS.values())
+
+
+@pytest.mark.parametrize(
+    ("kind", "target", "expected"),
+    [
+        ("fentry", "htab_map_delete_elem", True),  # the recursion sample: what other programs' maps do
+        ("kprobe", "bpf_map_lookup_elem", True),
+        ("kprobe", "__htab_map_lookup_elem", True),
+        ("kprobe", "array_map_update_elem", True),
+        ("kprobe", "__x64_sys_bpf", True),
+        ("kprobe", "__arm64_sys_perf_event_open", True),  # what attaching a kprobe does
+        ("ksyscall", "bpf", True),
+        ("tracepoint", "syscalls/sys_enter_bpf", True),
+        ("tracepoint", "syscalls/sys_exit_perf_event_open", True),
+        ("tracepoint", "bpf_trace/bpf_trace_printk", True),
+        ("raw_tp", "bpf_trace_printk", True),
+        ("lsm", "bpf_map", True),
+        ("lsm", "bpf", True),
+        ("kprobe", "migrate_disable", True),  # every trampoline program's run
+        ("kprobe", "do_nanosleep", False),
+        ("kprobe", "vfs_read", False),
+        ("kprobe", "tcp_v4_connect", False),
+        ("kprobe", "kmem_cache_alloc", False),
+        ("ksyscall", "openat", False),
+        ("tracepoint", "syscalls/sys_enter_openat", False),
+        ("tracepoint", "sched/sched_switch", False),
+        ("lsm", "file_open", False),
+        ("uprobe", "/usr/lib/libbpf.so.1:bpf_object__load", False),  # user space sees no kernel machinery
+        ("no_such_kind", "bpf_map_lookup_elem", False),
+    ],
+)
+def test_which_targets_observe_the_bpf_machinery(kind: str, target: str, expected: bool) -> None:
+    assert observes_bpf(kind, target) is expected

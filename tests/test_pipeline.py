@@ -1074,3 +1074,23 @@ def test_records_of_a_failed_boot_or_a_crashed_object_are_not_kept(
     spec = one_kernel(failing, tmp_path)
     all_cells(failing, spec)
     assert not (failing.cache / "guest-records").exists()
+
+
+def test_prefetch_fetches_the_newest_kernel_first_then_in_boot_order(tmp_path: Path) -> None:
+    s = make_run(tmp_path)
+    s.run.config = parse_kernels_yaml(
+        f"guest: {{root: host}}\ndefaults: {{arches: [{ARCH.name}]}}\nkernels:\n"
+        "  - {id: '5.10', suite: bullseye}\n  - {id: '6.12', suite: trixie}\n"
+        "  - {id: '6.1', suite: bookworm}\n",
+        tmp_path / "k.yaml",
+    )
+    for thread in s.run.prefetch(threads=1):
+        thread.join(30)
+        assert thread.daemon and not thread.is_alive()
+    assert s.fetch.calls == [f"{k}-{ARCH.name}" for k in ("6.12", "5.10", "6.1")]
+    # A failed prefetch is not remembered by the run: its own fetch tries again.
+    s.fetch.fail[f"6.1-{ARCH.name}"] = "mirror unreachable"
+    for thread in s.run.prefetch(threads=2):
+        thread.join(30)
+    del s.fetch.fail[f"6.1-{ARCH.name}"]
+    assert s.run.fetch(s.run.config.kernels[2]).release == "6.1.0-1-amd64"

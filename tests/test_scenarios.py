@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import json
 import sys
@@ -270,6 +271,9 @@ class FakeLibbpf:
 
     def take_log(self) -> str:
         return ""
+
+    def capture(self) -> contextlib.AbstractContextManager[object]:
+        return contextlib.nullcontext()
 
     def error_of(self, ptr: int | None) -> int:
         return 0 if ptr else 22

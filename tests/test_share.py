@@ -60,3 +60,26 @@ def test_an_object_without_loader_settings_has_no_loader_entry(tmp_path: Path, l
     prepare_share(share, [load_object(copy)], False, lambda name: Sidecar(), PROGS, {})
     assert "loader" not in protocol.read_plan(share)["objects"][0]
 
+
+
+def test_an_object_that_observes_bpf_or_asks_is_planned_alone(tmp_path: Path, loader_sets: Path) -> None:
+    from dataclasses import replace
+
+    obj = load_object(loader_sets)
+    share = tmp_path / "share"
+    share.mkdir()
+    prepare_share(share, [obj], False, lambda name: Sidecar(), PROGS, {})
+    assert "isolate" not in protocol.read_plan(share)["objects"][0]  # its probes are on vfs_open etc.
+
+    asks = tmp_path / "asks"
+    asks.mkdir()
+    prepare_share(asks, [obj], False, lambda name: Sidecar(isolate=True), PROGS, {})
+    assert protocol.read_plan(asks)["objects"][0]["isolate"] == "its sidecar asks for isolation"
+
+    probe = replace(obj.probes[0], kind="fentry", target="htab_map_delete_elem")
+    observer = replace(obj, probes=(probe, *obj.probes[1:]))
+    seen = tmp_path / "seen"
+    seen.mkdir()
+    prepare_share(seen, [observer], False, lambda name: Sidecar(), PROGS, {})
+    why = protocol.read_plan(seen)["objects"][0]["isolate"]
+    assert why == f"{probe.program} observes the BPF machinery (fentry htab_map_delete_elem)"

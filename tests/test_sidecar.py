@@ -282,3 +282,10 @@ def test_an_alternative_that_is_not_in_the_object_is_refused_with_its_line(tmp_p
     assert load_sidecars(tmp_path, {"a": {"one", "tow"}})["a"].alternatives == {"job": ("one", "tow")}
     with pytest.raises(ConfigError, match=r"a\.yaml:3: alternatives group 'job' names program 'tow', which"):
         load_sidecars(tmp_path, {"a": {"one", "two"}})
+
+
+def test_isolate_is_a_boolean(tmp_path: Path) -> None:
+    assert parse_sidecar("isolate: true\n", tmp_path / "a.yaml").isolate is True
+    assert parse_sidecar("trigger: default\n", tmp_path / "a.yaml").isolate is False
+    with pytest.raises(ConfigError, match="'isolate' must be true or false"):
+        parse_sidecar("isolate: always\n", tmp_path / "a.yaml")

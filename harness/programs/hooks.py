@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import Enum
@@ -117,3 +118,31 @@ def kinds_where(target: Target) -> frozenset[str]:
 
 
 USER_KINDS = kinds_where(Target.USER_BINARY)
+
+
+# Kernel functions, syscalls, events and LSM hooks through which a program sees the BPF machinery itself:
+# maps, program runs, links and the perf events and ftrace ops that attaching makes. A probe on one of
+# them counts what other objects' programs do, so the agent attaches and fires its object alone.
+BPF_MACHINERY = re.compile(
+    r"^_*(?:bpf|htab|array_map|prog_array|trie_|pcpu_freelist|ringbuf|perf_event|perf_trace|"
+    r"trace_call_bpf|ftrace|kprobe|rethook|fprobe|migrate_(?:dis|en)able|rcu_read_(?:un)?lock|"
+    r"(?:x64|arm64|ia32)_sys_(?:bpf|perf_event_open)\b|sys_(?:bpf|perf_event_open)\b)"
+    r"|_map_\w*_elem"
+)
+
+
+def observes_bpf(kind: str, target: str) -> bool:
+    """Whether a program of ``kind`` on ``target`` sees the BPF machinery (BPF_MACHINERY): for a trace
+    event ``category/name``, the syscalls' entry and exit events name their syscall."""
+    hook = resolve_hook(kind)
+    if hook is None or hook.target is Target.USER_BINARY:
+        return False
+    names = target.split("/")
+    if hook.target is Target.TRACE_EVENT and len(names) == 2:
+        category, name = names
+        if category in ("bpf_trace", "bpf_test_run"):
+            return True
+        names = [re.sub(r"^sys_(?:enter|exit)_", "sys_", name) if category == "syscalls" else name]
+    if hook.target is Target.SYSCALL:
+        names = ["sys_" + target]
+    return any(BPF_MACHINERY.search(n) for n in names)

@@ -15,7 +15,9 @@ from harness.kernels.version import KernelVersion
 from harness.programs.own_loader import OwnLoader, parse_own_loader
 from harness.report.results import Check, Outcome, Probe
 
-SIDE_KEYS = {"trigger", "programs", "expect", "description", "loader", "alternatives", "own_loader"}
+SIDE_KEYS = {
+    "trigger", "programs", "expect", "description", "loader", "alternatives", "own_loader", "isolate",
+}
 PROGRAM_KEYS = {"trigger", "expect", "description"}
 LOADER_KEYS = {"attach_targets", "maps", "rodata", "autoload"}
 MAP_SIZE_KEYS = ("max_entries", "value_size", "key_size")
@@ -80,6 +82,8 @@ class Sidecar:
     alternatives: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
     alternative_lines: Mapping[str, int] = field(default_factory=dict)  # group -> its line
     own_loader: OwnLoader | None = None  # the object is loaded by this command in the guest, not by libbpf
+    # Its programs are attached and fired alone, never in a batch beside other objects' programs.
+    isolate: bool = False
 
     def group_of(self, program: str) -> tuple[str, tuple[str, ...]] | None:
         """(group name, members) of the alternatives group ``program`` is in, None when in none."""
@@ -319,8 +323,11 @@ def parse_sidecar(text: str, path: Path) -> Sidecar:
                 " sizes and .rodata itself"
             )
         own = parse_own_loader(where, data["own_loader"], path.parent)
+    isolate = data.get("isolate", False)
+    if not isinstance(isolate, bool):
+        raise ConfigError(f"{_at(path, lines.get(('isolate',)))}: 'isolate' must be true or false")
     return Sidecar(
-        path, trigger, triggers, expectations, program_lines, loader, groups, group_lines, own
+        path, trigger, triggers, expectations, program_lines, loader, groups, group_lines, own, isolate
     )
 
 

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
+import queue
 import tempfile
+import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -18,6 +21,7 @@ from harness.kernels.cache import resolve_cache_root
 from harness.kernels.config import Arch, KernelsConfig, KernelSpec, host_arch
 from harness.kernels.facts import KernelFacts
 from harness.kernels.fetch import KernelBuild
+from harness.kernels.version import version_key
 from harness.programs.build import find_sources
 from harness.programs.inventory import BPFObject
 from harness.programs.loader import plan_loader
@@ -43,6 +47,7 @@ from harness.run.share import prepare_share
 from harness.vm.runner import Accelerator, Runner, VMRequest, VMResult, accelerator_for, stop_all_vms
 
 T = TypeVar("T")
+PREFETCH_THREADS = 3  # downloads at once: the network, not the CPU, is what they wait for
 Fetch = Callable[..., KernelBuild]  # fetch_kernel's shape: (spec, cache_root=, mirror=)
 
 
@@ -111,6 +116,64 @@ class MatrixRun:
             fetch = fetch_kernel
         mirror = self.config.mirror
         return self._builds.get(spec.key, lambda: fetch(spec, cache_root=self.cache_root, mirror=mirror))
+
+    def prefetch(self, threads: int = PREFETCH_THREADS) -> list[threading.Thread]:
+        """Start fetching every kernel of the run and building each guest root, in the background.
+
+        What the run needs first comes first: the newest kernel of each arch (the objects are built
+        against its BTF before anything boots), then the kernels in kernels.yaml order (the order the
+        workers boot them), each guest root beside its arch's first kernel. A worker that needs one
+        meanwhile waits for it on the cache entry's lock instead of downloading it again, so downloads
+        and extraction overlap each other and the boots. Failures are left to the run's own fetch,
+        which reports them where they matter. The threads are daemons: an exit (a usage error, Ctrl-C)
+        never waits for a download, whose temp directory the next fetch of that entry clears.
+        """
+        specs = list(self.config.kernels)
+        newest: dict[str, KernelSpec] = {}
+        for spec in sorted(self.config.universe or specs, key=lambda s: version_key(s.id), reverse=True):
+            newest.setdefault(spec.arch.name, spec)
+        order = list(dict.fromkeys([*newest.values(), *specs]))
+        todo: queue.Queue[Callable[[], None]] = queue.Queue()
+        roots: set[str] = set()
+        for spec in order:
+            todo.put(functools.partial(self._prefetch_one, spec))
+            if spec in specs and spec.guest.describe() + spec.arch.name not in roots:
+                roots.add(spec.guest.describe() + spec.arch.name)
+                todo.put(functools.partial(self._prefetch_root, spec))
+
+        def work() -> None:
+            while True:
+                try:
+                    todo.get_nowait()()
+                except queue.Empty:
+                    return
+
+        started = [threading.Thread(target=work, name="prefetch", daemon=True) for _ in range(threads)]
+        for thread in started:
+            thread.start()
+        return started
+
+    def _prefetch_one(self, spec: KernelSpec) -> None:
+        # Into the cache only, not this process's memo: a failure here is not remembered for the run.
+        fetch = self._fetch
+        if fetch is None:
+            from harness.kernels.fetch import fetch_kernel
+
+            fetch = fetch_kernel
+        try:
+            fetch(spec, cache_root=self.cache_root, mirror=self.config.mirror)
+        except Exception:  # reported by the run's own fetch of it
+            pass
+
+    def _prefetch_root(self, spec: KernelSpec) -> None:
+        if spec.guest.host:
+            return
+        from harness.kernels.rootfs import fetch_rootfs
+
+        try:
+            fetch_rootfs(spec.arch, spec.guest, self.cache_root, self.config.mirror)
+        except Exception:  # reported by the boot that needs it
+            pass
 
     def arches(self) -> list[Arch]:
         return list(dict.fromkeys(k.arch for k in self.config.kernels))

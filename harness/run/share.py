@@ -7,6 +7,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 from harness.kernels.config import Arch
+from harness.programs.hooks import observes_bpf
 from harness.programs.inventory import BPFObject
 from harness.programs.loader import plan_loader
 from harness.programs.own_loader import OwnLoader
@@ -53,6 +54,8 @@ def prepare_share(
             entry["triggers"] = {p.program: entry["triggers"].get(p.program, "default") for p in obj.probes}
         elif loader := plan_loader(side.loader, obj.path, str(side.path)):
             entry["loader"] = loader
+        if why := isolation(side, obj):
+            entry["isolate"] = why
         entries.append(entry)
     from harness.checks.scenarios import plan_scenarios
 
@@ -66,6 +69,14 @@ def prepare_share(
             shutil.copy2(helper, share / helper.name)
     shutil.copy2(KERNEL_VERSION_PY, share / KERNEL_VERSION_PY.name)  # the agent's `import version`
     protocol.write_plan(share, plan)
+
+
+def isolation(side: Sidecar, obj: BPFObject) -> str:
+    """Why ``obj``'s programs must be attached and fired alone ("" when they may share a batch)."""
+    if side.isolate:
+        return "its sidecar asks for isolation"
+    seen = next((p for p in obj.probes if observes_bpf(p.kind, p.target)), None)
+    return f"{seen.program} observes the BPF machinery ({seen.kind} {seen.target})" if seen else ""
 
 
 def loader_mounts(loaders: Mapping[str, OwnLoader], arch: Arch) -> list[tuple[str, Path]]:

@@ -14,6 +14,7 @@ programs in the background while the next object loads: detaching waits for RCU 
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import errno
 import os
@@ -23,7 +24,7 @@ import subprocess
 import sys
 import threading
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 if TYPE_CHECKING or __package__:
     from . import protocol
@@ -32,6 +33,9 @@ else:
 
 TRACEFS_CANDIDATES = ("/sys/kernel/tracing", "/sys/kernel/debug/tracing")
 TRIGGER_TIMEOUT = 60.0
+# Objects attached and fired together: one trigger run for all (their loads stay one after the other).
+# Every object of a batch stays loaded until the batch is counted, which bounds the guest's memory.
+BATCH_OBJECTS = 8
 # bpftool's feature probe loads one tiny program per (program type, helper): about 6,000 loads, 1 s on
 # a host, tens of seconds under emulation.
 FEATURES_TIMEOUT = 300.0
@@ -243,6 +247,57 @@ PERF_EVENT_TYPE_KPROBE = 3
 PERF_EVENT_TYPE_KRETPROBE = 4
 
 
+class LogSink:
+    """libbpf's messages written by C, with no Python per message (under TCG a call into Python per
+    message cost 15-20 ms per object: a load prints hundreds of lines).
+
+    libbpf_set_print gets libc's vdprintf: its (int fd, format, va_list) is libbpf_print_fn_t's
+    (enum libbpf_print_level, format, va_list), so a WARN, INFO or DEBUG message (0, 1, 2) is written to
+    fd 0, 1 or 2. Inside a capture those three point at one memfd (one file offset: the messages stay in
+    order); outside, at the agent's own stdin, stdout and stderr (the console), where the rare message
+    of a background detach belongs. Captures nest.
+    """
+
+    def __init__(self, printer: object, fd: int) -> None:
+        self.printer = printer
+        self.fd = fd
+        self.saved = [os.dup(i) for i in (0, 1, 2)]
+        self.depth = 0
+
+    @classmethod
+    def make(cls, libc: ctypes.CDLL) -> LogSink | None:
+        """The sink, or None where there is no memfd or vdprintf (then libbpf prints through Python)."""
+        try:
+            address = ctypes.cast(libc.vdprintf, ctypes.c_void_p).value
+            fd = os.memfd_create("libbpf-log", os.MFD_CLOEXEC)
+        except (AttributeError, OSError):
+            return None
+        return cls(PRINT_FN(address), fd) if address else None
+
+    def __enter__(self) -> LogSink:
+        if self.depth == 0:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            for i in (0, 1, 2):
+                os.dup2(self.fd, i, inheritable=False)
+        self.depth += 1
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.depth -= 1
+        if self.depth == 0:
+            for i in (0, 1, 2):
+                os.dup2(self.saved[i], i)
+
+    def drain(self) -> str:
+        """What was written since the last drain."""
+        size = os.lseek(self.fd, 0, os.SEEK_CUR)
+        data = os.pread(self.fd, size, 0) if size else b""
+        os.ftruncate(self.fd, 0)
+        os.lseek(self.fd, 0, os.SEEK_SET)
+        return data.decode(errors="replace")
+
+
 class Libbpf:
     """The few libbpf calls the agent needs, with its log captured per operation."""
 
@@ -282,7 +337,9 @@ class Libbpf:
         lib.libbpf_set_print.argtypes = [PRINT_FN]
         self._log: dict[int, list[str]] = {}  # per thread: a background detach must not pollute a load's log
         self._lock = threading.Lock()
-        self._printer = PRINT_FN(self._print)  # kept alive: libbpf holds the pointer
+        self._sink = LogSink.make(self.libc)
+        # Kept alive: libbpf holds the pointer.
+        self._printer = self._sink.printer if self._sink is not None else PRINT_FN(self._print)
         lib.libbpf_set_print(self._printer)
         self.version = self._version()
 
@@ -304,9 +361,16 @@ class Libbpf:
             self._log.setdefault(threading.get_ident(), []).append(text)
 
     def take_log(self) -> str:
-        """What libbpf printed in this thread since the last call."""
+        """What libbpf printed in this thread since the last call (in a capture, when by C)."""
         with self._lock:
-            return "".join(self._log.pop(threading.get_ident(), []))
+            text = "".join(self._log.pop(threading.get_ident(), []))
+        sink = getattr(self, "_sink", None)
+        return text + sink.drain() if sink is not None else text
+
+    def capture(self) -> contextlib.AbstractContextManager[object]:
+        """A block whose libbpf messages take_log returns (all of them, without a C-level sink)."""
+        sink = getattr(self, "_sink", None)
+        return sink if sink is not None else contextlib.nullcontext()
 
     def error_of(self, ptr: int | None) -> int:
         """The errno of a failed constructor: NULL with errno (libbpf 1.x) or an ERR_PTR (0.x)."""
@@ -671,6 +735,13 @@ def load_object(
 ) -> tuple[int | None, protocol.LoadRecord]:
     """Open ``path``, set what its loader sets, and load it (just the programs ``only`` when given).
     Returns (object or None, record)."""
+    with lb.capture():
+        return _load_object(lb, path, only, loader)
+
+
+def _load_object(
+    lb: Libbpf, path: str, only: list[str] | None, loader: protocol.LoaderPlan | None
+) -> tuple[int | None, protocol.LoadRecord]:
     lb.take_log()
     obj = lb.lib.bpf_object__open_file(path.encode(), None)
     err = lb.error_of(obj)
@@ -752,22 +823,38 @@ class Detacher:
                 self.pending.task_done()
 
 
-def run_object(
-    lb: Libbpf, spec: protocol.PlanObject, share: str, detacher: Detacher
-) -> protocol.ObjectRecord:
-    """Load, attach, trigger and count the programs of one object of the plan."""
+class Loaded:
+    """One object of a batch after its load: its record, its loaded programs and their links."""
+
+    def __init__(self, spec: protocol.PlanObject, result: protocol.ObjectRecord, start: float) -> None:
+        self.spec = spec
+        self.result = result
+        self.start = start
+        self.loaded: list[tuple[int, str, int]] = []  # (object, program name, program)
+        self.objects: list[int] = []  # the libbpf objects to close
+        self.links: dict[str, int] = {}
+
+    @property
+    def programs(self) -> dict[str, protocol.ProgramRecord]:
+        return self.result.setdefault("programs", {})
+
+    @property
+    def triggers(self) -> dict[str, protocol.Trigger]:
+        found = self.spec.get("triggers") or {}
+        return found if isinstance(found, dict) else {}
+
+
+def load_phase(lb: Libbpf, spec: protocol.PlanObject, share: str) -> Loaded:
+    """Load one object of the plan (whole, then without each program the kernel rejects)."""
     path = os.path.join(share, str(spec["path"]))
-    triggers = spec.get("triggers") or {}
-    assert isinstance(triggers, dict)
     loader: protocol.LoaderPlan = spec.get("loader") or {}
-    programs: dict[str, protocol.ProgramRecord] = {}
-    result: protocol.ObjectRecord = {"object": spec["name"], "programs": programs}
-    start = time.monotonic()
+    unit = Loaded(spec, {"object": spec["name"], "programs": {}}, time.monotonic())
+    result, programs = unit.result, unit.programs
     obj, whole = load_object(lb, path, None, loader)
     result["whole_load"] = whole
     if whole.get("stage") == "open":
         result["error"] = "libbpf could not open the object: {}".format(whole.get("error"))
-        return result
+        return unit
     sets = whole.pop("set", [])
     if sets:
         result["loader_set"] = sets
@@ -780,30 +867,184 @@ def run_object(
         result["left_out"] = left_out
     skipped = set(left_out) | set(refused)
     if obj is not None:
-        loaded: list[tuple[int, str, int]] = []
         for prog in lb.programs(obj):
             name = lb.prog_name(prog)
             if name in skipped:
                 continue
-            programs[name] = {"load": {"ok": True, "seconds": time.monotonic() - start}}
-            loaded.append((obj, name, prog))
-        objects = [obj]
+            programs[name] = {"load": {"ok": True, "seconds": time.monotonic() - unit.start}}
+            unit.loaded.append((obj, name, prog))
+        unit.objects = [obj]
         result["load_log"] = whole["log"]
     else:
-        loaded, objects = load_without_rejected(lb, path, whole, start, programs, loader, skipped)
-    phases: protocol.Phases = {"load": time.monotonic() - start}
-    result["phases"] = phases
-    mark = time.monotonic()
-    links = attach_programs(lb, loaded, programs)
-    phases["attach"] = time.monotonic() - mark
-    if links:
-        phases["wait_detach"] = detacher.wait()  # the previous object's programs are gone before ours fire
+        unit.loaded, unit.objects = load_without_rejected(
+            lb, path, whole, unit.start, programs, loader, skipped
+        )
+    result["phases"] = {"load": time.monotonic() - unit.start}
+    return unit
+
+
+def batchable(spec: protocol.PlanObject) -> bool:
+    """Whether an object may be attached and fired beside others: not asked to be alone, no loader of
+    its own, and every program on the default trigger (another's trigger would count in its runs)."""
+    triggers = spec.get("triggers") or {}
+    return (
+        not spec.get("isolate") and not spec.get("own_loader")
+        and all(t == "default" for t in (triggers.values() if isinstance(triggers, dict) else [1]))
+    )
+
+
+def plan_batches(specs: list[protocol.PlanObject], size: int) -> list[list[protocol.PlanObject]]:
+    """The plan's objects in batches, in plan order: up to ``size`` batchable objects together, every
+    other object alone."""
+    batches: list[list[protocol.PlanObject]] = []
+    current: list[protocol.PlanObject] = []
+    for spec in specs:
+        if not batchable(spec):
+            batches.append([spec])
+            continue
+        current.append(spec)
+        if len(current) >= size:
+            batches.append(current)
+            current = []
+    if current:
+        batches.append(current)
+    return batches
+
+
+def doubtful(unit: Loaded) -> bool:
+    """Whether a batch's counts of this object need a run alone: a program that never ran or missed
+    runs may have been held off by another object's programs (or it is the object's own doing)."""
+    for name in unit.links:
+        fire = unit.programs[name].get("fire") or {}
+        if "error" in fire or not fire.get("run_cnt"):
+            return True
+        if fire.get("recursion_misses") or fire.get("kprobe_missed"):
+            return True
+    return False
+
+
+def run_batch(
+    lb: Libbpf, specs: list[protocol.PlanObject], share: str, detacher: Detacher
+) -> list[protocol.ObjectRecord]:
+    """Load the objects of one batch, attach all their programs, run their triggers once, and count.
+
+    Counts are taken with every program of the batch attached. An object of a batch of several whose
+    counts are doubtful (a program that never ran or missed runs) is attached, triggered and counted
+    again alone, once the batch's links are gone: its record then holds those counts, so a batch
+    never turns a pass alone into a failure.
+    """
+    units = [load_phase(lb, spec, share) for spec in specs]
+    names = [str(spec["name"]) for spec in specs]
+    for unit in units:
+        if len(units) > 1:
+            unit.result["batch"] = [n for n in names if n != unit.result["object"]]
         mark = time.monotonic()
-        result["triggers"] = fire_programs(lb, loaded, links, triggers, share, programs)
-        phases["trigger"] = time.monotonic() - mark
-    detacher.submit(list(links.values()), objects)
-    result["seconds"] = time.monotonic() - start
-    return result
+        unit.links = attach_programs(lb, unit.loaded, unit.programs)
+        unit.result.setdefault("phases", {})["attach"] = time.monotonic() - mark
+    attached = [u for u in units if u.links]
+    if attached:
+        waited = detacher.wait()  # the previous batch's programs are gone before these fire
+        mark = time.monotonic()
+        ran = run_triggers(attached, share)
+        took = time.monotonic() - mark
+        kver = kernel_version(os.uname().release)
+        for unit in attached:
+            unit.result["triggers"] = ran
+            phases = unit.result.setdefault("phases", {})
+            phases["wait_detach"], phases["trigger"] = waited, took
+            count_runs(lb, unit, kver)
+        again = [u for u in attached if len(units) > 1 and doubtful(u)]
+        if again:
+            for unit in attached:
+                destroy_links(lb, unit)
+            for unit in again:
+                mark = time.monotonic()
+                run_alone(lb, unit, share, kver)
+                unit.result["phases"]["alone"] = time.monotonic() - mark
+    for unit in units:
+        detacher.submit(list(unit.links.values()), unit.objects)
+        unit.result["seconds"] = time.monotonic() - unit.start
+    return [u.result for u in units]
+
+
+def phase_totals(results: list[protocol.ObjectRecord]) -> protocol.Phases:
+    """The objects' phases summed; a batch's shared trigger (the same run in each of its records) once."""
+    totals: dict[str, float] = {}
+    seen: set[int] = set()
+    for record in results:
+        phases = cast(dict[str, float], record.get("phases") or {})
+        for key, value in phases.items():
+            if key == "trigger":
+                runs = record.get("triggers") or []
+                if runs and id(runs) in seen:
+                    continue
+                seen.add(id(runs))
+            totals[key] = totals.get(key, 0.0) + float(value)
+    return cast(protocol.Phases, totals)
+
+
+def run_object(
+    lb: Libbpf, spec: protocol.PlanObject, share: str, detacher: Detacher
+) -> protocol.ObjectRecord:
+    """Load, attach, trigger and count the programs of one object of the plan, alone."""
+    return run_batch(lb, [spec], share, detacher)[0]
+
+
+def run_triggers(units: list[Loaded], share: str) -> list[protocol.TriggerRun]:
+    """Run each distinct trigger of the attached programs of ``units`` once, in order."""
+    seen: list[protocol.Trigger] = []
+    for unit in units:
+        for name in unit.links:
+            trig = unit.triggers.get(name, "default")
+            if trig not in seen:
+                seen.append(trig)
+    return [run_trigger(trig, share) for trig in seen]
+
+
+def count_runs(lb: Libbpf, unit: Loaded, kver: tuple[int, int]) -> None:
+    """Record each attached program's counters (and its link's missed count, where there is one)."""
+    for _obj, name, prog in unit.loaded:
+        if name not in unit.links:
+            continue
+        info = lb.prog_info(lb.lib.bpf_program__fd(prog))
+        missed = lb.link_missed(lb.lib.bpf_link__fd(unit.links[name]), kver)
+        if missed is not None:
+            info["kprobe_missed"] = missed
+        info["trigger"] = unit.triggers.get(name, "default")
+        unit.programs[name]["fire"] = info
+
+
+def destroy_links(lb: Libbpf, unit: Loaded) -> None:
+    """Detach the programs of ``unit`` now (not in the background: the next run must not see them)."""
+    for link in unit.links.values():
+        lb.lib.bpf_link__destroy(link)
+    unit.links = {}
+
+
+COUNTERS = ("run_cnt", "run_time_ns", "recursion_misses")
+
+
+def run_alone(lb: Libbpf, unit: Loaded, share: str, kver: tuple[int, int]) -> None:
+    """Attach, trigger and count ``unit`` with nothing else attached; its fire records become the
+    counts of this run (the differences of the program's counters), the batch's kept beside them."""
+    batch = {name: rec["fire"] for name, rec in unit.programs.items() if "fire" in rec}
+    scratch: dict[str, protocol.ProgramRecord] = {n: {"load": unit.programs[n]["load"]} for n in batch}
+    unit.links = attach_programs(lb, [x for x in unit.loaded if x[1] in batch], scratch)
+    if not unit.links:
+        return  # it attached in the batch: keep the batch's counts
+    unit.result["triggers"] = run_triggers([unit], share)
+    count_runs(lb, unit, kver)
+    for name in unit.links:
+        fire, before = unit.programs[name]["fire"], dict(batch.get(name, {}))
+        now = cast(dict[str, object], fire)
+        kept = {k: v for k, v in before.items() if isinstance(v, int) and k != "id"}
+        if "error" not in fire and "error" not in before:
+            for key in COUNTERS:
+                value, was = now.get(key), kept.get(key)
+                if isinstance(value, int) and isinstance(was, int):
+                    now[key] = value - was
+        fire["alone"] = True
+        fire["batch"] = kept
 
 
 def load_without_rejected(
@@ -873,10 +1114,11 @@ def attach_programs(
     """Attach each loaded program, recording the outcome in ``programs``; returns the links by name."""
     links: dict[str, int] = {}
     for _obj, name, prog in loaded:
-        lb.take_log()
-        link = lb.lib.bpf_program__attach(prog)
-        err = lb.error_of(link)
-        attach: protocol.AttachRecord = {"ok": not err, "log": lb.take_log()}
+        with lb.capture():
+            lb.take_log()
+            link = lb.lib.bpf_program__attach(prog)
+            err = lb.error_of(link)
+            attach: protocol.AttachRecord = {"ok": not err, "log": lb.take_log()}
         if err:
             attach["errno"] = err
             attach["error"] = os.strerror(err)
@@ -884,35 +1126,6 @@ def attach_programs(
             links[name] = int(link)
         programs[name]["attach"] = attach
     return links
-
-
-def fire_programs(
-    lb: Libbpf,
-    loaded: list[tuple[int, str, int]],
-    links: dict[str, int],
-    triggers: dict[str, protocol.Trigger],
-    share: str,
-    programs: dict[str, protocol.ProgramRecord],
-) -> list[protocol.TriggerRun]:
-    """Run each distinct trigger of the attached programs once, then record their counters."""
-    ran: list[protocol.TriggerRun] = []
-    wanted = [triggers.get(name, "default") for name in links]
-    seen: list[protocol.Trigger] = []
-    for trig in wanted:
-        if trig not in seen:
-            seen.append(trig)
-            ran.append(run_trigger(trig, share))
-    kver = kernel_version(os.uname().release)
-    for _obj, name, prog in loaded:
-        if name not in links:
-            continue
-        info = lb.prog_info(lb.lib.bpf_program__fd(prog))
-        missed = lb.link_missed(lb.lib.bpf_link__fd(links[name]), kver)
-        if missed is not None:
-            info["kprobe_missed"] = missed
-        info["trigger"] = triggers.get(name, "default")
-        programs[name]["fire"] = info
-    return ran
 
 
 def run_own_loader(
@@ -981,16 +1194,20 @@ def run_plan_objects(plan: protocol.Plan, share: str, done: protocol.DoneRecord)
     t0 = time.monotonic()
     detacher = Detacher(lb)
     results: list[protocol.ObjectRecord] = []
-    for spec in plan.get("objects") or []:
+    for batch in plan_batches(list(plan.get("objects") or []), BATCH_OBJECTS):
         try:
-            run = run_own_loader if spec.get("own_loader") else run_object
-            results.append(run(lb, spec, share, detacher))
-        except Exception as exc:  # one object's crash must not lose the others
-            results.append({"object": str(spec.get("name")), "error": f"agent crashed: {exc!r}",
-                            "traceback": format_exc()})
+            if batch[0].get("own_loader"):
+                results.append(run_own_loader(lb, batch[0], share, detacher))
+            else:
+                results.extend(run_batch(lb, batch, share, detacher))
+        except Exception as exc:  # one batch's crash must not lose the others
+            for spec in batch:
+                results.append({"object": str(spec.get("name")), "error": f"agent crashed: {exc!r}",
+                                "traceback": format_exc()})
     protocol.write_objects(share, results)
     detacher.wait()
     done["objects_seconds"] = time.monotonic() - t0
+    done["phases"] = phase_totals(results)
     scenarios = plan.get("scenarios") or []
     if scenarios:
         t0 = time.monotonic()

@@ -99,6 +99,9 @@ class PlanObject(_PlanObjectRequired, total=False):
 
     loader: LoaderPlan
     own_loader: OwnLoaderPlan  # loaded by this command, not by the agent
+    # Why the object is attached and fired alone, never beside others (its sidecar asks, or it
+    # observes the BPF machinery that other objects' programs drive); absent: it may share a batch.
+    isolate: str
 
 
 class UpdateScenario(TypedDict):
@@ -178,6 +181,10 @@ class FireRecord(TypedDict, total=False):
     kprobe_missed: int  # from the link, 6.7+
     error: str
     trigger: Trigger
+    # Counted alone after its batch showed a miss or no run: these counters are of that run, and
+    # ``batch`` keeps what the batch counted.
+    alone: bool
+    batch: dict[str, int]
 
 
 class _ProgramRequired(TypedDict):
@@ -207,7 +214,8 @@ class Phases(TypedDict, total=False):
     load: float
     attach: float
     wait_detach: float
-    trigger: float
+    trigger: float  # of a batch: the batch's trigger, shared by its objects
+    alone: float  # attaching, triggering and counting it again alone (after a doubtful batch)
 
 
 class LoaderAttachment(TypedDict, total=False):
@@ -270,6 +278,7 @@ class ObjectRecord(_ObjectRequired, total=False):
     loader_set: list[SetRecord]  # what was set before each load, in plan order
     left_out: list[str]  # programs not loaded: the loader leaves them out (autoload off)
     own_loader: OwnLoaderRecord  # the object's own loader ran instead of the agent's load
+    batch: list[str]  # the objects whose programs were attached and fired together with this one's
     seconds: float
     error: str  # the object could not be handled at all: every program's checks are ERROR
     traceback: str
@@ -373,6 +382,7 @@ class DoneRecord(_DoneRequired, total=False):
     bpftool: str  # the guest's bpftool version ("" when there is none)
     os_release: str  # PRETTY_NAME of the guest's /etc/os-release: which userland it booted
     objects_seconds: float
+    phases: Phases  # the objects' phases summed, each batch's trigger once
     scenarios_seconds: float
     error: str
     traceback: str

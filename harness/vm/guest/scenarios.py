@@ -52,6 +52,11 @@ def _run(trigger: protocol.Trigger, share: str, env_extra: dict[str, str]) -> pr
 
 def _open_one(lb: Any, path: str, program: str) -> tuple[int | None, int | None, str]:
     """Open ``path`` and load only ``program``: (object, program) or (None, None, why)."""
+    with lb.capture():
+        return _load_one(lb, path, program)
+
+
+def _load_one(lb: Any, path: str, program: str) -> tuple[int | None, int | None, str]:
     lb.take_log()
     obj = lb.lib.bpf_object__open_file(path.encode(), None)
     err = lb.error_of(obj)
@@ -74,11 +79,12 @@ def _open_one(lb: Any, path: str, program: str) -> tuple[int | None, int | None,
 
 
 def _attach(lb: Any, prog: int, path: str, offset: int) -> tuple[int | None, str]:
-    lb.take_log()
-    link = lb.lib.bpf_program__attach_uprobe(prog, False, -1, path.encode(), offset)
-    err = lb.error_of(link)
-    if err:
+    with lb.capture():
+        lb.take_log()
+        link = lb.lib.bpf_program__attach_uprobe(prog, False, -1, path.encode(), offset)
+        err = lb.error_of(link)
         log = lb.take_log().strip().splitlines()
+    if err:
         last = f": {log[-1]}" if log else ""
         return None, f"attach at {offset:#x}: {os.strerror(err)}{last}"
     return int(link), ""
