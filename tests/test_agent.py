@@ -570,11 +570,13 @@ def test_a_batch_is_attached_together_and_fired_by_one_trigger_run(
     assert sorted(lib.closed) == [100, 200, 300]
 
 
-def test_an_object_that_never_ran_in_its_batch_is_counted_again_alone(
+def test_an_object_that_missed_runs_in_its_batch_is_counted_again_alone(
     tmp_path: Path, triggers: list[Any]
 ) -> None:
-    # o2 reads 0 in the batch, then 5 after its run alone: the record says 5 runs, alone.
-    lb, _lib, calls = batch_loader({2: [0, 5]})
+    # o2 misses runs in the batch (2 of 3 ran), then 5 more runs alone: the record says 5 runs, alone.
+    lb, _lib, calls = batch_loader({2: [2, 7]})
+    counted = lb.prog_info
+    lb.prog_info = lambda fd: {**counted(fd), "recursion_misses": 1} if fd // 100 == 2 else counted(fd)
     detacher = agent.Detacher(lb)
     records = agent.run_batch(lb, batch_specs(3), str(tmp_path), detacher)
     detacher.wait()
@@ -584,7 +586,8 @@ def test_an_object_that_never_ran_in_its_batch_is_counted_again_alone(
     assert tail[:3] == ["destroy 1", "destroy 2", "destroy 3"]
     assert tail[3:] == ["attach 2", "count 2", "destroy 2"]  # the last by the detacher
     fire = records[1]["programs"]["p"]["fire"]
-    assert fire["alone"] is True and fire["run_cnt"] == 5 and fire["batch"]["run_cnt"] == 0
+    assert fire["alone"] is True and fire["run_cnt"] == 5 and fire["batch"]["run_cnt"] == 2
+    assert fire["recursion_misses"] == 0 and fire["batch"]["recursion_misses"] == 1
     assert "alone" in records[1]["phases"]
     first = records[0]["programs"]["p"]["fire"]
     assert first["run_cnt"] == 1 and "alone" not in first
@@ -603,8 +606,18 @@ def test_counts_alone_are_the_differences_of_the_counters(tmp_path: Path, trigge
     assert fire["batch"] == {"run_cnt": 4, "run_time_ns": 40, "recursion_misses": 2}
 
 
+def test_a_program_that_never_ran_in_a_batch_is_not_run_again(tmp_path: Path, triggers: list[Any]) -> None:
+    # No miss: nothing held it off (its hook did not fire), and alone it would not fire either.
+    lb, _, calls = batch_loader({2: [0]})
+    records = agent.run_batch(lb, batch_specs(3), str(tmp_path), agent.Detacher(lb))
+    assert triggers == ["default"] and calls.count("attach 2") == 1
+    assert records[1]["programs"]["p"]["fire"]["run_cnt"] == 0
+
+
 def test_a_lone_object_is_never_counted_twice(tmp_path: Path, triggers: list[Any]) -> None:
     lb, _, _ = batch_loader({1: [0]})
+    counted = lb.prog_info
+    lb.prog_info = lambda fd: {**counted(fd), "recursion_misses": 3}
     record = agent.run_object(lb, batch_specs(1)[0], str(tmp_path), agent.Detacher(lb))
     assert triggers == ["default"] and "batch" not in record
     assert record["programs"]["p"]["fire"]["run_cnt"] == 0 and "alone" not in record["programs"]["p"]["fire"]
