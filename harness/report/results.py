@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -218,14 +219,25 @@ class Matrix:
 
     def probes(self) -> list[Probe]:
         """Probes sorted by object then program (stable from run to run)."""
-        return sorted({r.probe for r in self.records}, key=lambda p: (p.object, p.program))
+        return list(self._probes)
+
+    @functools.cached_property
+    def _probes(self) -> tuple[Probe, ...]:
+        return tuple(sorted({r.probe for r in self.records}, key=lambda p: (p.object, p.program)))
+
+    @functools.cached_property
+    def _cells(self) -> dict[tuple[Probe, str, str], list[CellResult]]:
+        """Every cell's records in check order, indexed once (the reports ask for each cell often)."""
+        cells: dict[tuple[Probe, str, str], list[CellResult]] = {}
+        for r in self.records:
+            cells.setdefault((r.probe, r.kernel, r.arch), []).append(r)
+        for found in cells.values():
+            found.sort(key=lambda r: CHECK_ORDER.index(r.check))
+        return cells
 
     def cell(self, probe: Probe, kernel: str, arch: str) -> list[CellResult]:
         """The records of one cell, in check order."""
-        found = [
-            r for r in self.records if r.probe == probe and r.kernel == kernel and r.arch == arch
-        ]
-        return sorted(found, key=lambda r: CHECK_ORDER.index(r.check))
+        return list(self._cells.get((probe, kernel, arch), ()))
 
     def summary(self, probe: Probe, kernel: str, arch: str) -> Outcome | None:
         """The cell's overall outcome: its worst check, or None when it has no records."""
