@@ -570,40 +570,44 @@ def test_a_batch_is_attached_together_and_fired_by_one_trigger_run(
     assert sorted(lib.closed) == [100, 200, 300]
 
 
-def test_an_object_that_missed_runs_in_its_batch_is_counted_again_alone(
+def test_an_object_that_missed_runs_in_its_batch_is_run_again_alone_from_a_fresh_load(
     tmp_path: Path, triggers: list[Any]
 ) -> None:
-    # o2 misses runs in the batch (2 of 3 ran), then 5 more runs alone: the record says 5 runs, alone.
-    lb, _lib, calls = batch_loader({2: [2, 7]})
+    # o2 misses runs in the batch; loaded afresh alone it runs 5 times: its record says so.
+    lb, lib, calls = batch_loader({2: [2], 4: [5]})  # the fourth object opened is o2 again
     counted = lb.prog_info
     lb.prog_info = lambda fd: {**counted(fd), "recursion_misses": 1} if fd // 100 == 2 else counted(fd)
     detacher = agent.Detacher(lb)
     records = agent.run_batch(lb, batch_specs(3), str(tmp_path), detacher)
     detacher.wait()
     assert triggers == ["default", "default"]
-    # Every link of the batch is gone before o2 is attached again alone, and o2 alone is counted.
+    assert lib.loads == [["p"]] * 4
+    # Every link of the batch is gone before o2's fresh load fires, and o2 alone is counted.
     tail = calls[calls.index("count 3") + 1:]
-    assert tail[:3] == ["destroy 1", "destroy 2", "destroy 3"]
-    assert tail[3:] == ["attach 2", "count 2", "destroy 2"]  # the last by the detacher
+    assert sorted(tail[:4]) == ["attach 4", "destroy 1", "destroy 2", "destroy 3"]
+    assert tail[4:] == ["count 4", "destroy 4"]  # the last by the detacher
     fire = records[1]["programs"]["p"]["fire"]
-    assert fire["alone"] is True and fire["run_cnt"] == 5 and fire["batch"]["run_cnt"] == 2
-    assert fire["recursion_misses"] == 0 and fire["batch"]["recursion_misses"] == 1
-    assert "alone" in records[1]["phases"]
+    assert fire["alone"] is True and fire["run_cnt"] == 5 and "recursion_misses" in fire
+    assert fire["batch"] == {"run_cnt": 2, "run_time_ns": 20, "recursion_misses": 1}
+    assert "alone" in records[1]["phases"] and "batch" not in records[1]
     first = records[0]["programs"]["p"]["fire"]
     assert first["run_cnt"] == 1 and "alone" not in first
+    assert sorted(lib.closed) == [100, 200, 300, 400]
 
 
-def test_counts_alone_are_the_differences_of_the_counters(tmp_path: Path, triggers: list[Any]) -> None:
-    # Misses in the batch: alone, the counters went on from 4 to 9 runs (5 of its own).
-    lb, _, _ = batch_loader({})
-    readings = iter([{"run_cnt": 4, "run_time_ns": 40, "recursion_misses": 2},
-                     {"run_cnt": 9, "run_time_ns": 90, "recursion_misses": 2}])
-    plain = lb.prog_info
-    lb.prog_info = lambda fd: next(readings) if fd // 100 == 1 else plain(fd)
-    records = agent.run_batch(lb, batch_specs(2), str(tmp_path), agent.Detacher(lb))
-    fire = records[0]["programs"]["p"]["fire"]
-    assert (fire["run_cnt"], fire["run_time_ns"], fire["recursion_misses"]) == (5, 50, 0)
-    assert fire["batch"] == {"run_cnt": 4, "run_time_ns": 40, "recursion_misses": 2}
+def test_runs_alone_wait_until_every_batch_is_done(tmp_path: Path, triggers: list[Any]) -> None:
+    lb, lib, _ = batch_loader({})
+    counted = lb.prog_info
+    lb.prog_info = lambda fd: {**counted(fd), "kprobe_missed": 1} if fd // 100 == 1 else counted(fd)
+    specs = batch_specs(2)
+    detacher, again = agent.Detacher(lb), []
+    records = agent.run_batch(lb, specs, str(tmp_path), detacher, again)
+    assert triggers == ["default"] and again == [records[0]]
+    agent.run_again(lb, again, specs, str(tmp_path), detacher)
+    detacher.wait()
+    assert triggers == ["default", "default"] and lib.loads == [["p"]] * 3
+    assert records[0]["programs"]["p"]["fire"]["alone"] is True
+    assert records[0]["programs"]["p"]["fire"]["batch"]["kprobe_missed"] == 1
 
 
 def test_a_program_that_never_ran_in_a_batch_is_not_run_again(tmp_path: Path, triggers: list[Any]) -> None:

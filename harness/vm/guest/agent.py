@@ -367,6 +367,12 @@ class Libbpf:
         sink = getattr(self, "_sink", None)
         return text + sink.drain() if sink is not None else text
 
+    def drop_thread_log(self) -> None:
+        """Forget what libbpf printed through Python in this thread (never the C-level sink: that is
+        the capture of whichever thread holds it, a load's)."""
+        with self._lock:
+            self._log.pop(threading.get_ident(), None)
+
     def capture(self) -> contextlib.AbstractContextManager[object]:
         """A block whose libbpf messages take_log returns (all of them, without a C-level sink)."""
         sink = getattr(self, "_sink", None)
@@ -795,6 +801,7 @@ class Detacher:
         self.lb = lb
         self.pending: queue.Queue[tuple[list[int], list[int]]] = queue.Queue()
         self.thread: threading.Thread | None = None
+        self.seconds = 0.0  # spent destroying links and closing objects, in the background
 
     def submit(self, links: list[int], objects: list[int]) -> None:
         if not links and not objects:
@@ -813,13 +820,15 @@ class Detacher:
     def _run(self) -> None:
         while True:
             links, objects = self.pending.get()
+            start = time.monotonic()
             try:
                 for link in links:
                     self.lb.lib.bpf_link__destroy(link)
                 for obj in objects:
                     self.lb.lib.bpf_object__close(obj)
-                self.lb.take_log()  # whatever libbpf said while detaching belongs to no load
+                self.lb.drop_thread_log()  # whatever libbpf said while detaching belongs to no load
             finally:
+                self.seconds += time.monotonic() - start
                 self.pending.task_done()
 
 
@@ -926,14 +935,19 @@ def doubtful(unit: Loaded) -> bool:
 
 
 def run_batch(
-    lb: Libbpf, specs: list[protocol.PlanObject], share: str, detacher: Detacher
+    lb: Libbpf,
+    specs: list[protocol.PlanObject],
+    share: str,
+    detacher: Detacher,
+    again: list[protocol.ObjectRecord] | None = None,
 ) -> list[protocol.ObjectRecord]:
     """Load the objects of one batch, attach all their programs, run their triggers once, and count.
 
-    Counts are taken with every program of the batch attached. An object of a batch of several whose
-    counts are doubtful (a program that missed runs) is attached, triggered and counted again alone,
-    once the batch's links are gone: its record then holds those counts, so a batch never turns a pass
-    alone into a failure.
+    Counts are taken with every program of the batch attached. The record of an object of a batch of
+    several whose counts are doubtful (a program that missed runs) goes into ``again``: run_again
+    loads, attaches, triggers and counts it afresh alone once every batch is done, and its record
+    then holds those counts, so a batch never turns a pass alone into a failure. Without ``again`` it
+    is run again at once.
     """
     units = [load_phase(lb, spec, share) for spec in specs]
     names = [str(spec["name"]) for spec in specs]
@@ -955,18 +969,47 @@ def run_batch(
             phases = unit.result.setdefault("phases", {})
             phases["wait_detach"], phases["trigger"] = waited, took
             count_runs(lb, unit, kver)
-        again = [u for u in attached if len(units) > 1 and doubtful(u)]
-        if again:
-            for unit in attached:
-                destroy_links(lb, unit)
-            for unit in again:
-                mark = time.monotonic()
-                run_alone(lb, unit, share, kver)
-                unit.result["phases"]["alone"] = time.monotonic() - mark
+    doubtful_ones = [u.result for u in attached if len(units) > 1 and doubtful(u)]
     for unit in units:
         detacher.submit(list(unit.links.values()), unit.objects)
         unit.result["seconds"] = time.monotonic() - unit.start
+    if again is None:
+        run_again(lb, doubtful_ones, specs, share, detacher)
+    else:
+        again.extend(doubtful_ones)
     return [u.result for u in units]
+
+
+COUNTERS = ("run_cnt", "run_time_ns", "recursion_misses", "kprobe_missed")  # kept of a batch's run
+
+
+def run_again(
+    lb: Libbpf,
+    records: list[protocol.ObjectRecord],
+    specs: list[protocol.PlanObject],
+    share: str,
+    detacher: Detacher,
+) -> None:
+    """Run each object of ``records`` again alone, from a fresh load (a loaded object's maps keep what
+    its batch's run put in them), and put that run's counts in its record, the batch's beside them."""
+    by_name = {str(spec["name"]): spec for spec in specs}
+    for record in records:
+        mark = time.monotonic()
+        alone = run_batch(lb, [by_name[str(record["object"])]], share, detacher)[0]
+        for name, program in (alone.get("programs") or {}).items():
+            fire = program.get("fire")
+            if fire is None:
+                continue
+            fire["alone"] = True
+            old = (record.get("programs") or {}).get(name)
+            before = cast(dict[str, object], old.get("fire") or {}) if old else {}
+            if before:
+                fire["batch"] = {k: v for k, v in before.items() if k in COUNTERS and isinstance(v, int)}
+        phases = cast(protocol.Phases, {**(record.get("phases") or {}), "alone": time.monotonic() - mark})
+        mutable = cast(dict[str, object], record)  # the very record the results list holds
+        mutable.clear()
+        mutable.update(alone)
+        record["phases"] = phases
 
 
 def phase_totals(results: list[protocol.ObjectRecord]) -> protocol.Phases:
@@ -1016,37 +1059,7 @@ def count_runs(lb: Libbpf, unit: Loaded, kver: tuple[int, int]) -> None:
         unit.programs[name]["fire"] = info
 
 
-def destroy_links(lb: Libbpf, unit: Loaded) -> None:
-    """Detach the programs of ``unit`` now (not in the background: the next run must not see them)."""
-    for link in unit.links.values():
-        lb.lib.bpf_link__destroy(link)
-    unit.links = {}
 
-
-COUNTERS = ("run_cnt", "run_time_ns", "recursion_misses")
-
-
-def run_alone(lb: Libbpf, unit: Loaded, share: str, kver: tuple[int, int]) -> None:
-    """Attach, trigger and count ``unit`` with nothing else attached; its fire records become the
-    counts of this run (the differences of the program's counters), the batch's kept beside them."""
-    batch = {name: rec["fire"] for name, rec in unit.programs.items() if "fire" in rec}
-    scratch: dict[str, protocol.ProgramRecord] = {n: {"load": unit.programs[n]["load"]} for n in batch}
-    unit.links = attach_programs(lb, [x for x in unit.loaded if x[1] in batch], scratch)
-    if not unit.links:
-        return  # it attached in the batch: keep the batch's counts
-    unit.result["triggers"] = run_triggers([unit], share)
-    count_runs(lb, unit, kver)
-    for name in unit.links:
-        fire, before = unit.programs[name]["fire"], dict(batch.get(name, {}))
-        now = cast(dict[str, object], fire)
-        kept = {k: v for k, v in before.items() if isinstance(v, int) and k != "id"}
-        if "error" not in fire and "error" not in before:
-            for key in COUNTERS:
-                value, was = now.get(key), kept.get(key)
-                if isinstance(value, int) and isinstance(was, int):
-                    now[key] = value - was
-        fire["alone"] = True
-        fire["batch"] = kept
 
 
 def load_without_rejected(
@@ -1196,20 +1209,29 @@ def run_plan_objects(plan: protocol.Plan, share: str, done: protocol.DoneRecord)
     t0 = time.monotonic()
     detacher = Detacher(lb)
     results: list[protocol.ObjectRecord] = []
+    again: list[protocol.ObjectRecord] = []  # doubtful objects of batches, run alone after them all
     for batch in plan_batches(list(plan.get("objects") or []), BATCH_OBJECTS):
         try:
             if batch[0].get("own_loader"):
                 results.append(run_own_loader(lb, batch[0], share, detacher))
             else:
-                results.extend(run_batch(lb, batch, share, detacher))
+                results.extend(run_batch(lb, batch, share, detacher, again))
         except Exception as exc:  # one batch's crash must not lose the others
             for spec in batch:
                 results.append({"object": str(spec.get("name")), "error": f"agent crashed: {exc!r}",
                                 "traceback": format_exc()})
+    try:
+        run_again(lb, again, list(plan.get("objects") or []), share, detacher)
+    except Exception as exc:
+        for record in again:
+            record["error"] = f"agent crashed: {exc!r}"
+            record["traceback"] = format_exc()
     protocol.write_objects(share, results)
-    detacher.wait()
+    waited = detacher.wait()
     done["objects_seconds"] = time.monotonic() - t0
     done["phases"] = phase_totals(results)
+    done["phases"]["detach"] = detacher.seconds
+    done["phases"]["last_detach"] = waited
     scenarios = plan.get("scenarios") or []
     if scenarios:
         t0 = time.monotonic()
