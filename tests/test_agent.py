@@ -367,6 +367,31 @@ def test_detacher_detaches_in_the_background_and_wait_blocks_until_done() -> Non
     assert detacher.wait() < 1.0  # nothing pending: returns at once
 
 
+def test_detacher_wait_needs_the_links_gone_and_wait_all_the_objects_closed() -> None:
+    lb = fake_libbpf()
+    lb.lib.gate.set()
+    closing = threading.Event()
+    closed = threading.Event()
+
+    def slow_close(obj: int) -> None:
+        closing.set()
+        closed.wait(10)
+
+    lb.lib.bpf_object__close = slow_close
+    detacher = agent.Detacher(lb)
+    detacher.submit([11], [1])
+    assert closing.wait(10)
+    assert detacher.wait() < 5  # the link is gone: a batch may fire while the object closes
+    waiter = threading.Thread(target=detacher.wait_all)
+    waiter.start()
+    waiter.join(0.2)
+    assert waiter.is_alive()  # the close is still running
+    closed.set()
+    waiter.join(10)
+    assert not waiter.is_alive()
+    assert detacher.seconds["close"] > 0.1 and detacher.seconds["unlink"] < detacher.seconds["close"]
+
+
 def test_detacher_without_work_starts_no_thread() -> None:
     detacher = agent.Detacher(fake_libbpf())
     detacher.submit([], [])

@@ -790,18 +790,23 @@ def rejected_program(log: str, candidates: list[str]) -> str | None:
 
 
 class Detacher:
-    """Destroys links and closes objects in a background thread.
+    """Destroys links and closes objects in a background thread, links first.
 
-    The kernel's side of a detach mostly waits for RCU grace periods (measured under TCG: ~0.1 s per
-    object, nearly all of it asleep), which the next object's load and attach overlap. ``wait`` is
-    called before any trigger runs, so no other object's programs are attached while one object fires.
+    Destroying a batch's links (hundreds of kprobes and trampolines: each an ftrace update and an
+    RCU grace period) takes seconds under TCG, which the next batch's load and attach overlap; closing
+    the objects takes little and isolates nothing. ``wait`` is called before any trigger runs and
+    returns once every submitted link is gone, so no other object's programs are attached while a
+    batch fires; ``wait_all`` also waits for the objects' closes (before a run alone, before an own
+    loader lists the kernel's programs, and at the end).
     """
 
     def __init__(self, lb: Libbpf) -> None:
         self.lb = lb
         self.pending: queue.Queue[tuple[list[int], list[int]]] = queue.Queue()
         self.thread: threading.Thread | None = None
-        self.seconds = 0.0  # spent destroying links and closing objects, in the background
+        self.linked = 0  # submissions whose links are not destroyed yet
+        self.cond = threading.Condition()
+        self.seconds = {"unlink": 0.0, "close": 0.0}  # spent in the background
 
     def submit(self, links: list[int], objects: list[int]) -> None:
         if not links and not objects:
@@ -809,9 +814,18 @@ class Detacher:
         if self.thread is None:
             self.thread = threading.Thread(target=self._run, name="detach", daemon=True)
             self.thread.start()
+        with self.cond:
+            self.linked += 1
         self.pending.put((links, objects))
 
     def wait(self) -> float:
+        """Block until every submitted link is destroyed; returns the seconds waited."""
+        start = time.monotonic()
+        with self.cond:
+            self.cond.wait_for(lambda: self.linked == 0)
+        return time.monotonic() - start
+
+    def wait_all(self) -> float:
         """Block until everything submitted is detached and closed; returns the seconds waited."""
         start = time.monotonic()
         self.pending.join()
@@ -824,11 +838,18 @@ class Detacher:
             try:
                 for link in links:
                     self.lb.lib.bpf_link__destroy(link)
+            finally:
+                with self.cond:
+                    self.linked -= 1
+                    self.cond.notify_all()
+                mark = time.monotonic()
+                self.seconds["unlink"] += mark - start
+            try:
                 for obj in objects:
                     self.lb.lib.bpf_object__close(obj)
                 self.lb.drop_thread_log()  # whatever libbpf said while detaching belongs to no load
             finally:
-                self.seconds += time.monotonic() - start
+                self.seconds["close"] += time.monotonic() - mark
                 self.pending.task_done()
 
 
@@ -994,6 +1015,7 @@ def run_again(
     its batch's run put in them), and put that run's counts in its record, the batch's beside them."""
     by_name = {str(spec["name"]): spec for spec in specs}
     for record in records:
+        detacher.wait_all()  # nothing else loaded, nothing being freed: as the object would run alone
         mark = time.monotonic()
         alone = run_batch(lb, [by_name[str(record["object"])]], share, detacher)[0]
         for name, program in (alone.get("programs") or {}).items():
@@ -1154,7 +1176,7 @@ def run_own_loader(
             import ownloader  # copied beside the agent
     except ImportError as exc:
         return {"object": spec["name"], "error": f"no own-loader support in the guest: {exc}"}
-    detacher.wait()  # the previous object's programs are gone: they are not the loader's
+    detacher.wait_all()  # the previous object's programs are gone: they are not the loader's
     try:
         view = ownloader.KernelView(lb.lib, BpfProgInfo)
     except AttributeError as exc:
@@ -1227,10 +1249,10 @@ def run_plan_objects(plan: protocol.Plan, share: str, done: protocol.DoneRecord)
             record["error"] = f"agent crashed: {exc!r}"
             record["traceback"] = format_exc()
     protocol.write_objects(share, results)
-    waited = detacher.wait()
+    waited = detacher.wait_all()
     done["objects_seconds"] = time.monotonic() - t0
     done["phases"] = phase_totals(results)
-    done["phases"]["detach"] = detacher.seconds
+    done["phases"]["unlink"], done["phases"]["close"] = detacher.seconds["unlink"], detacher.seconds["close"]
     done["phases"]["last_detach"] = waited
     scenarios = plan.get("scenarios") or []
     if scenarios:

@@ -216,7 +216,8 @@ class Phases(TypedDict, total=False):
     wait_detach: float
     trigger: float  # of a batch: the batch's trigger, shared by its objects
     alone: float  # attaching, triggering and counting it again alone (after a doubtful batch)
-    detach: float  # of a whole agent: destroying links and closing objects (in the background)
+    unlink: float  # of a whole agent: destroying links (in the background)
+    close: float  # of a whole agent: closing objects (in the background)
     last_detach: float  # of a whole agent: waiting for the last batch's detach at the end
 
 
