@@ -77,7 +77,8 @@ def ci_matrix(tmp_path_factory: pytest.TempPathFactory) -> CIRun:
         done = out / "result.json"
         if not done.exists():
             out.mkdir(parents=True, exist_ok=True)
-            proc = run_matrix(out, "--kernels", str(CI_KERNELS), "-n", "2")
+            # --fresh-boots: these tests are of real boots, whatever records an earlier run left.
+            proc = run_matrix(out, "--kernels", str(CI_KERNELS), "-n", "2", "--fresh-boots")
             done.write_text(json.dumps({"returncode": proc.returncode, "output": proc.stdout + proc.stderr}))
         result = json.loads(done.read_text())
     json_path = out / "matrix.json"

@@ -261,6 +261,7 @@ def test_signal_stops_the_runs_vms_and_no_others(
     argv = [
         sys.executable, "-m", "pytest", "matrix/", "-p", "no:cacheprovider", "-q", "-k", "test_load",
         "--kernels", str(CI_KERNELS), "--kernel", "6.1-x86_64", "--matrix-json", str(tmp_path / "m.json"),
+        "--fresh-boots",  # a VM to stop, even when an earlier run's records are in the cache
     ]
     proc = subprocess.Popen(
         argv, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,

@@ -101,3 +101,17 @@ def test_shards_merged_equal_one_run(ci_matrix: CIRun, tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stderr
     merged_matrix = Matrix.deserialize(json.loads(merged.read_text()))
     assert _offline_outcomes(merged_matrix) == _offline_outcomes(ci_matrix.matrix)
+
+
+def test_a_rerun_reuses_every_guest_record_and_boots_nothing(ci_matrix: CIRun, tmp_path: Path) -> None:
+    """The CI matrix again, nothing changed: every (kernel, arch) takes the records the first run stored
+    (no VM at all), and every cell has the first run's outcome and reason, FIRE counts included."""
+    proc = run_matrix(tmp_path, "--kernels", str(CI_KERNELS), "-n", "2")
+    assert proc.returncode == ci_matrix.returncode, proc.stdout[-3000:]
+    again = Matrix.deserialize(json.loads((tmp_path / "matrix.json").read_text()))
+    for kernel in again.kernels:
+        assert kernel.boot_seconds == 0.0, kernel
+        assert any("reused from an identical boot" in n and "no VM this run" in n for n in kernel.notes), kernel
+    first = {(r.probe, r.kernel, r.arch, r.check): (r.outcome, r.reason) for r in ci_matrix.matrix.records}
+    second = {(r.probe, r.kernel, r.arch, r.check): (r.outcome, r.reason) for r in again.records}
+    assert second == first
