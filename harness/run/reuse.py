@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any, cast
 
 from harness.files import atomic_write
+from harness.kernels.cache import file_sha256
 from harness.vm.guest import protocol
 
 LAYOUT = "1"  # bump when what a record holds, or how its key is made, changes
@@ -32,14 +33,6 @@ DIR = "guest-records"
 LIBBPF_GLOBS = ("usr/lib/*/libbpf.so.*", "lib/*/libbpf.so.*", "usr/lib64/libbpf.so.*")
 # What a reused boot's done.json keeps: who loaded, not how long it took.
 DONE_KEYS = ("release", "machine", "lsm", "stats_enabled", "os_release", "libbpf", "bpftool")
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def canonical(value: object) -> str:
@@ -52,7 +45,7 @@ def root_identity(root: Path) -> str:
     for pattern in LIBBPF_GLOBS:
         for lib in sorted(root.glob(pattern)):
             if lib.is_file() and not lib.is_symlink():
-                parts.append(f"{lib.relative_to(root)} {sha256_file(lib)}")
+                parts.append(f"{lib.relative_to(root)} {file_sha256(lib)}")
     return "\n".join(parts)
 
 
@@ -64,7 +57,7 @@ def boot_identity(
     digest = hashlib.sha256(f"{LAYOUT}\n{kernel_digest}\n{arch}\n".encode())
     digest.update(root_identity(root).encode())
     for helper in sorted(share.glob("*.py")):
-        digest.update(f"\n{helper.name} {sha256_file(helper)}".encode())
+        digest.update(f"\n{helper.name} {file_sha256(helper)}".encode())
     digest.update(canonical(vm).encode())
     return digest.hexdigest()
 
@@ -74,7 +67,7 @@ def object_key(identity: str, share: Path, entry: protocol.PlanObject) -> str | 
     if entry.get("own_loader"):
         return None
     obj = share / str(entry["path"])
-    payload = f"{identity}\nobject\n{canonical(entry)}\n{sha256_file(obj)}"
+    payload = f"{identity}\nobject\n{canonical(entry)}\n{file_sha256(obj)}"
     return hashlib.sha256(payload.encode()).hexdigest()
 
 
@@ -83,7 +76,7 @@ def scenarios_key(identity: str, share: Path, scenarios: Sequence[protocol.Updat
     digest = hashlib.sha256(f"{identity}\nscenarios\n{canonical(list(scenarios))}".encode())
     user = share / protocol.USER_DIR
     for path in sorted(p for p in user.rglob("*") if p.is_file()) if user.is_dir() else []:
-        digest.update(f"\n{path.relative_to(share)} {sha256_file(path)}".encode())
+        digest.update(f"\n{path.relative_to(share)} {file_sha256(path)}".encode())
     return digest.hexdigest()
 
 
