@@ -851,6 +851,45 @@ def opened(lb: Any, tmp_path: Path) -> tuple[int, dict[str, int], dict[str, int]
     return obj, progs, maps
 
 
+TARGETS_SOURCE = """\
+#define SEC(name) __attribute__((section(name), used))
+char LICENSE[] SEC("license") = "GPL";
+SEC("fentry/no_such_function_in_any_kernel") int absent(void *ctx) { return 0; }
+SEC("fentry/vfs_read") int present(void *ctx) { return 0; }
+SEC("kprobe/no_such_function_in_any_kernel") int by_kallsyms(void *ctx) { return 0; }
+SEC("fentry") int no_target(void *ctx) { return 0; }
+"""
+
+
+def test_btf_targets_are_looked_up_before_the_load_as_the_load_would(tmp_path: Path) -> None:
+    import errno
+
+    lb = host_libbpf()
+    if not Path("/sys/kernel/btf/vmlinux").exists():
+        pytest.skip("no kernel BTF on this host")
+    src, out = tmp_path / "targets.bpf.c", tmp_path / "targets.bpf.o"
+    src.write_text(TARGETS_SOURCE)
+    subprocess.run(["clang", "-g", "-O2", "-target", "bpf", "-c", str(src), "-o", str(out)],
+                   check=True, capture_output=True, timeout=120)
+    obj = lb.lib.bpf_object__open_file(str(out).encode(), None)
+    assert not lb.error_of(obj), lb.take_log()
+    try:
+        progs = {lb.prog_name(p): p for p in lb.programs(obj)}
+        refused = agent.look_up_targets(lb, progs, skip=set())
+        # Only the fentry whose function the kernel's BTF lacks; a kprobe's target is not a BTF one.
+        assert set(refused) == {"absent"}
+        record = refused["absent"]
+        assert record["errno"] == errno.ESRCH and record["stage"] == "load" and not record["ok"]
+        assert record["target"] == "no_such_function_in_any_kernel"
+        assert "failed to find kernel BTF type ID of 'no_such_function_in_any_kernel'" in record["log"]
+        assert not lb.lib.bpf_program__autoload(progs["absent"])
+        assert lb.lib.bpf_program__autoload(progs["present"])
+        assert lb.lib.bpf_program__autoload(progs["no_target"])
+        assert agent.look_up_targets(lb, progs, skip={"absent", "present"}) == {}
+    finally:
+        lb.lib.bpf_object__close(obj)
+
+
 def test_libbpf_messages_are_captured_in_c_in_order_and_the_fds_restored(tmp_path: Path) -> None:
     lb = host_libbpf()
     assert lb._sink is not None  # a memfd and libc's vdprintf: no Python per message

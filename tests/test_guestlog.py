@@ -541,3 +541,18 @@ def test_a_setting_the_agent_could_not_apply_is_an_error_not_a_failure() -> None
         "could not set what the loader sets: map 'counts': "
         "bpf_map__set_value_size(8): Device or resource busy"
     )
+
+
+def test_a_program_left_out_of_the_load_for_an_absent_btf_target() -> None:
+    """The agent looked the fentry's target up before the load and left it out: LOAD says why in
+    libbpf's words, CORE that it was never relocated (not that it has no relocations)."""
+    line = ("libbpf: prog 'fentry_vfs_unlink': failed to find kernel BTF type ID of 'vfs_unlink': -3 "
+            "(looked up before the load, as the load looks it up)\n")
+    record = {"load": {"stage": "load", "ok": False, "errno": 3, "error": "No such process", "log": line,
+                       "target": "vfs_unlink"}}
+    results = {r.check: r for r in check_guest_program(FENTRY_UNLINK, record, {"object": "vfs_unlink"}, CTX)}
+    assert results[Check.LOAD].outcome is Outcome.FAIL
+    assert "no `vfs_unlink` in the kernel's BTF to attach to" in results[Check.LOAD].reason
+    assert results[Check.CORE].outcome is Outcome.SKIP
+    assert results[Check.CORE].reason.startswith("not relocated: left out of the load")
+    assert results[Check.ATTACH].reason == "not loaded"

@@ -332,10 +332,13 @@ def check_guest_program(
     load: LoadRecord = record.get("load") or {"ok": False}
     log = str(load.get("log") or object_record.get("load_log") or "")
     loaded = bool(load.get("ok"))
-    results = [
-        check_load(probe, load, log, ctx, sets),
-        check_core(probe, parse_relocations(log, probe.program), loaded, ctx),
-    ]
+    relos = parse_relocations(log, probe.program)
+    core = check_core(probe, relos, loaded, ctx)
+    if not relos and not loaded and load.get("target") and load.get("stage") == "load":
+        # Left out of the object's load once its BTF target was found absent: never relocated.
+        core = _result(probe, ctx, Check.CORE, Outcome.SKIP,
+                       f"not relocated: left out of the load, `{load['target']}` is not in the kernel's BTF")
+    results = [check_load(probe, load, log, ctx, sets), core]
     if not loaded:
         results.append(_result(probe, ctx, Check.ATTACH, Outcome.SKIP, "not loaded"))
         results.append(_result(probe, ctx, Check.FIRE, Outcome.SKIP, "not loaded"))

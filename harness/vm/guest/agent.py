@@ -764,6 +764,7 @@ def _load_object(
             lb.lib.bpf_program__set_autoload(prog, name in only)
     opened = lb.take_log()
     sets, refused = apply_loader(lb, obj, progs, loader or {})
+    refused.update(look_up_targets(lb, progs, set(refused) | set((loader or {}).get("attach_targets") or {})))
     rc = lb.lib.bpf_object__load(obj)
     record: protocol.LoadRecord = {
         "stage": "load", "ok": rc == 0, "programs": names, "log": opened + lb.take_log(),
@@ -778,6 +779,44 @@ def _load_object(
         lb.lib.bpf_object__close(obj)
         return None, record
     return obj, record
+
+
+BTF_ATTACHED_TYPES = (26, 29)  # enum bpf_prog_type: BPF_PROG_TYPE_TRACING, BPF_PROG_TYPE_LSM
+
+
+def look_up_targets(lb: Libbpf, progs: dict[str, int], skip: set[str]) -> dict[str, protocol.LoadRecord]:
+    """Look up the kernel BTF target of each program attached by BTF ID (fentry, fexit, fmod_ret,
+    tp_btf, lsm, iter) before the load, as the load itself would: bpf_program__set_attach_target runs
+    the same lookup (find_kernel_btf_id, vmlinux then modules) that the load runs for a program whose
+    target is not set. A program whose target the kernel lacks (ESRCH) is recorded as failing its load
+    with libbpf's words and left out of it: the object's other programs then load at once, instead of
+    once more per such program (a libbpf-tools object carries fentry twins of its kprobes, and
+    placeholders its loader retargets). The kernel BTF the lookup parsed stays with the object for its
+    load, which does not parse it again."""
+    out: dict[str, protocol.LoadRecord] = {}
+    try:
+        lb.setup_loader_calls()
+        kind, autoload = lb.lib.bpf_program__type, lb.lib.bpf_program__autoload
+    except AttributeError:
+        return out  # an old libbpf: the load finds out
+    kind.restype, kind.argtypes = ctypes.c_int, [ctypes.c_void_p]
+    autoload.restype, autoload.argtypes = ctypes.c_bool, [ctypes.c_void_p]
+    for name, prog in progs.items():
+        if name in skip or not autoload(prog) or kind(prog) not in BTF_ATTACHED_TYPES:
+            continue
+        section = (lb.lib.bpf_program__section_name(prog) or b"").decode(errors="replace")
+        target = section.partition("/")[2]
+        if not target:
+            continue  # no target in the section: the loader sets one (or the load fails on its own)
+        rc = lb.lib.bpf_program__set_attach_target(prog, 0, target.encode())
+        if rc != -errno.ESRCH:
+            continue  # found (the load uses it), or another error, which the load reports itself
+        line = (f"libbpf: prog '{name}': failed to find kernel BTF type ID of '{target}': {rc} "
+                "(looked up before the load, as the load looks it up)\n")
+        out[name] = {"stage": "load", "ok": False, "errno": errno.ESRCH, "error": os.strerror(errno.ESRCH),
+                     "log": line, "target": target}
+        lb.lib.bpf_program__set_autoload(prog, False)
+    return out
 
 
 REJECTED = re.compile(r"prog '([^']+)': (?:failed to load|BPF program load failed)")

@@ -156,9 +156,10 @@ class LoadRecord(_LoadRequired, total=False):
     errno: int
     error: str
     seconds: float
-    target: str  # the attach target that was refused
+    target: str  # the attach target that was refused, or that the kernel's BTF lacks
     set: list[SetRecord]  # what was set before this load
-    refused: dict[str, LoadRecord]  # programs whose attach target was refused: left out of this load
+    # Programs left out of this load: their attach target was refused, or their BTF target is absent.
+    refused: dict[str, LoadRecord]
 
 
 class _AttachRequired(TypedDict):
