@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -104,6 +105,8 @@ def main() -> int:
     parser.add_argument("--repeat", type=int, default=3, metavar="N")
     parser.add_argument("-n", dest="workers", default="auto")
     parser.add_argument("--skip-true", action="store_true", help="do not boot the `true` VMs")
+    parser.add_argument("--keep-results", type=Path, metavar="DIR",
+                        help="keep each run's results document as DIR/run-<n>.json")
     args = parser.parse_args()
     config = load_kernels_yaml(args.kernels)
     keys = [k.key for k in config.kernels]
@@ -122,7 +125,10 @@ def main() -> int:
             keep, out = Path(tmp) / "keep", Path(tmp) / "m.json"
             wall, rc, tail = run_matrix(args.kernels, args.bpf_progs, args.workers, keep, out)
             walls.append(wall)
-            print(f"run {rep + 1}: {wall:.1f} s wall, exit {rc}: {tail}")
+            print(f"run {rep + 1}: {wall:.1f} s wall, exit {rc}: {tail}", flush=True)
+            if args.keep_results is not None and out.exists():
+                args.keep_results.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(out, args.keep_results / f"run-{rep + 1}.json")
             document = read_json(out) or {}
             for kernel in document.get("kernels", []):
                 key = f"{kernel['kernel']}-{kernel['arch']}"
