@@ -98,18 +98,21 @@ def record_problems(cls: type, record: Mapping[str, Any]) -> list[str]:
 # every object opened, every program's counters could be read, the loader was there, facts were cached;
 # no sidecar set anything for a loader, and no map was left at size zero.
 # bpftool and os_release are younger than the recording (the guest's userland, reported since x86_64
-# guests boot a built root too); test_agent covers how they are written.
+# guests boot a built root too), and so are batches (an object's batch, a doubtful one's run alone, the
+# isolation a plan entry asks for, the agent's phase totals); test_agent and test_share cover how they
+# are written.
 NOT_IN_THIS_RUN = {
-    protocol.PlanObject: {"loader", "own_loader"},  # own loaders: OWN_LOADER_SHARE
-    protocol.ObjectRecord: {"error", "traceback", "loader_set", "left_out", "own_loader"},
+    protocol.PlanObject: {"loader", "own_loader", "isolate"},  # own loaders: OWN_LOADER_SHARE
+    protocol.ObjectRecord: {"error", "traceback", "loader_set", "left_out", "own_loader", "batch"},
     protocol.LoadRecord: {"set", "refused", "target"},
-    protocol.FireRecord: {"kprobe_missed", "error"},
+    protocol.FireRecord: {"kprobe_missed", "error", "alone", "batch"},
+    protocol.Phases: {"alone", "close", "last_detach", "unlink"},
     protocol.TriggerRun: {"error"},
     protocol.RunRecord: {"error"},
     protocol.ModeRecord: {"error"},
     protocol.ScenarioRecord: {"error", "traceback"},
     protocol.DoneRecord: {
-        "facts", "facts_seconds", "loader_error", "error", "traceback", "bpftool", "os_release",
+        "facts", "facts_seconds", "loader_error", "error", "traceback", "bpftool", "os_release", "phases",
     },
 }
 

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import hashlib
+import os
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -117,10 +119,11 @@ def build_objects(
                     if not s.prebuilt:
                         errors[s.name] = str(exc)
     objects: list[BPFObject] = []
-    for source in sources:
-        if source.name in errors:
-            continue
-        built = build_source(source, arch, vmlinux_h, build_dir)
+    # clang, one per core: a compile against a generated vmlinux.h takes a second or more.
+    todo = [s for s in sources if s.name not in errors]
+    with ThreadPoolExecutor(max(1, min(len(todo), os.cpu_count() or 1))) as pool:
+        builds = list(pool.map(lambda s: build_source(s, arch, vmlinux_h, build_dir), todo))
+    for source, built in zip(todo, builds):
         if built.object is None:
             errors[source.name] = (
                 built.error if source.embedded else f"{source.path.name} does not compile: {built.error}"
