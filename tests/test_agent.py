@@ -942,3 +942,14 @@ def test_apply_loader_sizes_maps_and_patches_rodata_before_load(tmp_path: Path) 
         assert [s for s in sets if s.get("error")] == []
     finally:
         lb.lib.bpf_object__close(obj)
+
+
+def test_a_plan_of_scenarios_alone_runs_them(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every object's records reused: the plan has scenarios only, and the agent still runs them."""
+    ran: list[Any] = []
+    monkeypatch.setattr(agent, "run_plan_objects", lambda plan, share, done: ran.append(plan["scenarios"]))
+    plan = {"facts": False, "objects": [], "scenarios": [{"kind": "uprobe_update"}]}
+    (tmp_path / "plan.json").write_text(json.dumps(plan))
+    assert agent.main(["agent", str(tmp_path)]) == 0
+    assert ran == [[{"kind": "uprobe_update"}]]
+    assert json.loads((tmp_path / "done.json").read_text())["ok"] is True

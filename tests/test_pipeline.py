@@ -1094,3 +1094,22 @@ def test_prefetch_fetches_the_newest_kernel_first_then_in_boot_order(tmp_path: P
         thread.join(30)
     del s.fetch.fail[f"6.1-{ARCH.name}"]
     assert s.run.fetch(s.run.config.kernels[2]).release == "6.1.0-1-amd64"
+
+
+def test_scenario_records_are_stored_by_the_first_boot_and_reused_by_the_next(tmp_path: Path) -> None:
+    from harness.run.reuse import RecordStore
+
+    share = tmp_path / "share"
+    (share / protocol.USER_DIR).mkdir(parents=True)
+    (share / protocol.USER_DIR / "libdemo.so.1").write_bytes(b"v1")
+    scenario: dict[str, Any] = {"kind": "uprobe_update", "object": "o", "program": "p"}
+    plan: protocol.Plan = {"facts": False, "objects": [], "scenarios": [scenario]}  # type: ignore[list-item]
+    store = RecordStore(tmp_path / "cache")
+    first = store.lookup("identity", share, plan)
+    assert first.scenarios_key and first.scenarios is None and first.done is None  # nothing stored yet
+    store.store(first, {"release": "6.1"}, [], [{"kind": "uprobe_update", "object": "o"}])  # type: ignore[list-item]
+    again = store.lookup("identity", share, plan)
+    assert again.scenarios == [{"kind": "uprobe_update", "object": "o"}] and again.everything
+    # Another library in the share: the scenarios run again.
+    (share / protocol.USER_DIR / "libdemo.so.1").write_bytes(b"v2")
+    assert store.lookup("identity", share, plan).scenarios is None

@@ -131,19 +131,20 @@ class RecordStore:
         """The records ``plan`` (as written in ``share``) can take from earlier boots."""
         objects = plan.get("objects") or []
         found = Lookup(identity, plan, {str(e["name"]): object_key(identity, share, e) for e in objects})
-        made: list[float] = []
+        scenarios = plan.get("scenarios") or []
+        if scenarios:
+            found.scenarios_key = scenarios_key(identity, share, scenarios)  # to store under, at least
         boot = self.get(identity)
         if boot is None or not isinstance(boot.get("done"), dict):
             return found  # no earlier boot of this identity: nothing to say who loaded the records
         found.done = cast(dict[str, Any], boot["done"])
+        made: list[float] = []
         for name, key in found.keys.items():
             record = self.get(key) if key else None
             if record is not None and isinstance(record.get("record"), dict):
                 found.found[name] = cast(protocol.ObjectRecord, record["record"])
                 made.append(float(record.get("made", 0)))
-        scenarios = plan.get("scenarios") or []
-        if scenarios:
-            found.scenarios_key = scenarios_key(identity, share, scenarios)
+        if found.scenarios_key:
             stored = self.get(found.scenarios_key)
             if stored is not None and isinstance(stored.get("records"), list):
                 found.scenarios = cast(list[protocol.ScenarioRecord], stored["records"])

@@ -1319,7 +1319,7 @@ def main(argv: list[str]) -> int:
             mount_fs("securityfs", "/sys/kernel/security")
             lsm = read_text("/sys/kernel/security/lsm")
         done["lsm"] = (lsm or "").strip()
-        if plan.get("objects"):
+        if plan.get("objects") or plan.get("scenarios"):  # scenarios alone: the objects' records reused
             run_plan_objects(plan, share, done)
         done["ok"] = True
     except Exception as exc:
