@@ -8,8 +8,9 @@ Loading goes through libbpf itself (ctypes on the guest's libbpf.so), so each pr
 result and log, attach result and run count: bpftool's ``loadall`` is all-or-nothing per object.
 
 Under emulation every guest second counts, so the agent keeps its imports few (the rarely needed modules
-are imported where used: ``ctypes.util`` alone costs half a second under TCG) and detaches one object's
-programs in the background while the next object loads: detaching waits for RCU grace periods, not CPU.
+are imported where used: ``ctypes.util`` alone costs half a second under TCG), attaches and fires objects
+in batches (one workload run for several objects; run_batch says what stays alone), and destroys one
+batch's links in the background while the next batch loads.
 """
 
 from __future__ import annotations
