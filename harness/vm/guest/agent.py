@@ -738,16 +738,21 @@ def apply_loader(
 
 
 def load_object(
-    lb: Libbpf, path: str, only: list[str] | None, loader: protocol.LoaderPlan | None = None
+    lb: Libbpf,
+    path: str,
+    only: list[str] | None,
+    loader: protocol.LoaderPlan | None = None,
+    look_up: bool = True,
 ) -> tuple[int | None, protocol.LoadRecord]:
-    """Open ``path``, set what its loader sets, and load it (just the programs ``only`` when given).
+    """Open ``path``, set what its loader sets, and load it (just the programs ``only`` when given);
+    with ``look_up``, programs whose BTF target is absent are left out first (look_up_targets).
     Returns (object or None, record)."""
     with lb.capture():
-        return _load_object(lb, path, only, loader)
+        return _load_object(lb, path, only, loader, look_up)
 
 
 def _load_object(
-    lb: Libbpf, path: str, only: list[str] | None, loader: protocol.LoaderPlan | None
+    lb: Libbpf, path: str, only: list[str] | None, loader: protocol.LoaderPlan | None, look_up: bool
 ) -> tuple[int | None, protocol.LoadRecord]:
     lb.take_log()
     obj = lb.lib.bpf_object__open_file(path.encode(), None)
@@ -765,7 +770,9 @@ def _load_object(
             lb.lib.bpf_program__set_autoload(prog, name in only)
     opened = lb.take_log()
     sets, refused = apply_loader(lb, obj, progs, loader or {})
-    refused.update(look_up_targets(lb, progs, set(refused) | set((loader or {}).get("attach_targets") or {})))
+    if look_up:
+        targeted = set((loader or {}).get("attach_targets") or {})
+        refused.update(look_up_targets(lb, progs, set(refused) | targeted))
     rc = lb.lib.bpf_object__load(obj)
     record: protocol.LoadRecord = {
         "stage": "load", "ok": rc == 0, "programs": names, "log": opened + lb.take_log(),
@@ -921,6 +928,15 @@ def load_phase(lb: Libbpf, spec: protocol.PlanObject, share: str) -> Loaded:
     unit = Loaded(spec, {"object": spec["name"], "programs": {}}, time.monotonic())
     result, programs = unit.result, unit.programs
     obj, whole = load_object(lb, path, None, loader)
+    look_up = True
+    absent = [n for n, r in (whole.get("refused") or {}).items() if r.get("stage") == "load"]
+    if obj is None and absent and whole.get("stage") == "load":
+        left = [str(n) for n in whole.get("programs") or [] if n not in (whole.get("refused") or {})]
+        if rejected_program(str(whole.get("log", "")), left) is None:
+            # It failed before any program's turn (a map, the object's BTF), where the programs left
+            # out would have failed too: load it again as if no target had been looked up.
+            look_up = False
+            obj, whole = load_object(lb, path, None, loader, look_up=False)
     result["whole_load"] = whole
     if whole.get("stage") == "open":
         result["error"] = "libbpf could not open the object: {}".format(whole.get("error"))
@@ -947,7 +963,7 @@ def load_phase(lb: Libbpf, spec: protocol.PlanObject, share: str) -> Loaded:
         result["load_log"] = whole["log"]
     else:
         unit.loaded, unit.objects = load_without_rejected(
-            lb, path, whole, unit.start, programs, loader, skipped
+            lb, path, whole, unit.start, programs, loader, skipped, look_up
         )
     result["phases"] = {"load": time.monotonic() - unit.start}
     return unit
@@ -1132,6 +1148,7 @@ def load_without_rejected(
     programs: dict[str, protocol.ProgramRecord],
     loader: protocol.LoaderPlan | None = None,
     skipped: set[str] | None = None,
+    look_up: bool = True,
 ) -> tuple[list[tuple[int, str, int]], list[int]]:
     """Load an object the kernel rejected as a whole without its rejected programs (and without the
     ``skipped`` ones: left out by its loader, or whose attach target was refused).
@@ -1160,7 +1177,7 @@ def load_without_rejected(
         if not pending:
             break
         t0 = time.monotonic()
-        rest, attempt = load_object(lb, path, pending, loader)
+        rest, attempt = load_object(lb, path, pending, loader, look_up)
         if rest is not None:
             objects.append(rest)
             for prog in lb.programs(rest):
@@ -1172,7 +1189,7 @@ def load_without_rejected(
             pending = []
     for name in pending:
         t0 = time.monotonic()
-        one, rec = load_object(lb, path, [name], loader)
+        one, rec = load_object(lb, path, [name], loader, look_up)
         rec.pop("set", None)
         rec.pop("refused", None)
         rec["seconds"] = time.monotonic() - t0
